@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# Brings up the local test world as plain loopback processes (no containers):
+#
+#   host cluster:    kine(SQLite) + kube-apiserver + kube-controller-manager + kube-scheduler
+#                    + kwok (3 fake Ready nodes; pods become Running with IPs; logs/exec simulated)
+#   vcluster:        manifests/base applied with `kubectl apply -k` into one host namespace; its
+#                    StatefulSet pod runs on a kwok node, and these local processes stand in for
+#                    its two containers:
+#                      "k3s"    kine(SQLite) + kube-apiserver + kube-controller-manager, flags and
+#                               data-dir layout as the stock k3s server runs them in the pod
+#                      "syncer" target/debug/vnest syncer, with a token of the vcluster's host
+#                               ServiceAccount (never host admin credentials)
+#
+# Writes $STATE_DIR/env (KEY=VALUE, absolute paths) and prints what to type next.
+# Idempotent: when everything is already running it says so and exits 0.
+#
+# Inputs (environment): STATE_DIR (default <repo>/.e2e), HOST_NAMESPACE (default vnest-demo),
+# VNEST_CACHE_DIR (tool cache, see hack/build-tools.sh), QUIET_NEXT_STEPS=1 to skip the epilogue.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/common.sh
+source "$repo/hack/lib/common.sh"
+# shellcheck source=lib/pki.sh
+source "$repo/hack/lib/pki.sh"
+
+STATE_DIR=${STATE_DIR:-$repo/.e2e}
+mkdir -p "$STATE_DIR"
+STATE_DIR=$(cd "$STATE_DIR" && pwd)
+HOST_NAMESPACE=${HOST_NAMESPACE:-vnest-demo}
+VCLUSTER_NAME=vnest                      # the name manifests/base gives the vcluster
+SERVICE_CIDR=10.96.0.0/12                # host service CIDR; the vcluster uses the same
+FIRST_SERVICE_IP=10.96.0.1
+POD_CIDR=10.244.0.0/16                   # kwok hands pod IPs out of this range
+NODES=(kwok-node-0 kwok-node-1 kwok-node-2)
+PID_DIR=$STATE_DIR/pids
+LOG_DIR=$STATE_DIR/logs
+ENV_FILE=$STATE_DIR/env
+started_at=$SECONDS
+
+# --- already running? ---------------------------------------------------------------------------
+if [[ -f $ENV_FILE && -f $PID_DIR/order ]]; then
+	all_alive=1
+	while read -r name; do proc_alive "$name" || all_alive=0; done <"$PID_DIR/order"
+	if ((all_alive)); then
+		log "already running (state in $STATE_DIR); nothing to do. 'make down' stops it."
+		log "  source $ENV_FILE"
+		exit 0
+	fi
+	log "found a half-running world in $STATE_DIR: stopping it first"
+	"$repo/hack/down.sh"
+fi
+rm -rf "$STATE_DIR"
+mkdir -p "$PID_DIR" "$LOG_DIR"
+
+# If anything below fails, stop what was started so no process is left behind.
+# Writes to the saved stderr (fd 3): the failing command may have had stderr redirected.
+exec 3>&2
+cleanup_on_error() {
+	local code=$?
+	if ((code != 0)); then
+		log "bring-up failed (exit $code); logs are in $LOG_DIR; stopping what was started" 2>&3
+		KEEP_LOGS=1 "$repo/hack/down.sh" 2>&3 || true
+	fi
+}
+trap cleanup_on_error EXIT
+
+# --- binaries ------------------------------------------------------------------------------------
+step "1/7 tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kine, kwok"
+"$repo/hack/build-tools.sh"
+BIN=$("$repo/hack/build-tools.sh" --print-dir)
+KUBECTL=$BIN/kubectl
+
+step "2/7 syncer: cargo build (vnest)"
+(cd "$repo" && cargo build --quiet --bin vnest)
+VNEST=$repo/target/debug/vnest
+
+# --- ports ---------------------------------------------------------------------------------------
+HOST_API_PORT=$(free_port)
+HOST_KCM_PORT=$(free_port)
+HOST_SCHED_PORT=$(free_port)
+KWOK_PORT=$(free_port)
+VIRTUAL_API_PORT=$(free_port)
+SYNCER_ADMIN_PORT=$(free_port)
+
+# --- host cluster --------------------------------------------------------------------------------
+step "3/7 host cluster on https://127.0.0.1:$HOST_API_PORT"
+H=$STATE_DIR/host
+mkdir -p "$H/pki" "$H/db" "$H/kwok-home"
+pki_ca "$H/pki" ca vnest-host-ca
+pki_leaf "$H/pki/ca" "$H/pki/apiserver" "/CN=kube-apiserver" serverAuth \
+	"DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$FIRST_SERVICE_IP"
+pki_leaf "$H/pki/ca" "$H/pki/admin" "/O=system:masters/CN=admin" clientAuth
+pki_leaf "$H/pki/ca" "$H/pki/apiserver-kubelet-client" "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+pki_sa_key "$H/pki/sa.key"
+HOST_KUBECONFIG=$H/admin.kubeconfig
+write_kubeconfig "$HOST_KUBECONFIG" "https://127.0.0.1:$HOST_API_PORT" "$H/pki/ca.crt" "$H/pki/admin.crt" "$H/pki/admin.key" host
+
+cat >"$H/audit-policy.yaml" <<'EOF'
+# Records who called what (no bodies): benchmarks and tests count the syncer's host requests here.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: None
+  userGroups: ["system:nodes"]
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+EOF
+
+start_proc host-kine "$BIN/kine" \
+	--endpoint "sqlite://$H/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate" \
+	--listen-address "unix://$H/kine.sock" --metrics-bind-address 0
+wait_for "host kine socket" 30 host-kine test -S "$H/kine.sock"
+
+start_proc host-apiserver "$BIN/kube-apiserver" \
+	--etcd-servers "unix://$H/kine.sock" --storage-backend etcd3 \
+	--bind-address 127.0.0.1 --secure-port "$HOST_API_PORT" --advertise-address 127.0.0.1 \
+	--endpoint-reconciler-type none \
+	--tls-cert-file "$H/pki/apiserver.crt" --tls-private-key-file "$H/pki/apiserver.key" \
+	--client-ca-file "$H/pki/ca.crt" \
+	--authorization-mode Node,RBAC \
+	--enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,PodSecurity,Priority,ResourceQuota,StorageObjectInUseProtection,PersistentVolumeClaimResize,RuntimeClass,MutatingAdmissionWebhook,ValidatingAdmissionPolicy,ValidatingAdmissionWebhook \
+	--service-account-issuer https://kubernetes.default.svc.cluster.local \
+	--service-account-key-file "$H/pki/sa.key.pub" --service-account-signing-key-file "$H/pki/sa.key" \
+	--service-cluster-ip-range "$SERVICE_CIDR" \
+	--allow-privileged=true \
+	--kubelet-preferred-address-types InternalIP,Hostname \
+	--kubelet-client-certificate "$H/pki/apiserver-kubelet-client.crt" --kubelet-client-key "$H/pki/apiserver-kubelet-client.key" \
+	--audit-policy-file "$H/audit-policy.yaml" --audit-log-path "$LOG_DIR/host-audit.log" \
+	--audit-log-format json --audit-log-maxsize 200 --audit-log-mode batch \
+	--profiling=false --v=1
+wait_for "host kube-apiserver /readyz" 120 host-apiserver \
+	https_ok "https://127.0.0.1:$HOST_API_PORT/readyz" "$H/pki/ca.crt" "$H/pki/admin.crt" "$H/pki/admin.key"
+
+start_proc host-controller-manager "$BIN/kube-controller-manager" \
+	--kubeconfig "$HOST_KUBECONFIG" \
+	--authentication-kubeconfig "$HOST_KUBECONFIG" --authorization-kubeconfig "$HOST_KUBECONFIG" \
+	--bind-address 127.0.0.1 --secure-port "$HOST_KCM_PORT" \
+	--leader-elect=false --use-service-account-credentials=true \
+	--service-account-private-key-file "$H/pki/sa.key" --root-ca-file "$H/pki/ca.crt" \
+	--cluster-signing-cert-file "$H/pki/ca.crt" --cluster-signing-key-file "$H/pki/ca.key" \
+	--cluster-name kubernetes --service-cluster-ip-range "$SERVICE_CIDR" \
+	--controllers '*' --profiling=false --v=1
+start_proc host-scheduler "$BIN/kube-scheduler" \
+	--kubeconfig "$HOST_KUBECONFIG" \
+	--authentication-kubeconfig "$HOST_KUBECONFIG" --authorization-kubeconfig "$HOST_KUBECONFIG" \
+	--bind-address 127.0.0.1 --secure-port "$HOST_SCHED_PORT" --leader-elect=false --profiling=false --v=1
+wait_for "host kube-controller-manager /healthz" 60 host-controller-manager https_ok "https://127.0.0.1:$HOST_KCM_PORT/healthz"
+wait_for "host kube-scheduler /healthz" 60 host-scheduler https_ok "https://127.0.0.1:$HOST_SCHED_PORT/healthz"
+
+# kwok: stages from the kwok module, plus simulated logs and exec for every pod.
+mkdir -p "$H/kwok-exec"
+# CRI log format, as a kubelet keeps container logs: "<RFC3339Nano> <stream> <F|P> <text>".
+{
+	echo "2026-01-01T00:00:00.000000000Z stdout F vnest simulated container log line 1"
+	echo "2026-01-01T00:00:01.000000000Z stdout F vnest simulated container log line 2"
+} >"$H/kwok-pod.log"
+{
+	cat <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  cidr: $POD_CIDR
+  nodeIP: 127.0.0.1
+  nodePort: $KWOK_PORT
+  serverAddress: 127.0.0.1:$KWOK_PORT
+  manageAllNodes: true
+  nodeLeaseDurationSeconds: 40
+  # A --config file is not defaulted by kwok: every option it needs is spelled out.
+  enableDebuggingHandlers: true
+  enableProfilingHandler: false
+  enableContentionProfiling: false
+  podPlayStageParallelism: 8
+  nodePlayStageParallelism: 4
+  nodeLeaseParallelism: 4
+  podsOnNodeSyncParallelism: 2
+  enablePodsOnNodeSyncListPager: true
+  enablePodsOnNodeSyncStreamWatch: false
+EOF
+	"$BIN/kwok-stages"
+	cat <<EOF
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: simulated-logs
+spec:
+  logs:
+  - containers: []
+    logsFile: $H/kwok-pod.log
+    follow: false
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata:
+  name: simulated-exec
+spec:
+  execs:
+  - containers: []
+    local:
+      workDir: $H/kwok-exec
+EOF
+} >"$H/kwok.yaml"
+# HOME is isolated: kwok also reads ~/.kwok/kwok.yaml when it exists.
+start_proc kwok env HOME="$H/kwok-home" "$BIN/kwok" --kubeconfig "$HOST_KUBECONFIG" --config "$H/kwok.yaml"
+
+for n in "${NODES[@]}"; do
+	cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $n
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    type: kwok
+    kubernetes.io/hostname: $n
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    node-role.kubernetes.io/worker: ""
+status:
+  allocatable: {cpu: "1000", memory: 4Ti, pods: "10000"}
+  capacity: {cpu: "1000", memory: 4Ti, pods: "10000"}
+EOF
+done | "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f - >/dev/null
+wait_for "3 host nodes Ready" 90 kwok "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready node --all --timeout=5s
+
+# --- the vcluster's host objects ------------------------------------------------------------------
+step "4/7 vcluster '$VCLUSTER_NAME' in host namespace '$HOST_NAMESPACE' (kubectl apply -k)"
+K() { "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" "$@"; }
+K create namespace "$HOST_NAMESPACE" >/dev/null
+wait_for "ServiceAccount default in $HOST_NAMESPACE" 60 host-controller-manager K -n "$HOST_NAMESPACE" get serviceaccount default
+# A real cluster's storage provisioner would create this volume for the StatefulSet's claim.
+K apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $HOST_NAMESPACE-data-$VCLUSTER_NAME-0
+spec:
+  capacity: {storage: 5Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {path: $STATE_DIR/virtual}
+  claimRef: {namespace: $HOST_NAMESPACE, name: data-$VCLUSTER_NAME-0}
+EOF
+mkdir -p "$STATE_DIR/overlay"
+cat >"$STATE_DIR/overlay/kustomization.yaml" <<EOF
+# Generated by hack/up.sh: the overlay a user writes to put manifests/base into a namespace.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: $HOST_NAMESPACE
+resources:
+- $(realpath --relative-to="$STATE_DIR/overlay" "$repo/manifests/base")
+configMapGenerator:
+- name: vnest-config
+  behavior: merge
+  literals:
+  - service-cidr=$SERVICE_CIDR
+EOF
+K apply -k "$STATE_DIR/overlay" >"$LOG_DIR/apply-k.log"
+wait_for "vcluster pod $VCLUSTER_NAME-0 Running on a kwok node" 90 - \
+	K -n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
+
+# --- the "k3s" container: virtual control plane ----------------------------------------------------
+step "5/7 virtual control plane (k3s layout) on https://127.0.0.1:$VIRTUAL_API_PORT"
+V=$STATE_DIR/virtual                     # the k3s --data-dir (/data in the pod)
+T=$V/server/tls
+mkdir -p "$T" "$V/server/cred" "$V/server/db"
+pki_ca "$T" server-ca "k3s-server-ca"
+pki_ca "$T" client-ca "k3s-client-ca"
+pki_ca "$T" request-header-ca "k3s-request-header-ca"
+pki_leaf "$T/server-ca" "$T/serving-kube-apiserver" "/CN=kube-apiserver" serverAuth \
+	"DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:$VCLUSTER_NAME,DNS:$VCLUSTER_NAME.$HOST_NAMESPACE,DNS:$VCLUSTER_NAME.$HOST_NAMESPACE.svc,IP:127.0.0.1,IP:$FIRST_SERVICE_IP"
+pki_leaf "$T/client-ca" "$T/client-admin" "/O=system:masters/CN=system:admin" clientAuth
+pki_leaf "$T/client-ca" "$T/client-controller" "/CN=system:kube-controller-manager" clientAuth
+pki_leaf "$T/client-ca" "$T/client-kube-apiserver" "/CN=system:kube-apiserver" clientAuth
+pki_leaf "$T/request-header-ca" "$T/client-auth-proxy" "/CN=system:auth-proxy" clientAuth
+pki_sa_key "$T/service.key"
+cp "$T/service.key" "$T/service.current.key"
+VIRTUAL_KUBECONFIG=$V/server/cred/admin.kubeconfig
+write_kubeconfig "$VIRTUAL_KUBECONFIG" "https://127.0.0.1:$VIRTUAL_API_PORT" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key" vnest
+write_kubeconfig "$V/server/cred/controller.kubeconfig" "https://127.0.0.1:$VIRTUAL_API_PORT" "$T/server-ca.crt" "$T/client-controller.crt" "$T/client-controller.key" vnest
+
+# k3s runs kine in-process on a unix socket; here it is the kine binary on the same SQLite file.
+start_proc virtual-kine "$BIN/kine" \
+	--endpoint "sqlite://$V/server/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate" \
+	--listen-address "unix://$V/server/kine.sock" --metrics-bind-address 0
+wait_for "virtual kine socket" 30 virtual-kine test -S "$V/server/kine.sock"
+# The flags the stock k3s server passes to its embedded kube-apiserver (k3s pkg/daemons/control),
+# with the vcluster args: endpoint reconciler off, service CIDR = the host's.
+start_proc virtual-apiserver "$BIN/kube-apiserver" \
+	--etcd-servers "unix://$V/server/kine.sock" --storage-backend etcd3 \
+	--bind-address 127.0.0.1 --secure-port "$VIRTUAL_API_PORT" --advertise-address 127.0.0.1 \
+	--endpoint-reconciler-type none \
+	--allow-privileged=true --anonymous-auth=false \
+	--api-audiences https://kubernetes.default.svc.cluster.local,k3s \
+	--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+	--enable-aggregator-routing=true --enable-bootstrap-token-auth=true \
+	--client-ca-file "$T/client-ca.crt" \
+	--tls-cert-file "$T/serving-kube-apiserver.crt" --tls-private-key-file "$T/serving-kube-apiserver.key" \
+	--kubelet-certificate-authority "$T/server-ca.crt" \
+	--kubelet-client-certificate "$T/client-kube-apiserver.crt" --kubelet-client-key "$T/client-kube-apiserver.key" \
+	--kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
+	--proxy-client-cert-file "$T/client-auth-proxy.crt" --proxy-client-key-file "$T/client-auth-proxy.key" \
+	--requestheader-allowed-names system:auth-proxy --requestheader-client-ca-file "$T/request-header-ca.crt" \
+	--requestheader-extra-headers-prefix X-Remote-Extra- --requestheader-group-headers X-Remote-Group \
+	--requestheader-username-headers X-Remote-User \
+	--service-account-issuer https://kubernetes.default.svc.cluster.local \
+	--service-account-key-file "$T/service.key" --service-account-signing-key-file "$T/service.current.key" \
+	--service-cluster-ip-range "$SERVICE_CIDR" --service-node-port-range 30000-32767 \
+	--profiling=false --v=1
+wait_for "virtual kube-apiserver /readyz" 120 virtual-apiserver \
+	https_ok "https://127.0.0.1:$VIRTUAL_API_PORT/readyz" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key"
+# k3s's controller-manager args plus the vcluster controller set (no node IPAM, node lifecycle,
+# PV binder, attach/detach, cloud controllers); no scheduler, no kubelet.
+start_proc virtual-controller-manager "$BIN/kube-controller-manager" \
+	--kubeconfig "$V/server/cred/controller.kubeconfig" \
+	--authentication-kubeconfig "$V/server/cred/controller.kubeconfig" \
+	--authorization-kubeconfig "$V/server/cred/controller.kubeconfig" \
+	--bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+	--use-service-account-credentials=true \
+	--service-account-private-key-file "$T/service.current.key" --root-ca-file "$T/server-ca.crt" \
+	--cluster-signing-kube-apiserver-client-cert-file "$T/client-ca.crt" --cluster-signing-kube-apiserver-client-key-file "$T/client-ca.key" \
+	--cluster-signing-kubelet-client-cert-file "$T/client-ca.crt" --cluster-signing-kubelet-client-key-file "$T/client-ca.key" \
+	--cluster-signing-kubelet-serving-cert-file "$T/server-ca.crt" --cluster-signing-kubelet-serving-key-file "$T/server-ca.key" \
+	--cluster-signing-legacy-unknown-cert-file "$T/server-ca.crt" --cluster-signing-legacy-unknown-key-file "$T/server-ca.key" \
+	--cluster-name kubernetes --service-cluster-ip-range "$SERVICE_CIDR" --configure-cloud-routes=false \
+	--controllers '*,tokencleaner,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-cloud-node-lifecycle,-ttl' \
+	--profiling=false --v=1
+wait_for "virtual ServiceAccount default/default (controller-manager working)" 90 virtual-controller-manager \
+	"$KUBECTL" --kubeconfig "$VIRTUAL_KUBECONFIG" -n default get serviceaccount default
+
+# --- the "syncer" container ------------------------------------------------------------------------
+step "6/7 syncer (as ServiceAccount $HOST_NAMESPACE/$VCLUSTER_NAME)"
+S=$STATE_DIR/syncer
+mkdir -p "$S"
+# The pod gets a projected token bound to it; this is the same token, requested the same way.
+pod_uid=$(K -n "$HOST_NAMESPACE" get pod "$VCLUSTER_NAME-0" -o jsonpath='{.metadata.uid}')
+K -n "$HOST_NAMESPACE" create token "$VCLUSTER_NAME" --duration 24h \
+	--bound-object-kind Pod --bound-object-name "$VCLUSTER_NAME-0" --bound-object-uid "$pod_uid" >"$S/token"
+chmod 600 "$S/token"
+SYNCER_HOST_KUBECONFIG=$S/host.kubeconfig
+cat >"$SYNCER_HOST_KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: host
+  cluster:
+    server: https://127.0.0.1:$HOST_API_PORT
+    certificate-authority: $H/pki/ca.crt
+users:
+- name: $VCLUSTER_NAME
+  user:
+    tokenFile: $S/token
+contexts:
+- name: $VCLUSTER_NAME@host
+  context: {cluster: host, user: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
+current-context: $VCLUSTER_NAME@host
+EOF
+start_proc syncer "$VNEST" syncer \
+	--name "$VCLUSTER_NAME" --host-namespace "$HOST_NAMESPACE" \
+	--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$V" \
+	--admin-addr "127.0.0.1:$SYNCER_ADMIN_PORT" --log-filter "${VNEST_LOG:-info}"
+wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"
+
+# --- env file ----------------------------------------------------------------------------------------
+step "7/7 writing $ENV_FILE"
+cat >"$ENV_FILE" <<EOF
+# Written by hack/up.sh ($(date -u +%FT%TZ)). Shell KEY=VALUE lines; absolute paths.
+STATE_DIR=$STATE_DIR
+HOST_KUBECONFIG=$HOST_KUBECONFIG
+VIRTUAL_KUBECONFIG=$VIRTUAL_KUBECONFIG
+SYNCER_HOST_KUBECONFIG=$SYNCER_HOST_KUBECONFIG
+HOST_NAMESPACE=$HOST_NAMESPACE
+VCLUSTER_NAME=$VCLUSTER_NAME
+SYNCER_METRICS_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT/metrics
+SYNCER_ADMIN_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT
+LOG_DIR=$LOG_DIR
+KUBECTL=$KUBECTL
+VNEST_BIN=$VNEST
+TOOLS_BIN_DIR=$BIN
+HOST_API_URL=https://127.0.0.1:$HOST_API_PORT
+VIRTUAL_API_URL=https://127.0.0.1:$VIRTUAL_API_PORT
+VIRTUAL_DATA_DIR=$V
+SERVICE_CIDR=$SERVICE_CIDR
+POD_CIDR=$POD_CIDR
+KWOK_ADDR=127.0.0.1:$KWOK_PORT
+HOST_AUDIT_LOG=$LOG_DIR/host-audit.log
+PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT"
+EOF
+trap - EXIT
+log "up in $((SECONDS - started_at)) s"
+
+if [[ ${QUIET_NEXT_STEPS:-} != 1 ]]; then
+	cat <<EOF
+
+vnest is up: a host cluster (3 kwok nodes) and vcluster '$VCLUSTER_NAME' in host namespace '$HOST_NAMESPACE'.
+
+  # the virtual cluster (what a tenant sees)
+  export KUBECONFIG=$VIRTUAL_KUBECONFIG
+  alias kubectl=$KUBECTL          # kubectl v1.35, built from the same module
+  kubectl create deployment web --image=nginx --replicas=3
+  kubectl get deployments,replicasets,pods
+
+  # the host cluster (what the platform team sees)
+  kubectl --kubeconfig $HOST_KUBECONFIG get nodes
+  kubectl --kubeconfig $HOST_KUBECONFIG -n $HOST_NAMESPACE get statefulset,pods,services
+
+  # everything else: source $ENV_FILE   (logs: $LOG_DIR, syncer metrics: \$SYNCER_METRICS_URL)
+  # stop and remove it all: make down
+EOF
+fi

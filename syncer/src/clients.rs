@@ -1,0 +1,423 @@
+//! Typed clients for the two API servers. [`HostClient`] and [`VirtualClient`] are distinct
+//! types so a host call can never be made with the virtual client by mistake. Both carry two
+//! tower layers: a client-side token-bucket rate limit (QPS/burst) and request metrics by
+//! {cluster, verb, resource, code}, which is how "as few host requests as possible" is measured.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use kube::client::ClientBuilder;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tower::{Layer, Service};
+
+use crate::config::{ClusterAccess, RateLimit};
+use crate::error::{Cluster, Error, Result};
+use crate::metrics::Metrics;
+
+/// Client for the host API server (namespaced permissions only).
+#[derive(Clone)]
+pub struct HostClient(pub Client);
+
+/// Client for the virtual (k3s) API server.
+#[derive(Clone)]
+pub struct VirtualClient(pub Client);
+
+impl HostClient {
+    pub async fn new(access: &ClusterAccess, rate: RateLimit, metrics: &Metrics) -> Result<Self> {
+        let config = load_config(Cluster::Host, access).await?;
+        build(Cluster::Host, config, rate, metrics).map(Self)
+    }
+}
+
+impl VirtualClient {
+    pub async fn new(kubeconfig: &std::path::Path, rate: RateLimit, metrics: &Metrics) -> Result<Self> {
+        let config = load_config(
+            Cluster::Virtual,
+            &ClusterAccess::Kubeconfig(kubeconfig.to_owned()),
+        )
+        .await?;
+        build(Cluster::Virtual, config, rate, metrics).map(Self)
+    }
+}
+
+async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config> {
+    match access {
+        ClusterAccess::InCluster => {
+            Config::incluster().map_err(|source| Error::InCluster { cluster, source })
+        }
+        ClusterAccess::Kubeconfig(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                cluster,
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    cluster,
+                    path: path.clone(),
+                    source,
+                })
+        }
+    }
+}
+
+fn build(cluster: Cluster, config: Config, rate: RateLimit, metrics: &Metrics) -> Result<Client> {
+    let builder = ClientBuilder::try_from(config).map_err(|source| Error::Client { cluster, source })?;
+    Ok(builder
+        .with_layer(&MetricsLayer {
+            cluster,
+            metrics: metrics.clone(),
+        })
+        .with_layer(&RateLimitLayer::new(cluster, rate, metrics.clone()))
+        .build())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request classification (pure)
+
+/// The Kubernetes verb and resource of a request, derived from method, path and query the way
+/// the API server's request-info resolver does (simplified to what the syncer sends).
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    // Skip the API prefix: /api/v1/... or /apis/<group>/<version>/...
+    let rest: &[&str] = match segments.first() {
+        Some(&"api") if segments.len() >= 2 => &segments[2..],
+        Some(&"apis") if segments.len() >= 3 => &segments[3..],
+        _ => return (non_resource_verb(method), "nonresource".into()),
+    };
+    // namespaces/<ns>/<resource>/... unless the path is about the namespace object itself.
+    let rest = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => {
+            let mut v = vec![*resource];
+            v.extend_from_slice(tail);
+            v
+        }
+        other => other.to_vec(),
+    };
+    let (resource, has_name, subresource) = match rest.as_slice() {
+        [] => return (non_resource_verb(method), "discovery".into()),
+        [resource] => (resource.to_string(), false, None),
+        [resource, _name] => (resource.to_string(), true, None),
+        [resource, _name, sub, ..] => (resource.to_string(), true, Some(*sub)),
+    };
+    let resource = match subresource {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource,
+    };
+    let watch = query.is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match (method, has_name) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "other",
+    };
+    (verb, resource)
+}
+
+fn non_resource_verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "get",
+        Method::POST => "post",
+        _ => "other",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics layer
+
+#[derive(Clone)]
+struct MetricsLayer {
+    cluster: Cluster,
+    metrics: Metrics,
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            cluster: self.cluster,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+struct MetricsService<S> {
+    inner: S,
+    cluster: Cluster,
+    metrics: Metrics,
+}
+
+impl<S, B, RB> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (verb, resource) = classify(req.method(), req.uri().path(), req.uri().query());
+        let cluster = self.cluster.as_str();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let code = match &result {
+                Ok(res) => res.status().as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            metrics
+                .api_requests
+                .with_label_values(&[cluster, verb, resource.as_str(), code.as_str()])
+                .inc();
+            metrics
+                .api_request_duration
+                .with_label_values(&[cluster, verb])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limit layer: a token bucket that refills `qps` tokens per second up to `burst`. A request
+// that finds no token reserves the next one and waits in poll_ready, so waiting requests are
+// served in order and the service is never called beyond its budget.
+
+/// The bucket shared by every clone of the layer for one cluster.
+#[derive(Debug)]
+pub struct TokenBucket {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(rate: RateLimit) -> Self {
+        let burst = f64::from(rate.burst);
+        Self {
+            qps: rate.qps,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes one token now, returning how long the caller must wait before using it.
+    pub fn reserve(&self, now: Instant) -> Duration {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, last) = *state;
+        let refilled =
+            (tokens + now.saturating_duration_since(last).as_secs_f64() * self.qps).min(self.burst);
+        let left = refilled - 1.0;
+        *state = (left, now.max(last));
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / self.qps)
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RateLimitLayer {
+    cluster: Cluster,
+    bucket: Arc<TokenBucket>,
+    metrics: Metrics,
+}
+
+impl RateLimitLayer {
+    fn new(cluster: Cluster, rate: RateLimit, metrics: Metrics) -> Self {
+        Self {
+            cluster,
+            bucket: Arc::new(TokenBucket::new(rate)),
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            cluster: self.cluster,
+            bucket: self.bucket.clone(),
+            metrics: self.metrics.clone(),
+            permit: Permit::None,
+        }
+    }
+}
+
+enum Permit {
+    None,
+    Waiting(Pin<Box<tokio::time::Sleep>>, Instant),
+    Granted,
+}
+
+struct RateLimitService<S> {
+    inner: S,
+    cluster: Cluster,
+    bucket: Arc<TokenBucket>,
+    metrics: Metrics,
+    permit: Permit,
+}
+
+impl<S, B> Service<Request<B>> for RateLimitService<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match &mut self.permit {
+                Permit::None => {
+                    let now = Instant::now();
+                    let wait = self.bucket.reserve(now);
+                    self.permit = if wait.is_zero() {
+                        Permit::Granted
+                    } else {
+                        Permit::Waiting(Box::pin(tokio::time::sleep(wait)), now)
+                    };
+                }
+                Permit::Waiting(sleep, since) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.metrics
+                        .rate_limit_wait
+                        .with_label_values(&[self.cluster.as_str()])
+                        .observe(since.elapsed().as_secs_f64());
+                    self.permit = Permit::Granted;
+                }
+                Permit::Granted => return self.inner.poll_ready(cx),
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.permit = Permit::None;
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_requests_like_the_api_server() {
+        let cases: &[(Method, &str, Option<&str>, &str, &str)] = &[
+            (Method::GET, "/api/v1/namespaces/ns/pods", None, "list", "pods"),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/pods",
+                Some("watch=true&labelSelector=a"),
+                "watch",
+                "pods",
+            ),
+            (Method::GET, "/api/v1/namespaces/ns/pods/p", None, "get", "pods"),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/ns/pods/p/status",
+                Some("fieldManager=vnest"),
+                "patch",
+                "pods/status",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/ns/pods/p/binding",
+                None,
+                "create",
+                "pods/binding",
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/ns/secrets",
+                None,
+                "create",
+                "secrets",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ns/secrets/s",
+                None,
+                "delete",
+                "secrets",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ns/secrets",
+                None,
+                "deletecollection",
+                "secrets",
+            ),
+            (Method::GET, "/api/v1/namespaces", None, "list", "namespaces"),
+            (Method::GET, "/api/v1/namespaces/ns", None, "get", "namespaces"),
+            (Method::GET, "/api/v1/nodes", Some("watch=1"), "watch", "nodes"),
+            (
+                Method::PUT,
+                "/apis/apps/v1/namespaces/ns/statefulsets/s",
+                None,
+                "update",
+                "statefulsets",
+            ),
+            (Method::GET, "/apis/apps/v1", None, "get", "discovery"),
+            (Method::GET, "/version", None, "get", "nonresource"),
+        ];
+        for (method, path, query, verb, resource) in cases {
+            assert_eq!(
+                classify(method, path, *query),
+                (*verb, resource.to_string()),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_paces_at_qps() {
+        let bucket = TokenBucket::new(RateLimit { qps: 10.0, burst: 3 });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(bucket.reserve(t0), Duration::ZERO);
+        }
+        // The 4th and 5th wait one and two token intervals (100 ms each at 10 QPS).
+        let w4 = bucket.reserve(t0);
+        let w5 = bucket.reserve(t0);
+        assert!((w4.as_secs_f64() - 0.1).abs() < 1e-9, "{w4:?}");
+        assert!((w5.as_secs_f64() - 0.2).abs() < 1e-9, "{w5:?}");
+        // After a long idle spell the bucket is full again, never more than burst.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(bucket.reserve(later), Duration::ZERO);
+        }
+        assert!(bucket.reserve(later) > Duration::ZERO);
+    }
+}

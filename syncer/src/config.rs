@@ -1,0 +1,369 @@
+//! Command line: every flag is `--long` with a `VNEST_*` environment twin, parsed into typed
+//! values once, then turned into a plain [`SyncerConfig`] by exhaustive destructuring (so a flag
+//! that is parsed but never used breaks the build). All environment reads live here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where a pod's ServiceAccount namespace is mounted (used when no host namespace is given).
+pub const IN_CLUSTER_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vnest",
+    version,
+    about = "vnest: virtual Kubernetes clusters in one host namespace"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the syncer between the virtual API server and the host namespace.
+    Syncer(Box<SyncerArgs>),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// The host object every synced object is owned by (ownerReference): deleting it makes the
+/// host garbage collector delete everything this vcluster created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OwnerKind {
+    #[value(name = "StatefulSet", alias = "statefulset")]
+    StatefulSet,
+    #[value(name = "Deployment", alias = "deployment")]
+    Deployment,
+    #[value(name = "Service", alias = "service")]
+    Service,
+}
+
+impl OwnerKind {
+    pub fn api_version(self) -> &'static str {
+        match self {
+            OwnerKind::StatefulSet | OwnerKind::Deployment => "apps/v1",
+            OwnerKind::Service => "v1",
+        }
+    }
+    pub fn kind(self) -> &'static str {
+        match self {
+            OwnerKind::StatefulSet => "StatefulSet",
+            OwnerKind::Deployment => "Deployment",
+            OwnerKind::Service => "Service",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncerArgs {
+    /// Name of this vcluster (a DNS label). Marks every host object it creates.
+    #[arg(long, env = "VNEST_NAME", value_parser = parse_dns_label)]
+    pub name: String,
+
+    /// Host namespace the vcluster lives in. Defaults to the pod's own namespace.
+    #[arg(long, env = "VNEST_HOST_NAMESPACE", value_parser = parse_dns_label)]
+    pub host_namespace: Option<String>,
+
+    /// Kubeconfig for the host cluster. Defaults to the pod's ServiceAccount (in-cluster).
+    #[arg(long, env = "VNEST_HOST_KUBECONFIG")]
+    pub host_kubeconfig: Option<PathBuf>,
+
+    /// k3s data directory shared with the k3s container (PKI under server/tls, kubeconfigs
+    /// under server/cred).
+    #[arg(long, env = "VNEST_DATA_DIR", default_value = "/data")]
+    pub data_dir: PathBuf,
+
+    /// Kubeconfig for the virtual API server [default: <data-dir>/server/cred/admin.kubeconfig].
+    #[arg(long, env = "VNEST_VIRTUAL_KUBECONFIG")]
+    pub virtual_kubeconfig: Option<PathBuf>,
+
+    /// Kind of the host object that owns everything the syncer creates.
+    #[arg(long, env = "VNEST_OWNER_KIND", value_enum, default_value = "StatefulSet")]
+    pub owner_kind: OwnerKind,
+
+    /// Name of that owner object [default: the vcluster name].
+    #[arg(long, env = "VNEST_OWNER_NAME", value_parser = parse_dns_label)]
+    pub owner_name: Option<String>,
+
+    /// Address of the /livez, /readyz and /metrics server.
+    #[arg(long, env = "VNEST_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "VNEST_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,vnest=debug`.
+    #[arg(long, env = "VNEST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Sustained requests per second to the host API server (client-side limit).
+    #[arg(long, env = "VNEST_HOST_QPS", default_value = "40", value_parser = parse_positive_f64)]
+    pub host_qps: f64,
+
+    /// Requests allowed in a burst above --host-qps.
+    #[arg(long, env = "VNEST_HOST_BURST", default_value = "80", value_parser = clap::value_parser!(u32).range(1..))]
+    pub host_burst: u32,
+
+    /// Sustained requests per second to the virtual API server.
+    #[arg(long, env = "VNEST_VIRTUAL_QPS", default_value = "200", value_parser = parse_positive_f64)]
+    pub virtual_qps: f64,
+
+    /// Requests allowed in a burst above --virtual-qps.
+    #[arg(long, env = "VNEST_VIRTUAL_BURST", default_value = "400", value_parser = clap::value_parser!(u32).range(1..))]
+    pub virtual_burst: u32,
+
+    /// Longest time a SIGTERM waits for in-flight work before the process exits anyway.
+    #[arg(long, env = "VNEST_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Tokio worker threads.
+    #[arg(long, env = "VNEST_WORKER_THREADS", default_value = "2", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
+}
+
+/// Log settings, needed before anything else starts.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// A client-side request budget: `qps` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub qps: f64,
+    pub burst: u32,
+}
+
+/// Where a cluster's credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAccess {
+    Kubeconfig(PathBuf),
+    InCluster,
+}
+
+/// The owner (anchor) object of every host object we create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: OwnerKind,
+    pub name: String,
+}
+
+/// The validated syncer configuration.
+#[derive(Debug, Clone)]
+pub struct SyncerConfig {
+    pub name: String,
+    pub host_namespace: String,
+    pub host: ClusterAccess,
+    pub virtual_kubeconfig: PathBuf,
+    pub data_dir: PathBuf,
+    pub owner: Owner,
+    pub admin_addr: SocketAddr,
+    pub log: LogConfig,
+    pub host_rate: RateLimit,
+    pub virtual_rate: RateLimit,
+    pub shutdown_timeout: Duration,
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no host namespace: pass --host-namespace (or VNEST_HOST_NAMESPACE), or run in a pod where {path} exists ({source})"
+    )]
+    NoHostNamespace {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the namespace in {path} is not a valid DNS label: {reason}")]
+    BadNamespaceFile { path: &'static str, reason: String },
+}
+
+impl SyncerArgs {
+    /// Turns parsed flags into the plain config, reading the in-cluster namespace file if needed.
+    pub fn into_config(self) -> Result<SyncerConfig, ConfigError> {
+        let Self {
+            name,
+            host_namespace,
+            host_kubeconfig,
+            data_dir,
+            virtual_kubeconfig,
+            owner_kind,
+            owner_name,
+            admin_addr,
+            log_format,
+            log_filter,
+            host_qps,
+            host_burst,
+            virtual_qps,
+            virtual_burst,
+            shutdown_timeout,
+            worker_threads,
+        } = self;
+        let host_namespace = match host_namespace {
+            Some(ns) => ns,
+            None => read_in_cluster_namespace()?,
+        };
+        let virtual_kubeconfig =
+            virtual_kubeconfig.unwrap_or_else(|| data_dir.join("server/cred/admin.kubeconfig"));
+        Ok(SyncerConfig {
+            owner: Owner {
+                kind: owner_kind,
+                name: owner_name.unwrap_or_else(|| name.clone()),
+            },
+            name,
+            host_namespace,
+            host: host_kubeconfig.map_or(ClusterAccess::InCluster, ClusterAccess::Kubeconfig),
+            virtual_kubeconfig,
+            data_dir,
+            admin_addr,
+            log: LogConfig {
+                format: log_format,
+                filter: log_filter,
+            },
+            host_rate: RateLimit {
+                qps: host_qps,
+                burst: host_burst,
+            },
+            virtual_rate: RateLimit {
+                qps: virtual_qps,
+                burst: virtual_burst,
+            },
+            shutdown_timeout,
+            worker_threads: usize::from(worker_threads),
+        })
+    }
+}
+
+fn read_in_cluster_namespace() -> Result<String, ConfigError> {
+    let raw = std::fs::read_to_string(IN_CLUSTER_NAMESPACE_FILE).map_err(|source| {
+        ConfigError::NoHostNamespace {
+            path: IN_CLUSTER_NAMESPACE_FILE,
+            source,
+        }
+    })?;
+    parse_dns_label(raw.trim()).map_err(|reason| ConfigError::BadNamespaceFile {
+        path: IN_CLUSTER_NAMESPACE_FILE,
+        reason,
+    })
+}
+
+/// A DNS-1123 label: 1-63 lowercase alphanumerics or '-', starting and ending alphanumeric.
+pub fn parse_dns_label(s: &str) -> Result<String, String> {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn parse_positive_f64(s: &str) -> Result<f64, String> {
+    match f64::from_str(s) {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number (e.g. 40 or 2.5)")),
+    }
+}
+
+/// Durations as `<number><unit>` with unit `ms`, `s` or `m` (e.g. `500ms`, `5s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration: write e.g. 500ms, 5s or 2m");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(err),
+        _ => Err(err()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<SyncerArgs, clap::Error> {
+        let mut full = vec!["vnest", "syncer"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full).map(|cli| match cli.command {
+            Command::Syncer(a) => *a,
+            Command::Version => panic!("parsed the wrong subcommand"),
+        })
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_derive_from_name_and_data_dir() {
+        let cfg = parse(&["--name", "demo", "--host-namespace", "team-a"])
+            .expect("valid args")
+            .into_config()
+            .expect("valid config");
+        assert_eq!(cfg.owner.name, "demo");
+        assert_eq!(cfg.owner.kind, OwnerKind::StatefulSet);
+        assert_eq!(cfg.host, ClusterAccess::InCluster);
+        assert_eq!(
+            cfg.virtual_kubeconfig,
+            PathBuf::from("/data/server/cred/admin.kubeconfig")
+        );
+        assert_eq!(cfg.host_rate, RateLimit { qps: 40.0, burst: 80 });
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_hint() {
+        for (args, needle) in [
+            (vec!["--name", "Demo"], "not a DNS label"),
+            (vec!["--name", "demo", "--host-qps", "0"], "positive number"),
+            (
+                vec!["--name", "demo", "--shutdown-timeout", "5"],
+                "500ms, 5s or 2m",
+            ),
+            (vec!["--name", "demo", "--owner-kind", "Pod"], "invalid value"),
+        ] {
+            let err = parse(&args).expect_err("must be rejected").to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1h").is_err());
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(parse_dns_label("a").is_ok());
+        assert!(parse_dns_label(&"a".repeat(63)).is_ok());
+        for bad in ["", "-a", "a-", "a.b", "A", &"a".repeat(64)] {
+            assert!(parse_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+}

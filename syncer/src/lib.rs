@@ -1,0 +1,31 @@
+//! vnest: virtual Kubernetes clusters that live inside one namespace of a host cluster.
+//!
+//! A vcluster is one pod: a stock k3s server (the *virtual* API server, SQLite datastore) and
+//! this crate's syncer. Tenants talk to the virtual API server; the syncer copies the few
+//! low-level objects that must really run (pods and what they mount, services, endpoints, ...)
+//! into the single *host* namespace under collision-free names, and copies status, events and
+//! node facts back.
+//!
+//! Module map (I/O at the edges, pure rules in the middle):
+//! - [`config`]: command-line flags (each with a `VNEST_*` env twin) -> validated [`config::SyncerConfig`].
+//! - [`telemetry`]: tracing subscriber (plain or JSON logs).
+//! - [`clients`]: typed [`clients::HostClient`] / [`clients::VirtualClient`] with request
+//!   metrics and client-side rate limits (QPS/burst) as tower layers.
+//! - [`metrics`]: one [`metrics::Metrics`] struct owning its Prometheus registry (no globals).
+//! - [`health`]: readiness derived from live watches on both clusters (no polling).
+//! - [`admin`]: the `/livez`, `/readyz`, `/metrics` HTTP server.
+//! - [`naming`]: pure virtual -> host name translation (deterministic, injective, <= 63 chars).
+//! - [`markers`]: our label/annotation keys and "is this host object ours?".
+//! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
+//! - [`error`]: the crate's typed errors.
+
+pub mod admin;
+pub mod app;
+pub mod clients;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod markers;
+pub mod metrics;
+pub mod naming;
+pub mod telemetry;
