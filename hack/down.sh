@@ -30,7 +30,7 @@ stop() {
 	pid=$(cat "$PID_DIR/$name.pid" 2>/dev/null) || return 0
 	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
 	kill -TERM "$pid" 2>/dev/null || return 0
-	local deadline=$((SECONDS + 15))
+	local started=$SECONDS deadline=$((SECONDS + 15))
 	while kill -0 "$pid" 2>/dev/null; do
 		if ((SECONDS >= deadline)); then
 			log "$name (pid $pid) ignored SIGTERM for 15 s: SIGKILL"
@@ -39,7 +39,7 @@ stop() {
 		fi
 		sleep 0.1
 	done
-	log "stopped $name (pid $pid)"
+	log "stopped $name (pid $pid, $((SECONDS - started)) s)"
 }
 
 for name in "${names[@]}"; do stop "$name"; done

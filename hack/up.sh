@@ -361,11 +361,17 @@ contexts:
   context: {cluster: host, user: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
 current-context: $VCLUSTER_NAME@host
 EOF
-start_proc syncer "$VNEST" syncer \
-	--name "$VCLUSTER_NAME" --host-namespace "$HOST_NAMESPACE" \
-	--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$V" \
-	--admin-addr "127.0.0.1:$SYNCER_ADMIN_PORT" --log-filter "${VNEST_LOG:-info}"
-wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"
+cat >"$S/syncer.env" <<EOF
+# How the syncer is started (read by hack/syncer.sh to restart it the same way).
+VNEST=$VNEST
+VCLUSTER_NAME=$VCLUSTER_NAME
+HOST_NAMESPACE=$HOST_NAMESPACE
+SYNCER_HOST_KUBECONFIG=$SYNCER_HOST_KUBECONFIG
+VIRTUAL_DATA_DIR=$V
+SYNCER_ADMIN_ADDR=127.0.0.1:$SYNCER_ADMIN_PORT
+WORKLOAD_SA=$VCLUSTER_NAME-workload
+EOF
+STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
 
 # --- env file ----------------------------------------------------------------------------------------
 step "7/7 writing $ENV_FILE"

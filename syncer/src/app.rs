@@ -17,9 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::{HostClient, VirtualClient};
 use crate::config::{OwnerKind, SyncerConfig};
+use crate::engine::events::Events;
+use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
+use crate::resources::{self, KindOptions};
 use crate::{admin, clients};
 
 /// Runs the syncer until a termination signal (Ok) or a fatal failure (Err).
@@ -53,7 +56,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         return Ok(()); // cancelled while waiting
     };
 
-    let (anchor_tx, _anchor_rx) = watch::channel(None);
+    let (anchor_tx, anchor_rx) = watch::channel(None);
     {
         let (client, ns, owner) = (
             host.0.clone(),
@@ -88,7 +91,113 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         });
     }
 
+    // The translation context needs the anchor (ownerReference) and the vcluster Service's IP.
+    let (ctx_tx, ctx_rx) = watch::channel(None);
+    {
+        let api: Api<Service> = Api::namespaced(host.0.clone(), &config.host_namespace);
+        let (config, cancel) = (config.clone(), cancel.clone());
+        tasks.spawn(async move {
+            publish_translate_ctx(api, config, anchor_rx, ctx_tx, cancel).await;
+            ("translation context", Ok(()))
+        });
+    }
+    let virtual_version = match virt.0.apiserver_version().await {
+        Ok(v) => v.git_version,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the virtual API server version; nodes report 'unknown'");
+            "unknown".into()
+        }
+    };
+    let shared = Arc::new(Shared {
+        host: host.0.clone(),
+        virt: virt.0.clone(),
+        host_namespace: config.host_namespace.clone(),
+        translate: ctx_rx,
+        metrics: metrics.clone(),
+        events: Events::new(virt.0.clone()),
+        cancel: cancel.clone(),
+        workers: config.sync.workers,
+    });
+    let kubelet_address = config.sync.kubelet_address.clone();
+    resources::start(
+        shared,
+        KindOptions {
+            vcluster: config.name.clone(),
+            sync_all_configmaps: config.sync.sync_all_configmaps,
+            sync_all_secrets: config.sync.sync_all_secrets,
+            node_mode: config.sync.node_sync,
+            kubelet_port: i32::from(config.sync.kubelet_port),
+            kubelet_address,
+            virtual_version,
+        },
+        &mut tasks,
+    );
+
     supervise(tasks, cancel, config.shutdown_timeout).await
+}
+
+/// Publishes the translation context whenever the anchor or the vcluster Service changes;
+/// `None` while either is unknown (reconciles then wait instead of writing half-marked objects).
+async fn publish_translate_ctx(
+    api: Api<Service>,
+    config: SyncerConfig,
+    mut anchor: watch::Receiver<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+    ctx: watch::Sender<Option<TranslateCtx>>,
+    cancel: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let fields = format!("metadata.name={}", config.sync.service_name);
+    let stream =
+        kube::runtime::watcher::watcher(api, kube::runtime::watcher::Config::default().fields(&fields))
+            .default_backoff()
+            .applied_objects();
+    futures::pin_mut!(stream);
+    let mut service_ip: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = anchor.changed() => if changed.is_err() { return },
+            next = stream.next() => match next {
+                None => return,
+                Some(Ok(svc)) => {
+                    service_ip = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| !ip.is_empty() && ip != "None");
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, service = %config.sync.service_name, "watching the vcluster Service failed; retrying");
+                    continue;
+                }
+            },
+        }
+        let owner = anchor.borrow().clone();
+        let next = match (owner, &service_ip) {
+            (Some(owner), Some(ip)) => Some(TranslateCtx {
+                vcluster: config.name.clone(),
+                host_namespace: config.host_namespace.clone(),
+                owner,
+                workload_service_account: config.sync.workload_service_account.clone(),
+                kube_service_ip: ip.clone(),
+                dns_nameserver: config
+                    .sync
+                    .dns_nameserver
+                    .map_or_else(|| ip.clone(), |a| a.to_string()),
+                cluster_domain: config.sync.cluster_domain.clone(),
+                host_access: config.sync.host_access,
+            }),
+            _ => None,
+        };
+        ctx.send_if_modified(|cur| {
+            let changed = *cur != next;
+            if changed {
+                match &next {
+                    Some(c) => tracing::info!(service_ip = %c.kube_service_ip, owner_uid = %c.owner.uid, "translation context ready"),
+                    None => tracing::info!("translation context not ready (owner or Service missing)"),
+                }
+                cur.clone_from(&next);
+            }
+            changed
+        });
+    }
 }
 
 /// k3s writes its admin kubeconfig only once it has started, and the syncer usually starts
@@ -129,10 +238,13 @@ async fn supervise(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let early = tokio::select! {
+        biased;
         () = cancel.cancelled() => None,
         done = tasks.join_next() => done,
     };
     let failure = match early {
+        // A task that ends because shutdown began is not a failure.
+        _ if cancel.is_cancelled() => None,
         None => None,
         Some(Ok((name, Ok(())))) => Some(anyhow::anyhow!("{name} stopped unexpectedly")),
         Some(Ok((name, Err(error)))) => Some(error.context(format!("{name} failed"))),

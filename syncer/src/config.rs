@@ -131,6 +131,71 @@ pub struct SyncerArgs {
     /// Tokio worker threads.
     #[arg(long, env = "VNEST_WORKER_THREADS", default_value = "2", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
+
+    /// Concurrent reconciles per kind (pods; ConfigMaps and Secrets get half each).
+    #[arg(long, env = "VNEST_WORKERS", default_value = "8", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
+    /// The vcluster's host Service (its ClusterIP is the virtual `kubernetes` Service IP)
+    /// [default: the vcluster name].
+    #[arg(long, env = "VNEST_SERVICE_NAME", value_parser = parse_dns_label)]
+    pub service_name: Option<String>,
+
+    /// Host ServiceAccount synced pods run as (no token is mounted from it)
+    /// [default: <name>-workload].
+    #[arg(long, env = "VNEST_WORKLOAD_SERVICE_ACCOUNT", value_parser = parse_dns_label)]
+    pub workload_service_account: Option<String>,
+
+    /// Nameserver synced pods use [default: the vcluster Service's ClusterIP, where the syncer
+    /// answers DNS].
+    #[arg(long, env = "VNEST_DNS_NAMESERVER")]
+    pub dns_nameserver: Option<std::net::IpAddr>,
+
+    /// The virtual cluster's DNS domain.
+    #[arg(long, env = "VNEST_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Pods that would escape the namespace sandbox (hostNetwork, hostPID, hostIPC, hostPath,
+    /// privileged, hostPort): `deny` refuses them with a Warning Event, `allow` passes them on.
+    #[arg(long, env = "VNEST_HOST_ACCESS", value_enum, default_value = "deny")]
+    pub host_access: crate::engine::HostAccessPolicy,
+
+    /// Copy every virtual ConfigMap to the host, not only those pods use.
+    #[arg(long, env = "VNEST_SYNC_ALL_CONFIGMAPS")]
+    pub sync_all_configmaps: bool,
+
+    /// Copy every virtual Secret to the host, not only those pods use.
+    #[arg(long, env = "VNEST_SYNC_ALL_SECRETS")]
+    pub sync_all_secrets: bool,
+
+    /// Virtual nodes: `fake` (namespaced Role suffices) or `real` (copies host node facts;
+    /// needs the optional read-only ClusterRole on nodes).
+    #[arg(long, env = "VNEST_NODE_SYNC", value_enum, default_value = "fake")]
+    pub node_sync: crate::resources::nodes::NodeMode,
+
+    /// Port the virtual nodes advertise for their kubelet endpoint.
+    #[arg(long, env = "VNEST_KUBELET_PORT", default_value = "10250")]
+    pub kubelet_port: u16,
+
+    /// Address the virtual nodes advertise for their kubelet [default: the vcluster Service IP].
+    #[arg(long, env = "VNEST_KUBELET_ADDRESS")]
+    pub kubelet_address: Option<String>,
+}
+
+/// Options of the synced kinds.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub workers: usize,
+    pub service_name: String,
+    pub workload_service_account: String,
+    pub dns_nameserver: Option<std::net::IpAddr>,
+    pub cluster_domain: String,
+    pub host_access: crate::engine::HostAccessPolicy,
+    pub sync_all_configmaps: bool,
+    pub sync_all_secrets: bool,
+    pub node_sync: crate::resources::nodes::NodeMode,
+    pub kubelet_port: u16,
+    pub kubelet_address: Option<String>,
 }
 
 /// Log settings, needed before anything else starts.
@@ -176,6 +241,7 @@ pub struct SyncerConfig {
     pub virtual_rate: RateLimit,
     pub shutdown_timeout: Duration,
     pub worker_threads: usize,
+    pub sync: SyncOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +278,17 @@ impl SyncerArgs {
             virtual_burst,
             shutdown_timeout,
             worker_threads,
+            workers,
+            service_name,
+            workload_service_account,
+            dns_nameserver,
+            cluster_domain,
+            host_access,
+            sync_all_configmaps,
+            sync_all_secrets,
+            node_sync,
+            kubelet_port,
+            kubelet_address,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -219,7 +296,21 @@ impl SyncerArgs {
         };
         let virtual_kubeconfig =
             virtual_kubeconfig.unwrap_or_else(|| data_dir.join("server/cred/admin.kubeconfig"));
+        let sync = SyncOptions {
+            workers: usize::from(workers),
+            service_name: service_name.unwrap_or_else(|| name.clone()),
+            workload_service_account: workload_service_account.unwrap_or_else(|| format!("{name}-workload")),
+            dns_nameserver,
+            cluster_domain,
+            host_access,
+            sync_all_configmaps,
+            sync_all_secrets,
+            node_sync,
+            kubelet_port,
+            kubelet_address,
+        };
         Ok(SyncerConfig {
+            sync,
             owner: Owner {
                 kind: owner_kind,
                 name: owner_name.unwrap_or_else(|| name.clone()),
@@ -332,6 +423,9 @@ mod tests {
         );
         assert_eq!(cfg.host_rate, RateLimit { qps: 40.0, burst: 80 });
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.sync.workload_service_account, "demo-workload");
+        assert_eq!(cfg.sync.service_name, "demo");
+        assert_eq!(cfg.sync.host_access, crate::engine::HostAccessPolicy::Deny);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`admin`]: the `/livez`, `/readyz`, `/metrics` HTTP server.
 //! - [`naming`]: pure virtual -> host name translation (deterministic, injective, <= 63 chars).
 //! - [`markers`]: our label/annotation keys and "is this host object ours?".
+//! - [`engine`]: the generic two-way sync engine (fair queue, watches, pure plans, writes).
+//! - [`resources`]: one folder per synced kind (pure `translate.rs` + declaration).
 //! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
 //! - [`error`]: the crate's typed errors.
 
@@ -23,9 +25,11 @@ pub mod admin;
 pub mod app;
 pub mod clients;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod health;
 pub mod markers;
 pub mod metrics;
 pub mod naming;
+pub mod resources;
 pub mod telemetry;

@@ -21,6 +21,22 @@ pub struct Metrics {
     pub cluster_ready: IntGaugeVec,
     /// Time the client-side rate limiter made requests wait, by cluster.
     pub rate_limit_wait: HistogramVec,
+    /// Objects in each watch cache, by cluster and kind.
+    pub store_objects: IntGaugeVec,
+    /// Watch errors (each followed by a backoff and a re-watch), by cluster and kind.
+    pub watch_errors: IntCounterVec,
+    /// Keys waiting in each kind's queue.
+    pub queue_depth: IntGaugeVec,
+    /// Time keys waited in the queue before a worker took them, by kind.
+    pub queue_wait: HistogramVec,
+    /// Reconciles by kind and result (`ok` or an error category).
+    pub reconciles: IntCounterVec,
+    /// Reconcile latency by kind.
+    pub reconcile_duration: HistogramVec,
+    /// Host writes by kind and operation (create, patch, delete).
+    pub host_writes: IntCounterVec,
+    /// Sync lag: first sight of a new virtual object until its host copy exists, by kind.
+    pub sync_lag: HistogramVec,
 }
 
 impl Metrics {
@@ -53,6 +69,59 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["cluster"],
         )?;
+        let store_objects = IntGaugeVec::new(
+            Opts::new("store_objects", "Objects in the syncer's watch caches"),
+            &["cluster", "kind"],
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new("watch_errors_total", "Watch failures (each retried with backoff)"),
+            &["cluster", "kind"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("queue_depth", "Keys waiting to be reconciled"),
+            &["kind"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new("queue_wait_seconds", "Time keys waited in the queue")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "reconciles_total",
+                "Reconciles by kind and result (ok or error category)",
+            ),
+            &["kind", "result"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Reconcile latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        let host_writes = IntCounterVec::new(
+            Opts::new(
+                "host_writes_total",
+                "Writes to the host API server by kind and operation",
+            ),
+            &["kind", "op"],
+        )?;
+        let sync_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "sync_lag_seconds",
+                "First sight of a virtual object until its host copy exists",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        for c in [&store_objects, &queue_depth] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for c in [&watch_errors, &reconciles, &host_writes] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for h in [&queue_wait, &reconcile_duration, &sync_lag] {
+            registry.register(Box::new(h.clone()))?;
+        }
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_request_duration.clone()))?;
         registry.register(Box::new(cluster_ready.clone()))?;
@@ -63,6 +132,14 @@ impl Metrics {
             api_request_duration,
             cluster_ready,
             rate_limit_wait,
+            store_objects,
+            watch_errors,
+            queue_depth,
+            queue_wait,
+            reconciles,
+            reconcile_duration,
+            host_writes,
+            sync_lag,
         })
     }
 

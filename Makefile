@@ -1,0 +1,35 @@
+# vnest developer entry points. `make help` lists them.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+.PHONY: help up down test test-unit test-e2e lint fmt tools build bench
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+up: ## build what is missing, start a host cluster + a vcluster in namespace vnest-demo, print next steps
+	@hack/up.sh
+
+down: ## stop everything `make up` started (by PID) and remove its state
+	@hack/down.sh
+
+test: ## every check: fmt, clippy -D warnings, unit tests, e2e against its own local control planes
+	@hack/test.sh
+
+test-unit: ## fmt, clippy and unit tests only (no control planes)
+	@hack/test.sh --unit-only
+
+test-e2e: ## e2e tests against an already running `make up`
+	@VNEST_E2E_ENV=$(CURDIR)/.e2e/env cargo test --workspace --test "*" -- --test-threads=4
+
+lint: ## cargo fmt --check and clippy -D warnings
+	@cargo fmt --all -- --check && cargo clippy --all-targets -- -D warnings
+
+fmt: ## format the Rust code
+	@cargo fmt --all
+
+tools: ## build the upstream control-plane binaries into the version-keyed cache
+	@hack/build-tools.sh
+
+build: ## build the vnest binary (debug)
+	@cargo build --bin vnest

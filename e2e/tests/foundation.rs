@@ -1,0 +1,351 @@
+//! The local world itself: host cluster with kwok nodes, the virtual control plane, the syncer's
+//! identity and its admin endpoints. Runs against the control planes `hack/up.sh` started.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use vnest_e2e::{Env, Result, TestNs, http_get, wait_until};
+
+fn deployment(name: &str, replicas: i32) -> Result<Deployment> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": "nginx"}]}
+            }
+        }
+    }))?)
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn host_has_three_ready_kwok_nodes() -> Result<()> {
+    let env = Env::load()?;
+    let nodes: Api<Node> = Api::all(env.host_admin().await?);
+    let ready = wait_until("3 Ready nodes", Duration::from_secs(60), || async {
+        let list = nodes.list(&ListParams::default()).await?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        Ok((ready.len() == 3).then_some(ready))
+    })
+    .await?;
+    assert_eq!(ready, ["kwok-node-0", "kwok-node-1", "kwok-node-2"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn host_deployment_runs_pods_with_distinct_ips_and_simulated_logs_and_exec() -> Result<()> {
+    let env = Env::load()?;
+    let host = env.host_admin().await?;
+    let ns = TestNs::new(&host, "e2e-host").await?;
+    let deployments: Api<Deployment> = Api::namespaced(host.clone(), &ns.name);
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3)?)
+        .await?;
+
+    let pods: Api<Pod> = Api::namespaced(host.clone(), &ns.name);
+    let running = wait_until("3 Running pods with IPs", Duration::from_secs(30), || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await?;
+        let running: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| {
+                let s = p.status.as_ref();
+                s.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && s.and_then(|s| s.pod_ip.as_ref()).is_some()
+            })
+            .collect();
+        Ok((running.len() == 3).then_some(running))
+    })
+    .await?;
+    let ips: BTreeSet<String> = running
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(ips.len(), 3, "pod IPs must be distinct: {ips:?}");
+    let cidr_prefix = env
+        .get("POD_CIDR")?
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    assert!(
+        ips.iter().all(|ip| ip.starts_with(&cidr_prefix)),
+        "{ips:?} not in {cidr_prefix}.x.x"
+    );
+    assert!(
+        running
+            .iter()
+            .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+    );
+
+    let pod = running[0].metadata.name.clone().unwrap_or_default();
+    let logs = env
+        .kubectl("HOST_KUBECONFIG", &["-n", &ns.name, "logs", &pod])
+        .await?;
+    assert!(
+        logs.status.success(),
+        "kubectl logs failed: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        stdout(&logs).contains("vnest simulated container log line 1"),
+        "{}",
+        stdout(&logs)
+    );
+
+    let exec = env
+        .kubectl(
+            "HOST_KUBECONFIG",
+            &["-n", &ns.name, "exec", &pod, "--", "echo", "hello-from-exec"],
+        )
+        .await?;
+    assert!(
+        exec.status.success(),
+        "kubectl exec failed: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert_eq!(stdout(&exec), "hello-from-exec");
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn virtual_deployment_creates_replicaset_and_pods_that_stay_virtual() -> Result<()> {
+    let env = Env::load()?;
+    let virt = env.virtual_admin().await?;
+    let ns = TestNs::new(&virt, "e2e-virt").await?;
+    Api::<Deployment>::namespaced(virt.clone(), &ns.name)
+        .create(&PostParams::default(), &deployment("web", 2)?)
+        .await?;
+    let rs: Api<ReplicaSet> = Api::namespaced(virt.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(virt.clone(), &ns.name);
+    wait_until(
+        "a ReplicaSet and 2 pods in the virtual cluster",
+        Duration::from_secs(30),
+        || async {
+            let sets = rs.list(&ListParams::default()).await?.items.len();
+            let pods = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items
+                .len();
+            Ok((sets == 1 && pods == 2).then_some(()))
+        },
+    )
+    .await?;
+
+    // High-level objects never reach the host namespace.
+    let host = env.host_admin().await?;
+    let host_ns = env.get("HOST_NAMESPACE")?;
+    assert!(
+        Api::<Deployment>::namespaced(host.clone(), host_ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    assert!(
+        Api::<ReplicaSet>::namespaced(host, host_ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    ns.delete().await
+}
+
+#[tokio::test]
+async fn both_api_servers_report_v1_35() -> Result<()> {
+    let env = Env::load()?;
+    for client in [env.host_admin().await?, env.virtual_admin().await?] {
+        let version = client.apiserver_version().await?;
+        assert_eq!((version.major.as_str(), version.minor.as_str()), ("1", "35"));
+        assert!(
+            version.git_version.starts_with("v1.35."),
+            "{}",
+            version.git_version
+        );
+    }
+    Ok(())
+}
+
+async fn can_i(
+    client: &Client,
+    verb: &str,
+    (group, resource): (&str, &str),
+    namespace: Option<&str>,
+) -> Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: namespace.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+#[tokio::test]
+async fn syncer_identity_has_only_namespaced_permissions() -> Result<()> {
+    let env = Env::load()?;
+    let syncer = env.syncer_host().await?;
+    let ns = env.get("HOST_NAMESPACE")?;
+    for (verb, resource, namespace, allowed) in [
+        ("create", ("", "pods"), Some(ns), true),
+        ("delete", ("", "secrets"), Some(ns), true),
+        ("watch", ("apps", "statefulsets"), Some(ns), true),
+        ("list", ("", "nodes"), None, false),
+        ("list", ("", "pods"), None, false),
+        ("create", ("", "pods"), Some("default"), false),
+        ("get", ("", "secrets"), Some("kube-system"), false),
+        ("update", ("apps", "statefulsets"), Some(ns), false),
+        (
+            "create",
+            ("rbac.authorization.k8s.io", "clusterroles"),
+            None,
+            false,
+        ),
+    ] {
+        assert_eq!(
+            can_i(&syncer, verb, resource, namespace).await?,
+            allowed,
+            "can the syncer {verb} {resource:?} in {namespace:?}?"
+        );
+    }
+    // The same, as a user would check it with kubectl.
+    let no = env
+        .kubectl("SYNCER_HOST_KUBECONFIG", &["auth", "can-i", "list", "nodes"])
+        .await?;
+    assert_eq!(stdout(&no), "no");
+    let yes = env
+        .kubectl(
+            "SYNCER_HOST_KUBECONFIG",
+            &["auth", "can-i", "create", "pods", "-n", ns],
+        )
+        .await?;
+    assert_eq!(stdout(&yes), "yes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn running_syncer_is_ready_and_exports_metrics() -> Result<()> {
+    let env = Env::load()?;
+    let admin = env.get("SYNCER_ADMIN_URL")?;
+    let ready = http_get(&format!("{admin}/readyz")).await?;
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert!(
+        ready.1.contains("[+] host ok") && ready.1.contains("[+] virtual ok"),
+        "{}",
+        ready.1
+    );
+    let metrics = http_get(env.get("SYNCER_METRICS_URL")?).await?;
+    assert_eq!(metrics.0, 200);
+    for needle in [
+        "vnest_syncer_api_requests_total{cluster=\"host\"",
+        "vnest_syncer_api_requests_total{cluster=\"virtual\"",
+        "vnest_syncer_cluster_ready{cluster=\"host\"} 1",
+    ] {
+        assert!(
+            metrics.1.contains(needle),
+            "metrics lack {needle}:\n{}",
+            metrics.1
+        );
+    }
+    Ok(())
+}
+
+/// A second syncer process: not ready while the virtual kubeconfig is missing (and says why),
+/// ready once pointed at the real one, and gone within the shutdown timeout after SIGTERM.
+#[tokio::test]
+async fn syncer_reports_why_it_is_not_ready_and_stops_cleanly_on_sigterm() -> Result<()> {
+    let env = Env::load()?;
+    for (virtual_kubeconfig, expect_ready) in [
+        ("/nonexistent/admin.kubeconfig".to_owned(), false),
+        (env.get("VIRTUAL_KUBECONFIG")?.to_owned(), true),
+    ] {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = tokio::process::Command::new(env.path("VNEST_BIN")?)
+            .args(["syncer", "--name", env.get("VCLUSTER_NAME")?])
+            .args(["--host-namespace", env.get("HOST_NAMESPACE")?])
+            .args(["--host-kubeconfig", env.get("SYNCER_HOST_KUBECONFIG")?])
+            .args(["--virtual-kubeconfig", &virtual_kubeconfig])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{port}"),
+                "--shutdown-timeout",
+                "3s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let (code, body) = wait_until(
+            "the syncer's final readiness",
+            Duration::from_secs(30),
+            || async {
+                let (code, body) = match http_get(&url).await {
+                    Ok(r) => r,
+                    Err(_) => return Ok(None), // not listening yet
+                };
+                let settled = if expect_ready {
+                    code == 200
+                } else {
+                    body.contains("waiting for kubeconfig")
+                };
+                Ok(settled.then_some((code, body)))
+            },
+        )
+        .await?;
+        if expect_ready {
+            assert_eq!(code, 200, "{body}");
+        } else {
+            assert_eq!(code, 503, "{body}");
+            assert!(body.contains("/nonexistent/admin.kubeconfig"), "{body}");
+        }
+
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("syncer exited early"))?;
+        let kill = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        assert!(kill.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("syncer still running 10 s after SIGTERM"))??;
+        assert!(status.success(), "syncer exited with {status} after SIGTERM");
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Starts, stops or restarts the local world's syncer exactly as hack/up.sh does (tests use it
+# to SIGKILL the syncer mid-way and start it again).
+#
+#   hack/syncer.sh start            start it (waits for /readyz)
+#   hack/syncer.sh stop [SIGNAL]    stop it by recorded PID (default TERM; KILL for a crash)
+#   hack/syncer.sh restart [SIGNAL] stop, then start
+# Inputs (environment): STATE_DIR (default <repo>/.e2e), VNEST_LOG (log filter).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/common.sh
+source "$repo/hack/lib/common.sh"
+STATE_DIR=${STATE_DIR:-$repo/.e2e}
+PID_DIR=$STATE_DIR/pids
+LOG_DIR=$STATE_DIR/logs
+# shellcheck disable=SC1091
+source "$STATE_DIR/syncer/syncer.env"
+
+start() {
+	# The order file lists it once (make down stops it with the rest).
+	if grep -qx syncer "$PID_DIR/order" 2>/dev/null; then sed -i '/^syncer$/d' "$PID_DIR/order"; fi
+	rm -f "$PID_DIR/syncer.pid"
+	start_proc syncer "$VNEST" syncer \
+		--name "$VCLUSTER_NAME" --host-namespace "$HOST_NAMESPACE" \
+		--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$VIRTUAL_DATA_DIR" \
+		--workload-service-account "$WORKLOAD_SA" \
+		--admin-addr "$SYNCER_ADMIN_ADDR" --log-filter "${VNEST_LOG:-info}"
+	wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
+}
+
+stop() {
+	local sig=${1:-TERM} pid
+	pid=$(cat "$PID_DIR/syncer.pid" 2>/dev/null) || return 0
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill "-$sig" "$pid"
+	local deadline=$((SECONDS + 15))
+	while kill -0 "$pid" 2>/dev/null; do
+		((SECONDS < deadline)) || { kill -KILL "$pid"; break; }
+		sleep 0.05
+	done
+	log "syncer (pid $pid) stopped with SIG$sig"
+}
+
+case ${1:-} in
+start) start ;;
+stop) stop "${2:-TERM}" ;;
+restart) stop "${2:-TERM}"; start ;;
+*) die "usage: hack/syncer.sh start|stop [SIGNAL]|restart [SIGNAL]" ;;
+esac

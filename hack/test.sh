@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# `make test`: every check, in order, each reported by name; the local control planes for the
+# e2e tests are started here (in their own state dir, so a running `make up` is untouched) and
+# always stopped at the end, also on failure. Ends with one summary line:
+#   summary: N passed, M failed
+# where N/M count individual tests (a failed non-test step such as fmt counts as one failure).
+#
+#   hack/test.sh              everything
+#   hack/test.sh --unit-only  fmt, clippy, unit tests (no control planes)
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+# shellcheck source=lib/common.sh
+source "$repo/hack/lib/common.sh"
+
+unit_only=0
+[[ ${1:-} == --unit-only ]] && unit_only=1
+
+export STATE_DIR=$repo/.e2e/test
+export HOST_NAMESPACE=vnest-e2e
+export VNEST_E2E_ENV=$STATE_DIR/env
+export CARGO_TERM_COLOR=never
+
+passed=0 failed=0
+failed_steps=()
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+# count_tests FILE: adds cargo's "test result: ok. N passed; M failed" lines to the totals.
+count_tests() {
+	local p f
+	while read -r p f; do
+		passed=$((passed + p)); failed=$((failed + f))
+	done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$1")
+}
+
+# run_step NAME CMD...: runs CMD with its output shown, records the result under NAME.
+run_step() {
+	local name=$1; shift
+	step "$name"
+	local start=$SECONDS
+	"$@" 2>&1 | tee "$out"
+	local code=${PIPESTATUS[0]}
+	count_tests "$out"
+	if ((code == 0)); then
+		log "PASS: $name ($((SECONDS - start)) s)"
+	else
+		log "FAIL: $name (exit $code, $((SECONDS - start)) s)"
+		failed_steps+=("$name")
+		grep -q '^test result:' "$out" || failed=$((failed + 1))
+	fi
+	return "$code"
+}
+
+summary() {
+	echo
+	if ((${#failed_steps[@]})); then
+		log "failed steps: ${failed_steps[*]}"
+	else
+		log "all steps passed"
+	fi
+	echo "summary: $passed passed, $failed failed"
+}
+
+world_up=0
+stop_world() {
+	if ((world_up)); then
+		if ((${#failed_steps[@]})); then
+			log "keeping logs of the failed run in $STATE_DIR/logs; last syncer lines:"
+			tail -n 40 "$STATE_DIR/logs/syncer.log" 2>/dev/null || true
+			KEEP_LOGS=1 run_step "make down (stop the test world, keep logs)" hack/down.sh || true
+		else
+			run_step "make down (stop the test world)" hack/down.sh || true
+		fi
+		world_up=0
+	fi
+}
+trap 'stop_world; rm -f "$out"' EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+run_step "cargo fmt --check" cargo fmt --all -- --check
+run_step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
+run_step "unit tests" cargo test --workspace --lib --bins
+
+if ((unit_only == 0)); then
+	# A leftover world from an interrupted run would hold ports and state: stop it first.
+	[[ -d $STATE_DIR/pids ]] && hack/down.sh
+	world_up=1
+	if run_step "local control planes up (hack/up.sh)" env QUIET_NEXT_STEPS=1 hack/up.sh; then
+		run_step "e2e and integration tests" cargo test --workspace --test "*" -- --test-threads=4
+	fi
+	stop_world
+fi
+
+summary
+((${#failed_steps[@]} == 0))

@@ -1,0 +1,76 @@
+//! The generic sync engine, written once and used by every kind.
+//!
+//! - [`queue`]: a fair work queue (round-robin across namespaces, dedup, backoff).
+//! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues.
+//! - [`plan`]: pure decisions (create / patch / delete / noop) and minimal patches.
+//! - [`apply`]: executes host writes (POST create, merge/strategic patch, UID-guarded delete).
+//! - [`worker`]: runs a reconciler over a queue with metrics, backoff and tenant Events.
+//! - [`standard`]: the whole reconcile for kinds that are plain copies (ConfigMaps, Secrets).
+//! - [`events`], [`error`]: what the tenant sees when something is refused.
+
+pub mod apply;
+pub mod error;
+pub mod events;
+pub mod plan;
+pub mod queue;
+pub mod standard;
+pub mod watch;
+pub mod worker;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use error::{SyncError, TranslateError};
+use events::Events;
+
+/// What every reconciler shares: clients, the current translation context, metrics, events.
+pub struct Shared {
+    pub host: kube::Client,
+    pub virt: kube::Client,
+    pub host_namespace: String,
+    /// Set once the vcluster's own host objects (owner, Service) are known; `None` before.
+    pub translate: tokio::sync::watch::Receiver<Option<TranslateCtx>>,
+    pub metrics: Metrics,
+    pub events: Events,
+    pub cancel: CancellationToken,
+    pub workers: usize,
+}
+
+impl Shared {
+    /// The current translation context, or a "waiting" error that requeues the key.
+    pub fn translate_ctx(&self) -> Result<TranslateCtx, SyncError> {
+        self.translate.borrow().clone().ok_or_else(|| {
+            SyncError::Translate(TranslateError::NotReady(
+                "the vcluster's owner object and Service on the host".into(),
+            ))
+        })
+    }
+}
+
+/// What may escape the namespace sandbox on the host (hostNetwork, hostPID, hostIPC,
+/// hostPath volumes, privileged containers, hostPorts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostAccessPolicy {
+    /// Refuse such pods with a Warning Event (default).
+    Deny,
+    /// Pass them to the host unchanged (host admission, e.g. Pod Security, still applies).
+    Allow,
+}
+
+/// Plain data every translation needs: no clients, no clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslateCtx {
+    pub vcluster: String,
+    pub host_namespace: String,
+    /// ownerReference to the vcluster's anchor object, put on every host object.
+    pub owner: OwnerReference,
+    /// Host ServiceAccount every synced pod runs as (no token mounted).
+    pub workload_service_account: String,
+    /// ClusterIP of the vcluster's host Service (KUBERNETES_SERVICE_HOST of synced pods).
+    pub kube_service_ip: String,
+    /// Nameserver written into synced pods' DNS config.
+    pub dns_nameserver: String,
+    pub cluster_domain: String,
+    pub host_access: HostAccessPolicy,
+}

@@ -1,0 +1,224 @@
+//! The whole reconcile for kinds that are plain copies on the host (ConfigMaps, Secrets, ...):
+//! a kind declares its owned fields and when it is wanted; everything else — lifecycle,
+//! markers, metadata merge, minimal patches, foreign-object protection — lives here once.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::apply::{self, Applied, RecentCreates};
+use super::error::{SyncError, TranslateError};
+use super::plan::{self, HostAction, HostPatch, Pair, PatchKind, Plan};
+use super::queue::{FairQueue, Key};
+use super::worker::{Outcome, Reconciler};
+use super::{Shared, TranslateCtx};
+use crate::{markers, naming};
+
+/// A kind copied virtual -> host as-is (plus markers).
+pub trait CopiedKind: Send + Sync + 'static {
+    type K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static;
+    /// Kind name in markers and messages ("ConfigMap").
+    const KIND: &'static str;
+    /// Plural for metrics and logs ("configmaps").
+    const NAME: &'static str;
+    /// The fields (besides labels/annotations) the host copy takes from the virtual object, as
+    /// JSON with every owned key present (so removals show up as differences).
+    fn owned_fields(obj: &Self::K) -> Value;
+    /// The host object to create: `meta` (ours) plus the owned fields of `v`.
+    fn host_object(meta: ObjectMeta, v: &Self::K) -> Self::K;
+    /// Whether the virtual object should exist on the host right now.
+    fn wanted(&self, v: &Self::K) -> bool;
+    /// Annotations the host side owns (never copied, never removed).
+    fn excluded_annotations() -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// The key of the virtual object a host object of `kind` was made from.
+pub fn host_key(kind: &str, meta: &ObjectMeta) -> Option<Key> {
+    let kind_ok = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(markers::ANNOTATION_OBJECT_KIND))
+        .is_none_or(|k| k == kind);
+    let source = markers::source_of(meta)?;
+    kind_ok.then(|| Key::new(source.namespace.unwrap_or_default(), source.name))
+}
+
+/// Whether a host object found under our name really is our copy of `key`.
+pub fn is_ours(tc: &TranslateCtx, kind: &str, meta: &ObjectMeta) -> bool {
+    markers::is_managed(meta, &tc.vcluster, kind, &tc.host_namespace, |s| {
+        naming::host_name(&tc.vcluster, s.namespace.as_deref().unwrap_or_default(), &s.name)
+    })
+}
+
+/// Metadata of a host object to create from virtual `v`.
+pub fn create_meta(tc: &TranslateCtx, kind: &str, v: &ObjectMeta, host_name: String) -> ObjectMeta {
+    let (labels, annotations) = plan::desired_metadata(
+        &tc.vcluster,
+        kind,
+        v,
+        &ObjectMeta::default(),
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &[],
+    );
+    ObjectMeta {
+        name: Some(host_name),
+        namespace: Some(tc.host_namespace.clone()),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        owner_references: Some(vec![tc.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The pure plan for a copied kind.
+pub fn plan_copy<C: CopiedKind>(
+    tc: &TranslateCtx,
+    v: Option<&C::K>,
+    h: Option<&C::K>,
+    wanted: bool,
+) -> Result<Plan<C::K>, TranslateError> {
+    if let Some(p) = plan::lifecycle(Pair {
+        virtual_meta: v.map(|o| o.meta()),
+        host_meta: h.map(|o| o.meta()),
+    }) {
+        return Ok(p);
+    }
+    let Some(v) = v else { return Ok(Plan::noop()) };
+    if v.meta().deletion_timestamp.is_some() || !wanted {
+        return Ok(h.map_or_else(Plan::noop, |h| {
+            plan::delete_host(h.meta(), "no longer used on the virtual side")
+        }));
+    }
+    let host_name = naming::host_name(&tc.vcluster, &v.namespace().unwrap_or_default(), &v.name_any());
+    let Some(h) = h else {
+        let meta = create_meta(tc, C::KIND, v.meta(), host_name);
+        return Ok(Plan::host(HostAction::Create(Box::new(C::host_object(meta, v)))));
+    };
+    let (labels, annotations) = plan::desired_metadata(
+        &tc.vcluster,
+        C::KIND,
+        v.meta(),
+        h.meta(),
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        C::excluded_annotations(),
+    );
+    let meta_patch = plan::metadata_patch(h.meta(), &labels, &annotations);
+    let fields_patch = plan::merge_diff(&C::owned_fields(h), &C::owned_fields(v));
+    if meta_patch.is_none() && fields_patch.is_none() {
+        return Ok(Plan::noop());
+    }
+    let mut body = fields_patch.unwrap_or_else(|| Value::Object(Default::default()));
+    let mut meta = meta_patch.unwrap_or_else(|| Value::Object(Default::default()));
+    meta["resourceVersion"] = Value::from(h.resource_version().unwrap_or_default());
+    body["metadata"] = meta;
+    Ok(Plan::host(HostAction::Patch(HostPatch {
+        kind: PatchKind::Merge,
+        body,
+    })))
+}
+
+/// Runs a copied kind: the reconciler over both stores.
+pub struct Copier<C: CopiedKind> {
+    pub kind: C,
+    pub shared: Arc<Shared>,
+    pub virtual_store: Store<C::K>,
+    pub host_store: Store<C::K>,
+    pub host_api: Api<C::K>,
+    pub queue: FairQueue,
+    pub recent: RecentCreates,
+}
+
+impl<C: CopiedKind> Copier<C> {
+    fn lookup(&self, key: &Key, tc: &TranslateCtx) -> (Option<Arc<C::K>>, Option<Arc<C::K>>, String) {
+        let v = self
+            .virtual_store
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
+        let h = self
+            .host_store
+            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
+        (v, h, host_name)
+    }
+}
+
+impl<C: CopiedKind> Reconciler for Copier<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
+        let tc = self.shared.translate_ctx()?;
+        let (v, h, host_name) = self.lookup(key, &tc);
+        if let Some(h) = &h
+            && !is_ours(&tc, C::KIND, h.meta())
+        {
+            return Err(SyncError::Foreign {
+                kind: C::KIND,
+                host_name,
+            });
+        }
+        if h.is_some() {
+            self.recent.observed(&host_name);
+        } else if self.recent.pending(&host_name) {
+            // Created a moment ago; the cache has not caught up yet.
+            return Ok(Outcome::requeue(std::time::Duration::from_secs(1)));
+        }
+        let wanted = v.as_deref().is_some_and(|v| self.kind.wanted(v));
+        let plan = plan_copy::<C>(&tc, v.as_deref(), h.as_deref(), wanted)?;
+        let op = plan.host.op();
+        if op != "noop" {
+            tracing::info!(kind = C::NAME, key = %key, host.name = %host_name, op, "writing host object");
+        }
+        let started = Instant::now();
+        let applied = apply::execute(&self.host_api, C::KIND, &host_name, plan.host, |o: &C::K| {
+            is_ours(&tc, C::KIND, o.meta())
+        })
+        .await?;
+        if !matches!(applied, Applied::Nothing) {
+            self.shared
+                .metrics
+                .host_writes
+                .with_label_values(&[C::NAME, op])
+                .inc();
+        }
+        if matches!(applied, Applied::Created(_)) {
+            self.recent.record(&host_name);
+            self.shared
+                .metrics
+                .sync_lag
+                .with_label_values(&[C::NAME])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(Outcome {
+            requeue_after: plan.requeue_after,
+        })
+    }
+
+    fn tenant_object(&self, key: &Key) -> Option<ObjectReference> {
+        self.virtual_store
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+            .map(|v| v.object_ref(&()))
+    }
+}

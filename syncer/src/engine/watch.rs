@@ -1,0 +1,106 @@
+//! One watch per (cluster, kind): it keeps a reflector store and tells subscribers what
+//! changed, so reconcilers read caches and never GET. Host watches are namespaced and label-
+//! selected by the caller; `managedFields` are dropped before caching (memory).
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Cluster;
+use crate::metrics::Metrics;
+
+/// What a subscriber is told.
+pub enum Change<'a, K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    /// Added or modified (the store already holds it).
+    Applied(&'a K),
+    /// Deleted (already gone from the store).
+    Deleted(&'a K),
+    /// The watch (re)listed: the store was replaced; every object may have changed and objects
+    /// may have vanished without a Deleted.
+    Relisted(&'a Store<K>),
+}
+
+pub type Subscriber<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
+
+/// Starts a watch task feeding `writer` (whose reader the caller already holds, so that
+/// subscribers can read both sides' stores). `name` labels metrics and logs (e.g. "pods").
+#[allow(clippy::too_many_arguments)]
+pub fn spawn<K>(
+    api: Api<K>,
+    (reader, mut writer): (Store<K>, Writer<K>),
+    config: watcher::Config,
+    cluster: Cluster,
+    name: &'static str,
+    subscribers: Vec<Subscriber<K>>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
+        futures::pin_mut!(stream);
+        let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
+        loop {
+            let event = tokio::select! {
+                () = cancel.cancelled() => return,
+                event = stream.next() => event,
+            };
+            let event = match event {
+                None => return,
+                Some(Ok(event)) => event,
+                Some(Err(error)) => {
+                    metrics
+                        .watch_errors
+                        .with_label_values(&[cluster.as_str(), name])
+                        .inc();
+                    tracing::warn!(cluster = cluster.as_str(), kind = name, %error, "watch error; retrying with backoff");
+                    continue;
+                }
+            };
+            writer.apply_watcher_event(&event);
+            match &event {
+                Event::Apply(obj) => {
+                    for s in &subscribers {
+                        s(Change::Applied(obj));
+                    }
+                }
+                Event::Delete(obj) => {
+                    for s in &subscribers {
+                        s(Change::Deleted(obj));
+                    }
+                }
+                Event::InitDone => {
+                    tracing::debug!(
+                        cluster = cluster.as_str(),
+                        kind = name,
+                        objects = reader.len(),
+                        "listed"
+                    );
+                    for s in &subscribers {
+                        s(Change::Relisted(&reader));
+                    }
+                }
+                Event::Init | Event::InitApply(_) => {}
+            }
+            gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
+        }
+    })
+}

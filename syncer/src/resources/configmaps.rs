@@ -1,0 +1,48 @@
+//! ConfigMaps: copied to the host only while a virtual pod uses them (or with
+//! `--sync-all-configmaps`); data and binaryData follow the virtual side.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::pods::refs::{RefIndex, RefKind};
+use crate::engine::standard::CopiedKind;
+
+pub struct ConfigMaps {
+    pub refs: Arc<RefIndex>,
+    pub sync_all: bool,
+}
+
+impl CopiedKind for ConfigMaps {
+    type K = ConfigMap;
+    const KIND: &'static str = "ConfigMap";
+    const NAME: &'static str = "configmaps";
+
+    fn owned_fields(obj: &ConfigMap) -> Value {
+        json!({
+            "data": obj.data.clone().unwrap_or_default(),
+            "binaryData": obj.binary_data.clone().unwrap_or_default(),
+        })
+    }
+
+    fn host_object(meta: ObjectMeta, v: &ConfigMap) -> ConfigMap {
+        ConfigMap {
+            metadata: meta,
+            data: v.data.clone(),
+            binary_data: v.binary_data.clone(),
+            immutable: v.immutable,
+        }
+    }
+
+    fn wanted(&self, v: &ConfigMap) -> bool {
+        self.sync_all
+            || self.refs.is_used(
+                RefKind::ConfigMap,
+                &v.namespace().unwrap_or_default(),
+                &v.name_any(),
+            )
+    }
+}

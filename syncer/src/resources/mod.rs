@@ -1,0 +1,515 @@
+//! One folder (or file) per synced kind, each with a pure translation and a small declaration;
+//! [`start`] is the registry: it opens one watch per (cluster, kind), connects the watches to
+//! the kinds' fair queues, and starts the workers once every cache has listed.
+
+pub mod configmaps;
+pub mod events;
+pub mod nodes;
+pub mod pods;
+pub mod secrets;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use crate::engine::Shared;
+use crate::engine::queue::{FairQueue, Key};
+use crate::engine::standard::{self, CopiedKind, Copier};
+use crate::engine::watch::{self, Change, Subscriber};
+use crate::engine::worker::{self, Reconciler};
+use crate::error::Cluster;
+use crate::markers;
+use nodes::{KubeletEndpoint, NodeMode, NodeSync, NodeUsage};
+use pods::refs::{RefIndex, RefKind};
+use pods::sync::{PodSync, TOKEN_SECRET_KIND};
+
+/// Options of the kinds (from the command line).
+#[derive(Debug, Clone)]
+pub struct KindOptions {
+    pub vcluster: String,
+    pub sync_all_configmaps: bool,
+    pub sync_all_secrets: bool,
+    pub node_mode: NodeMode,
+    pub kubelet_port: i32,
+    /// Address the virtual nodes advertise for their kubelet; None = the vcluster Service IP.
+    pub kubelet_address: Option<String>,
+    pub virtual_version: String,
+}
+
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    Key::new(
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+/// A store, its writer, and the subscribers to attach before the watch starts.
+struct Pending<K: Resource<DynamicType = ()> + Clone + 'static> {
+    reader: Store<K>,
+    writer: reflector::store::Writer<K>,
+    subscribers: Vec<Subscriber<K>>,
+}
+
+impl<K> Pending<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        let (reader, writer) = reflector::store();
+        Self {
+            reader,
+            writer,
+            subscribers: Vec::new(),
+        }
+    }
+    fn on(&mut self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
+        self.subscribers.push(Arc::new(f));
+    }
+    fn start(
+        self,
+        api: Api<K>,
+        config: watcher::Config,
+        cluster: Cluster,
+        name: &'static str,
+        shared: &Shared,
+        tasks: &mut Tasks,
+    ) where
+        K::DynamicType: Hash + Eq,
+    {
+        let handle = watch::spawn(
+            api,
+            (self.reader, self.writer),
+            config,
+            cluster,
+            name,
+            self.subscribers,
+            shared.metrics.clone(),
+            shared.cancel.clone(),
+        );
+        tasks.spawn(async move {
+            let r = handle.await;
+            (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+        });
+    }
+}
+
+/// Enqueues the virtual key of every object in `store` (used after a relist of the other side).
+fn enqueue_all<K: Resource<DynamicType = ()> + Clone>(
+    queue: &FairQueue,
+    store: &Store<K>,
+    map: impl Fn(&K) -> Option<Key>,
+) {
+    for obj in store.state() {
+        if let Some(k) = map(&obj) {
+            queue.add(k);
+        }
+    }
+}
+
+/// Wires one copied kind (ConfigMaps, Secrets) both ways.
+fn wire_copied<C: CopiedKind>(
+    virtual_side: &mut Pending<C::K>,
+    host_side: &mut Pending<C::K>,
+    queue: &FairQueue,
+) {
+    let host_key = |o: &C::K| standard::host_key(C::KIND, o.meta());
+    let (q, hs) = (queue.clone(), host_side.reader.clone());
+    virtual_side.on(move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, |o| Some(key_of(o)));
+            enqueue_all(&q, &hs, host_key);
+        }
+    });
+    let (q, vs) = (queue.clone(), virtual_side.reader.clone());
+    host_side.on(move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => {
+            if let Some(k) = host_key(o) {
+                q.add(k);
+            }
+        }
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, host_key);
+            enqueue_all(&q, &vs, |o| Some(key_of(o)));
+        }
+    });
+}
+
+/// Starts every synced kind. Returns the tasks to supervise.
+pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
+    let host_ns = shared.host_namespace.clone();
+    let selector = markers::selector(&opts.vcluster);
+    let host_cfg = || watcher::Config::default().labels(&selector);
+    let virt = shared.virt.clone();
+    let host = shared.host.clone();
+
+    let refs = Arc::new(RefIndex::default());
+    let usage = Arc::new(NodeUsage::default());
+    let (pod_q, cm_q, secret_q, node_q, event_q) = (
+        FairQueue::new(),
+        FairQueue::new(),
+        FairQueue::new(),
+        FairQueue::new(),
+        FairQueue::new(),
+    );
+
+    let mut v_pods = Pending::<Pod>::new();
+    let mut h_pods = Pending::<Pod>::new();
+    let mut v_cms = Pending::<ConfigMap>::new();
+    let mut h_cms = Pending::<ConfigMap>::new();
+    let mut v_secrets = Pending::<Secret>::new();
+    let mut h_secrets = Pending::<Secret>::new();
+    let mut v_namespaces = Pending::<Namespace>::new();
+    let mut v_nodes = Pending::<Node>::new();
+    let mut h_events = Pending::<Event>::new();
+
+    wire_copied::<configmaps::ConfigMaps>(&mut v_cms, &mut h_cms, &cm_q);
+    wire_copied::<secrets::Secrets>(&mut v_secrets, &mut h_secrets, &secret_q);
+
+    let pod_sync = Arc::new(PodSync {
+        shared: shared.clone(),
+        virtual_pods: v_pods.reader.clone(),
+        host_pods: h_pods.reader.clone(),
+        host_secrets: h_secrets.reader.clone(),
+        virtual_namespaces: v_namespaces.reader.clone(),
+        queue: pod_q.clone(),
+        first_seen: Mutex::new(HashMap::new()),
+        recent: Default::default(),
+    });
+
+    // Virtual pods: the pod queue, what they mount, where they run.
+    {
+        let (q, cq, sq, nq, refs, usage, ps, hs) = (
+            pod_q.clone(),
+            cm_q.clone(),
+            secret_q.clone(),
+            node_q.clone(),
+            refs.clone(),
+            usage.clone(),
+            pod_sync.clone(),
+            h_pods.reader.clone(),
+        );
+        let ref_queue = move |changed: Vec<(RefKind, Key)>| {
+            for (kind, key) in changed {
+                match kind {
+                    RefKind::ConfigMap => cq.add(key),
+                    RefKind::Secret => sq.add(key),
+                }
+            }
+        };
+        v_pods.on(move |c| match c {
+            Change::Applied(p) => {
+                let key = key_of(p);
+                if p.meta().creation_timestamp.is_some() && node_of(p).is_none() {
+                    ps.seen(&key);
+                }
+                q.add(key);
+                ref_queue(refs.apply(p));
+                for n in usage.set(false, p, node_of(p).as_deref()) {
+                    nq.add(Key::new("", n));
+                }
+            }
+            Change::Deleted(p) => {
+                q.add(key_of(p));
+                ref_queue(refs.delete(p));
+                for n in usage.set(false, p, None) {
+                    nq.add(Key::new("", n));
+                }
+            }
+            Change::Relisted(store) => {
+                let pods = store.state();
+                enqueue_all(&q, store, |p| Some(key_of(p)));
+                enqueue_all(&q, &hs, |p| standard::host_key("Pod", p.meta()));
+                ref_queue(refs.rebuild(pods.iter().map(|p| p.as_ref())));
+                for n in usage.rebuild(false, pods.iter().map(|p| p.as_ref())) {
+                    nq.add(Key::new("", n));
+                }
+            }
+        });
+    }
+    // Host pods: back to the virtual key; where they run.
+    {
+        let (q, nq, usage, vs) = (
+            pod_q.clone(),
+            node_q.clone(),
+            usage.clone(),
+            v_pods.reader.clone(),
+        );
+        h_pods.on(move |c| match c {
+            Change::Applied(p) => {
+                if let Some(k) = standard::host_key("Pod", p.meta()) {
+                    q.add(k);
+                }
+                for n in usage.set(true, p, node_of(p).as_deref()) {
+                    nq.add(Key::new("", n));
+                }
+            }
+            Change::Deleted(p) => {
+                if let Some(k) = standard::host_key("Pod", p.meta()) {
+                    q.add(k);
+                }
+                for n in usage.set(true, p, None) {
+                    nq.add(Key::new("", n));
+                }
+            }
+            Change::Relisted(store) => {
+                enqueue_all(&q, store, |p| standard::host_key("Pod", p.meta()));
+                enqueue_all(&q, &vs, |p| Some(key_of(p)));
+                for n in usage.rebuild(true, store.state().iter().map(|p| p.as_ref())) {
+                    nq.add(Key::new("", n));
+                }
+            }
+        });
+    }
+    // Token Secrets belong to their pod.
+    {
+        let q = pod_q.clone();
+        h_secrets.on(move |c| match c {
+            Change::Applied(s) | Change::Deleted(s) => {
+                if let Some(k) = standard::host_key(TOKEN_SECRET_KIND, s.meta())
+                    && s.annotations()
+                        .get(markers::ANNOTATION_OBJECT_KIND)
+                        .map(String::as_str)
+                        == Some(TOKEN_SECRET_KIND)
+                {
+                    q.add(k);
+                }
+            }
+            Change::Relisted(_) => {}
+        });
+    }
+    // Namespace labels are copied onto pods: a label change re-checks the namespace's pods.
+    {
+        let (q, vs) = (pod_q.clone(), v_pods.reader.clone());
+        v_namespaces.on(move |c| {
+            if let Change::Applied(ns) = c {
+                let name = ns.name_any();
+                for p in vs
+                    .state()
+                    .iter()
+                    .filter(|p| p.namespace().as_deref() == Some(name.as_str()))
+                {
+                    q.add(key_of(p.as_ref()));
+                }
+            }
+        });
+    }
+    {
+        let q = node_q.clone();
+        v_nodes.on(move |c| match c {
+            Change::Applied(n) | Change::Deleted(n) => q.add(Key::new("", n.name_any())),
+            Change::Relisted(store) => enqueue_all(&q, store, |n| Some(Key::new("", n.name_any()))),
+        });
+    }
+    {
+        let q = event_q.clone();
+        h_events.on(move |c| match c {
+            Change::Applied(e) => q.add(Key::new("", e.name_any())),
+            Change::Deleted(_) => {}
+            Change::Relisted(store) => enqueue_all(&q, store, |e| Some(Key::new("", e.name_any()))),
+        });
+    }
+
+    let mut host_nodes_store = None;
+    if opts.node_mode == NodeMode::Real {
+        let mut h_nodes = Pending::<Node>::new();
+        let q = node_q.clone();
+        h_nodes.on(move |c| match c {
+            Change::Applied(n) => q.add(Key::new("", n.name_any())),
+            Change::Deleted(_) => {}
+            Change::Relisted(store) => enqueue_all(&q, store, |n| Some(Key::new("", n.name_any()))),
+        });
+        host_nodes_store = Some(h_nodes.reader.clone());
+        h_nodes.start(
+            Api::all(host.clone()),
+            watcher::Config::default(),
+            Cluster::Host,
+            "nodes",
+            &shared,
+            tasks,
+        );
+    }
+
+    let cm_copier = Arc::new(Copier {
+        kind: configmaps::ConfigMaps {
+            refs: refs.clone(),
+            sync_all: opts.sync_all_configmaps,
+        },
+        shared: shared.clone(),
+        virtual_store: v_cms.reader.clone(),
+        host_store: h_cms.reader.clone(),
+        host_api: Api::namespaced(host.clone(), &host_ns),
+        queue: cm_q.clone(),
+        recent: Default::default(),
+    });
+    let secret_copier = Arc::new(Copier {
+        kind: secrets::Secrets {
+            refs: refs.clone(),
+            sync_all: opts.sync_all_secrets,
+        },
+        shared: shared.clone(),
+        virtual_store: v_secrets.reader.clone(),
+        host_store: h_secrets.reader.clone(),
+        host_api: Api::namespaced(host.clone(), &host_ns),
+        queue: secret_q.clone(),
+        recent: Default::default(),
+    });
+    let node_sync = Arc::new(NodeSync {
+        shared: shared.clone(),
+        usage: usage.clone(),
+        virtual_nodes: v_nodes.reader.clone(),
+        host_nodes: host_nodes_store.clone(),
+        kubelet: KubeletEndpoint {
+            address: opts.kubelet_address.clone().unwrap_or_default(),
+            port: opts.kubelet_port,
+        },
+        version: opts.virtual_version.clone(),
+    });
+    let event_sync = Arc::new(events::EventSync {
+        shared: shared.clone(),
+        host_events: h_events.reader.clone(),
+        host_pods: h_pods.reader.clone(),
+        host_configmaps: h_cms.reader.clone(),
+        host_secrets: h_secrets.reader.clone(),
+        copied: Mutex::new(HashMap::new()),
+    });
+
+    // Every cache must have listed before any worker decides anything: a reconcile on a
+    // half-filled cache could delete host objects whose virtual twin is simply not loaded yet.
+    let readiness: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
+        ready(v_pods.reader.clone()),
+        ready(h_pods.reader.clone()),
+        ready(v_cms.reader.clone()),
+        ready(h_cms.reader.clone()),
+        ready(v_secrets.reader.clone()),
+        ready(h_secrets.reader.clone()),
+        ready(v_namespaces.reader.clone()),
+        ready(v_nodes.reader.clone()),
+        ready(h_events.reader.clone()),
+    ];
+
+    let all = watcher::Config::default();
+    v_pods.start(
+        Api::all(virt.clone()),
+        all.clone(),
+        Cluster::Virtual,
+        "pods",
+        &shared,
+        tasks,
+    );
+    h_pods.start(
+        Api::namespaced(host.clone(), &host_ns),
+        host_cfg(),
+        Cluster::Host,
+        "pods",
+        &shared,
+        tasks,
+    );
+    v_cms.start(
+        Api::all(virt.clone()),
+        all.clone(),
+        Cluster::Virtual,
+        "configmaps",
+        &shared,
+        tasks,
+    );
+    h_cms.start(
+        Api::namespaced(host.clone(), &host_ns),
+        host_cfg(),
+        Cluster::Host,
+        "configmaps",
+        &shared,
+        tasks,
+    );
+    v_secrets.start(
+        Api::all(virt.clone()),
+        all.clone(),
+        Cluster::Virtual,
+        "secrets",
+        &shared,
+        tasks,
+    );
+    h_secrets.start(
+        Api::namespaced(host.clone(), &host_ns),
+        host_cfg(),
+        Cluster::Host,
+        "secrets",
+        &shared,
+        tasks,
+    );
+    v_namespaces.start(
+        Api::all(virt.clone()),
+        all.clone(),
+        Cluster::Virtual,
+        "namespaces",
+        &shared,
+        tasks,
+    );
+    v_nodes.start(
+        Api::all(virt.clone()),
+        all.clone(),
+        Cluster::Virtual,
+        "nodes",
+        &shared,
+        tasks,
+    );
+    h_events.start(
+        Api::namespaced(host.clone(), &host_ns),
+        all,
+        Cluster::Host,
+        "events",
+        &shared,
+        tasks,
+    );
+
+    let shared2 = shared.clone();
+    let host_nodes_ready = host_nodes_store.map(ready);
+    tasks.spawn(async move {
+        futures::future::join_all(readiness).await;
+        if let Some(r) = host_nodes_ready {
+            r.await;
+        }
+        tracing::info!("all caches listed; starting workers");
+        let w = shared2.workers;
+        let mut workers = JoinSet::new();
+        spawn_workers(&mut workers, pod_sync, pod_q, w, &shared2);
+        spawn_workers(&mut workers, cm_copier, cm_q, w.div_ceil(2), &shared2);
+        spawn_workers(&mut workers, secret_copier, secret_q, w.div_ceil(2), &shared2);
+        spawn_workers(&mut workers, node_sync, node_q, 2, &shared2);
+        spawn_workers(&mut workers, event_sync, event_q, 2, &shared2);
+        while workers.join_next().await.is_some() {}
+        ("workers", Ok(()))
+    });
+}
+
+fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
+    store: Store<K>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = store.wait_until_ready().await;
+    })
+}
+
+fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, n: usize, shared: &Shared) {
+    let (events, metrics, cancel) = (
+        shared.events.clone(),
+        shared.metrics.clone(),
+        shared.cancel.clone(),
+    );
+    set.spawn(worker::run(r, q, n, events, metrics, cancel));
+}

@@ -1,0 +1,154 @@
+//! Which ConfigMaps and Secrets virtual pods use, kept current from the virtual pod watch.
+//! "Used" decides whether a ConfigMap/Secret has a host copy; every change in use re-queues the
+//! affected ConfigMaps/Secrets (so creating a pod syncs what it mounts, and deleting the last
+//! user removes the host copy).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use super::translate::references;
+use crate::engine::queue::Key;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefKind {
+    ConfigMap,
+    Secret,
+}
+
+type Ref = (RefKind, String, String); // (kind, namespace, name)
+
+#[derive(Default)]
+struct State {
+    /// What each pod (namespace, name) references.
+    by_pod: HashMap<(String, String), BTreeSet<Ref>>,
+    /// How many pods reference each object.
+    counts: HashMap<Ref, usize>,
+}
+
+#[derive(Default)]
+pub struct RefIndex {
+    state: Mutex<State>,
+}
+
+fn refs_of(pod: &Pod) -> BTreeSet<Ref> {
+    let ns = pod.namespace().unwrap_or_default();
+    let r = references(pod);
+    r.configmaps
+        .into_iter()
+        .map(|n| (RefKind::ConfigMap, ns.clone(), n))
+        .chain(r.secrets.into_iter().map(|n| (RefKind::Secret, ns.clone(), n)))
+        .collect()
+}
+
+impl RefIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn is_used(&self, kind: RefKind, namespace: &str, name: &str) -> bool {
+        self.lock()
+            .counts
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// Records `pod` (added or changed; a terminating pod still uses what it mounts).
+    /// Returns the objects whose use changed.
+    pub fn apply(&self, pod: &Pod) -> Vec<(RefKind, Key)> {
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        self.replace(key, refs_of(pod))
+    }
+
+    /// Forgets a deleted pod. Returns the objects whose use changed.
+    pub fn delete(&self, pod: &Pod) -> Vec<(RefKind, Key)> {
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        self.replace(key, BTreeSet::new())
+    }
+
+    /// Rebuilds from a full list of pods (after a relist). Returns every object referenced
+    /// before or after, so each can be re-checked.
+    pub fn rebuild<'a>(&self, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<(RefKind, Key)> {
+        let mut s = self.lock();
+        let mut touched: BTreeSet<Ref> = s.counts.keys().cloned().collect();
+        s.by_pod.clear();
+        s.counts.clear();
+        for pod in pods {
+            let refs = refs_of(pod);
+            for r in &refs {
+                *s.counts.entry(r.clone()).or_default() += 1;
+                touched.insert(r.clone());
+            }
+            s.by_pod
+                .insert((pod.namespace().unwrap_or_default(), pod.name_any()), refs);
+        }
+        touched.into_iter().map(to_key).collect()
+    }
+
+    fn replace(&self, pod: (String, String), new: BTreeSet<Ref>) -> Vec<(RefKind, Key)> {
+        let mut s = self.lock();
+        let old = if new.is_empty() {
+            s.by_pod.remove(&pod).unwrap_or_default()
+        } else {
+            s.by_pod.insert(pod, new.clone()).unwrap_or_default()
+        };
+        for r in old.difference(&new) {
+            if let Some(n) = s.counts.get_mut(r) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.counts.remove(r);
+                }
+            }
+        }
+        for r in new.difference(&old) {
+            *s.counts.entry(r.clone()).or_default() += 1;
+        }
+        old.symmetric_difference(&new).cloned().map(to_key).collect()
+    }
+}
+
+fn to_key((kind, ns, name): Ref) -> (RefKind, Key) {
+    (kind, Key::new(ns, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, cm: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"containers": [{"name": "c", "image": "i"}],
+                     "volumes": [{"name": "v", "configMap": {"name": cm}}]}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn counts_users_and_reports_changes() {
+        let idx = RefIndex::default();
+        let changed = idx.apply(&pod("a", "cfg"));
+        assert_eq!(changed, vec![(RefKind::ConfigMap, Key::new("ns", "cfg"))]);
+        assert!(idx.apply(&pod("b", "cfg")).is_empty() || idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
+        assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
+        idx.delete(&pod("a", "cfg"));
+        assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"), "b still uses it");
+        let changed = idx.delete(&pod("b", "cfg"));
+        assert_eq!(changed, vec![(RefKind::ConfigMap, Key::new("ns", "cfg"))]);
+        assert!(!idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
+        // A pod switching to another ConfigMap re-checks both.
+        idx.apply(&pod("c", "one"));
+        let changed = idx.apply(&pod("c", "two"));
+        assert_eq!(changed.len(), 2);
+        assert!(!idx.is_used(RefKind::ConfigMap, "ns", "one"));
+        assert!(idx.is_used(RefKind::ConfigMap, "ns", "two"));
+        let all = idx.rebuild([&pod("d", "three")]);
+        assert!(all.contains(&(RefKind::ConfigMap, Key::new("ns", "two"))));
+        assert!(idx.is_used(RefKind::ConfigMap, "ns", "three"));
+        assert!(!idx.is_used(RefKind::ConfigMap, "ns", "two"));
+    }
+}
