@@ -164,20 +164,6 @@ impl TestNs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_env_files_as_written_by_up() {
-        let env = Env::parse("# header\nA=/x/y\n\nPORTS=\"1 2 3\"\nB = c\n");
-        assert_eq!(env.get("A").unwrap(), "/x/y");
-        assert_eq!(env.get("PORTS").unwrap(), "1 2 3");
-        assert_eq!(env.get("B").unwrap(), "c");
-        assert!(env.get("C").unwrap_err().to_string().contains("make up"));
-    }
-}
-
 /// Everything a sync test needs: the env, admin clients for both sides, the host namespace.
 pub struct World {
     pub env: Env,
@@ -259,4 +245,18 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_env_files_as_written_by_up() {
+        let env = Env::parse("# header\nA=/x/y\n\nPORTS=\"1 2 3\"\nB = c\n");
+        assert_eq!(env.get("A").unwrap(), "/x/y");
+        assert_eq!(env.get("PORTS").unwrap(), "1 2 3");
+        assert_eq!(env.get("B").unwrap(), "c");
+        assert!(env.get("C").unwrap_err().to_string().contains("make up"));
+    }
 }

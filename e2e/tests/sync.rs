@@ -587,9 +587,9 @@ async fn refused_and_rejected_pods_get_a_warning_and_nothing_half_done() -> Resu
     let long_ns = TestNs::new(&w.virt, &"n".repeat(56)).await?;
     let long_name = format!("{}.{}", "a".repeat(126), "b".repeat(126));
     let lpods: Api<Pod> = Api::namespaced(w.virt.clone(), &long_ns.name);
-    lpods
-        .create(&PostParams::default(), &simple_pod(&long_name)?)
-        .await?;
+    let unlabelled: Pod = obj(json!({"metadata": {"name": long_name},
+                                     "spec": {"containers": [{"name": "main", "image": "nginx"}]}}))?;
+    lpods.create(&PostParams::default(), &unlabelled).await?;
     wait_running(&lpods, &long_name).await?;
     let hname = w.host_name(&long_ns.name, &long_name);
     assert!(hname.len() <= 63);

@@ -150,8 +150,11 @@ pub struct Copier<C: CopiedKind> {
     pub recent: RecentCreates,
 }
 
+/// The virtual object, the host object under its host name, and that host name.
+type Lookup<K> = (Option<Arc<K>>, Option<Arc<K>>, String);
+
 impl<C: CopiedKind> Copier<C> {
-    fn lookup(&self, key: &Key, tc: &TranslateCtx) -> (Option<Arc<C::K>>, Option<Arc<C::K>>, String) {
+    fn lookup(&self, key: &Key, tc: &TranslateCtx) -> Lookup<C::K> {
         let v = self
             .virtual_store
             .get(&ObjectRef::new(&key.name).within(&key.namespace));

@@ -40,13 +40,17 @@ pub enum NodeMode {
 }
 
 /// Which nodes pods of this vcluster use, from both pod watches.
+/// A pod placed on a node: (is it a host pod, namespace, name).
+type Placed = (bool, String, String);
+type Placements = HashMap<String, HashSet<Placed>>;
+
 #[derive(Default)]
 pub struct NodeUsage {
-    state: Mutex<HashMap<String, HashSet<(bool, String, String)>>>, // node -> {(is_host, ns, name)}
+    state: Mutex<Placements>, // node -> pods of ours placed there
 }
 
 impl NodeUsage {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<(bool, String, String)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Placements> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -540,6 +540,20 @@ impl PodSync {
             .await?;
             self.count_write("pods", "patch");
         }
+        if let Some(body) = translate::ephemeral_containers_patch(&inputs, v, h)? {
+            tracing::info!(v.ns = %key.namespace, v.name = %key.name, "adding ephemeral containers to the host pod");
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            host_api
+                .patch_subresource("ephemeralcontainers", host_name, &pp, &Patch::Strategic(&body))
+                .await
+                .map_err(|e| {
+                    SyncError::from_kube(e, Cluster::Host, "add ephemeral containers to", "Pod", host_name)
+                })?;
+            self.count_write("pods", "ephemeral");
+        }
         if let Some(node) = translate::binding_needed(v, h) {
             self.bind(v, &node).await?;
             // The bind changes the virtual pod; its watch event brings the key back for status.
