@@ -161,7 +161,28 @@ async fn killed_mid_work_then_restarted_converges_and_resync_writes_nothing() ->
         .count();
     assert_eq!(tokens, 20, "one token Secret per pod");
 
-    // Now an unchanged world: restart again and let it resync everything.
+    // Now an unchanged world. Earlier tests' namespaces may still be draining (their host pods
+    // being deleted is real work, not resync): wait until nothing is terminating.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.virt.clone());
+    wait_until("no virtual namespace terminating", WAIT, || async {
+        let list = namespaces.list(&ListParams::default()).await?.items;
+        Ok(list
+            .iter()
+            .all(|n| n.metadata.deletion_timestamp.is_none())
+            .then_some(()))
+    })
+    .await?;
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    wait_until("no host pod of ours terminating", WAIT, || async {
+        let sel = format!("{}={}", markers::LABEL_MANAGED_BY, w.vcluster);
+        let list = hpods.list(&ListParams::default().labels(&sel)).await?.items;
+        Ok(list
+            .iter()
+            .all(|p| p.metadata.deletion_timestamp.is_none())
+            .then_some(()))
+    })
+    .await?;
+    // Restart and let it resync everything.
     syncer(&w, &["restart", "KILL"]).await?;
     let audited_before = audited_host_writes(&w)?;
     let pods_seen = wait_until("a full resync of the pods", WAIT, || async {

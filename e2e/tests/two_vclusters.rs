@@ -1,0 +1,197 @@
+//! Two vclusters in ONE host namespace: the same virtual namespace and names in both never
+//! collide, neither syncer touches the other's host objects, and deleting one vcluster's owner
+//! object makes the host garbage collector remove everything that vcluster created — and
+//! nothing of the other's.
+//!
+//! The second vcluster's virtual control plane comes from `hack/up.sh` (VIRTUAL2_KUBECONFIG);
+//! this test creates its host owner objects and runs its syncer itself.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use vnest::markers;
+use vnest_e2e::{Result, TestNs, World, client_from, http_get, wait_until};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    Ok(serde_json::from_value(v)?)
+}
+
+async fn create_app(client: &Client, ns: &str) -> Result<()> {
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}}))?,
+        )
+        .await?;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "app", "labels": {"app": "app"}},
+                        "spec": {"containers": [{"name": "main", "image": "nginx"}],
+                                 "volumes": [{"name": "c", "configMap": {"name": "cfg"}}]}}))?,
+        )
+        .await?;
+    Ok(())
+}
+
+async fn managed_by(w: &World, vcluster: &str) -> Result<(Vec<Pod>, Vec<ConfigMap>, Vec<Secret>)> {
+    let sel = format!("{}={vcluster}", markers::LABEL_MANAGED_BY);
+    let lp = ListParams::default().labels(&sel);
+    Ok((
+        Api::<Pod>::namespaced(w.host.clone(), &w.host_ns)
+            .list(&lp)
+            .await?
+            .items,
+        Api::<ConfigMap>::namespaced(w.host.clone(), &w.host_ns)
+            .list(&lp)
+            .await?
+            .items,
+        Api::<Secret>::namespaced(w.host.clone(), &w.host_ns)
+            .list(&lp)
+            .await?
+            .items,
+    ))
+}
+
+#[tokio::test]
+async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()> {
+    let w = World::connect().await?;
+    let kubeconfig2 = w.env.get("VIRTUAL2_KUBECONFIG")?;
+    anyhow::ensure!(
+        !kubeconfig2.is_empty(),
+        "no second virtual control plane: start the world without SECOND_VCLUSTER=0"
+    );
+    let virt2 = client_from(std::path::Path::new(kubeconfig2)).await?;
+    let vc2 = format!("vc2-{:04x}", rand::rng().random_range(0..0xffffu32));
+
+    // The second vcluster's host objects, as its manifests would make them.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
+    statefulsets
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": vc2},
+                "spec": {"replicas": 0, "serviceName": vc2,
+                         "selector": {"matchLabels": {"vnest.dev/vcluster": vc2}},
+                         "template": {"metadata": {"labels": {"vnest.dev/vcluster": vc2}},
+                                      "spec": {"containers": [{"name": "k3s", "image": "rancher/k3s"}]}}}
+            }))?,
+        )
+        .await?;
+    let services: Api<Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    services
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": vc2},
+                        "spec": {"selector": {"vnest.dev/vcluster": vc2}, "ports": [{"name": "https", "port": 443}]}}))?,
+        )
+        .await?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let log = std::fs::File::create(format!("{}/syncer-{vc2}.log", w.env.get("LOG_DIR")?))?;
+    let mut syncer2 = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
+        .args([
+            "syncer",
+            "--name",
+            &vc2,
+            "--owner-name",
+            &vc2,
+            "--service-name",
+            &vc2,
+        ])
+        .args([
+            "--host-namespace",
+            &w.host_ns,
+            "--workload-service-account",
+            &format!("{}-workload", w.vcluster),
+        ])
+        .args([
+            "--host-kubeconfig",
+            w.env.get("SYNCER_HOST_KUBECONFIG")?,
+            "--virtual-kubeconfig",
+            kubeconfig2,
+        ])
+        .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_until("the second syncer ready", WAIT, || async {
+        Ok(matches!(http_get(&ready).await, Ok((200, _))).then_some(()))
+    })
+    .await?;
+
+    // The same namespace, pod and ConfigMap names in both vclusters.
+    let ns1 = TestNs::new(&w.virt, "shared").await?;
+    let ns2: k8s_openapi::api::core::v1::Namespace = obj(json!({"metadata": {"name": ns1.name}}))?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(virt2.clone())
+        .create(&PostParams::default(), &ns2)
+        .await?;
+    let sa2: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(virt2.clone(), &ns1.name);
+    wait_until("ServiceAccount default in vcluster 2", WAIT, || async {
+        Ok(sa2.get_opt("default").await?.map(|_| ()))
+    })
+    .await?;
+    create_app(&w.virt, &ns1.name).await?;
+    create_app(&virt2, &ns1.name).await?;
+    for client in [&w.virt, &virt2] {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns1.name);
+        wait_until("pod app Running in both vclusters", WAIT, || async {
+            let p = pods.get("app").await?;
+            Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+        })
+        .await?;
+    }
+    let name1 = w.host_name(&ns1.name, "app");
+    let name2 = vnest::naming::host_name(&vc2, &ns1.name, "app");
+    assert_ne!(name1, name2, "two vclusters must never share a host name");
+    let (pods2, cms2, secrets2) = managed_by(&w, &vc2).await?;
+    assert_eq!(
+        pods2.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        [name2.clone()]
+    );
+    assert_eq!(cms2.len(), 2, "cfg and kube-root-ca.crt of vcluster 2");
+    assert_eq!(secrets2.len(), 1, "the token Secret of vcluster 2's pod");
+    // Each side's virtual pod carries its own host pod's IP.
+    let hp1 = Api::<Pod>::namespaced(w.host.clone(), &w.host_ns)
+        .get(&name1)
+        .await?;
+    let vp2 = Api::<Pod>::namespaced(virt2.clone(), &ns1.name)
+        .get("app")
+        .await?;
+    assert_ne!(hp1.status.and_then(|s| s.pod_ip), None);
+    assert_eq!(
+        vp2.status.and_then(|s| s.pod_ip),
+        pods2[0].status.clone().and_then(|s| s.pod_ip)
+    );
+
+    // Deleting vcluster 2 (its owner object) removes all it made, and nothing of vcluster 1.
+    statefulsets.delete(&vc2, &DeleteParams::background()).await?;
+    wait_until("vcluster 2's host objects garbage-collected", WAIT, || async {
+        let (p, c, s) = managed_by(&w, &vc2).await?;
+        Ok((p.is_empty() && c.is_empty() && s.is_empty()).then_some(()))
+    })
+    .await?;
+    let (pods1, cms1, _) = managed_by(&w, &w.vcluster).await?;
+    assert!(
+        pods1.iter().any(|p| p.name_any() == name1),
+        "vcluster 1's pod must survive"
+    );
+    assert!(cms1.iter().any(|c| c.name_any() == w.host_name(&ns1.name, "cfg")));
+
+    let _ = syncer2.kill().await;
+    services.delete(&vc2, &DeleteParams::default()).await?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(virt2)
+        .delete(&ns1.name, &DeleteParams::default())
+        .await?;
+    ns1.delete().await
+}
