@@ -31,5 +31,11 @@ fmt: ## format the Rust code
 tools: ## build the upstream control-plane binaries into the version-keyed cache
 	@hack/build-tools.sh
 
+bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed); PODS=N (100)
+	@[ -f .e2e/env ] || hack/up.sh
+	@cargo build --quiet --release --bin vnest -p vnest -p vnest-e2e --bin bench
+	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest hack/syncer.sh restart
+	@target/release/bench --pods $${PODS:-100}
+
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest

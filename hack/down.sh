@@ -28,10 +28,10 @@ names=()
 stop() {
 	local name=$1 pid
 	pid=$(cat "$PID_DIR/$name.pid" 2>/dev/null) || return 0
-	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+	[[ -n $pid ]] && pid_alive "$pid" || return 0
 	kill -TERM "$pid" 2>/dev/null || return 0
 	local started=$SECONDS deadline=$((SECONDS + 15))
-	while kill -0 "$pid" 2>/dev/null; do
+	while pid_alive "$pid"; do
 		if ((SECONDS >= deadline)); then
 			log "$name (pid $pid) ignored SIGTERM for 15 s: SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
@@ -48,8 +48,8 @@ for name in "${names[@]}"; do stop "$name"; done
 left=()
 for name in "${names[@]}"; do
 	pid=$(cat "$PID_DIR/$name.pid" 2>/dev/null) || continue
-	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-	kill -0 "$pid" 2>/dev/null && left+=("$name(pid $pid)")
+	for _ in $(seq 50); do pid_alive "$pid" || break; sleep 0.1; done
+	pid_alive "$pid" && left+=("$name(pid $pid)")
 done
 for port in $ports; do
 	for _ in $(seq 50); do

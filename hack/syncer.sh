@@ -20,7 +20,7 @@ start() {
 	# The order file lists it once (make down stops it with the rest).
 	if grep -qx syncer "$PID_DIR/order" 2>/dev/null; then sed -i '/^syncer$/d' "$PID_DIR/order"; fi
 	rm -f "$PID_DIR/syncer.pid"
-	start_proc syncer "$VNEST" syncer \
+	start_proc syncer "${VNEST_OVERRIDE:-$VNEST}" syncer \
 		--name "$VCLUSTER_NAME" --host-namespace "$HOST_NAMESPACE" \
 		--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$VIRTUAL_DATA_DIR" \
 		--workload-service-account "$WORKLOAD_SA" \
@@ -31,10 +31,10 @@ start() {
 stop() {
 	local sig=${1:-TERM} pid
 	pid=$(cat "$PID_DIR/syncer.pid" 2>/dev/null) || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
+	pid_alive "$pid" || return 0
 	kill "-$sig" "$pid"
 	local deadline=$((SECONDS + 15))
-	while kill -0 "$pid" 2>/dev/null; do
+	while pid_alive "$pid"; do
 		((SECONDS < deadline)) || { kill -KILL "$pid"; break; }
 		sleep 0.05
 	done

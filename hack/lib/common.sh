@@ -27,11 +27,20 @@ start_proc() {
 	log "started $name (pid $(cat "$pidfile"), log $LOG_DIR/$name.log)"
 }
 
-# proc_alive NAME: the recorded process is running (and is still the command we started).
+# pid_alive PID: the process exists and is not a zombie (our daemons outlive the shell that
+# started them, so an exited one may linger as a zombie until its new parent reaps it).
+pid_alive() {
+	local state
+	kill -0 "$1" 2>/dev/null || return 1
+	state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ $state != Z ]]
+}
+
+# proc_alive NAME: the recorded process is running.
 proc_alive() {
 	local pid
 	pid=$(cat "$PID_DIR/$1.pid" 2>/dev/null) || return 1
-	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+	[[ -n $pid ]] && pid_alive "$pid"
 }
 
 # wait_for DESC TIMEOUT_S PROC CMD...: runs CMD until it succeeds, failing after TIMEOUT_S or
