@@ -601,3 +601,52 @@ async fn refused_and_rejected_pods_get_a_warning_and_nothing_half_done() -> Resu
     long_ns.delete().await?;
     ns.delete().await
 }
+
+#[tokio::test]
+async fn a_pod_waits_for_a_missing_secret_and_host_deletions_are_healed() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "sync-missing").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    vpods
+        .create(
+            &PostParams::default(),
+            &pod("needs", json!({"containers": [{"name": "main", "image": "nginx",
+                "envFrom": [{"secretRef": {"name": "later"}}, {"configMapRef": {"name": "optional-cm", "optional": true}}]}]}))?,
+        )
+        .await?;
+    let warning = wait_warning(&w, &ns.name, "needs", "MissingReference").await?;
+    let message = warning.message.unwrap_or_default();
+    assert!(message.contains("Secret \"later\""), "{message}");
+    assert!(
+        !message.contains("optional-cm"),
+        "optional references must not block: {message}"
+    );
+    assert!(
+        hpods.get_opt(&w.host_name(&ns.name, "needs")).await?.is_none(),
+        "nothing half-done"
+    );
+    // It appears: the pod starts without anyone touching it.
+    Api::<Secret>::namespaced(w.virt.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "later"}, "stringData": {"K": "v"}}))?,
+        )
+        .await?;
+    wait_running(&vpods, "needs").await?;
+
+    // Deleted out-of-band on the host: the Secret it uses is recreated.
+    let hsecrets: Api<Secret> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hname = w.host_name(&ns.name, "later");
+    let before = hsecrets.get(&hname).await?;
+    hsecrets.delete(&hname, &DeleteParams::default()).await?;
+    let after = wait_until("the host Secret recreated", WAIT, || async {
+        Ok(hsecrets
+            .get_opt(&hname)
+            .await?
+            .filter(|s| s.uid() != before.uid()))
+    })
+    .await?;
+    assert_eq!(after.data, before.data);
+    ns.delete().await
+}

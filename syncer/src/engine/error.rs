@@ -11,6 +11,9 @@ pub enum TranslateError {
     Refused(String),
     #[error("waiting for {0}")]
     NotReady(String),
+    /// Something the tenant must create first (e.g. a Secret the pod mounts).
+    #[error("{0}")]
+    Missing(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ impl SyncError {
             SyncError::Transient { .. } => "transient",
             SyncError::Translate(TranslateError::Refused(_)) => "refused",
             SyncError::Translate(TranslateError::NotReady(_)) => "waiting",
+            SyncError::Translate(TranslateError::Missing(_)) => "missing",
         }
     }
 
@@ -70,7 +74,7 @@ impl SyncError {
             self,
             SyncError::Foreign { .. }
                 | SyncError::Rejected { .. }
-                | SyncError::Translate(TranslateError::Refused(_))
+                | SyncError::Translate(TranslateError::Refused(_) | TranslateError::Missing(_))
         )
     }
 

@@ -31,6 +31,7 @@ impl Events {
             "foreign" => "HostNameTaken",
             "rejected" => "HostRejected",
             "refused" => "SyncRefused",
+            "missing" => "MissingReference",
             _ => "SyncError",
         };
         self.publish(object, EventType::Warning, reason, action, &error.to_string())

@@ -180,6 +180,29 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
 
     wire_copied::<configmaps::ConfigMaps>(&mut v_cms, &mut h_cms, &cm_q);
     wire_copied::<secrets::Secrets>(&mut v_secrets, &mut h_secrets, &secret_q);
+    // A ConfigMap/Secret that appears lets the pods waiting for it start.
+    {
+        let (q, index) = (pod_q.clone(), refs.clone());
+        v_cms.on(move |c| {
+            if let Change::Applied(o) = c {
+                for k in index.users(
+                    RefKind::ConfigMap,
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                ) {
+                    q.add(k);
+                }
+            }
+        });
+        let (q, index) = (pod_q.clone(), refs.clone());
+        v_secrets.on(move |c| {
+            if let Change::Applied(o) = c {
+                for k in index.users(RefKind::Secret, &o.namespace().unwrap_or_default(), &o.name_any()) {
+                    q.add(k);
+                }
+            }
+        });
+    }
 
     let pod_sync = Arc::new(PodSync {
         shared: shared.clone(),
@@ -187,6 +210,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         host_pods: h_pods.reader.clone(),
         host_secrets: h_secrets.reader.clone(),
         virtual_namespaces: v_namespaces.reader.clone(),
+        virtual_configmaps: v_cms.reader.clone(),
+        virtual_secrets: v_secrets.reader.clone(),
         queue: pod_q.clone(),
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),

@@ -24,8 +24,8 @@ type Ref = (RefKind, String, String); // (kind, namespace, name)
 struct State {
     /// What each pod (namespace, name) references.
     by_pod: HashMap<(String, String), BTreeSet<Ref>>,
-    /// How many pods reference each object.
-    counts: HashMap<Ref, usize>,
+    /// Which pods reference each object.
+    users: HashMap<Ref, BTreeSet<(String, String)>>,
 }
 
 #[derive(Default)]
@@ -52,9 +52,18 @@ impl RefIndex {
 
     pub fn is_used(&self, kind: RefKind, namespace: &str, name: &str) -> bool {
         self.lock()
-            .counts
+            .users
             .get(&(kind, namespace.to_owned(), name.to_owned()))
-            .is_some_and(|n| *n > 0)
+            .is_some_and(|u| !u.is_empty())
+    }
+
+    /// The pods that reference an object (to re-check them when it appears).
+    pub fn users(&self, kind: RefKind, namespace: &str, name: &str) -> Vec<Key> {
+        self.lock()
+            .users
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .map(|u| u.iter().map(|(ns, n)| Key::new(ns.clone(), n.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Records `pod` (added or changed; a terminating pod still uses what it mounts).
@@ -74,17 +83,17 @@ impl RefIndex {
     /// before or after, so each can be re-checked.
     pub fn rebuild<'a>(&self, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<(RefKind, Key)> {
         let mut s = self.lock();
-        let mut touched: BTreeSet<Ref> = s.counts.keys().cloned().collect();
+        let mut touched: BTreeSet<Ref> = s.users.keys().cloned().collect();
         s.by_pod.clear();
-        s.counts.clear();
+        s.users.clear();
         for pod in pods {
             let refs = refs_of(pod);
+            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
             for r in &refs {
-                *s.counts.entry(r.clone()).or_default() += 1;
+                s.users.entry(r.clone()).or_default().insert(key.clone());
                 touched.insert(r.clone());
             }
-            s.by_pod
-                .insert((pod.namespace().unwrap_or_default(), pod.name_any()), refs);
+            s.by_pod.insert(key, refs);
         }
         touched.into_iter().map(to_key).collect()
     }
@@ -94,18 +103,18 @@ impl RefIndex {
         let old = if new.is_empty() {
             s.by_pod.remove(&pod).unwrap_or_default()
         } else {
-            s.by_pod.insert(pod, new.clone()).unwrap_or_default()
+            s.by_pod.insert(pod.clone(), new.clone()).unwrap_or_default()
         };
         for r in old.difference(&new) {
-            if let Some(n) = s.counts.get_mut(r) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.counts.remove(r);
+            if let Some(u) = s.users.get_mut(r) {
+                u.remove(&pod);
+                if u.is_empty() {
+                    s.users.remove(r);
                 }
             }
         }
         for r in new.difference(&old) {
-            *s.counts.entry(r.clone()).or_default() += 1;
+            s.users.entry(r.clone()).or_default().insert(pod.clone());
         }
         old.symmetric_difference(&new).cloned().map(to_key).collect()
     }
@@ -135,6 +144,10 @@ mod tests {
         assert_eq!(changed, vec![(RefKind::ConfigMap, Key::new("ns", "cfg"))]);
         assert!(idx.apply(&pod("b", "cfg")).is_empty() || idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
         assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
+        assert_eq!(
+            idx.users(RefKind::ConfigMap, "ns", "cfg"),
+            vec![Key::new("ns", "a"), Key::new("ns", "b")]
+        );
         idx.delete(&pod("a", "cfg"));
         assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"), "b still uses it");
         let changed = idx.delete(&pod("b", "cfg"));

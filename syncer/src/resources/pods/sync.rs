@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Binding, Namespace, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{Binding, ConfigMap, Namespace, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -40,6 +40,8 @@ pub struct PodSync {
     pub host_pods: Store<Pod>,
     pub host_secrets: Store<Secret>,
     pub virtual_namespaces: Store<Namespace>,
+    pub virtual_configmaps: Store<ConfigMap>,
+    pub virtual_secrets: Store<Secret>,
     pub queue: FairQueue,
     /// When each new virtual pod was first seen, for the sync-lag metric.
     pub first_seen: Mutex<HashMap<Key, Instant>>,
@@ -130,6 +132,7 @@ impl PodSync {
             },
             v,
         )?;
+        self.check_references(&key.namespace, v)?;
         // Ask for the tokens first: a pod whose ServiceAccount is missing fails here, before
         // anything exists on the host (nothing half-done).
         let tokens = self.request_tokens(v).await?;
@@ -146,6 +149,39 @@ impl PodSync {
                 .await?;
         }
         Ok(Outcome::done())
+    }
+
+    /// Refuses (for now) a pod whose required ConfigMaps/Secrets do not exist in its virtual
+    /// namespace: like the kubelet, the tenant is told which one is missing; when it appears
+    /// the pod is re-queued and created.
+    fn check_references(&self, ns: &str, v: &Pod) -> Result<(), SyncError> {
+        let required = translate::required_references(v);
+        let mut missing: Vec<String> = required
+            .configmaps
+            .iter()
+            .filter(|n| {
+                self.virtual_configmaps
+                    .get(&ObjectRef::new(n).within(ns))
+                    .is_none()
+            })
+            .map(|n| format!("ConfigMap {n:?}"))
+            .collect();
+        missing.extend(
+            required
+                .secrets
+                .iter()
+                .filter(|n| self.virtual_secrets.get(&ObjectRef::new(n).within(ns)).is_none())
+                .map(|n| format!("Secret {n:?}")),
+        );
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(SyncError::Translate(
+            crate::engine::error::TranslateError::Missing(format!(
+                "waiting for {} in namespace {ns:?}: the pod starts once it exists",
+                missing.join(", ")
+            )),
+        ))
     }
 
     /// Requests every projected ServiceAccount token of `v` from the virtual API server, bound

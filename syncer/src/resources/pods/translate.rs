@@ -185,37 +185,54 @@ pub fn token_requests(vpod: &Pod) -> Vec<TokenRequestSpec> {
 /// FlexVolume / Cinder / ScaleIO / StorageOS volumes (which [`host_pod`] renames too, so they
 /// must be synced as well).
 pub fn references(vpod: &Pod) -> PodRefs {
+    collect_references(vpod, false)
+}
+
+/// The ConfigMaps and Secrets the pod cannot start without: like [`references`], minus those
+/// marked `optional: true` and imagePullSecrets (a missing pull secret only matters for
+/// private images, and the kubelet reports it itself).
+pub fn required_references(vpod: &Pod) -> PodRefs {
+    collect_references(vpod, true)
+}
+
+fn collect_references(vpod: &Pod, required_only: bool) -> PodRefs {
     let mut refs = PodRefs::default();
     let Some(spec) = vpod.spec.as_ref() else {
         return refs;
     };
+    let wanted = |optional: Option<bool>| !(required_only && optional == Some(true));
     for container in all_containers(spec) {
         let (env, env_from) = container.env();
         for var in env.into_iter().flatten() {
             let Some(from) = var.value_from.as_ref() else {
                 continue;
             };
-            if let Some(cm) = from.config_map_key_ref.as_ref() {
+            if let Some(cm) = from.config_map_key_ref.as_ref().filter(|r| wanted(r.optional)) {
                 refs.configmaps.insert(cm.name.clone());
             }
-            if let Some(secret) = from.secret_key_ref.as_ref() {
+            if let Some(secret) = from.secret_key_ref.as_ref().filter(|r| wanted(r.optional)) {
                 refs.secrets.insert(secret.name.clone());
             }
         }
         for source in env_from.into_iter().flatten() {
-            if let Some(cm) = source.config_map_ref.as_ref() {
+            if let Some(cm) = source.config_map_ref.as_ref().filter(|r| wanted(r.optional)) {
                 refs.configmaps.insert(cm.name.clone());
             }
-            if let Some(secret) = source.secret_ref.as_ref() {
+            if let Some(secret) = source.secret_ref.as_ref().filter(|r| wanted(r.optional)) {
                 refs.secrets.insert(secret.name.clone());
             }
         }
     }
     for volume in spec.volumes.iter().flatten() {
-        if let Some(cm) = volume.config_map.as_ref() {
+        if let Some(cm) = volume.config_map.as_ref().filter(|r| wanted(r.optional)) {
             refs.configmaps.insert(cm.name.clone());
         }
-        if let Some(name) = volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
+        if let Some(name) = volume
+            .secret
+            .as_ref()
+            .filter(|r| wanted(r.optional))
+            .and_then(|s| s.secret_name.as_ref())
+        {
             refs.secrets.insert(name.clone());
         }
         let sources = volume
@@ -224,20 +241,49 @@ pub fn references(vpod: &Pod) -> PodRefs {
             .and_then(|p| p.sources.as_deref())
             .unwrap_or_default();
         for source in sources {
-            if let Some(cm) = source.config_map.as_ref() {
+            if let Some(cm) = source.config_map.as_ref().filter(|r| wanted(r.optional)) {
                 refs.configmaps.insert(cm.name.clone());
             }
-            if let Some(secret) = source.secret.as_ref() {
+            if let Some(secret) = source.secret.as_ref().filter(|r| wanted(r.optional)) {
                 refs.secrets.insert(secret.name.clone());
             }
         }
         refs.secrets
             .extend(volume_secret_refs(volume).into_iter().map(str::to_owned));
     }
-    for secret in spec.image_pull_secrets.iter().flatten() {
-        refs.secrets.insert(secret.name.clone());
+    if !required_only {
+        for secret in spec.image_pull_secrets.iter().flatten() {
+            refs.secrets.insert(secret.name.clone());
+        }
     }
     refs
+}
+
+#[cfg(test)]
+mod required_refs_tests {
+    use super::*;
+
+    #[test]
+    fn optional_references_and_pull_secrets_are_not_required() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {
+                "imagePullSecrets": [{"name": "pull"}],
+                "containers": [{"name": "c", "image": "i", "env": [
+                    {"name": "A", "valueFrom": {"secretKeyRef": {"name": "must", "key": "k"}}},
+                    {"name": "B", "valueFrom": {"secretKeyRef": {"name": "maybe", "key": "k", "optional": true}}}
+                ]}],
+                "volumes": [{"name": "v", "configMap": {"name": "opt-cm", "optional": true}},
+                            {"name": "w", "configMap": {"name": "req-cm"}}]
+            }
+        }))
+        .unwrap();
+        let all = references(&pod);
+        assert!(all.secrets.contains("pull") && all.secrets.contains("maybe"));
+        let req = required_references(&pod);
+        assert_eq!(req.secrets.iter().collect::<Vec<_>>(), ["must"]);
+        assert_eq!(req.configmaps.iter().collect::<Vec<_>>(), ["req-cm"]);
+    }
 }
 
 /// Names of the Secrets referenced by the "plugin" volume sources (not secret volumes).
