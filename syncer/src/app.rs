@@ -129,6 +129,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             kubelet_port: i32::from(config.sync.kubelet_port),
             kubelet_address,
             virtual_version,
+            service_name: config.sync.service_name.clone(),
         },
         &mut tasks,
     );

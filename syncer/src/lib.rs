@@ -23,8 +23,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod cidr;
 pub mod clients;
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod health;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub host_writes: IntCounterVec,
     /// Sync lag: first sight of a new virtual object until its host copy exists, by kind.
     pub sync_lag: HistogramVec,
+    /// Virtual Services recreated because the host could not give them their ClusterIP.
+    pub service_recreates: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -113,6 +115,11 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],
         )?;
+        let service_recreates = prometheus::IntCounter::new(
+            "service_recreates_total",
+            "Virtual Services recreated with the host's ClusterIP (the virtual IP was taken on the host)",
+        )?;
+        registry.register(Box::new(service_recreates.clone()))?;
         for c in [&store_objects, &queue_depth] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -140,6 +147,7 @@ impl Metrics {
             reconcile_duration,
             host_writes,
             sync_lag,
+            service_recreates,
         })
     }
 

@@ -7,13 +7,14 @@ pub mod events;
 pub mod nodes;
 pub mod pods;
 pub mod secrets;
+pub mod services;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -43,6 +44,8 @@ pub struct KindOptions {
     /// Address the virtual nodes advertise for their kubelet; None = the vcluster Service IP.
     pub kubelet_address: Option<String>,
     pub virtual_version: String,
+    /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
+    pub service_name: String,
 }
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -177,6 +180,38 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
     let mut v_namespaces = Pending::<Namespace>::new();
     let mut v_nodes = Pending::<Node>::new();
     let mut h_events = Pending::<Event>::new();
+    let mut v_services = Pending::<Service>::new();
+    let mut h_services = Pending::<Service>::new();
+    let mut h_vc_endpoints = Pending::<Endpoints>::new();
+    let mut v_kube_endpoints = Pending::<Endpoints>::new();
+    let svc_q = FairQueue::new();
+    {
+        let (q, hs) = (svc_q.clone(), h_services.reader.clone());
+        v_services.on(move |c| match c {
+            Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
+            Change::Relisted(store) => {
+                enqueue_all(&q, store, |o| Some(key_of(o)));
+                enqueue_all(&q, &hs, |o| standard::host_key("Service", o.meta()));
+            }
+        });
+        let (q, vs) = (svc_q.clone(), v_services.reader.clone());
+        h_services.on(move |c| match c {
+            Change::Applied(o) | Change::Deleted(o) => {
+                if let Some(k) = standard::host_key("Service", o.meta()) {
+                    q.add(k);
+                }
+            }
+            Change::Relisted(store) => {
+                enqueue_all(&q, store, |o| standard::host_key("Service", o.meta()));
+                enqueue_all(&q, &vs, |o| Some(key_of(o)));
+            }
+        });
+        let kube_key = || Key::new("default", "kubernetes");
+        let q = svc_q.clone();
+        h_vc_endpoints.on(move |_| q.add(kube_key()));
+        let q = svc_q.clone();
+        v_kube_endpoints.on(move |_| q.add(kube_key()));
+    }
 
     wire_copied::<configmaps::ConfigMaps>(&mut v_cms, &mut h_cms, &cm_q);
     wire_copied::<secrets::Secrets>(&mut v_secrets, &mut h_secrets, &secret_q);
@@ -414,6 +449,17 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         copied: Mutex::new(HashMap::new()),
     });
 
+    let service_sync = Arc::new(services::sync::ServiceSync {
+        shared: shared.clone(),
+        virtual_services: v_services.reader.clone(),
+        host_services: h_services.reader.clone(),
+        host_endpoints: h_vc_endpoints.reader.clone(),
+        virtual_endpoints: v_kube_endpoints.reader.clone(),
+        service_name: opts.service_name.clone(),
+        recent: Default::default(),
+        ip_refused_since: Default::default(),
+    });
+
     // Every cache must have listed before any worker decides anything: a reconcile on a
     // half-filled cache could delete host objects whose virtual twin is simply not loaded yet.
     let readiness: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
@@ -426,6 +472,10 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         ready(v_namespaces.reader.clone()),
         ready(v_nodes.reader.clone()),
         ready(h_events.reader.clone()),
+        ready(v_services.reader.clone()),
+        ready(h_services.reader.clone()),
+        ready(h_vc_endpoints.reader.clone()),
+        ready(v_kube_endpoints.reader.clone()),
     ];
 
     let all = watcher::Config::default();
@@ -495,9 +545,42 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
     );
     h_events.start(
         Api::namespaced(host.clone(), &host_ns),
-        all,
+        all.clone(),
         Cluster::Host,
         "events",
+        &shared,
+        tasks,
+    );
+    v_services.start(
+        Api::all(virt.clone()),
+        all,
+        Cluster::Virtual,
+        "services",
+        &shared,
+        tasks,
+    );
+    h_services.start(
+        Api::namespaced(host.clone(), &host_ns),
+        host_cfg(),
+        Cluster::Host,
+        "services",
+        &shared,
+        tasks,
+    );
+    let vc_fields = format!("metadata.name={}", opts.service_name);
+    h_vc_endpoints.start(
+        Api::namespaced(host.clone(), &host_ns),
+        watcher::Config::default().fields(&vc_fields),
+        Cluster::Host,
+        "endpoints",
+        &shared,
+        tasks,
+    );
+    v_kube_endpoints.start(
+        Api::namespaced(virt.clone(), "default"),
+        watcher::Config::default().fields("metadata.name=kubernetes"),
+        Cluster::Virtual,
+        "endpoints",
         &shared,
         tasks,
     );
@@ -517,6 +600,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         spawn_workers(&mut workers, secret_copier, secret_q, w.div_ceil(2), &shared2);
         spawn_workers(&mut workers, node_sync, node_q, 2, &shared2);
         spawn_workers(&mut workers, event_sync, event_q, 2, &shared2);
+        spawn_workers(&mut workers, service_sync, svc_q, w.div_ceil(2), &shared2);
         while workers.join_next().await.is_some() {}
         ("workers", Ok(()))
     });

@@ -1,0 +1,5 @@
+//! Services: the same ClusterIP on both sides, node ports and LoadBalancer status back, the
+//! virtual `default/kubernetes` kept pointing at the vcluster.
+
+pub mod sync;
+pub mod translate;
