@@ -16,7 +16,23 @@ LOG_DIR=$STATE_DIR/logs
 # shellcheck disable=SC1091
 source "$STATE_DIR/syncer/syncer.env"
 
+# refresh_token: what the kubelet does for the pod: a ServiceAccount token bound to the CURRENT
+# vcluster pod (a replaced pod invalidates the old token, exactly as in a real cluster).
+refresh_token() {
+	local env_file=$STATE_DIR/env kubectl host_kubeconfig uid
+	kubectl=$(sed -n 's/^KUBECTL=//p' "$env_file")
+	host_kubeconfig=$(sed -n 's/^HOST_KUBECONFIG=//p' "$env_file")
+	[[ -n $kubectl && -n $host_kubeconfig ]] || return 0 # first start: hack/up.sh just issued it
+	wait_for "vcluster pod $VCLUSTER_NAME-0 Running" 60 - "$kubectl" --kubeconfig "$host_kubeconfig" \
+		-n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
+	uid=$("$kubectl" --kubeconfig "$host_kubeconfig" -n "$HOST_NAMESPACE" get pod "$VCLUSTER_NAME-0" -o jsonpath='{.metadata.uid}')
+	"$kubectl" --kubeconfig "$host_kubeconfig" -n "$HOST_NAMESPACE" create token "$VCLUSTER_NAME" --duration 24h \
+		--bound-object-kind Pod --bound-object-name "$VCLUSTER_NAME-0" --bound-object-uid "$uid" >"$STATE_DIR/syncer/token.new"
+	mv "$STATE_DIR/syncer/token.new" "$STATE_DIR/syncer/token"
+}
+
 start() {
+	refresh_token
 	# The order file lists it once (make down stops it with the rest).
 	if grep -qx syncer "$PID_DIR/order" 2>/dev/null; then sed -i '/^syncer$/d' "$PID_DIR/order"; fi
 	rm -f "$PID_DIR/syncer.pid"
@@ -24,7 +40,8 @@ start() {
 		--name "$VCLUSTER_NAME" --host-namespace "$HOST_NAMESPACE" \
 		--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$VIRTUAL_DATA_DIR" \
 		--workload-service-account "$WORKLOAD_SA" \
-		--admin-addr "$SYNCER_ADMIN_ADDR" --log-filter "${VNEST_LOG:-info}"
+		--admin-addr "$SYNCER_ADMIN_ADDR" --dns-addr "$SYNCER_DNS_ADDR" --dns-upstream "$DNS_UPSTREAM" \
+		--log-filter "${VNEST_LOG:-info}"
 	wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
 }
 

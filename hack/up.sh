@@ -83,6 +83,10 @@ HOST_SCHED_PORT=$(free_port)
 KWOK_PORT=$(free_port)
 VIRTUAL_API_PORT=$(free_port)
 SYNCER_ADMIN_PORT=$(free_port)
+SYNCER_DNS_PORT=$(free_port)
+# Names outside the cluster domain are forwarded upstream; locally that is a loopback port with
+# nothing behind it (answers SERVFAIL fast), so tests never send DNS off this machine.
+DNS_UPSTREAM=127.0.0.1:$(free_port)
 
 # --- host cluster --------------------------------------------------------------------------------
 step "3/7 host cluster on https://127.0.0.1:$HOST_API_PORT"
@@ -384,6 +388,8 @@ HOST_NAMESPACE=$HOST_NAMESPACE
 SYNCER_HOST_KUBECONFIG=$SYNCER_HOST_KUBECONFIG
 VIRTUAL_DATA_DIR=$V
 SYNCER_ADMIN_ADDR=127.0.0.1:$SYNCER_ADMIN_PORT
+SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
+DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
 EOF
 STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
@@ -400,6 +406,7 @@ HOST_NAMESPACE=$HOST_NAMESPACE
 VCLUSTER_NAME=$VCLUSTER_NAME
 SYNCER_METRICS_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT/metrics
 SYNCER_ADMIN_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT
+SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 LOG_DIR=$LOG_DIR
 KUBECTL=$KUBECTL
 VNEST_BIN=$VNEST
@@ -412,7 +419,7 @@ SERVICE_CIDR=$SERVICE_CIDR
 POD_CIDR=$POD_CIDR
 KWOK_ADDR=127.0.0.1:$KWOK_PORT
 HOST_AUDIT_LOG=$LOG_DIR/host-audit.log
-PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT ${VIRTUAL2_API_PORT:-}"
+PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT ${VIRTUAL2_API_PORT:-}"
 EOF
 trap - EXIT
 log "up in $((SECONDS - started_at)) s"
@@ -431,6 +438,9 @@ vnest is up: a host cluster (3 kwok nodes) and vcluster '$VCLUSTER_NAME' in host
   # the host cluster (what the platform team sees)
   kubectl --kubeconfig $HOST_KUBECONFIG get nodes
   kubectl --kubeconfig $HOST_KUBECONFIG -n $HOST_NAMESPACE get statefulset,pods,services
+
+  # the virtual cluster's DNS, served by the syncer
+  dig @127.0.0.1 -p $SYNCER_DNS_PORT kubernetes.default.svc.cluster.local
 
   # everything else: source $ENV_FILE   (logs: $LOG_DIR, syncer metrics: \$SYNCER_METRICS_URL)
   # stop and remove it all: make down

@@ -307,6 +307,15 @@ async fn syncer_reports_why_it_is_not_ready_and_stops_cleanly_on_sigterm() -> Re
                 "--shutdown-timeout",
                 "3s",
             ])
+            // A Service that does not exist keeps this second syncer from ever writing (its
+            // translation context stays unset) while the real one serves the other tests; its
+            // DNS listens on a free loopback port.
+            .args([
+                "--service-name",
+                "e2e-no-such-service",
+                "--dns-addr",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -250,3 +250,48 @@ async fn a_cluster_ip_taken_on_the_host_falls_back_to_a_recreate() -> Result<()>
     hapi.delete(&blocker_name, &DeleteParams::default()).await?;
     ns.delete().await
 }
+
+#[tokio::test]
+async fn manual_endpoints_of_selectorless_services_are_copied() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "svc-manual").await?;
+    Api::<Service>::namespaced(w.virt.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "ext"}, "spec": {"ports": [{"name": "db", "port": 5432}]}}))?,
+        )
+        .await?;
+    let veps: Api<Endpoints> = Api::namespaced(w.virt.clone(), &ns.name);
+    veps.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "ext"},
+                    "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"name": "db", "port": 5432}]}]}))?,
+    )
+    .await?;
+    let heps: Api<Endpoints> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hname = w.host_name(&ns.name, "ext");
+    let ips = |e: Option<Endpoints>| -> Vec<String> {
+        e.and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|s| s.addresses.unwrap_or_default())
+            .map(|a| a.ip)
+            .collect()
+    };
+    wait_until("the host copy of the manual Endpoints", WAIT, || async {
+        Ok((ips(heps.get_opt(&hname).await?) == ["192.0.2.10"]).then_some(()))
+    })
+    .await?;
+    // Updates follow; deleting the Service removes both on the host.
+    veps.patch(
+        "ext",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"subsets": [{"addresses": [{"ip": "192.0.2.11"}], "ports": [{"name": "db", "port": 5432}]}]})),
+    )
+    .await?;
+    wait_until("the host Endpoints updated", WAIT, || async {
+        Ok((ips(heps.get_opt(&hname).await?) == ["192.0.2.11"]).then_some(()))
+    })
+    .await?;
+    ns.delete().await
+}

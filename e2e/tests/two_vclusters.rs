@@ -119,7 +119,12 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
             "--virtual-kubeconfig",
             kubeconfig2,
         ])
-        .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "--admin-addr",
+            &format!("127.0.0.1:{port}"),
+            "--dns-addr",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

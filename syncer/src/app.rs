@@ -119,7 +119,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         workers: config.sync.workers,
     });
     let kubelet_address = config.sync.kubelet_address.clone();
-    resources::start(
+    let dns_stores = resources::start(
         shared,
         KindOptions {
             vcluster: config.name.clone(),
@@ -133,6 +133,23 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         },
         &mut tasks,
     );
+
+    let source = Arc::new(crate::dns::source::StoreSource {
+        services: dns_stores.services,
+        endpoints: dns_stores.endpoints,
+    });
+    let dns_config = crate::dns::DnsConfig {
+        listen: config.sync.dns_addr,
+        cluster_domain: config.sync.cluster_domain.clone(),
+        upstreams: config.sync.dns_upstream.clone(),
+        ttl: crate::dns::DEFAULT_TTL,
+    };
+    let stop = cancel.clone();
+    let (dns_addr, serve_dns) = crate::dns::bind(dns_config, source, async move { stop.cancelled().await })
+        .await
+        .context("starting the DNS server")?;
+    tracing::info!(addr = %dns_addr, domain = %config.sync.cluster_domain, "DNS server listening (UDP and TCP)");
+    tasks.spawn(async move { ("dns server", serve_dns.await.map_err(anyhow::Error::from)) });
 
     supervise(tasks, cancel, config.shutdown_timeout).await
 }
@@ -148,24 +165,44 @@ async fn publish_translate_ctx(
 ) {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
-    let fields = format!("metadata.name={}", config.sync.service_name);
-    let stream =
-        kube::runtime::watcher::watcher(api, kube::runtime::watcher::Config::default().fields(&fields))
-            .default_backoff()
-            .applied_objects();
-    futures::pin_mut!(stream);
-    let mut service_ip: Option<String> = None;
+    use kube::runtime::watcher::{self, Event};
+    // The vcluster Service (API + kubelet) and its DNS Service, each watched by name.
+    let watch_one = |name: &str| {
+        let fields = format!("metadata.name={name}");
+        watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff()
+    };
+    let main = watch_one(&config.sync.service_name);
+    let dns = watch_one(&config.sync.dns_service_name);
+    futures::pin_mut!(main, dns);
+    let ip_of = |svc: &Service| {
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .filter(|ip| !ip.is_empty() && ip != "None")
+    };
+    let apply = |slot: &mut Option<String>, event: Event<Service>| match event {
+        Event::Apply(s) | Event::InitApply(s) => *slot = ip_of(&s),
+        Event::Delete(_) | Event::Init => *slot = None,
+        Event::InitDone => {}
+    };
+    let (mut service_ip, mut dns_ip): (Option<String>, Option<String>) = (None, None);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             changed = anchor.changed() => if changed.is_err() { return },
-            next = stream.next() => match next {
+            next = main.next() => match next {
                 None => return,
-                Some(Ok(svc)) => {
-                    service_ip = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| !ip.is_empty() && ip != "None");
-                }
+                Some(Ok(e)) => apply(&mut service_ip, e),
                 Some(Err(error)) => {
                     tracing::warn!(%error, service = %config.sync.service_name, "watching the vcluster Service failed; retrying");
+                    continue;
+                }
+            },
+            next = dns.next() => match next {
+                None => return,
+                Some(Ok(e)) => apply(&mut dns_ip, e),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, service = %config.sync.dns_service_name, "watching the DNS Service failed; retrying");
                     continue;
                 }
             },
@@ -181,7 +218,9 @@ async fn publish_translate_ctx(
                 dns_nameserver: config
                     .sync
                     .dns_nameserver
-                    .map_or_else(|| ip.clone(), |a| a.to_string()),
+                    .map(|a| a.to_string())
+                    .or_else(|| dns_ip.clone())
+                    .unwrap_or_else(|| ip.clone()),
                 cluster_domain: config.sync.cluster_domain.clone(),
                 host_access: config.sync.host_access,
             }),
@@ -191,7 +230,7 @@ async fn publish_translate_ctx(
             let changed = *cur != next;
             if changed {
                 match &next {
-                    Some(c) => tracing::info!(service_ip = %c.kube_service_ip, owner_uid = %c.owner.uid, "translation context ready"),
+                    Some(c) => tracing::info!(service_ip = %c.kube_service_ip, dns_ip = %c.dns_nameserver, owner_uid = %c.owner.uid, "translation context ready"),
                     None => tracing::info!("translation context not ready (owner or Service missing)"),
                 }
                 cur.clone_from(&next);

@@ -477,12 +477,12 @@ pub async fn probe_inside(api: &Api<Service>, ip: IpAddr) -> Result<bool, CidrEr
     }
 }
 
-/// Detects the host's service network(s) by probing, from namespace `namespace` (needs create,
-/// and for a fallback delete, on services there). About 6 requests on an IPv4 host.
+/// Detects the host's service network(s) by probing from namespace `namespace` with dry-run
+/// creates (needs `create` on services; the fallback [`real_service_anchors`] also `delete`).
+/// Requests: 1 dry-run for the anchors, then 5 probes per IPv4 and 6 per IPv6 network.
 pub async fn detect(client: Client, namespace: &str) -> Result<Detection, CidrError> {
     let api: Api<Service> = Api::namespaced(client, namespace);
-    let mut requests = 0;
-    let anchors = anchors(&api, namespace, &mut requests).await?;
+    let (anchors, mut requests) = anchors(&api).await?;
     let mut cidrs = Vec::with_capacity(anchors.len());
     let mut probes = 0;
     for anchor in anchors {
@@ -520,11 +520,18 @@ pub async fn detect_cached(
 ) -> Result<Detection, CidrError> {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
     let cache_service = match api.get_opt(service_name).await {
-        Ok(service) => service,
+        Ok(Some(service)) => Some(service),
+        Ok(None) => {
+            tracing::warn!(
+                service = service_name,
+                "the Service does not exist; the result will not be cached"
+            );
+            None
+        }
         Err(kube::Error::Api(status)) if status.is_forbidden() => {
             tracing::warn!(
                 service = service_name,
-                "not allowed to read the Service; not caching"
+                "not allowed to read the Service; the result will not be cached"
             );
             None
         }
@@ -557,10 +564,6 @@ pub async fn detect_cached(
     let mut detection = detect(client, namespace).await?;
     detection.requests += 1;
     if cache_service.is_none() {
-        tracing::warn!(
-            service = service_name,
-            "the Service does not exist; not caching the result"
-        );
         return Ok(detection);
     }
     let patch = serde_json::json!({
@@ -579,69 +582,60 @@ pub async fn detect_cached(
     Ok(detection)
 }
 
-/// One address inside each configured service network, primary family first.
-async fn anchors(api: &Api<Service>, namespace: &str, requests: &mut u32) -> Result<Vec<IpAddr>, CidrError> {
+/// One address inside each configured service network, primary family first, and the number
+/// of requests made.
+async fn anchors(api: &Api<Service>) -> Result<(Vec<IpAddr>, u32), CidrError> {
     // A dry-run create assigns ClusterIPs without persisting anything (v1.35 answers with the
-    // network address of the range).
-    *requests += 1;
+    // network address of each range).
     let service = probe_service(None, Some("PreferDualStack"), "dry-run");
     let dry = api
         .create(&post_params(true), &service)
         .await
         .map_err(|source| CidrError::Api {
             action: "dry-run creating a probe Service",
-            namespace: namespace.to_owned(),
+            namespace: api_namespace(api),
             source,
         })?;
     let ips = cluster_ips(&dry);
-    let (parsed, families) = parse_anchors(&ips);
-    if !parsed.is_empty() && parsed.len() >= families {
-        return Ok(parsed);
+    if let Some(anchors) = parse_anchors(&ips) {
+        return Ok((anchors, 1));
     }
-    // Some allocators may not assign in dry-run: allocate for real, read, delete.
     tracing::info!(
         ?ips,
         "the dry-run Service got no ClusterIP; creating a real probe Service"
     );
-    anchors_from_real_service(api, namespace, requests).await
+    Ok((real_service_anchors(api).await?, 3))
 }
 
-async fn anchors_from_real_service(
-    api: &Api<Service>,
-    namespace: &str,
-    requests: &mut u32,
-) -> Result<Vec<IpAddr>, CidrError> {
+/// The fallback of [`detect`] when a dry-run assigns no ClusterIP: creates a real ClusterIP
+/// Service (`PreferDualStack`), reads its ClusterIPs (primary family first) and deletes it (UID
+/// precondition), also when reading fails. Two requests; needs create and delete on services.
+pub async fn real_service_anchors(api: &Api<Service>) -> Result<Vec<IpAddr>, CidrError> {
     let run = run_id();
     let service = probe_service(None, Some("PreferDualStack"), &run);
-    *requests += 1;
     let created = match api.create(&post_params(false), &service).await {
         Ok(created) => created,
         Err(source) => {
             if !matches!(source, kube::Error::Api(_)) {
                 // The answer was lost: the Service may exist. Remove whatever this run created.
-                sweep_run(api, namespace, &run, requests).await;
+                sweep_run(api, &run).await;
             }
             return Err(CidrError::Api {
                 action: "creating a probe Service",
-                namespace: namespace.to_owned(),
+                namespace: api_namespace(api),
                 source,
             });
         }
     };
-    let name = created.metadata.name.clone().unwrap_or_default();
-    *requests += 1;
     let deleted = delete_exactly(api, &created).await;
     let ips = cluster_ips(&created);
     deleted.map_err(|source| CidrError::Cleanup {
-        namespace: namespace.to_owned(),
-        name,
+        namespace: api_namespace(api),
+        name: created.metadata.name.clone().unwrap_or_default(),
         source,
     })?;
-    let (parsed, families) = parse_anchors(&ips);
-    if parsed.is_empty() || parsed.len() < families {
-        return Err(CidrError::NoAnchor { cluster_ips: ips });
-    }
-    Ok(parsed)
+    tracing::debug!(?ips, "ClusterIPs of a real probe Service");
+    parse_anchors(&ips).ok_or(CidrError::NoAnchor { cluster_ips: ips })
 }
 
 /// Deletes `service` only if it is still the same object (UID precondition); gone is fine.
@@ -662,20 +656,25 @@ async fn delete_exactly(api: &Api<Service>, service: &Service) -> Result<(), kub
 }
 
 /// Best-effort removal of the probe Services labelled with this run's id.
-async fn sweep_run(api: &Api<Service>, namespace: &str, run: &str, requests: &mut u32) {
-    *requests += 1;
+async fn sweep_run(api: &Api<Service>, run: &str) {
+    let namespace = api_namespace(api);
     let selector = format!("{LABEL_PROBE_RUN}={run}");
     let listed = match api.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list,
         Err(e) => {
-            tracing::warn!(%namespace, %selector, error = %e, "cannot list probe Services to clean up; delete them by hand");
+            tracing::warn!(
+                %namespace, %selector, error = %e,
+                "cannot list probe Services to clean up; delete them by hand"
+            );
             return;
         }
     };
     for service in &listed.items {
-        *requests += 1;
         if let Err(e) = delete_exactly(api, service).await {
-            tracing::warn!(%namespace, name = ?service.metadata.name, error = %e, "cannot delete a probe Service; delete it by hand");
+            tracing::warn!(
+                %namespace, name = ?service.metadata.name, error = %e,
+                "cannot delete a probe Service; delete it by hand"
+            );
         }
     }
 }
@@ -721,15 +720,15 @@ fn cluster_ips(service: &Service) -> Vec<String> {
     }
 }
 
-/// The parseable addresses (one per family, in order) and how many entries there were.
-fn parse_anchors(ips: &[String]) -> (Vec<IpAddr>, usize) {
-    let mut parsed: Vec<IpAddr> = Vec::new();
-    for ip in ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-        if !parsed.iter().any(|p| p.is_ipv6() == ip.is_ipv6()) {
-            parsed.push(ip);
-        }
-    }
-    (parsed, ips.len())
+/// One address per family, in order, when every entry is an IP address (not `None` or empty).
+fn parse_anchors(ips: &[String]) -> Option<Vec<IpAddr>> {
+    let parsed: Vec<IpAddr> = ips.iter().map(|s| s.parse().ok()).collect::<Option<_>>()?;
+    let distinct = match parsed.as_slice() {
+        [_] => true,
+        [a, b] => a.is_ipv6() != b.is_ipv6(),
+        _ => false,
+    };
+    distinct.then_some(parsed)
 }
 
 fn api_namespace(api: &Api<Service>) -> String {
@@ -762,7 +761,12 @@ pub struct DetectArgs {
     pub namespace: Option<String>,
 
     /// The vcluster's host Service, whose `vnest.dev/service-cidr` annotation caches the result.
-    #[arg(long, env = "VNEST_SERVICE_NAME", default_value = "vnest", value_parser = crate::config::parse_dns_label)]
+    #[arg(
+        long,
+        env = "VNEST_SERVICE_NAME",
+        default_value = "vnest",
+        value_parser = crate::config::parse_dns_label
+    )]
     pub service_name: String,
 
     /// Also write the CIDR (and a newline) to this file, atomically, e.g. `/data/service-cidr`.
@@ -1090,13 +1094,75 @@ mod tests {
     #[test]
     fn anchors_take_one_address_per_family_in_order() {
         let ips = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_anchors(&ips(&["10.96.0.0"])), (vec![ip("10.96.0.0")], 1));
+        assert_eq!(parse_anchors(&ips(&["10.96.0.0"])), Some(vec![ip("10.96.0.0")]));
         assert_eq!(
             parse_anchors(&ips(&["fd00::", "10.96.0.0"])),
-            (vec![ip("fd00::"), ip("10.96.0.0")], 2)
+            Some(vec![ip("fd00::"), ip("10.96.0.0")])
         );
-        assert_eq!(parse_anchors(&ips(&["None"])), (vec![], 1));
-        assert_eq!(parse_anchors(&ips(&[""])), (vec![], 1));
+        assert_eq!(parse_anchors(&ips(&["None"])), None);
+        assert_eq!(parse_anchors(&ips(&[""])), None);
+        assert_eq!(parse_anchors(&ips(&[])), None);
+        assert_eq!(parse_anchors(&ips(&["10.96.0.0", "None"])), None);
+        assert_eq!(parse_anchors(&ips(&["10.96.0.0", "10.97.0.0"])), None);
+    }
+
+    /// The same shape as `vnest::config::Cli` with the `detect-service-cidr` subcommand.
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum Command {
+        DetectServiceCidr(DetectArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<DetectArgs, clap::Error> {
+        use clap::Parser;
+        let argv = ["vnest", "detect-service-cidr"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::DetectServiceCidr(args) => args,
+        })
+    }
+
+    #[test]
+    fn detect_args_defaults_and_flags() {
+        // (Assumes the VNEST_* twins of these flags are not set in the test environment.)
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.service_name, "vnest");
+        assert_eq!(args.log_filter, "info");
+        assert_eq!(
+            (args.namespace, args.output, args.host_kubeconfig),
+            (None, None, None)
+        );
+        let args = parse(&[
+            "--host-kubeconfig",
+            "/k",
+            "--namespace",
+            "ns-1",
+            "--service-name",
+            "vc",
+            "--output",
+            "/data/service-cidr",
+        ])
+        .unwrap();
+        assert_eq!(args.host_kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(args.namespace.as_deref(), Some("ns-1"));
+        assert_eq!(args.service_name, "vc");
+        assert_eq!(args.output, Some(PathBuf::from("/data/service-cidr")));
+        assert!(parse(&["--namespace", "Not_A_Label"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn output_files_are_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("vnest-cidr-test-{}", run_id()));
+        let path = dir.join("sub/service-cidr");
+        write_atomically(&path, "10.96.0.0/12\n").await.unwrap();
+        write_atomically(&path, "10.43.0.0/16\n").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "10.43.0.0/16\n");
+        assert!(!dir.join("sub/service-cidr.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -180,6 +180,20 @@ pub struct SyncerArgs {
     /// Address the virtual nodes advertise for their kubelet [default: the vcluster Service IP].
     #[arg(long, env = "VNEST_KUBELET_ADDRESS")]
     pub kubelet_address: Option<String>,
+
+    /// Where the syncer answers DNS for the virtual cluster (UDP and TCP).
+    #[arg(long, env = "VNEST_DNS_ADDR", default_value = "0.0.0.0:1053")]
+    pub dns_addr: SocketAddr,
+
+    /// Resolvers for names outside the cluster domain, comma-separated host:port
+    /// [default: the nameservers of the pod's /etc/resolv.conf].
+    #[arg(long, env = "VNEST_DNS_UPSTREAM", value_delimiter = ',')]
+    pub dns_upstream: Vec<SocketAddr>,
+
+    /// Host Service in front of the syncer's DNS port: its ClusterIP is the nameserver of synced
+    /// pods and of the virtual kube-system/kube-dns Service [default: <service-name>-dns].
+    #[arg(long, env = "VNEST_DNS_SERVICE_NAME", value_parser = parse_dns_label)]
+    pub dns_service_name: Option<String>,
 }
 
 /// Options of the synced kinds.
@@ -196,6 +210,9 @@ pub struct SyncOptions {
     pub node_sync: crate::resources::nodes::NodeMode,
     pub kubelet_port: u16,
     pub kubelet_address: Option<String>,
+    pub dns_addr: SocketAddr,
+    pub dns_upstream: Vec<SocketAddr>,
+    pub dns_service_name: String,
 }
 
 /// Log settings, needed before anything else starts.
@@ -289,6 +306,9 @@ impl SyncerArgs {
             node_sync,
             kubelet_port,
             kubelet_address,
+            dns_addr,
+            dns_upstream,
+            dns_service_name,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -296,9 +316,11 @@ impl SyncerArgs {
         };
         let virtual_kubeconfig =
             virtual_kubeconfig.unwrap_or_else(|| data_dir.join("server/cred/admin.kubeconfig"));
+        let service_name = service_name.unwrap_or_else(|| name.clone());
         let sync = SyncOptions {
             workers: usize::from(workers),
-            service_name: service_name.unwrap_or_else(|| name.clone()),
+            dns_service_name: dns_service_name.unwrap_or_else(|| format!("{service_name}-dns")),
+            service_name,
             workload_service_account: workload_service_account.unwrap_or_else(|| format!("{name}-workload")),
             dns_nameserver,
             cluster_domain,
@@ -308,6 +330,8 @@ impl SyncerArgs {
             node_sync,
             kubelet_port,
             kubelet_address,
+            dns_addr,
+            dns_upstream,
         };
         Ok(SyncerConfig {
             sync,

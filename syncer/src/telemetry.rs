@@ -18,7 +18,16 @@ pub enum TelemetryError {
 }
 
 pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(&cfg.filter).map_err(|source| TelemetryError::Filter {
+    // hickory-server logs every query at info: keep it quiet unless asked for explicitly.
+    let expr = if cfg.filter.contains("hickory") {
+        cfg.filter.clone()
+    } else {
+        format!(
+            "{},hickory_server=warn,hickory_proto=warn,hickory_resolver=warn",
+            cfg.filter
+        )
+    };
+    let filter = EnvFilter::try_new(&expr).map_err(|source| TelemetryError::Filter {
         filter: cfg.filter.clone(),
         source,
     })?;

@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod server;
+pub mod source;
 #[cfg(test)]
 pub(crate) mod testing;
 

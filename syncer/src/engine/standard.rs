@@ -42,8 +42,13 @@ pub trait CopiedKind: Send + Sync + 'static {
     /// The fields (besides labels/annotations) the host copy takes from the virtual object, as
     /// JSON with every owned key present (so removals show up as differences).
     fn owned_fields(obj: &Self::K) -> Value;
+    /// What the host copy's owned fields should be for virtual `v` (default: the same fields;
+    /// kinds whose fields hold references translate them here).
+    fn desired_fields(&self, _tc: &TranslateCtx, v: &Self::K) -> Value {
+        Self::owned_fields(v)
+    }
     /// The host object to create: `meta` (ours) plus the owned fields of `v`.
-    fn host_object(meta: ObjectMeta, v: &Self::K) -> Self::K;
+    fn host_object(&self, tc: &TranslateCtx, meta: ObjectMeta, v: &Self::K) -> Self::K;
     /// Whether the virtual object should exist on the host right now.
     fn wanted(&self, v: &Self::K) -> bool;
     /// Annotations the host side owns (never copied, never removed).
@@ -93,6 +98,7 @@ pub fn create_meta(tc: &TranslateCtx, kind: &str, v: &ObjectMeta, host_name: Str
 
 /// The pure plan for a copied kind.
 pub fn plan_copy<C: CopiedKind>(
+    kind: &C,
     tc: &TranslateCtx,
     v: Option<&C::K>,
     h: Option<&C::K>,
@@ -113,7 +119,9 @@ pub fn plan_copy<C: CopiedKind>(
     let host_name = naming::host_name(&tc.vcluster, &v.namespace().unwrap_or_default(), &v.name_any());
     let Some(h) = h else {
         let meta = create_meta(tc, C::KIND, v.meta(), host_name);
-        return Ok(Plan::host(HostAction::Create(Box::new(C::host_object(meta, v)))));
+        return Ok(Plan::host(HostAction::Create(Box::new(
+            kind.host_object(tc, meta, v),
+        ))));
     };
     let (labels, annotations) = plan::desired_metadata(
         &tc.vcluster,
@@ -125,7 +133,7 @@ pub fn plan_copy<C: CopiedKind>(
         C::excluded_annotations(),
     );
     let meta_patch = plan::metadata_patch(h.meta(), &labels, &annotations);
-    let fields_patch = plan::merge_diff(&C::owned_fields(h), &C::owned_fields(v));
+    let fields_patch = plan::merge_diff(&C::owned_fields(h), &kind.desired_fields(tc, v));
     if meta_patch.is_none() && fields_patch.is_none() {
         return Ok(Plan::noop());
     }
@@ -174,9 +182,18 @@ impl<C: CopiedKind> Reconciler for Copier<C> {
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
         let tc = self.shared.translate_ctx()?;
         let (v, h, host_name) = self.lookup(key, &tc);
+        let wanted = v.as_deref().is_some_and(|v| self.kind.wanted(v));
         if let Some(h) = &h
             && !is_ours(&tc, C::KIND, h.meta())
         {
+            // Not ours (e.g. Endpoints the host's own controller keeps for a Service with a
+            // selector): never touched; only worth a Warning when we needed that name.
+            if !wanted
+                || v.as_deref()
+                    .is_some_and(|v| v.meta().deletion_timestamp.is_some())
+            {
+                return Ok(Outcome::done());
+            }
             return Err(SyncError::Foreign {
                 kind: C::KIND,
                 host_name,
@@ -188,8 +205,7 @@ impl<C: CopiedKind> Reconciler for Copier<C> {
             // Created a moment ago; the cache has not caught up yet.
             return Ok(Outcome::requeue(std::time::Duration::from_secs(1)));
         }
-        let wanted = v.as_deref().is_some_and(|v| self.kind.wanted(v));
-        let plan = plan_copy::<C>(&tc, v.as_deref(), h.as_deref(), wanted)?;
+        let plan = plan_copy(&self.kind, &tc, v.as_deref(), h.as_deref(), wanted)?;
         let op = plan.host.op();
         if op != "noop" {
             tracing::info!(kind = C::NAME, key = %key, host.name = %host_name, op, "writing host object");

@@ -28,7 +28,7 @@ impl CopiedKind for ConfigMaps {
         })
     }
 
-    fn host_object(meta: ObjectMeta, v: &ConfigMap) -> ConfigMap {
+    fn host_object(&self, _tc: &crate::engine::TranslateCtx, meta: ObjectMeta, v: &ConfigMap) -> ConfigMap {
         ConfigMap {
             metadata: meta,
             data: v.data.clone(),

@@ -3,6 +3,7 @@
 //! the kinds' fair queues, and starts the workers once every cache has listed.
 
 pub mod configmaps;
+pub mod endpoints;
 pub mod events;
 pub mod nodes;
 pub mod pods;
@@ -153,8 +154,14 @@ fn wire_copied<C: CopiedKind>(
     });
 }
 
-/// Starts every synced kind. Returns the tasks to supervise.
-pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
+/// The caches the DNS server answers from.
+pub struct DnsStores {
+    pub services: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+}
+
+/// Starts every synced kind (its tasks join `tasks`). Returns the caches DNS answers from.
+pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsStores {
     let host_ns = shared.host_namespace.clone();
     let selector = markers::selector(&opts.vcluster);
     let host_cfg = || watcher::Config::default().labels(&selector);
@@ -183,8 +190,20 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
     let mut v_services = Pending::<Service>::new();
     let mut h_services = Pending::<Service>::new();
     let mut h_vc_endpoints = Pending::<Endpoints>::new();
-    let mut v_kube_endpoints = Pending::<Endpoints>::new();
+    let mut v_eps = Pending::<Endpoints>::new();
+    let mut h_eps = Pending::<Endpoints>::new();
     let svc_q = FairQueue::new();
+    let ep_q = FairQueue::new();
+    wire_copied::<endpoints::EndpointsKind>(&mut v_eps, &mut h_eps, &ep_q);
+    {
+        // A Service gaining or losing its selector changes whether its Endpoints are copied.
+        let q = ep_q.clone();
+        v_services.on(move |c| {
+            if let Change::Applied(o) | Change::Deleted(o) = c {
+                q.add(key_of(o));
+            }
+        });
+    }
     {
         let (q, hs) = (svc_q.clone(), h_services.reader.clone());
         v_services.on(move |c| match c {
@@ -210,7 +229,17 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         let q = svc_q.clone();
         h_vc_endpoints.on(move |_| q.add(kube_key()));
         let q = svc_q.clone();
-        v_kube_endpoints.on(move |_| q.add(kube_key()));
+        v_eps.on(move |c| {
+            let ours = match c {
+                Change::Applied(o) | Change::Deleted(o) => {
+                    o.namespace().as_deref() == Some("default") && o.name_any() == "kubernetes"
+                }
+                Change::Relisted(_) => true,
+            };
+            if ours {
+                q.add(kube_key());
+            }
+        });
     }
 
     wire_copied::<configmaps::ConfigMaps>(&mut v_cms, &mut h_cms, &cm_q);
@@ -449,17 +478,32 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         copied: Mutex::new(HashMap::new()),
     });
 
+    let ep_copier = Arc::new(Copier {
+        kind: endpoints::EndpointsKind {
+            virtual_services: v_services.reader.clone(),
+        },
+        shared: shared.clone(),
+        virtual_store: v_eps.reader.clone(),
+        host_store: h_eps.reader.clone(),
+        host_api: Api::namespaced(host.clone(), &host_ns),
+        queue: ep_q.clone(),
+        recent: Default::default(),
+    });
     let service_sync = Arc::new(services::sync::ServiceSync {
         shared: shared.clone(),
         virtual_services: v_services.reader.clone(),
         host_services: h_services.reader.clone(),
         host_endpoints: h_vc_endpoints.reader.clone(),
-        virtual_endpoints: v_kube_endpoints.reader.clone(),
+        virtual_endpoints: v_eps.reader.clone(),
         service_name: opts.service_name.clone(),
         recent: Default::default(),
         ip_refused_since: Default::default(),
     });
 
+    let dns_stores = DnsStores {
+        services: v_services.reader.clone(),
+        endpoints: v_eps.reader.clone(),
+    };
     // Every cache must have listed before any worker decides anything: a reconcile on a
     // half-filled cache could delete host objects whose virtual twin is simply not loaded yet.
     let readiness: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
@@ -475,7 +519,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         ready(v_services.reader.clone()),
         ready(h_services.reader.clone()),
         ready(h_vc_endpoints.reader.clone()),
-        ready(v_kube_endpoints.reader.clone()),
+        ready(v_eps.reader.clone()),
+        ready(h_eps.reader.clone()),
     ];
 
     let all = watcher::Config::default();
@@ -576,15 +621,36 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         &shared,
         tasks,
     );
-    v_kube_endpoints.start(
-        Api::namespaced(virt.clone(), "default"),
-        watcher::Config::default().fields("metadata.name=kubernetes"),
+    v_eps.start(
+        Api::all(virt.clone()),
+        watcher::Config::default(),
         Cluster::Virtual,
         "endpoints",
         &shared,
         tasks,
     );
+    h_eps.start(
+        Api::namespaced(host.clone(), &host_ns),
+        host_cfg(),
+        Cluster::Host,
+        "endpoints",
+        &shared,
+        tasks,
+    );
 
+    // The special Services follow the translation context (vcluster and DNS Service IPs).
+    {
+        let (q, mut ctx) = (svc_q.clone(), shared.translate.clone());
+        tasks.spawn(async move {
+            loop {
+                q.add(Key::new("default", "kubernetes"));
+                q.add(Key::new("kube-system", "kube-dns"));
+                if ctx.changed().await.is_err() {
+                    return ("special services", Ok(()));
+                }
+            }
+        });
+    }
     let shared2 = shared.clone();
     let host_nodes_ready = host_nodes_store.map(ready);
     tasks.spawn(async move {
@@ -601,9 +667,11 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) {
         spawn_workers(&mut workers, node_sync, node_q, 2, &shared2);
         spawn_workers(&mut workers, event_sync, event_q, 2, &shared2);
         spawn_workers(&mut workers, service_sync, svc_q, w.div_ceil(2), &shared2);
+        spawn_workers(&mut workers, ep_copier, ep_q, 2, &shared2);
         while workers.join_next().await.is_some() {}
         ("workers", Ok(()))
     });
+    dns_stores
 }
 
 fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(

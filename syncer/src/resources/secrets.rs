@@ -40,7 +40,7 @@ impl CopiedKind for Secrets {
         json!({ "data": obj.data.clone().unwrap_or_default() })
     }
 
-    fn host_object(meta: ObjectMeta, v: &Secret) -> Secret {
+    fn host_object(&self, _tc: &crate::engine::TranslateCtx, meta: ObjectMeta, v: &Secret) -> Secret {
         Secret {
             metadata: meta,
             data: v.data.clone(),

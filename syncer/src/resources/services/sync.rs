@@ -182,6 +182,69 @@ impl ServiceSync {
         Ok(Outcome::done())
     }
 
+    /// Publishes virtual kube-system/kube-dns on the DNS Service's ClusterIP (the nameserver of
+    /// synced pods), so tools that look for the cluster DNS find it.
+    async fn reconcile_kube_dns(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
+        if tc.dns_nameserver == tc.kube_service_ip {
+            return Ok(Outcome::done()); // no separate DNS Service on the host: nothing to publish
+        }
+        let api = self.virtual_api("kube-system");
+        let current = self
+            .virtual_services
+            .get(&ObjectRef::new("kube-dns").within("kube-system"));
+        if current.as_ref().and_then(|s| translate::cluster_ip(s)).as_deref()
+            == Some(tc.dns_nameserver.as_str())
+        {
+            return Ok(Outcome::done());
+        }
+        if let Some(cur) = &current {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: cur.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete("kube-dns", &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(SyncError::from_kube(
+                        e,
+                        Cluster::Virtual,
+                        "delete",
+                        "Service",
+                        "kube-dns",
+                    ));
+                }
+            }
+        }
+        tracing::info!(ip = %tc.dns_nameserver, "publishing the virtual kube-system/kube-dns Service");
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "vnest-dns", "kubernetes.io/cluster-service": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": tc.dns_nameserver, "clusterIPs": [tc.dns_nameserver],
+                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 1053},
+                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 1053}]}
+        }))
+        .map_err(|e| SyncError::Translate(crate::engine::error::TranslateError::Refused(e.to_string())))?;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&pp, &svc).await {
+            Ok(_) => Ok(Outcome::done()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::requeue(Duration::from_secs(1))),
+            Err(e) => Err(SyncError::from_kube(
+                e,
+                Cluster::Virtual,
+                "create",
+                "Service",
+                "kube-dns",
+            )),
+        }
+    }
+
     /// Keeps virtual default/kubernetes on the vcluster Service's ClusterIP and endpoints.
     async fn reconcile_kubernetes(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
         let api = self.virtual_api("default");
@@ -323,7 +386,11 @@ impl Reconciler for ServiceSync {
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
         let tc = self.shared.translate_ctx()?;
         if translate::is_special(&key.namespace, &key.name) {
-            return self.reconcile_kubernetes(&tc).await;
+            return if key.namespace == "kube-system" {
+                self.reconcile_kube_dns(&tc).await
+            } else {
+                self.reconcile_kubernetes(&tc).await
+            };
         }
         let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
         let v = self

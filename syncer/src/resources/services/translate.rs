@@ -14,9 +14,10 @@ use crate::engine::TranslateCtx;
 use crate::engine::standard::create_meta;
 use crate::{markers, naming};
 
-/// Virtual Services that are never copied: the syncer keeps them pointing at the vcluster.
+/// Virtual Services that are never copied: the syncer keeps them pointing at the vcluster
+/// (`default/kubernetes`) and at its DNS server (`kube-system/kube-dns`).
 pub fn is_special(namespace: &str, name: &str) -> bool {
-    namespace == "default" && name == "kubernetes"
+    (namespace == "default" && name == "kubernetes") || (namespace == "kube-system" && name == "kube-dns")
 }
 
 /// The host selector: the tenant's (label keys as on host pods) plus our vcluster and
