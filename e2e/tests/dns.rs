@@ -165,6 +165,21 @@ async fn the_syncer_answers_cluster_names_from_its_caches() -> Result<()> {
         Ok(hpods.get_opt(&hname).await?)
     })
     .await?;
+    // Service links of the virtual Services of its namespace, like a kubelet would set them.
+    let env = hp
+        .spec
+        .as_ref()
+        .map(|s| s.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    let link = env
+        .iter()
+        .find(|v| v.name == "WEB_SERVICE_HOST")
+        .and_then(|v| v.value.clone());
+    assert_eq!(
+        link,
+        Some(ip.to_string()),
+        "service-link variables missing: {env:?}"
+    );
     let dns = hp.spec.and_then(|s| s.dns_config).unwrap_or_default();
     assert_eq!(dns.nameservers.unwrap_or_default(), [dns_ip.to_string()]);
     ns.delete().await

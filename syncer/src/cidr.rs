@@ -3,7 +3,8 @@
 //! The virtual API server (k3s) must run with `--service-cidr` equal to the host's, because the
 //! ClusterIPs of synced Services are the host's. Reading it directly needs cluster-scoped access
 //! (ServiceCIDR objects, the `kubernetes` Service in `default`, or the API server's flags), and
-//! current API servers no longer print the valid range in their errors. So we *probe*: a
+//! the valid range in error messages is not to be relied on (v1.35 still prints it; newer
+//! Kubernetes sources dropped it from `ErrNotInRange`). So we *probe*: a
 //! dry-run create of a ClusterIP Service with a chosen `spec.clusterIP` succeeds exactly when
 //! that IP lies in the host's service range ([`probe_inside`]); nothing is persisted.
 //!

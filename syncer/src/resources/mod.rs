@@ -276,6 +276,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         virtual_namespaces: v_namespaces.reader.clone(),
         virtual_configmaps: v_cms.reader.clone(),
         virtual_secrets: v_secrets.reader.clone(),
+        virtual_services: v_services.reader.clone(),
         queue: pod_q.clone(),
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),

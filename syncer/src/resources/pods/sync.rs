@@ -42,6 +42,7 @@ pub struct PodSync {
     pub virtual_namespaces: Store<Namespace>,
     pub virtual_configmaps: Store<ConfigMap>,
     pub virtual_secrets: Store<Secret>,
+    pub virtual_services: Store<k8s_openapi::api::core::v1::Service>,
     pub queue: FairQueue,
     /// When each new virtual pod was first seen, for the sync-lag metric.
     pub first_seen: Mutex<HashMap<Key, Instant>>,
@@ -125,10 +126,18 @@ impl PodSync {
         host_name: &str,
     ) -> Result<Outcome, SyncError> {
         let labels = self.namespace_labels(&key.namespace);
+        let services: Vec<k8s_openapi::api::core::v1::Service> = self
+            .virtual_services
+            .state()
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
+            .map(|s| s.as_ref().clone())
+            .collect();
         let desired = translate::host_pod(
             &PodInputs {
                 ctx: tc,
                 namespace_labels: &labels,
+                services: &services,
             },
             v,
         )?;
@@ -560,6 +569,8 @@ impl PodSync {
         let inputs = PodInputs {
             ctx: tc,
             namespace_labels: &labels,
+            // Environment variables are fixed at create: updates never need the Services.
+            services: &[],
         };
         if let Some(body) = translate::update_patch(&inputs, v, h) {
             tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "patching host pod");

@@ -79,6 +79,9 @@ pub struct PodInputs<'a> {
     /// Labels of the pod's virtual Namespace (copied onto the host pod under
     /// markers::namespace_label_key(vcluster, key) so namespaceSelectors can be translated later).
     pub namespace_labels: &'a BTreeMap<String, String>,
+    /// The virtual Services of the pod's namespace (for the kubelet-style service-link
+    /// variables when the pod has `enableServiceLinks`).
+    pub services: &'a [k8s_openapi::api::core::v1::Service],
 }
 
 /// One projected ServiceAccount token the host pod needs (from the virtual pod's projected
@@ -260,6 +263,43 @@ fn collect_references(vpod: &Pod, required_only: bool) -> PodRefs {
 }
 
 #[cfg(test)]
+mod service_link_tests {
+    use super::*;
+
+    #[test]
+    fn service_links_follow_the_kubelet_naming() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "my-db", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.3.4", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let headless: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hl", "namespace": "shop"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}
+        }))
+        .unwrap();
+        let env = with_service_links(kubernetes_env("10.96.0.1"), &[svc, headless]);
+        let get = |k: &str| env.iter().find(|v| v.name == k).and_then(|v| v.value.clone());
+        assert_eq!(get("MY_DB_SERVICE_HOST").as_deref(), Some("10.96.3.4"));
+        assert_eq!(get("MY_DB_SERVICE_PORT").as_deref(), Some("5432"));
+        assert_eq!(get("MY_DB_SERVICE_PORT_PG").as_deref(), Some("5432"));
+        assert_eq!(get("MY_DB_PORT").as_deref(), Some("tcp://10.96.3.4:5432"));
+        assert_eq!(get("MY_DB_PORT_5432_TCP_ADDR").as_deref(), Some("10.96.3.4"));
+        assert_eq!(get("MY_DB_PORT_5432_TCP_PROTO").as_deref(), Some("tcp"));
+        assert_eq!(get("KUBERNETES_SERVICE_HOST").as_deref(), Some("10.96.0.1"));
+        assert!(get("HL_SERVICE_HOST").is_none(), "headless Services get no links");
+        let mut names: Vec<&str> = env.iter().map(|v| v.name.as_str()).collect();
+        let sorted = {
+            let mut s = names.clone();
+            s.sort();
+            s
+        };
+        assert_eq!(names, sorted);
+        names.dedup();
+        assert_eq!(names.len(), env.len(), "no duplicates");
+    }
+}
+
+#[cfg(test)]
 mod required_refs_tests {
     use super::*;
 
@@ -360,7 +400,7 @@ pub fn host_pod(input: &PodInputs, vpod: &Pod) -> Result<Pod, TranslateError> {
     };
     Ok(Pod {
         metadata,
-        spec: Some(host_spec(ctx, namespace, name, spec)),
+        spec: Some(host_spec(ctx, namespace, name, spec, input.services)),
         status: None,
     })
 }
@@ -388,12 +428,22 @@ fn identity(vpod: &Pod) -> Result<(&str, &str), TranslateError> {
 }
 
 /// The host spec of a virtual pod spec (see [`host_pod`]).
-fn host_spec(ctx: &TranslateCtx, namespace: &str, pod_name: &str, vspec: &PodSpec) -> PodSpec {
+fn host_spec(
+    ctx: &TranslateCtx,
+    namespace: &str,
+    pod_name: &str,
+    vspec: &PodSpec,
+    services: &[k8s_openapi::api::core::v1::Service],
+) -> PodSpec {
     let names = Renamer {
         vcluster: &ctx.vcluster,
         namespace,
     };
-    let kube_env = kubernetes_env(&ctx.kube_service_ip);
+    let kube_env = if vspec.enable_service_links == Some(false) {
+        kubernetes_env(&ctx.kube_service_ip)
+    } else {
+        with_service_links(kubernetes_env(&ctx.kube_service_ip), services)
+    };
     let mut spec = vspec.clone();
 
     for volume in spec.volumes.iter_mut().flatten() {
@@ -658,6 +708,71 @@ fn kubernetes_env(ip: &str) -> Vec<EnvVar> {
     .collect();
     vars.sort_by(|a, b| a.name.cmp(&b.name));
     vars
+}
+
+/// The kubelet's service-link variables for `services` (those with a real ClusterIP; the
+/// virtual `kubernetes` Service is covered by the KUBERNETES_* variables), merged with `base`
+/// and sorted by name; `base` wins on a name clash.
+fn with_service_links(base: Vec<EnvVar>, services: &[k8s_openapi::api::core::v1::Service]) -> Vec<EnvVar> {
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for svc in services {
+        let (Some(name), Some(spec)) = (svc.metadata.name.as_deref(), svc.spec.as_ref()) else {
+            continue;
+        };
+        let ip = match spec.cluster_ip.as_deref() {
+            Some(ip) if !ip.is_empty() && ip != "None" => ip,
+            _ => continue,
+        };
+        if name == "kubernetes" && svc.metadata.namespace.as_deref() == Some("default") {
+            continue;
+        }
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let prefix = env_name(name);
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        vars.insert(format!("{prefix}_SERVICE_HOST"), ip.to_owned());
+        vars.insert(format!("{prefix}_SERVICE_PORT"), first.port.to_string());
+        for p in ports {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                vars.insert(
+                    format!("{prefix}_SERVICE_PORT_{}", env_name(port_name)),
+                    p.port.to_string(),
+                );
+            }
+            let key = format!("{prefix}_PORT_{}_{}", p.port, proto.to_ascii_uppercase());
+            let url = format!("{}://{host}:{}", proto.to_ascii_lowercase(), p.port);
+            vars.insert(key.clone(), url);
+            vars.insert(format!("{key}_PROTO"), proto.to_ascii_lowercase());
+            vars.insert(format!("{key}_PORT"), p.port.to_string());
+            vars.insert(format!("{key}_ADDR"), ip.to_owned());
+        }
+        let proto = first.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+        vars.insert(
+            format!("{prefix}_PORT"),
+            format!("{proto}://{host}:{}", first.port),
+        );
+    }
+    for v in &base {
+        vars.remove(&v.name);
+    }
+    let mut all = base;
+    all.extend(vars.into_iter().map(|(name, value)| EnvVar {
+        name,
+        value: Some(value),
+        value_from: None,
+    }));
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// A Service or port name as an environment variable name: upper case, '-' -> '_'.
+fn env_name(s: &str) -> String {
+    s.to_ascii_uppercase().replace('-', "_")
 }
 
 /// Prepends the `generated` variables (already sorted) the container does not define itself,
@@ -1501,6 +1616,7 @@ mod tests {
             &PodInputs {
                 ctx: &ctx,
                 namespace_labels: &labels,
+                services: &[],
             },
             vpod,
         )
@@ -1525,6 +1641,7 @@ mod tests {
             &PodInputs {
                 ctx: &ctx,
                 namespace_labels: labels,
+                services: &[],
             },
             vpod,
             hpod,
@@ -1748,6 +1865,7 @@ mod tests {
         let input = PodInputs {
             ctx: &ctx,
             namespace_labels: &labels,
+            services: &[],
         };
         let h = as_stored(translate(&v));
         let patch = ephemeral_containers_patch(&input, &v, &h).unwrap().unwrap();
