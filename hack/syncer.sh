@@ -20,9 +20,10 @@ source "$STATE_DIR/syncer/syncer.env"
 # vcluster pod (a replaced pod invalidates the old token, exactly as in a real cluster).
 refresh_token() {
 	local env_file=$STATE_DIR/env kubectl host_kubeconfig uid
+	[[ -f $env_file ]] || return 0 # first start: hack/up.sh has just issued it
 	kubectl=$(sed -n 's/^KUBECTL=//p' "$env_file")
 	host_kubeconfig=$(sed -n 's/^HOST_KUBECONFIG=//p' "$env_file")
-	[[ -n $kubectl && -n $host_kubeconfig ]] || return 0 # first start: hack/up.sh just issued it
+	[[ -n $kubectl && -n $host_kubeconfig ]] || return 0
 	wait_for "vcluster pod $VCLUSTER_NAME-0 Running" 60 - "$kubectl" --kubeconfig "$host_kubeconfig" \
 		-n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
 	uid=$("$kubectl" --kubeconfig "$host_kubeconfig" -n "$HOST_NAMESPACE" get pod "$VCLUSTER_NAME-0" -o jsonpath='{.metadata.uid}')
@@ -41,7 +42,7 @@ start() {
 		--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$VIRTUAL_DATA_DIR" \
 		--workload-service-account "$WORKLOAD_SA" \
 		--admin-addr "$SYNCER_ADMIN_ADDR" --dns-addr "$SYNCER_DNS_ADDR" --dns-upstream "$DNS_UPSTREAM" \
-		--log-filter "${VNEST_LOG:-info}"
+		--log-filter "${VNEST_LOG:-info}" ${EXTRA_SYNCER_FLAGS:-}
 	wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
 }
 

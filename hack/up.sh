@@ -260,15 +260,46 @@ kind: Kustomization
 namespace: $HOST_NAMESPACE
 resources:
 - $(realpath --relative-to="$STATE_DIR/overlay" "$repo/manifests/base")
-configMapGenerator:
-- name: vnest-config
-  behavior: merge
-  literals:
-  - service-cidr=$SERVICE_CIDR
 EOF
 K apply -k "$STATE_DIR/overlay" >"$LOG_DIR/apply-k.log"
 wait_for "vcluster pod $VCLUSTER_NAME-0 Running on a kwok node" 90 - \
 	K -n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
+
+# The pod's ServiceAccount token (the syncer container's identity, bound to the pod).
+S=$STATE_DIR/syncer
+mkdir -p "$S"
+# The pod gets a projected token bound to it; this is the same token, requested the same way.
+pod_uid=$(K -n "$HOST_NAMESPACE" get pod "$VCLUSTER_NAME-0" -o jsonpath='{.metadata.uid}')
+K -n "$HOST_NAMESPACE" create token "$VCLUSTER_NAME" --duration 24h \
+	--bound-object-kind Pod --bound-object-name "$VCLUSTER_NAME-0" --bound-object-uid "$pod_uid" >"$S/token"
+chmod 600 "$S/token"
+SYNCER_HOST_KUBECONFIG=$S/host.kubeconfig
+cat >"$SYNCER_HOST_KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: host
+  cluster:
+    server: https://127.0.0.1:$HOST_API_PORT
+    certificate-authority: $H/pki/ca.crt
+users:
+- name: $VCLUSTER_NAME
+  user:
+    tokenFile: $S/token
+contexts:
+- name: $VCLUSTER_NAME@host
+  context: {cluster: host, user: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
+current-context: $VCLUSTER_NAME@host
+EOF
+# The init container: find the host's service CIDR with that namespaced identity only.
+mkdir -p "$STATE_DIR/virtual"
+"$VNEST" detect-service-cidr --host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --namespace "$HOST_NAMESPACE" \
+	--service-name "$VCLUSTER_NAME" --output "$STATE_DIR/virtual/service-cidr" 2>"$LOG_DIR/detect-service-cidr.log" >/dev/null ||
+	{ tail -n 20 "$LOG_DIR/detect-service-cidr.log" >&2; die "service CIDR detection failed"; }
+VIRTUAL_SERVICE_CIDR=$(cat "$STATE_DIR/virtual/service-cidr")
+[[ $VIRTUAL_SERVICE_CIDR == "$SERVICE_CIDR" ]] ||
+	die "detected service CIDR $VIRTUAL_SERVICE_CIDR differs from the host's $SERVICE_CIDR"
+log "detected the host service CIDR: $VIRTUAL_SERVICE_CIDR (namespaced permissions only)"
 
 # --- the "k3s" container: virtual control plane ----------------------------------------------------
 step "5/7 virtual control plane (k3s layout) on https://127.0.0.1:$VIRTUAL_API_PORT"
@@ -319,7 +350,7 @@ start_virtual() {
 		--requestheader-username-headers X-Remote-User \
 		--service-account-issuer https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file "$T/service.key" --service-account-signing-key-file "$T/service.current.key" \
-		--service-cluster-ip-range "$SERVICE_CIDR" --service-node-port-range 30000-32767 \
+		--service-cluster-ip-range "$VIRTUAL_SERVICE_CIDR" --service-node-port-range 30000-32767 \
 		--profiling=false --v=1
 	wait_for "$name kube-apiserver /readyz" 120 "$name-apiserver" \
 		https_ok "https://127.0.0.1:$port/readyz" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key"
@@ -336,7 +367,7 @@ start_virtual() {
 		--cluster-signing-kubelet-client-cert-file "$T/client-ca.crt" --cluster-signing-kubelet-client-key-file "$T/client-ca.key" \
 		--cluster-signing-kubelet-serving-cert-file "$T/server-ca.crt" --cluster-signing-kubelet-serving-key-file "$T/server-ca.key" \
 		--cluster-signing-legacy-unknown-cert-file "$T/server-ca.crt" --cluster-signing-legacy-unknown-key-file "$T/server-ca.key" \
-		--cluster-name kubernetes --service-cluster-ip-range "$SERVICE_CIDR" --configure-cloud-routes=false \
+		--cluster-name kubernetes --service-cluster-ip-range "$VIRTUAL_SERVICE_CIDR" --configure-cloud-routes=false \
 		--controllers '*,tokencleaner,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-cloud-node-lifecycle,-ttl' \
 		--profiling=false --v=1
 	wait_for "$name ServiceAccount default/default (controller-manager working)" 90 "$name-controller-manager" \
@@ -355,31 +386,6 @@ fi
 
 # --- the "syncer" container ------------------------------------------------------------------------
 step "6/7 syncer (as ServiceAccount $HOST_NAMESPACE/$VCLUSTER_NAME)"
-S=$STATE_DIR/syncer
-mkdir -p "$S"
-# The pod gets a projected token bound to it; this is the same token, requested the same way.
-pod_uid=$(K -n "$HOST_NAMESPACE" get pod "$VCLUSTER_NAME-0" -o jsonpath='{.metadata.uid}')
-K -n "$HOST_NAMESPACE" create token "$VCLUSTER_NAME" --duration 24h \
-	--bound-object-kind Pod --bound-object-name "$VCLUSTER_NAME-0" --bound-object-uid "$pod_uid" >"$S/token"
-chmod 600 "$S/token"
-SYNCER_HOST_KUBECONFIG=$S/host.kubeconfig
-cat >"$SYNCER_HOST_KUBECONFIG" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: host
-  cluster:
-    server: https://127.0.0.1:$HOST_API_PORT
-    certificate-authority: $H/pki/ca.crt
-users:
-- name: $VCLUSTER_NAME
-  user:
-    tokenFile: $S/token
-contexts:
-- name: $VCLUSTER_NAME@host
-  context: {cluster: host, user: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
-current-context: $VCLUSTER_NAME@host
-EOF
 cat >"$S/syncer.env" <<EOF
 # How the syncer is started (read by hack/syncer.sh to restart it the same way).
 VNEST=$VNEST
@@ -391,6 +397,7 @@ SYNCER_ADMIN_ADDR=127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
+EXTRA_SYNCER_FLAGS=--sync-networkpolicies
 EOF
 STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
 

@@ -130,6 +130,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             kubelet_address,
             virtual_version,
             service_name: config.sync.service_name.clone(),
+            sync_networkpolicies: config.sync.sync_networkpolicies,
         },
         &mut tasks,
     );

@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the syncer between the virtual API server and the host namespace.
     Syncer(Box<SyncerArgs>),
+    /// Find the host cluster's Service CIDR with namespaced permissions only, and print it.
+    DetectServiceCidr(crate::cidr::DetectArgs),
     /// Print the version.
     Version,
 }
@@ -181,6 +183,10 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_KUBELET_ADDRESS")]
     pub kubelet_address: Option<String>,
 
+    /// Copy virtual NetworkPolicies to the host (selectors confined to this vcluster).
+    #[arg(long, env = "VNEST_SYNC_NETWORKPOLICIES")]
+    pub sync_networkpolicies: bool,
+
     /// Where the syncer answers DNS for the virtual cluster (UDP and TCP).
     #[arg(long, env = "VNEST_DNS_ADDR", default_value = "0.0.0.0:1053")]
     pub dns_addr: SocketAddr,
@@ -213,6 +219,7 @@ pub struct SyncOptions {
     pub dns_addr: SocketAddr,
     pub dns_upstream: Vec<SocketAddr>,
     pub dns_service_name: String,
+    pub sync_networkpolicies: bool,
 }
 
 /// Log settings, needed before anything else starts.
@@ -306,6 +313,7 @@ impl SyncerArgs {
             node_sync,
             kubelet_port,
             kubelet_address,
+            sync_networkpolicies,
             dns_addr,
             dns_upstream,
             dns_service_name,
@@ -332,6 +340,7 @@ impl SyncerArgs {
             kubelet_address,
             dns_addr,
             dns_upstream,
+            sync_networkpolicies,
         };
         Ok(SyncerConfig {
             sync,
@@ -423,7 +432,7 @@ mod tests {
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|cli| match cli.command {
             Command::Syncer(a) => *a,
-            Command::Version => panic!("parsed the wrong subcommand"),
+            Command::DetectServiceCidr(_) | Command::Version => panic!("parsed the wrong subcommand"),
         })
     }
 

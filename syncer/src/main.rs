@@ -15,6 +15,13 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(vnest::app::run(config))
         }
+        Command::DetectServiceCidr(args) => {
+            vnest::telemetry::init(&args.log_config())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(vnest::cidr::run_detect(args))
+        }
         Command::Version => {
             println!("vnest {}", env!("CARGO_PKG_VERSION"));
             Ok(())

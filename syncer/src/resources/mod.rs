@@ -5,6 +5,7 @@
 pub mod configmaps;
 pub mod endpoints;
 pub mod events;
+pub mod networkpolicies;
 pub mod nodes;
 pub mod pods;
 pub mod secrets;
@@ -47,6 +48,7 @@ pub struct KindOptions {
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
+    pub sync_networkpolicies: bool,
 }
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -650,6 +652,50 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
                     return ("special services", Ok(()));
                 }
             }
+        });
+    }
+    // NetworkPolicies only when enabled (no watch, no cache otherwise).
+    let mut extra_ready = Vec::new();
+    if opts.sync_networkpolicies {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let mut v_np = Pending::<NetworkPolicy>::new();
+        let mut h_np = Pending::<NetworkPolicy>::new();
+        let np_q = FairQueue::new();
+        wire_copied::<networkpolicies::NetworkPolicies>(&mut v_np, &mut h_np, &np_q);
+        let copier = Arc::new(Copier {
+            kind: networkpolicies::NetworkPolicies,
+            shared: shared.clone(),
+            virtual_store: v_np.reader.clone(),
+            host_store: h_np.reader.clone(),
+            host_api: Api::namespaced(host.clone(), &host_ns),
+            queue: np_q.clone(),
+            recent: Default::default(),
+        });
+        extra_ready.push(ready(v_np.reader.clone()));
+        extra_ready.push(ready(h_np.reader.clone()));
+        v_np.start(
+            Api::all(virt.clone()),
+            watcher::Config::default(),
+            Cluster::Virtual,
+            "networkpolicies",
+            &shared,
+            tasks,
+        );
+        h_np.start(
+            Api::namespaced(host.clone(), &host_ns),
+            host_cfg(),
+            Cluster::Host,
+            "networkpolicies",
+            &shared,
+            tasks,
+        );
+        let s = shared.clone();
+        tasks.spawn(async move {
+            futures::future::join_all(extra_ready).await;
+            let mut set = JoinSet::new();
+            spawn_workers(&mut set, copier, np_q, 2, &s);
+            while set.join_next().await.is_some() {}
+            ("networkpolicy workers", Ok(()))
         });
     }
     let shared2 = shared.clone();

@@ -1,0 +1,234 @@
+//! NetworkPolicies (optional, `--sync-networkpolicies`): copied to the host with every selector
+//! translated so that a tenant policy can only ever select pods of the same vcluster.
+//!
+//! - `podSelector` (the policy's own pods and pod peers): tenant label keys as on host pods,
+//!   plus `vnest.dev/managed-by=<vcluster>` and `vnest.dev/namespace=<virtual ns>`.
+//! - `namespaceSelector` peers: all vcluster pods live in ONE host namespace, so a namespace
+//!   selector becomes a pod selector on the per-namespace labels the syncer puts on every pod
+//!   (`vnest.dev/ns-<hash>` = the virtual namespace's label) plus the vcluster marker.
+//! - `ipBlock` peers and ports are copied.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::engine::TranslateCtx;
+use crate::engine::standard::CopiedKind;
+use crate::{markers, naming};
+
+pub struct NetworkPolicies;
+
+/// Translates a selector over tenant keys with `key` and adds `extra` matchLabels.
+fn translate_selector(
+    sel: Option<&LabelSelector>,
+    key: impl Fn(&str) -> String,
+    extra: &BTreeMap<String, String>,
+) -> LabelSelector {
+    let sel = sel.cloned().unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = sel
+        .match_labels
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (key(&k), v))
+        .collect();
+    labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let expressions: Vec<LabelSelectorRequirement> = sel
+        .match_expressions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| LabelSelectorRequirement {
+            key: key(&e.key),
+            ..e
+        })
+        .collect();
+    LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: (!expressions.is_empty()).then_some(expressions),
+    }
+}
+
+fn markers_for(vcluster: &str, namespace: Option<&str>) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::from([(
+        markers::LABEL_MANAGED_BY.to_owned(),
+        naming::safe_label_value(vcluster),
+    )]);
+    if let Some(ns) = namespace {
+        m.insert(markers::LABEL_NAMESPACE.to_owned(), naming::safe_label_value(ns));
+    }
+    m
+}
+
+/// One peer on the host: always a pod selector in the host namespace, never wider than this
+/// vcluster's pods.
+fn translate_peer(vc: &str, ns: &str, peer: &NetworkPolicyPeer) -> NetworkPolicyPeer {
+    if peer.ip_block.is_some() {
+        return NetworkPolicyPeer {
+            ip_block: peer.ip_block.clone(),
+            ..NetworkPolicyPeer::default()
+        };
+    }
+    let pod_key = |k: &str| markers::host_label_key(vc, k);
+    let selector = match (&peer.pod_selector, &peer.namespace_selector) {
+        // Pods of the policy's own namespace.
+        (pod, None) => translate_selector(pod.as_ref(), pod_key, &markers_for(vc, Some(ns))),
+        // Pods (all, or selected) of the selected namespaces.
+        (pod, Some(nsel)) => {
+            let mut s = translate_selector(pod.as_ref(), pod_key, &markers_for(vc, None));
+            let ns_part = translate_selector(
+                Some(nsel),
+                |k| markers::namespace_label_key(vc, k),
+                &BTreeMap::new(),
+            );
+            s.match_labels
+                .get_or_insert_with(BTreeMap::new)
+                .extend(ns_part.match_labels.unwrap_or_default());
+            if let Some(exprs) = ns_part.match_expressions {
+                s.match_expressions.get_or_insert_with(Vec::new).extend(exprs);
+            }
+            s
+        }
+    };
+    NetworkPolicyPeer {
+        pod_selector: Some(selector),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// The host spec for virtual policy `v` (pure).
+pub fn host_spec(tc: &TranslateCtx, v: &NetworkPolicy) -> NetworkPolicySpec {
+    let ns = v.namespace().unwrap_or_default();
+    let vc = tc.vcluster.as_str();
+    let spec = v.spec.clone().unwrap_or_default();
+    let pod_key = |k: &str| markers::host_label_key(vc, k);
+    NetworkPolicySpec {
+        pod_selector: Some(translate_selector(
+            spec.pod_selector.as_ref(),
+            pod_key,
+            &markers_for(vc, Some(&ns)),
+        )),
+        policy_types: spec.policy_types,
+        ingress: spec.ingress.map(|rules| {
+            rules
+                .into_iter()
+                .map(|mut r| {
+                    r.from = r
+                        .from
+                        .map(|peers| peers.iter().map(|p| translate_peer(vc, &ns, p)).collect());
+                    r
+                })
+                .collect()
+        }),
+        egress: spec.egress.map(|rules| {
+            rules
+                .into_iter()
+                .map(|mut r| {
+                    r.to =
+                        r.to.map(|peers| peers.iter().map(|p| translate_peer(vc, &ns, p)).collect());
+                    r
+                })
+                .collect()
+        }),
+    }
+}
+
+impl CopiedKind for NetworkPolicies {
+    type K = NetworkPolicy;
+    const KIND: &'static str = "NetworkPolicy";
+    const NAME: &'static str = "networkpolicies";
+
+    fn owned_fields(obj: &NetworkPolicy) -> Value {
+        json!({ "spec": obj.spec })
+    }
+
+    fn desired_fields(&self, tc: &TranslateCtx, v: &NetworkPolicy) -> Value {
+        json!({ "spec": host_spec(tc, v) })
+    }
+
+    fn host_object(&self, tc: &TranslateCtx, meta: ObjectMeta, v: &NetworkPolicy) -> NetworkPolicy {
+        NetworkPolicy {
+            metadata: meta,
+            spec: Some(host_spec(tc, v)),
+        }
+    }
+
+    fn wanted(&self, _v: &NetworkPolicy) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn tc() -> TranslateCtx {
+        TranslateCtx {
+            vcluster: "vc".into(),
+            host_namespace: "host".into(),
+            owner: OwnerReference::default(),
+            workload_service_account: "w".into(),
+            kube_service_ip: "10.0.0.1".into(),
+            dns_nameserver: "10.0.0.2".into(),
+            cluster_domain: "cluster.local".into(),
+            host_access: crate::engine::HostAccessPolicy::Deny,
+        }
+    }
+
+    #[test]
+    fn every_selector_is_confined_to_the_vcluster() {
+        let v: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [
+                    {"podSelector": {"matchLabels": {"app": "web"}}},
+                    {"namespaceSelector": {"matchLabels": {"team": "a"}}},
+                    {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "mon"}}}
+                ]}],
+                "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 53, "protocol": "UDP"}]}]
+            }
+        }))
+        .unwrap();
+        let s = host_spec(&tc(), &v);
+        let own = s.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(own.get(markers::LABEL_MANAGED_BY).map(String::as_str), Some("vc"));
+        assert_eq!(
+            own.get(markers::LABEL_NAMESPACE).map(String::as_str),
+            Some("shop")
+        );
+        let from = s.ingress.unwrap()[0].from.clone().unwrap();
+        for peer in &from {
+            assert!(
+                peer.namespace_selector.is_none(),
+                "host peers never select other namespaces"
+            );
+            let l = peer.pod_selector.clone().unwrap().match_labels.unwrap();
+            assert_eq!(l.get(markers::LABEL_MANAGED_BY).map(String::as_str), Some("vc"));
+        }
+        let same_ns = from[0].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(same_ns.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            same_ns.get(markers::LABEL_NAMESPACE).map(String::as_str),
+            Some("shop")
+        );
+        let by_ns = from[1].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(
+            by_ns
+                .get(&markers::namespace_label_key("vc", "team"))
+                .map(String::as_str),
+            Some("a")
+        );
+        assert!(!by_ns.contains_key(markers::LABEL_NAMESPACE));
+        let any_ns = from[2].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(any_ns.get("role").map(String::as_str), Some("mon"));
+        let egress = s.egress.unwrap();
+        assert_eq!(
+            egress[0].to.clone().unwrap()[0].ip_block.clone().unwrap().cidr,
+            "192.0.2.0/24"
+        );
+    }
+}
