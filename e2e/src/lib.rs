@@ -247,6 +247,31 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// One DNS A query over UDP to `server`: the addresses answered and the round-trip time.
+pub async fn dns_a(server: std::net::SocketAddr, name: &str) -> Result<(Vec<std::net::IpAddr>, Duration)> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut m = Message::new(rand::rng().random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let started = std::time::Instant::now();
+    sock.send_to(&m.to_vec()?, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await??;
+    let rtt = started.elapsed();
+    let answer = Message::from_vec(&buf[..n])?;
+    let ips = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect();
+    Ok((ips, rtt))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

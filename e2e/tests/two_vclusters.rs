@@ -177,6 +177,44 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
         pods2[0].status.clone().and_then(|s| s.pod_ip)
     );
 
+    // The same Service (namespace, name, selector) in both vclusters: each host copy selects
+    // only its own vcluster's pod.
+    let svc: Service = obj(json!({"metadata": {"name": "app"},
+                                  "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}))?;
+    for client in [&w.virt, &virt2] {
+        Api::<Service>::namespaced(client.clone(), &ns1.name)
+            .create(&PostParams::default(), &svc)
+            .await?;
+    }
+    let eps: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hp2_ip = pods2[0].status.clone().and_then(|s| s.pod_ip).unwrap_or_default();
+    let hp1_ip = Api::<Pod>::namespaced(w.host.clone(), &w.host_ns)
+        .get(&name1)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default();
+    for (vc, own_ip) in [(w.vcluster.as_str(), &hp1_ip), (vc2.as_str(), &hp2_ip)] {
+        let hname = vnest::naming::host_name(vc, &ns1.name, "app");
+        wait_until(
+            "host endpoints with only the vcluster's own pod",
+            WAIT,
+            || async {
+                let ips: Vec<String> = eps
+                    .get_opt(&hname)
+                    .await?
+                    .and_then(|e| e.subsets)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|s| s.addresses.unwrap_or_default())
+                    .map(|a| a.ip)
+                    .collect();
+                Ok((ips == [own_ip.clone()]).then_some(()))
+            },
+        )
+        .await?;
+    }
+
     // Deleting vcluster 2 (its owner object) removes all it made, and nothing of vcluster 1.
     statefulsets.delete(&vc2, &DeleteParams::background()).await?;
     wait_until("vcluster 2's host objects garbage-collected", WAIT, || async {

@@ -25,10 +25,12 @@ use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
 
 struct Args {
     pods: usize,
+    services: usize,
 }
 
 fn args() -> Result<Args> {
     let mut pods = 100;
+    let mut services = 200;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -38,11 +40,20 @@ fn args() -> Result<Args> {
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| anyhow::anyhow!("--pods needs a number"))?
             }
-            "--quick" => pods = 20,
+            "--services" => {
+                services = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("--services needs a number"))?
+            }
+            "--quick" => {
+                pods = 20;
+                services = 20;
+            }
             other => anyhow::bail!("unknown argument {other:?}; usage: bench [--pods N] [--quick]"),
         }
     }
-    Ok(Args { pods })
+    Ok(Args { pods, services })
 }
 
 fn deployment(replicas: usize) -> Result<Deployment> {
@@ -274,6 +285,69 @@ async fn main() -> Result<()> {
     let after_delete = host_requests(&w).await?;
     let (rss_after, rss_peak) = rss_kib(&w)?;
 
+    // 3. Services: a burst of N Services through vnest, ClusterIP equality and recreates; then
+    // DNS answer latency for their names, served from the syncer's cache.
+    let n_services = a.services;
+    let sns = TestNs::new(&w.virt, "bench-svc").await?;
+    let recreates_before = vnest_e2e::sum_metric(
+        &http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?,
+        "vnest_syncer_service_recreates_total",
+        &[],
+    );
+    let vsvc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.virt.clone(), &sns.name);
+    let t_svc = Instant::now();
+    for i in 0..n_services {
+        let svc = serde_json::from_value(json!({"metadata": {"name": format!("svc-{i}")},
+            "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}))?;
+        vsvc.create(&PostParams::default(), &svc).await?;
+    }
+    let hsvc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let ssel = format!("vnest.dev/namespace={}", sns.name);
+    let host_services = wait_until("all host Services", Duration::from_secs(600), || async {
+        let l = hsvc.list(&ListParams::default().labels(&ssel)).await?.items;
+        Ok((l.len() >= n_services).then_some(l))
+    })
+    .await?;
+    let services_s = t_svc.elapsed().as_secs_f64();
+    let virtual_ips: HashMap<String, String> = vsvc
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.metadata.name?, s.spec?.cluster_ip?)))
+        .collect();
+    let equal = host_services
+        .iter()
+        .filter(|h| {
+            let vname = h
+                .annotations()
+                .get("vnest.dev/object-name")
+                .cloned()
+                .unwrap_or_default();
+            h.spec.as_ref().and_then(|s| s.cluster_ip.as_ref()) == virtual_ips.get(&vname)
+        })
+        .count();
+    let recreates = vnest_e2e::sum_metric(
+        &http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?,
+        "vnest_syncer_service_recreates_total",
+        &[],
+    ) - recreates_before;
+    let dns_server: std::net::SocketAddr = w.env.get("SYNCER_DNS_ADDR")?.parse()?;
+    let mut dns_ms = Vec::new();
+    for i in 0..n_services {
+        let (ips, rtt) =
+            vnest_e2e::dns_a(dns_server, &format!("svc-{i}.{}.svc.cluster.local.", sns.name)).await?;
+        anyhow::ensure!(!ips.is_empty(), "no DNS answer for svc-{i}");
+        dns_ms.push(rtt.as_secs_f64() * 1000.0);
+    }
+    sns.delete().await?;
+    let services_json = json!({
+        "services": n_services, "services_all_synced_s": (services_s * 10.0).round() / 10.0,
+        "services_same_cluster_ip": equal, "services_recreated": recreates,
+        "dns_answer_ms": stats(dns_ms.clone()),
+    });
+    eprintln!("[bench] services: {services_json}");
+
     let create_reqs = diff(&after_create, &before);
     let delete_reqs = diff(&after_delete, &before_delete);
     let writes = |m: &BTreeMap<String, f64>| -> f64 {
@@ -298,9 +372,11 @@ async fn main() -> Result<()> {
         "status_lag_ms": stats(lag_up),
         "host_requests_create": create_reqs, "host_requests_delete": delete_reqs,
         "host_writes_per_pod": ((total_writes / n as f64) * 100.0).round() / 100.0,
-        "idle_host_requests_per_min": (idle_per_min * 10.0).round() / 10.0,
+        "idle_host_requests_per_min": ((idle_per_min * 10.0).round() / 10.0).max(0.0),
         "syncer_rss_idle_kib": rss_idle, "syncer_rss_loaded_kib": rss_loaded,
         "syncer_rss_after_delete_kib": rss_after, "syncer_rss_peak_kib": rss_peak,
+        "networking": services_json,
+        "dns_answer_p50_ms": stats(dns_ms.clone())["p50"], "dns_answer_p99_ms": stats(dns_ms)["p99"],
     });
     let dir = format!("{}/../.e2e/bench", env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(&dir)?;
