@@ -74,3 +74,26 @@ pub struct TranslateCtx {
     pub cluster_domain: String,
     pub host_access: HostAccessPolicy,
 }
+
+#[cfg(test)]
+impl TranslateCtx {
+    /// A context for unit tests: vcluster `vc` in host namespace `host`.
+    pub fn test() -> Self {
+        Self {
+            vcluster: "vc".into(),
+            host_namespace: "host".into(),
+            owner: OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                name: "vc".into(),
+                uid: "owner-uid".into(),
+                ..Default::default()
+            },
+            workload_service_account: "vc-workload".into(),
+            kube_service_ip: "10.96.0.10".into(),
+            dns_nameserver: "10.96.0.11".into(),
+            cluster_domain: "cluster.local".into(),
+            host_access: HostAccessPolicy::Deny,
+        }
+    }
+}

@@ -106,20 +106,10 @@ impl CopiedKind for EndpointsKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     #[test]
     fn pod_target_refs_point_at_host_pods() {
-        let tc = TranslateCtx {
-            vcluster: "vc".into(),
-            host_namespace: "host".into(),
-            owner: OwnerReference::default(),
-            workload_service_account: "w".into(),
-            kube_service_ip: "10.0.0.1".into(),
-            dns_nameserver: "10.0.0.2".into(),
-            cluster_domain: "cluster.local".into(),
-            host_access: crate::engine::HostAccessPolicy::Deny,
-        };
+        let tc = TranslateCtx::test();
         let v: Endpoints = serde_json::from_value(json!({
             "metadata": {"name": "ext", "namespace": "shop"},
             "subsets": [{"addresses": [

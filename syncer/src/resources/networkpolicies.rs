@@ -162,19 +162,9 @@ impl CopiedKind for NetworkPolicies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn tc() -> TranslateCtx {
-        TranslateCtx {
-            vcluster: "vc".into(),
-            host_namespace: "host".into(),
-            owner: OwnerReference::default(),
-            workload_service_account: "w".into(),
-            kube_service_ip: "10.0.0.1".into(),
-            dns_nameserver: "10.0.0.2".into(),
-            cluster_domain: "cluster.local".into(),
-            host_access: crate::engine::HostAccessPolicy::Deny,
-        }
+        TranslateCtx::test()
     }
 
     #[test]

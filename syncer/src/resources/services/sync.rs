@@ -182,13 +182,43 @@ impl ServiceSync {
         Ok(Outcome::done())
     }
 
+    /// Replaces a special virtual Service (one the syncer owns) with `desired`: the current
+    /// one is deleted (UID precondition) and `desired` created. `false`: someone recreated it
+    /// first (409), look again shortly.
+    async fn replace_special(&self, current: Option<&Service>, desired: &Service) -> Result<bool, SyncError> {
+        let (ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
+        let api = self.virtual_api(&ns);
+        if let Some(uid) = current.and_then(|c| c.uid()) {
+            apply::delete(&api, Cluster::Virtual, "Service", &name, &uid, None).await?;
+        }
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&pp, desired).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(SyncError::from_kube(
+                e,
+                Cluster::Virtual,
+                "create",
+                "Service",
+                &name,
+            )),
+        }
+    }
+
+    fn special_service(spec: Value) -> Result<Service, SyncError> {
+        serde_json::from_value(spec)
+            .map_err(|e| SyncError::Translate(crate::engine::error::TranslateError::Refused(e.to_string())))
+    }
+
     /// Publishes virtual kube-system/kube-dns on the DNS Service's ClusterIP (the nameserver of
     /// synced pods), so tools that look for the cluster DNS find it.
     async fn reconcile_kube_dns(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
         if tc.dns_nameserver == tc.kube_service_ip {
             return Ok(Outcome::done()); // no separate DNS Service on the host: nothing to publish
         }
-        let api = self.virtual_api("kube-system");
         let current = self
             .virtual_services
             .get(&ObjectRef::new("kube-dns").within("kube-system"));
@@ -197,121 +227,40 @@ impl ServiceSync {
         {
             return Ok(Outcome::done());
         }
-        if let Some(cur) = &current {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: cur.uid(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match api.delete("kube-dns", &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    return Err(SyncError::from_kube(
-                        e,
-                        Cluster::Virtual,
-                        "delete",
-                        "Service",
-                        "kube-dns",
-                    ));
-                }
-            }
-        }
         tracing::info!(ip = %tc.dns_nameserver, "publishing the virtual kube-system/kube-dns Service");
-        let svc: Service = serde_json::from_value(json!({
+        let desired = Self::special_service(json!({
             "metadata": {"name": "kube-dns", "namespace": "kube-system",
                          "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "vnest-dns", "kubernetes.io/cluster-service": "true"}},
             "spec": {"type": "ClusterIP", "clusterIP": tc.dns_nameserver, "clusterIPs": [tc.dns_nameserver],
                      "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 1053},
                                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 1053}]}
-        }))
-        .map_err(|e| SyncError::Translate(crate::engine::error::TranslateError::Refused(e.to_string())))?;
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match api.create(&pp, &svc).await {
-            Ok(_) => Ok(Outcome::done()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::requeue(Duration::from_secs(1))),
-            Err(e) => Err(SyncError::from_kube(
-                e,
-                Cluster::Virtual,
-                "create",
-                "Service",
-                "kube-dns",
-            )),
-        }
+        }))?;
+        Ok(if self.replace_special(current.as_deref(), &desired).await? {
+            Outcome::done()
+        } else {
+            Outcome::requeue(Duration::from_secs(1))
+        })
     }
 
     /// Keeps virtual default/kubernetes on the vcluster Service's ClusterIP and endpoints.
     async fn reconcile_kubernetes(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
-        let api = self.virtual_api("default");
         let current = self
             .virtual_services
             .get(&ObjectRef::new("kubernetes").within("default"));
-        let desired_ports = vec![k8s_openapi::api::core::v1::ServicePort {
-            name: Some("https".into()),
-            port: 443,
-            protocol: Some("TCP".into()),
-            target_port: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
-                6443,
-            )),
-            ..Default::default()
-        }];
         let ip_ok = current.as_ref().and_then(|s| translate::cluster_ip(s)).as_deref()
             == Some(tc.kube_service_ip.as_str());
         if !ip_ok {
-            if let Some(cur) = &current {
-                tracing::info!(ip = %tc.kube_service_ip, "pointing the virtual default/kubernetes Service at the vcluster Service");
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: cur.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete("kubernetes", &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => {
-                        return Err(SyncError::from_kube(
-                            e,
-                            Cluster::Virtual,
-                            "delete",
-                            "Service",
-                            "kubernetes",
-                        ));
-                    }
-                }
-            }
-            let svc: Service = serde_json::from_value(json!({
+            tracing::info!(ip = %tc.kube_service_ip, "pointing the virtual default/kubernetes Service at the vcluster Service");
+            let desired = Self::special_service(json!({
                 "metadata": {"name": "kubernetes", "namespace": "default",
                              "labels": {"component": "apiserver", "provider": "kubernetes"}},
                 "spec": {"type": "ClusterIP", "clusterIP": tc.kube_service_ip, "clusterIPs": [tc.kube_service_ip],
-                         "ports": desired_ports, "sessionAffinity": "None"}
-            }))
-            .map_err(|e| SyncError::Translate(crate::engine::error::TranslateError::Refused(e.to_string())))?;
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            };
-            match api.create(&pp, &svc).await {
-                Ok(_) => {}
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+                         "sessionAffinity": "None"}
+            }))?;
+            if !self.replace_special(current.as_deref(), &desired).await? {
                 // The API server's own bootstrap controller may have recreated it first.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    return Ok(Outcome::requeue(Duration::from_secs(1)));
-                }
-                Err(e) => {
-                    return Err(SyncError::from_kube(
-                        e,
-                        Cluster::Virtual,
-                        "create",
-                        "Service",
-                        "kubernetes",
-                    ));
-                }
+                return Ok(Outcome::requeue(Duration::from_secs(1)));
             }
         }
         // Endpoints: the ready addresses of the vcluster Service's https port on the host.

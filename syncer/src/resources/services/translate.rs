@@ -285,25 +285,9 @@ pub fn is_ip_conflict(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn tc() -> TranslateCtx {
-        TranslateCtx {
-            vcluster: "vc".into(),
-            host_namespace: "host".into(),
-            owner: OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "StatefulSet".into(),
-                name: "vc".into(),
-                uid: "o".into(),
-                ..Default::default()
-            },
-            workload_service_account: "vc-workload".into(),
-            kube_service_ip: "10.96.0.10".into(),
-            dns_nameserver: "10.96.0.10".into(),
-            cluster_domain: "cluster.local".into(),
-            host_access: crate::engine::HostAccessPolicy::Deny,
-        }
+        TranslateCtx::test()
     }
 
     fn svc(v: Value) -> Service {
