@@ -147,6 +147,20 @@ async fn deployment_pods_run_with_host_ips_nodes_and_events() -> Result<()> {
         // The virtual node exists, fake, Ready.
         let n = nodes.get(&node).await?;
         assert!(n.labels().contains_key("vnest.dev/node"));
+        // Its kubelet address is the vcluster Service (the syncer), never the host kubelet.
+        let vc_ip = Api::<k8s_openapi::api::core::v1::Service>::namespaced(w.host.clone(), &w.host_ns)
+            .get(&w.vcluster)
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip);
+        let internal = n
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address);
+        assert_eq!(internal, vc_ip);
     }
     // Only pods reached the host: no Deployment or ReplicaSet there.
     let host_rs: Api<ReplicaSet> = Api::namespaced(w.host.clone(), &w.host_ns);

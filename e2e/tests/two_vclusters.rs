@@ -95,6 +95,26 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
                         "spec": {"selector": {"vnest.dev/vcluster": vc2}, "ports": [{"name": "https", "port": 443}]}}))?,
         )
         .await?;
+    // vcluster 2 runs with --node-sync=real: grant its ServiceAccount read on nodes, as the
+    // optional manifests/components/real-nodes component does.
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(w.host.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(w.host.clone());
+    let rbac_name = format!("vnest-e2e-node-reader-{vc2}");
+    roles
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": rbac_name},
+                        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]}))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": rbac_name},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rbac_name},
+                        "subjects": [{"kind": "ServiceAccount", "name": w.vcluster, "namespace": w.host_ns}]}))?,
+        )
+        .await?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let log = std::fs::File::create(format!("{}/syncer-{vc2}.log", w.env.get("LOG_DIR")?))?;
     let mut syncer2 = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
@@ -125,6 +145,7 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
             "--dns-addr",
             "127.0.0.1:0",
         ])
+        .args(["--node-sync", "real"])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -175,6 +196,33 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
     assert_eq!(
         vp2.status.and_then(|s| s.pod_ip),
         pods2[0].status.clone().and_then(|s| s.pod_ip)
+    );
+
+    // Real node mode: vcluster 2's node carries the host node's labels; addresses still point
+    // at the vcluster's kubelet endpoint.
+    let node_name = pods2[0]
+        .spec
+        .clone()
+        .and_then(|s| s.node_name)
+        .unwrap_or_default();
+    let nodes2: Api<k8s_openapi::api::core::v1::Node> = Api::all(virt2.clone());
+    let real = wait_until("vcluster 2's real virtual node", WAIT, || async {
+        Ok(nodes2.get_opt(&node_name).await?)
+    })
+    .await?;
+    assert_eq!(
+        real.labels().get("vnest.dev/node").map(String::as_str),
+        Some("real")
+    );
+    assert_eq!(
+        real.labels().get("type").map(String::as_str),
+        Some("kwok"),
+        "host node labels copied"
+    );
+    let addresses = real.status.and_then(|s| s.addresses).unwrap_or_default();
+    assert!(
+        addresses.iter().all(|a| a.address != "127.0.0.1"),
+        "addresses point at the vcluster's kubelet endpoint, never at the host kubelet: {addresses:?}"
     );
 
     // The same Service (namespace, name, selector) in both vclusters: each host copy selects
@@ -230,6 +278,8 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
     assert!(cms1.iter().any(|c| c.name_any() == w.host_name(&ns1.name, "cfg")));
 
     let _ = syncer2.kill().await;
+    bindings.delete(&rbac_name, &DeleteParams::default()).await?;
+    roles.delete(&rbac_name, &DeleteParams::default()).await?;
     services.delete(&vc2, &DeleteParams::default()).await?;
     Api::<k8s_openapi::api::core::v1::Namespace>::all(virt2)
         .delete(&ns1.name, &DeleteParams::default())

@@ -280,13 +280,16 @@ impl Reconciler for NodeSync {
             },
             None => None,
         };
-        let desired = virtual_node(
-            name,
-            host.as_deref(),
-            &self.kubelet,
-            &self.version,
-            Timestamp::now(),
-        );
+        // No explicit kubelet address: the vcluster Service, which fronts the syncer's port.
+        let kubelet = if self.kubelet.address.is_empty() {
+            KubeletEndpoint {
+                address: self.shared.translate_ctx()?.kube_service_ip,
+                port: self.kubelet.port,
+            }
+        } else {
+            self.kubelet.clone()
+        };
+        let desired = virtual_node(name, host.as_deref(), &kubelet, &self.version, Timestamp::now());
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
