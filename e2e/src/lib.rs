@@ -247,6 +247,17 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// The ready addresses of an Endpoints object (none when it is missing), collected as `C`
+/// (a `Vec` keeps order, a `BTreeSet` compares as a set).
+pub fn endpoint_ips<C: FromIterator<String>>(e: Option<k8s_openapi::api::core::v1::Endpoints>) -> C {
+    e.and_then(|e| e.subsets)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|s| s.addresses.unwrap_or_default())
+        .map(|a| a.ip)
+        .collect()
+}
+
 /// One DNS A query over UDP to `server`: the addresses answered and the round-trip time.
 pub async fn dns_a(server: std::net::SocketAddr, name: &str) -> Result<(Vec<std::net::IpAddr>, Duration)> {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};

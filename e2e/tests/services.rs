@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use vnest_e2e::{Result, TestNs, World, wait_until};
+use vnest_e2e::{Result, TestNs, World, endpoint_ips, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -148,15 +148,7 @@ async fn selectors_only_match_pods_of_their_own_virtual_namespace() -> Result<()
             "host endpoints with exactly the namespace's pods",
             WAIT,
             || async {
-                let ips: BTreeSet<String> = eps
-                    .get_opt(&hname)
-                    .await?
-                    .and_then(|e| e.subsets)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .flat_map(|s| s.addresses.unwrap_or_default())
-                    .map(|a| a.ip)
-                    .collect();
+                let ips: BTreeSet<String> = endpoint_ips(eps.get_opt(&hname).await?);
                 Ok((ips == own).then_some(ips))
             },
         )
@@ -187,27 +179,13 @@ async fn default_kubernetes_points_at_the_vcluster_service() -> Result<()> {
     let host_eps = Api::<Endpoints>::namespaced(w.host.clone(), &w.host_ns)
         .get(&w.vcluster)
         .await?;
-    let host_ips: BTreeSet<String> = host_eps
-        .subsets
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|s| s.addresses.unwrap_or_default())
-        .map(|a| a.ip)
-        .collect();
+    let host_ips: BTreeSet<String> = endpoint_ips(Some(host_eps));
     let veps: Api<Endpoints> = Api::namespaced(w.virt.clone(), "default");
     wait_until(
         "virtual default/kubernetes endpoints = the vcluster pod",
         WAIT,
         || async {
-            let ips: BTreeSet<String> = veps
-                .get_opt("kubernetes")
-                .await?
-                .and_then(|e| e.subsets)
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|s| s.addresses.unwrap_or_default())
-                .map(|a| a.ip)
-                .collect();
+            let ips: BTreeSet<String> = endpoint_ips(veps.get_opt("kubernetes").await?);
             Ok((!ips.is_empty() && ips == host_ips).then_some(()))
         },
     )
@@ -270,14 +248,7 @@ async fn manual_endpoints_of_selectorless_services_are_copied() -> Result<()> {
     .await?;
     let heps: Api<Endpoints> = Api::namespaced(w.host.clone(), &w.host_ns);
     let hname = w.host_name(&ns.name, "ext");
-    let ips = |e: Option<Endpoints>| -> Vec<String> {
-        e.and_then(|e| e.subsets)
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|s| s.addresses.unwrap_or_default())
-            .map(|a| a.ip)
-            .collect()
-    };
+    let ips = endpoint_ips::<Vec<String>>;
     wait_until("the host copy of the manual Endpoints", WAIT, || async {
         Ok((ips(heps.get_opt(&hname).await?) == ["192.0.2.10"]).then_some(()))
     })

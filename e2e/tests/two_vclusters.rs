@@ -17,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 use serde_json::json;
 use vnest::markers;
-use vnest_e2e::{Result, TestNs, World, client_from, http_get, wait_until};
+use vnest_e2e::{Result, TestNs, World, client_from, endpoint_ips, http_get, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -248,15 +248,7 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
             "host endpoints with only the vcluster's own pod",
             WAIT,
             || async {
-                let ips: Vec<String> = eps
-                    .get_opt(&hname)
-                    .await?
-                    .and_then(|e| e.subsets)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .flat_map(|s| s.addresses.unwrap_or_default())
-                    .map(|a| a.ip)
-                    .collect();
+                let ips: Vec<String> = endpoint_ips(eps.get_opt(&hname).await?);
                 Ok((ips == [own_ip.clone()]).then_some(()))
             },
         )

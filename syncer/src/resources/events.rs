@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -69,6 +70,22 @@ pub fn virtual_event(e: &Event, t: &VirtualTarget, host_namespace: &str) -> Even
         series: e.series.clone(),
         related: None,
     }
+}
+
+/// How long an event whose object is not (yet) in our cache is looked at again.
+const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `e` is about a kind we sync in the host namespace and young enough that its object
+/// may just not be in our cache yet.
+fn may_be_ahead_of_cache(e: &Event, host_namespace: &str, now: Timestamp) -> bool {
+    let io = &e.involved_object;
+    let ours_kind = matches!(io.kind.as_deref(), Some("Pod" | "ConfigMap" | "Secret"));
+    let here = io.namespace.as_deref() == Some(host_namespace);
+    let created = e.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let young = created.is_some_and(|c| {
+        std::time::Duration::try_from(now.duration_since(c)).is_ok_and(|age| age < CACHE_CATCH_UP)
+    });
+    ours_kind && here && young
 }
 
 /// What changes between two sightings of the same event.
@@ -157,7 +174,15 @@ impl Reconciler for EventSync {
             return Ok(Outcome::done());
         };
         let Some(target) = self.target(&e) else {
-            return Ok(Outcome::done());
+            // The event and its object arrive on different watches: a young event about a kind
+            // we sync may simply be ahead of our cache. Look again for a short while.
+            return Ok(
+                if may_be_ahead_of_cache(&e, &self.shared.host_namespace, Timestamp::now()) {
+                    Outcome::requeue(std::time::Duration::from_secs(1))
+                } else {
+                    Outcome::done()
+                },
+            );
         };
         let uid = e.uid().unwrap_or_default();
         let print = fingerprint(&e);
@@ -223,6 +248,37 @@ impl Reconciler for EventSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn young_events_about_our_kinds_are_retried() {
+        let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let ev = |kind: &str, ns: &str, created: &str| -> Event {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "e", "namespace": ns, "creationTimestamp": created},
+                "involvedObject": {"kind": kind, "name": "x", "namespace": ns}
+            }))
+            .unwrap()
+        };
+        assert!(may_be_ahead_of_cache(
+            &ev("Pod", "host", "2026-01-01T00:00:50Z"),
+            "host",
+            now
+        ));
+        assert!(
+            !may_be_ahead_of_cache(&ev("Pod", "host", "2026-01-01T00:00:00Z"), "host", now),
+            "too old"
+        );
+        assert!(!may_be_ahead_of_cache(
+            &ev("Deployment", "host", "2026-01-01T00:00:50Z"),
+            "host",
+            now
+        ));
+        assert!(!may_be_ahead_of_cache(
+            &ev("Pod", "other", "2026-01-01T00:00:50Z"),
+            "host",
+            now
+        ));
+    }
 
     #[test]
     fn rewrites_the_involved_object_and_the_message() {
