@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::apply::{self, Applied, RecentCreates};
 use super::error::{SyncError, TranslateError};
 use super::plan::{self, HostAction, HostPatch, Pair, PatchKind, Plan};
-use super::queue::{FairQueue, Key};
+use super::queue::Key;
 use super::worker::{Outcome, Reconciler};
 use super::{Shared, TranslateCtx};
 use crate::{markers, naming};
@@ -154,8 +154,22 @@ pub struct Copier<C: CopiedKind> {
     pub virtual_store: Store<C::K>,
     pub host_store: Store<C::K>,
     pub host_api: Api<C::K>,
-    pub queue: FairQueue,
     pub recent: RecentCreates,
+}
+
+impl<C: CopiedKind> Copier<C> {
+    /// A copier of `kind` over its two stores; host writes go to the host namespace.
+    pub fn new(kind: C, shared: Arc<Shared>, virtual_store: Store<C::K>, host_store: Store<C::K>) -> Self {
+        let host_api = Api::namespaced(shared.host.clone(), &shared.host_namespace);
+        Self {
+            kind,
+            shared,
+            virtual_store,
+            host_store,
+            host_api,
+            recent: RecentCreates::default(),
+        }
+    }
 }
 
 /// The virtual object, the host object under its host name, and that host name.

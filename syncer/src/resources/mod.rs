@@ -279,7 +279,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         virtual_configmaps: v_cms.reader.clone(),
         virtual_secrets: v_secrets.reader.clone(),
         virtual_services: v_services.reader.clone(),
-        queue: pod_q.clone(),
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),
     });
@@ -437,30 +436,24 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         );
     }
 
-    let cm_copier = Arc::new(Copier {
-        kind: configmaps::ConfigMaps {
+    let cm_copier = Arc::new(Copier::new(
+        configmaps::ConfigMaps {
             refs: refs.clone(),
             sync_all: opts.sync_all_configmaps,
         },
-        shared: shared.clone(),
-        virtual_store: v_cms.reader.clone(),
-        host_store: h_cms.reader.clone(),
-        host_api: Api::namespaced(host.clone(), &host_ns),
-        queue: cm_q.clone(),
-        recent: Default::default(),
-    });
-    let secret_copier = Arc::new(Copier {
-        kind: secrets::Secrets {
+        shared.clone(),
+        v_cms.reader.clone(),
+        h_cms.reader.clone(),
+    ));
+    let secret_copier = Arc::new(Copier::new(
+        secrets::Secrets {
             refs: refs.clone(),
             sync_all: opts.sync_all_secrets,
         },
-        shared: shared.clone(),
-        virtual_store: v_secrets.reader.clone(),
-        host_store: h_secrets.reader.clone(),
-        host_api: Api::namespaced(host.clone(), &host_ns),
-        queue: secret_q.clone(),
-        recent: Default::default(),
-    });
+        shared.clone(),
+        v_secrets.reader.clone(),
+        h_secrets.reader.clone(),
+    ));
     let node_sync = Arc::new(NodeSync {
         shared: shared.clone(),
         usage: usage.clone(),
@@ -481,17 +474,14 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         copied: Mutex::new(HashMap::new()),
     });
 
-    let ep_copier = Arc::new(Copier {
-        kind: endpoints::EndpointsKind {
+    let ep_copier = Arc::new(Copier::new(
+        endpoints::EndpointsKind {
             virtual_services: v_services.reader.clone(),
         },
-        shared: shared.clone(),
-        virtual_store: v_eps.reader.clone(),
-        host_store: h_eps.reader.clone(),
-        host_api: Api::namespaced(host.clone(), &host_ns),
-        queue: ep_q.clone(),
-        recent: Default::default(),
-    });
+        shared.clone(),
+        v_eps.reader.clone(),
+        h_eps.reader.clone(),
+    ));
     let service_sync = Arc::new(services::sync::ServiceSync {
         shared: shared.clone(),
         virtual_services: v_services.reader.clone(),
@@ -662,15 +652,12 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         let mut h_np = Pending::<NetworkPolicy>::new();
         let np_q = FairQueue::new();
         wire_copied::<networkpolicies::NetworkPolicies>(&mut v_np, &mut h_np, &np_q);
-        let copier = Arc::new(Copier {
-            kind: networkpolicies::NetworkPolicies,
-            shared: shared.clone(),
-            virtual_store: v_np.reader.clone(),
-            host_store: h_np.reader.clone(),
-            host_api: Api::namespaced(host.clone(), &host_ns),
-            queue: np_q.clone(),
-            recent: Default::default(),
-        });
+        let copier = Arc::new(Copier::new(
+            networkpolicies::NetworkPolicies,
+            shared.clone(),
+            v_np.reader.clone(),
+            h_np.reader.clone(),
+        ));
         extra_ready.push(ready(v_np.reader.clone()));
         extra_ready.push(ready(h_np.reader.clone()));
         v_np.start(

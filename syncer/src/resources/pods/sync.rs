@@ -21,7 +21,7 @@ use super::translate::{self, PodInputs};
 use crate::engine::apply::{self, FIELD_MANAGER, RecentCreates};
 use crate::engine::error::SyncError;
 use crate::engine::plan::{self, HostPatch, PatchKind};
-use crate::engine::queue::{FairQueue, Key};
+use crate::engine::queue::Key;
 use crate::engine::standard::is_ours;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::engine::{Shared, TranslateCtx};
@@ -43,7 +43,6 @@ pub struct PodSync {
     pub virtual_configmaps: Store<ConfigMap>,
     pub virtual_secrets: Store<Secret>,
     pub virtual_services: Store<k8s_openapi::api::core::v1::Service>,
-    pub queue: FairQueue,
     /// When each new virtual pod was first seen, for the sync-lag metric.
     pub first_seen: Mutex<HashMap<Key, Instant>>,
     /// Host pods and token Secrets created but maybe not in the caches yet.
