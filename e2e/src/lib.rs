@@ -7,6 +7,8 @@
 //! - [`wait_until`]: wait for a condition with a deadline (never a bare sleep).
 //! - [`kubectl`]: run the kubectl built from the same Kubernetes module.
 
+
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -283,6 +285,24 @@ pub async fn dns_a(server: std::net::SocketAddr, name: &str) -> Result<(Vec<std:
     Ok((ips, rtt))
 }
 
+/// The status of a TokenReview of `token` by the API server behind `client`, as JSON.
+pub async fn review_token_raw(client: &Client, token: &str) -> Result<serde_json::Value> {
+    let api: Api<k8s_openapi::api::authentication::v1::TokenReview> = Api::all(client.clone());
+    let review = serde_json::from_value(serde_json::json!({"spec": {"token": token}}))?;
+    let r = api.create(&kube::api::PostParams::default(), &review).await?;
+    Ok(serde_json::to_value(r.status)?)
+}
+
+/// Like [`review_token_raw`], failing unless the token is authenticated.
+pub async fn review_token(client: &Client, token: &str) -> Result<serde_json::Value> {
+    let review = review_token_raw(client, token).await?;
+    anyhow::ensure!(
+        review["authenticated"] == true,
+        "token not authenticated: {review}"
+    );
+    Ok(review)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,3 +316,4 @@ mod tests {
         assert!(env.get("C").unwrap_err().to_string().contains("make up"));
     }
 }
+

@@ -145,7 +145,7 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
             "--dns-addr",
             "127.0.0.1:0",
         ])
-        .args(["--node-sync", "real"])
+        .args(["--node-sync", "real", "--pod-token-storage", "secret"])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -185,6 +185,34 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
     assert_eq!(pods2[0].name_any(), name2);
     assert_eq!(cms2.len(), 2, "cfg and kube-root-ca.crt of vcluster 2");
     assert_eq!(secrets2.len(), 1, "the token Secret of vcluster 2's pod");
+    // --pod-token-storage=secret: the token lives in a Secret owned by the host pod, never in
+    // the pod's annotations, and is vcluster 2's own.
+    assert_eq!(
+        secrets2[0].owner_references().first().map(|o| o.uid.clone()),
+        pods2[0].metadata.uid
+    );
+    assert!(
+        pods2[0].annotations().values().all(|v| !v.starts_with("eyJ")),
+        "a token leaked into the annotations of the host pod"
+    );
+    let token2 = secrets2[0]
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_values()
+        .next()
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .ok_or_else(|| anyhow::anyhow!("empty token Secret"))?;
+    let review = vnest_e2e::review_token(&virt2, &token2).await?;
+    assert_eq!(
+        review["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["app"])
+    );
+    assert_ne!(
+        vnest_e2e::review_token_raw(&w.virt, &token2).await?["authenticated"],
+        true,
+        "vcluster 1 must not accept vcluster 2's token"
+    );
     // Each side's virtual pod carries its own host pod's IP.
     let hp1 = Api::<Pod>::namespaced(w.host.clone(), &w.host_ns)
         .get(&name1)

@@ -224,6 +224,7 @@ async fn publish_translate_ctx(
                     .unwrap_or_else(|| ip.clone()),
                 cluster_domain: config.sync.cluster_domain.clone(),
                 host_access: config.sync.host_access,
+                token_storage: config.sync.pod_token_storage,
             }),
             _ => None,
         };

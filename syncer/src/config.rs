@@ -162,6 +162,17 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_HOST_ACCESS", value_enum, default_value = "deny")]
     pub host_access: crate::engine::HostAccessPolicy,
 
+    /// Where synced pods get their virtual ServiceAccount tokens: `annotation` (on the host pod,
+    /// no extra host object) or `secret` (a host Secret per pod; one more write per pod, but
+    /// host users who may read pods and not Secrets cannot read the tokens).
+    #[arg(
+        long,
+        env = "VNEST_POD_TOKEN_STORAGE",
+        value_enum,
+        default_value = "annotation"
+    )]
+    pub pod_token_storage: crate::engine::TokenStorage,
+
     /// Copy every virtual ConfigMap to the host, not only those pods use.
     #[arg(long, env = "VNEST_SYNC_ALL_CONFIGMAPS")]
     pub sync_all_configmaps: bool,
@@ -211,6 +222,7 @@ pub struct SyncOptions {
     pub dns_nameserver: Option<std::net::IpAddr>,
     pub cluster_domain: String,
     pub host_access: crate::engine::HostAccessPolicy,
+    pub pod_token_storage: crate::engine::TokenStorage,
     pub sync_all_configmaps: bool,
     pub sync_all_secrets: bool,
     pub node_sync: crate::resources::nodes::NodeMode,
@@ -308,6 +320,7 @@ impl SyncerArgs {
             dns_nameserver,
             cluster_domain,
             host_access,
+            pod_token_storage,
             sync_all_configmaps,
             sync_all_secrets,
             node_sync,
@@ -333,6 +346,7 @@ impl SyncerArgs {
             dns_nameserver,
             cluster_domain,
             host_access,
+            pod_token_storage,
             sync_all_configmaps,
             sync_all_secrets,
             node_sync,

@@ -58,6 +58,18 @@ pub enum HostAccessPolicy {
     Allow,
 }
 
+/// Where the host copy of a pod gets its virtual ServiceAccount tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenStorage {
+    /// In annotations of the host pod itself, projected by the downward API: no extra host
+    /// object, so a pod costs one create and one delete (default; as vcluster does). Anyone who
+    /// can read pods in the host namespace can read the (short-lived, virtual-only) tokens.
+    Annotation,
+    /// In a Secret per pod, owned by the host pod: readable only with Secret access on the
+    /// host, at the price of one more host write per pod.
+    Secret,
+}
+
 /// Plain data every translation needs: no clients, no clock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranslateCtx {
@@ -73,6 +85,7 @@ pub struct TranslateCtx {
     pub dns_nameserver: String,
     pub cluster_domain: String,
     pub host_access: HostAccessPolicy,
+    pub token_storage: TokenStorage,
 }
 
 #[cfg(test)]
@@ -94,6 +107,7 @@ impl TranslateCtx {
             dns_nameserver: "10.96.0.11".into(),
             cluster_domain: "cluster.local".into(),
             host_access: HostAccessPolicy::Deny,
+            token_storage: TokenStorage::Annotation,
         }
     }
 }

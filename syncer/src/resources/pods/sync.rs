@@ -24,7 +24,7 @@ use crate::engine::plan::{self, HostPatch, PatchKind};
 use crate::engine::queue::Key;
 use crate::engine::standard::is_ours;
 use crate::engine::worker::{Outcome, Reconciler};
-use crate::engine::{Shared, TranslateCtx};
+use crate::engine::{Shared, TokenStorage, TranslateCtx};
 use crate::error::Cluster;
 use crate::{markers, naming};
 
@@ -132,7 +132,7 @@ impl PodSync {
             .filter(|s| s.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
             .map(|s| s.as_ref().clone())
             .collect();
-        let desired = translate::host_pod(
+        let mut desired = translate::host_pod(
             &PodInputs {
                 ctx: tc,
                 namespace_labels: &labels,
@@ -143,7 +143,17 @@ impl PodSync {
         self.check_references(&key.namespace, v)?;
         // Ask for the tokens first: a pod whose ServiceAccount is missing fails here, before
         // anything exists on the host (nothing half-done).
-        let tokens = self.request_tokens(v).await?;
+        let mut tokens = self.request_tokens(v).await?;
+        if tc.token_storage == TokenStorage::Annotation
+            && let Some(t) = tokens.take()
+        {
+            // Carried by the pod itself: no second host object, no second write.
+            desired
+                .metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .extend(t.annotations());
+        }
         tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "creating host pod");
         let created = apply::create(&self.host_pods_api(), "Pod", host_name, &desired, |o: &Pod| {
             is_ours(tc, "Pod", o.meta())
@@ -238,7 +248,7 @@ impl PodSync {
             let lifetime = expires.duration_since(now).as_secs_f64().max(0.0);
             let due = now.checked_add(jiff_secs(lifetime * 0.8)).unwrap_or(expires);
             refresh_at = Some(refresh_at.map_or(due, |r| r.min(due)));
-            data.insert(spec.key, ByteString(status.token.into_bytes()));
+            data.insert(spec.key, status.token);
         }
         Ok(Some(IssuedTokens {
             data,
@@ -280,7 +290,7 @@ impl PodSync {
                 }
                 let secret = Secret {
                     metadata: meta,
-                    data: Some(tokens.data),
+                    data: Some(tokens.secret_data()),
                     type_: Some("Opaque".into()),
                     ..Secret::default()
                 };
@@ -298,7 +308,7 @@ impl PodSync {
             }
             Some(s) => {
                 let data: BTreeMap<String, Value> = tokens
-                    .data
+                    .secret_data()
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::to_value(v).unwrap_or(Value::Null)))
                     .collect();
@@ -338,6 +348,9 @@ impl PodSync {
         if translate::token_requests(v).is_empty() {
             return Ok(None);
         }
+        if translate::uses_annotation_tokens(h) {
+            return self.refresh_token_annotations(key, v, h).await;
+        }
         let name = translate::token_secret_name(&tc.vcluster, &key.namespace, &key.name);
         let existing = self
             .host_secrets
@@ -354,7 +367,7 @@ impl PodSync {
                 .iter()
                 .any(|o| Some(o.uid.as_str()) == h.uid().as_deref());
             if owned_by_this_pod {
-                match refresh_due(s, now) {
+                match refresh_due(&s.metadata, now) {
                     Some(wait) if !wait.is_zero() => return Ok(Some(wait)),
                     _ => {}
                 }
@@ -367,6 +380,43 @@ impl PodSync {
         let wait = duration_until(tokens.refresh_at, now);
         self.write_token_secret(tc, key, v, h, existing.as_deref(), tokens)
             .await?;
+        Ok(Some(wait))
+    }
+
+    /// Renews the tokens a host pod carries in its annotations when they are due (one pod
+    /// patch); returns when to look again.
+    async fn refresh_token_annotations(
+        &self,
+        key: &Key,
+        v: &Pod,
+        h: &Pod,
+    ) -> Result<Option<Duration>, SyncError> {
+        let now = Timestamp::now();
+        if let Some(wait) = refresh_due(&h.metadata, now).filter(|w| !w.is_zero()) {
+            return Ok(Some(wait));
+        }
+        let tokens = self
+            .request_tokens(v)
+            .await?
+            .ok_or_else(|| token_error(&key.namespace, "", "no tokens"))?;
+        let wait = duration_until(tokens.refresh_at, now);
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": h.resource_version(), "annotations": tokens.annotations()},
+        });
+        let host_name = h.name_any();
+        apply::patch(
+            &self.host_pods_api(),
+            Cluster::Host,
+            "Pod",
+            &host_name,
+            &HostPatch {
+                kind: PatchKind::Merge,
+                body,
+            },
+        )
+        .await?;
+        self.count_write("tokens", "patch");
+        tracing::debug!(v.ns = %key.namespace, v.name = %key.name, "token annotations renewed");
         Ok(Some(wait))
     }
 
@@ -425,9 +475,33 @@ impl PodSync {
     }
 }
 
+/// Tokens by [`translate::token_key`], and when to renew them.
 struct IssuedTokens {
-    data: BTreeMap<String, ByteString>,
+    data: BTreeMap<String, String>,
     refresh_at: Timestamp,
+}
+
+impl IssuedTokens {
+    /// The host pod annotations carrying these tokens ([`TokenStorage::Annotation`]).
+    fn annotations(&self) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = self
+            .data
+            .iter()
+            .map(|(key, token)| (translate::token_annotation(key), token.clone()))
+            .collect();
+        out.insert(
+            ANNOTATION_TOKEN_REFRESH_AT.to_owned(),
+            self.refresh_at.to_string(),
+        );
+        out
+    }
+
+    fn secret_data(&self) -> BTreeMap<String, ByteString> {
+        self.data
+            .iter()
+            .map(|(key, token)| (key.clone(), ByteString(token.clone().into_bytes())))
+            .collect()
+    }
 }
 
 fn token_error(ns: &str, sa: &str, why: &str) -> SyncError {
@@ -444,10 +518,12 @@ fn duration_until(t: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
-/// How long until the token Secret must be renewed (zero when due or unknown).
-pub fn refresh_due(secret: &Secret, now: Timestamp) -> Option<Duration> {
-    let at: Timestamp = secret
-        .annotations()
+/// How long until the tokens of the object (token Secret or host pod) must be renewed (zero
+/// when due; None when unknown).
+pub fn refresh_due(meta: &ObjectMeta, now: Timestamp) -> Option<Duration> {
+    let at: Timestamp = meta
+        .annotations
+        .as_ref()?
         .get(ANNOTATION_TOKEN_REFRESH_AT)?
         .parse()
         .ok()?;
@@ -617,9 +693,9 @@ mod tests {
     #[test]
     fn refresh_due_reads_the_annotation() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-        let mut s = Secret::default();
+        let mut s = ObjectMeta::default();
         assert_eq!(refresh_due(&s, now), None);
-        s.metadata.annotations = Some(
+        s.annotations = Some(
             [(
                 ANNOTATION_TOKEN_REFRESH_AT.to_owned(),
                 "2026-01-01T00:10:00Z".to_owned(),

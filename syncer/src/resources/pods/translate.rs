@@ -13,10 +13,12 @@
 //!   [`naming::host_name`] (volumes, projections, env, envFrom, imagePullSecrets, the secret
 //!   references of CSI / AzureFile / CephFS / RBD / iSCSI / FlexVolume / Cinder / ScaleIO /
 //!   StorageOS volumes, the Glusterfs endpoints name).
-//! - **ServiceAccount tokens**: every projected `serviceAccountToken` source becomes a `secret`
-//!   projection from the host Secret [`token_secret_name`] (key [`token_key`]); the engine fills
-//!   that Secret with tokens requested from the VIRTUAL API server ([`token_requests`]). The host
-//!   pod runs as the workload ServiceAccount with no host token mounted.
+//! - **ServiceAccount tokens**: every projected `serviceAccountToken` source becomes, with
+//!   [`TokenStorage::Annotation`], a downward-API projection of the host pod's own annotation
+//!   [`token_annotation`]; with [`TokenStorage::Secret`], a `secret` projection from the host
+//!   Secret [`token_secret_name`] (key [`token_key`]). The engine fills either with tokens
+//!   requested from the VIRTUAL API server ([`token_requests`]). The host pod runs as the
+//!   workload ServiceAccount with no host token mounted.
 //! - **Environment**: `KUBERNETES_*` variables pointing at the vcluster's API Service are
 //!   prepended; `enableServiceLinks` is off on the host (host Services must not leak in; the
 //!   service-link variables of VIRTUAL Services come in a later issue).
@@ -31,17 +33,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, ContainerStatus, EnvFromSource, EnvVar, EphemeralContainer,
-    HostAlias, KeyToPath, LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod,
-    PodAffinityTerm, PodCondition, PodDNSConfig, PodDNSConfigOption, PodSpec, PodStatus, SecretProjection,
-    SecurityContext, Toleration, TopologySpreadConstraint, Volume, VolumeProjection, WeightedPodAffinityTerm,
+    Affinity, Container, ContainerPort, ContainerStatus, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EnvFromSource, EnvVar, EphemeralContainer, HostAlias, KeyToPath, LocalObjectReference,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodCondition, PodDNSConfig,
+    PodDNSConfigOption, PodSpec, PodStatus, SecretProjection, SecurityContext, Toleration,
+    TopologySpreadConstraint, Volume, VolumeProjection, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use serde_json::{Map, Value, json};
 
 use crate::engine::error::TranslateError;
 use crate::engine::plan;
-use crate::engine::{HostAccessPolicy, TranslateCtx};
+use crate::engine::{HostAccessPolicy, TokenStorage, TranslateCtx};
 use crate::{markers, naming};
 
 /// Annotation on the host pod: the virtual labels in the kubelet's downward-API format
@@ -146,6 +149,37 @@ pub fn token_secret_name(vcluster: &str, namespace: &str, pod_name: &str) -> Str
 /// (no `.`) and unique within a pod, so keys are unique and valid Secret keys.
 pub fn token_key(volume: &str, source_index: usize) -> String {
     format!("{volume}.{source_index}")
+}
+
+/// Prefix of [`token_annotation`].
+pub const TOKEN_ANNOTATION_PREFIX: &str = "vnest.dev/token-";
+
+/// Host pod annotation holding the token of [`token_key`] `key` (with
+/// [`TokenStorage::Annotation`]): `vnest.dev/token-<short_hash(key)>`, a valid annotation key
+/// whatever the volume name's length.
+pub fn token_annotation(key: &str) -> String {
+    format!(
+        "{TOKEN_ANNOTATION_PREFIX}{}",
+        naming::short_hash(&[key, "sa-token"])
+    )
+}
+
+/// Whether the host pod reads its tokens from its own annotations (it was created with
+/// [`TokenStorage::Annotation`]); pods created with the other storage keep theirs for life.
+pub fn uses_annotation_tokens(hpod: &Pod) -> bool {
+    let field = format!("metadata.annotations['{TOKEN_ANNOTATION_PREFIX}");
+    hpod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.downward_api.as_ref())
+        .flat_map(|d| d.items.iter().flatten())
+        .any(|i| {
+            i.field_ref
+                .as_ref()
+                .is_some_and(|f| f.field_path.starts_with(&field))
+        })
 }
 
 /// The projected ServiceAccount tokens the host pod needs, in volume order then source order.
@@ -438,6 +472,7 @@ fn host_spec(
     let names = Renamer {
         vcluster: &ctx.vcluster,
         namespace,
+        token_storage: ctx.token_storage,
     };
     let kube_env = if vspec.enable_service_links == Some(false) {
         kubernetes_env(&ctx.kube_service_ip)
@@ -499,6 +534,7 @@ fn host_spec(
 struct Renamer<'a> {
     vcluster: &'a str,
     namespace: &'a str,
+    token_storage: TokenStorage,
 }
 
 impl Renamer<'_> {
@@ -579,15 +615,33 @@ fn translate_projection(
     source: &mut VolumeProjection,
 ) {
     if let Some(token) = source.service_account_token.take() {
-        source.secret = Some(SecretProjection {
-            name: token_secret.to_owned(),
-            items: Some(vec![KeyToPath {
-                key: token_key(volume_name, index),
-                path: token.path,
-                mode: None,
-            }]),
-            optional: None,
-        });
+        let key = token_key(volume_name, index);
+        match names.token_storage {
+            TokenStorage::Annotation => {
+                source.downward_api = Some(DownwardAPIProjection {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: token.path,
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: Some("v1".into()),
+                            field_path: format!("metadata.annotations['{}']", token_annotation(&key)),
+                        }),
+                        mode: None,
+                        resource_field_ref: None,
+                    }]),
+                });
+            }
+            TokenStorage::Secret => {
+                source.secret = Some(SecretProjection {
+                    name: token_secret.to_owned(),
+                    items: Some(vec![KeyToPath {
+                        key,
+                        path: token.path,
+                        mode: None,
+                    }]),
+                    optional: None,
+                });
+            }
+        }
         return;
     }
     if let Some(cm) = source.config_map.as_mut() {
@@ -1401,6 +1455,7 @@ pub fn ephemeral_containers_patch(
     let names = Renamer {
         vcluster: &ctx.vcluster,
         namespace,
+        token_storage: ctx.token_storage,
     };
     let kube_env = kubernetes_env(&ctx.kube_service_ip);
     let translated: Vec<EphemeralContainer> = missing
@@ -1555,6 +1610,7 @@ mod tests {
             dns_nameserver: DNS_IP.to_owned(),
             cluster_domain: "cluster.local".to_owned(),
             host_access,
+            token_storage: TokenStorage::Secret,
         }
     }
 
@@ -1952,6 +2008,39 @@ mod tests {
                 ]}},
             ],
         }))
+    }
+
+    #[test]
+    fn service_account_token_sources_become_annotations_of_the_host_pod() {
+        let mut ctx = ctx_with(HostAccessPolicy::Deny);
+        ctx.token_storage = TokenStorage::Annotation;
+        let labels = ns_labels();
+        let inputs = PodInputs {
+            ctx: &ctx,
+            namespace_labels: &labels,
+            services: &[],
+        };
+        let host = host_pod(&inputs, &sa_pod()).unwrap();
+        let spec = serde_json::to_value(host.spec.as_ref().unwrap()).unwrap();
+        let sources = &spec["volumes"][0]["projected"]["sources"];
+        let key = token_annotation("kube-api-access-x7k2p.0");
+        assert_eq!(
+            sources[0],
+            json!({"downwardAPI": {"items": [{"path": "token",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": format!("metadata.annotations['{key}']")}}]}})
+        );
+        assert!(sources[0].get("secret").is_none());
+        let vault = &spec["volumes"][2]["projected"]["sources"];
+        assert_eq!(
+            vault[1]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            format!("metadata.annotations['{}']", token_annotation("vault.1"))
+        );
+        assert_ne!(token_annotation("vault.1"), token_annotation("vault.2"));
+        assert!(uses_annotation_tokens(&host));
+        assert!(!uses_annotation_tokens(&translate(&sa_pod())));
+        // A valid annotation key (name part <= 63) whatever the volume name's length.
+        let long = token_annotation(&format!("{}.12", "v".repeat(63)));
+        assert!(long.len() - "vnest.dev/".len() <= 63, "{long}");
     }
 
     #[test]
