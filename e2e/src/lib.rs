@@ -7,7 +7,7 @@
 //! - [`wait_until`]: wait for a condition with a deadline (never a bare sleep).
 //! - [`kubectl`]: run the kubectl built from the same Kubernetes module.
 
-
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -316,4 +316,3 @@ mod tests {
         assert!(env.get("C").unwrap_err().to_string().contains("make up"));
     }
 }
-

@@ -27,6 +27,7 @@ use crate::{admin, clients};
 
 /// Runs the syncer until a termination signal (Ok) or a fatal failure (Err).
 pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
+    let initial_sync = crate::engine::progress::InitialSync::new();
     let metrics = Metrics::new().context("creating metrics")?;
     let readiness = Readiness::new(metrics.clone());
     let cancel = CancellationToken::new();
@@ -117,7 +118,15 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         events: Events::new(virt.0.clone()),
         cancel: cancel.clone(),
         workers: config.sync.workers,
+        initial_sync: initial_sync.clone(),
     });
+    {
+        let (metrics, ctx, cancel) = (metrics.clone(), shared.translate.clone(), cancel.clone());
+        tasks.spawn(async move {
+            initial_sync.report(metrics, ctx, cancel).await;
+            ("initial sync report", Ok(()))
+        });
+    }
     let kubelet_address = config.sync.kubelet_address.clone();
     let dns_stores = resources::start(
         shared,

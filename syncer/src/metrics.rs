@@ -39,6 +39,9 @@ pub struct Metrics {
     pub sync_lag: HistogramVec,
     /// Virtual Services recreated because the host could not give them their ClusterIP.
     pub service_recreates: prometheus::IntCounter,
+    /// Seconds from start until every watch had listed and every queue had drained once
+    /// (0 until then).
+    pub initial_sync_seconds: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -120,6 +123,11 @@ impl Metrics {
             "Virtual Services recreated with the host's ClusterIP (the virtual IP was taken on the host)",
         )?;
         registry.register(Box::new(service_recreates.clone()))?;
+        let initial_sync_seconds = prometheus::Gauge::new(
+            "initial_sync_seconds",
+            "Seconds from start until every watch had listed and every queue had drained once (0 until then)",
+        )?;
+        registry.register(Box::new(initial_sync_seconds.clone()))?;
         for c in [&store_objects, &queue_depth] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -148,6 +156,7 @@ impl Metrics {
             host_writes,
             sync_lag,
             service_recreates,
+            initial_sync_seconds,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod apply;
 pub mod error;
 pub mod events;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod standard;
 pub mod watch;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub events: Events,
     pub cancel: CancellationToken,
     pub workers: usize,
+    /// Tracks the first catch-up after start (every watch listed, every queue drained).
+    pub initial_sync: std::sync::Arc<progress::InitialSync>,
 }
 
 impl Shared {

@@ -161,6 +161,12 @@ impl FairQueue {
         self.len() == 0
     }
 
+    /// Nothing queued, nothing being processed (keys waiting for a delay do not count).
+    pub fn is_idle(&self) -> bool {
+        let s = self.lock();
+        s.queued.is_empty() && s.processing.is_empty() && s.dirty.is_empty()
+    }
+
     /// Stops handing out keys; waiting workers get `None`.
     pub fn close(&self) {
         self.lock().closed = true;

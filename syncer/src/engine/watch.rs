@@ -15,6 +15,7 @@ use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use super::progress::InitialSync;
 use crate::error::Cluster;
 use crate::metrics::Metrics;
 
@@ -46,13 +47,16 @@ pub fn spawn<K>(
     name: &'static str,
     subscribers: Vec<Subscriber<K>>,
     metrics: Metrics,
+    initial_sync: Arc<InitialSync>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
 {
+    initial_sync.watch_started();
     tokio::spawn(async move {
+        let mut listed_once = false;
         let stream = watcher::watcher(api, config)
             .default_backoff()
             .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
@@ -88,6 +92,9 @@ where
                     }
                 }
                 Event::InitDone => {
+                    if !std::mem::replace(&mut listed_once, true) {
+                        initial_sync.watch_listed();
+                    }
                     tracing::debug!(
                         cluster = cluster.as_str(),
                         kind = name,

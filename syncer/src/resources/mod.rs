@@ -105,6 +105,7 @@ where
             name,
             self.subscribers,
             shared.metrics.clone(),
+            shared.initial_sync.clone(),
             shared.cancel.clone(),
         );
         tasks.spawn(async move {
@@ -717,6 +718,7 @@ fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
 }
 
 fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, n: usize, shared: &Shared) {
+    shared.initial_sync.track(&q);
     let (events, metrics, cancel) = (
         shared.events.clone(),
         shared.metrics.clone(),
