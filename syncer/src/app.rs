@@ -123,7 +123,9 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     {
         let (metrics, ctx, cancel) = (metrics.clone(), shared.translate.clone(), cancel.clone());
         tasks.spawn(async move {
-            initial_sync.report(metrics, ctx, cancel).await;
+            initial_sync.report(metrics, ctx, cancel.clone()).await;
+            // Every task lives until shutdown (an early exit means a failure to the supervisor).
+            cancel.cancelled().await;
             ("initial sync report", Ok(()))
         });
     }
