@@ -134,7 +134,7 @@ start_proc host-apiserver "$BIN/kube-apiserver" \
 	--kubelet-preferred-address-types InternalIP,Hostname \
 	--kubelet-client-certificate "$H/pki/apiserver-kubelet-client.crt" --kubelet-client-key "$H/pki/apiserver-kubelet-client.key" \
 	--audit-policy-file "$H/audit-policy.yaml" --audit-log-path "$LOG_DIR/host-audit.log" \
-	--audit-log-format json --audit-log-maxsize 200 --audit-log-mode batch \
+	--audit-log-format json --audit-log-maxsize 500 --audit-log-maxbackup 2 --audit-log-mode blocking \
 	--profiling=false --v=1
 wait_for "host kube-apiserver /readyz" 120 host-apiserver \
 	https_ok "https://127.0.0.1:$HOST_API_PORT/readyz" "$H/pki/ca.crt" "$H/pki/admin.crt" "$H/pki/admin.key"

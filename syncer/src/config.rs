@@ -111,19 +111,19 @@ pub struct SyncerArgs {
     pub log_filter: String,
 
     /// Sustained requests per second to the host API server (client-side limit).
-    #[arg(long, env = "VNEST_HOST_QPS", default_value = "40", value_parser = parse_positive_f64)]
+    #[arg(long, env = "VNEST_HOST_QPS", default_value = "100", value_parser = parse_positive_f64)]
     pub host_qps: f64,
 
     /// Requests allowed in a burst above --host-qps.
-    #[arg(long, env = "VNEST_HOST_BURST", default_value = "80", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "VNEST_HOST_BURST", default_value = "200", value_parser = clap::value_parser!(u32).range(1..))]
     pub host_burst: u32,
 
     /// Sustained requests per second to the virtual API server.
-    #[arg(long, env = "VNEST_VIRTUAL_QPS", default_value = "200", value_parser = parse_positive_f64)]
+    #[arg(long, env = "VNEST_VIRTUAL_QPS", default_value = "1000", value_parser = parse_positive_f64)]
     pub virtual_qps: f64,
 
     /// Requests allowed in a burst above --virtual-qps.
-    #[arg(long, env = "VNEST_VIRTUAL_BURST", default_value = "400", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "VNEST_VIRTUAL_BURST", default_value = "2000", value_parser = clap::value_parser!(u32).range(1..))]
     pub virtual_burst: u32,
 
     /// Longest time a SIGTERM waits for in-flight work before the process exits anyway.
@@ -468,7 +468,13 @@ mod tests {
             cfg.virtual_kubeconfig,
             PathBuf::from("/data/server/cred/admin.kubeconfig")
         );
-        assert_eq!(cfg.host_rate, RateLimit { qps: 40.0, burst: 80 });
+        assert_eq!(
+            cfg.host_rate,
+            RateLimit {
+                qps: 100.0,
+                burst: 200
+            }
+        );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cfg.sync.workload_service_account, "demo-workload");
         assert_eq!(cfg.sync.service_name, "demo");

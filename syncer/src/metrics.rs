@@ -5,6 +5,11 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Buckets for the syncer's own share of the sync lag (sub-millisecond to seconds).
+const FINE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// Request latency buckets (seconds), from a cache-hot loopback call to a slow list.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -37,6 +42,9 @@ pub struct Metrics {
     pub host_writes: IntCounterVec,
     /// Sync lag: first sight of a new virtual object until its host copy exists, by kind.
     pub sync_lag: HistogramVec,
+    /// The syncer's own share of `sync_lag`: first sight until the host create is sent (the
+    /// rest is the host API server's create), by kind.
+    pub sync_prepare: HistogramVec,
     /// Virtual Services recreated because the host could not give them their ClusterIP.
     pub service_recreates: prometheus::IntCounter,
     /// Seconds from start until every watch had listed and every queue had drained once
@@ -118,6 +126,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],
         )?;
+        let sync_prepare = HistogramVec::new(
+            HistogramOpts::new(
+                "sync_prepare_seconds",
+                "First sight of a virtual object until its host create is sent (the syncer's own share of sync_lag)",
+            )
+            .buckets(FINE_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
         let service_recreates = prometheus::IntCounter::new(
             "service_recreates_total",
             "Virtual Services recreated with the host's ClusterIP (the virtual IP was taken on the host)",
@@ -134,7 +150,7 @@ impl Metrics {
         for c in [&watch_errors, &reconciles, &host_writes] {
             registry.register(Box::new(c.clone()))?;
         }
-        for h in [&queue_wait, &reconcile_duration, &sync_lag] {
+        for h in [&queue_wait, &reconcile_duration, &sync_lag, &sync_prepare] {
             registry.register(Box::new(h.clone()))?;
         }
         registry.register(Box::new(api_requests.clone()))?;
@@ -155,6 +171,7 @@ impl Metrics {
             reconcile_duration,
             host_writes,
             sync_lag,
+            sync_prepare,
             service_recreates,
             initial_sync_seconds,
         })

@@ -69,6 +69,23 @@ impl PodSync {
         m.entry(key.clone()).or_insert_with(Instant::now);
     }
 
+    /// The host create is about to be sent: the syncer's own share of the sync lag ends here.
+    fn prepared(&self, key: &Key) {
+        let first = self
+            .first_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied();
+        if let Some(t) = first {
+            self.shared
+                .metrics
+                .sync_prepare
+                .with_label_values(&["pods"])
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+
     fn created(&self, key: &Key) {
         let first = self
             .first_seen
@@ -155,6 +172,7 @@ impl PodSync {
                 .extend(t.annotations());
         }
         tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "creating host pod");
+        self.prepared(key);
         let created = apply::create(&self.host_pods_api(), "Pod", host_name, &desired, |o: &Pod| {
             is_ours(tc, "Pod", o.meta())
         })

@@ -1,0 +1,595 @@
+//! `make bench`: measures vnest against the same host, side by side in one run, on the local
+//! control planes (kwok nodes). See README "Performance" for what each figure means.
+//!
+//! 1. Pod startup (kube-burner style: N pods across Deployments of ≤100 replicas), first seen →
+//!    Ready by a watch, directly in a host namespace vs in the virtual cluster; p50/p90/p99 and
+//!    the ratio. The syncer-added latency of the same burst (virtual seen → host seen).
+//! 2. Syncer-added latency at a fixed creation rate (default 100 pods/s), both directions.
+//! 3. Host API cost: the syncer's requests counted by the HOST API server (audit log) and by
+//!    the syncer itself, per pod lifecycle and per idle minute.
+//! 4. Syncer RSS (idle, loaded, after delete, peak) and CPU seconds.
+//! 5. Restart: SIGKILL with N pods synced; time to caught up; host writes meanwhile.
+//! 6. Fairness: a greedy namespace's burst vs a small namespace's pods one by one.
+//! 7. Services burst (ClusterIP equality, recreates) and DNS answer latency.
+//!
+//! Writes `.e2e/bench/latest.json`, and `report.md` + PNG charts into
+//! `.e2e/bench/results/<time>-<N>pods/`; prints a summary.
+
+#![recursion_limit = "256"]
+
+mod probe;
+mod scenarios;
+mod track;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use vnest_e2e::report::{self, Row, Series};
+use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
+
+use probe::{AuditLog, SyncerProc, diff, syncer_host_requests, writes};
+use scenarios::{by_name, by_virtual_name, host_selector};
+use track::{Tracker, deltas_ms, round1, round2, stats};
+
+struct Args {
+    pods: usize,
+    services: usize,
+    rate: f64,
+    rate_pods: usize,
+    greedy: usize,
+    small: usize,
+    idle: Duration,
+    kube_burner: bool,
+}
+
+const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--kube-burner]";
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        pods: 1000,
+        services: 200,
+        rate: 100.0,
+        rate_pods: 1000,
+        greedy: 1000,
+        small: 10,
+        idle: Duration::from_secs(60),
+        kube_burner: false,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |v: Option<String>, flag: &str| -> Result<f64> {
+        v.and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a number; {USAGE}"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--pods" => a.pods = number(it.next(), "--pods")? as usize,
+            "--rate" => a.rate = number(it.next(), "--rate")?,
+            "--services" => a.services = number(it.next(), "--services")? as usize,
+            "--kube-burner" => a.kube_burner = true,
+            "--quick" => {
+                a.pods = 50;
+                a.services = 20;
+                a.rate_pods = 100;
+                a.greedy = 100;
+                a.small = 5;
+                a.idle = Duration::from_secs(15);
+            }
+            other => anyhow::bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    anyhow::ensure!(a.pods > 0 && a.rate > 0.0, "{USAGE}");
+    a.rate_pods = a.rate_pods.min(a.pods.max(100));
+    Ok(a)
+}
+
+fn step(what: &str) {
+    eprintln!("[bench] == {what}");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = args()?;
+    let w = World::connect().await?;
+    let n = a.pods;
+    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+    let syncer = SyncerProc::new(&w)?;
+    let audit = AuditLog::new(&w)?;
+    eprintln!("[bench] {n} pods, direct on the host vs through vnest ({cores} cores)");
+    let idle = syncer.sample()?;
+    let mut cpu_s = 0.0;
+    let cpu_base = idle.cpu_s;
+
+    // 1. Startup, directly on the host.
+    step(&format!("1/7 startup of {n} pods directly on the host"));
+    let hns = TestNs::new(&w.host, "bench-direct").await?;
+    let direct_t = Tracker::start(Api::namespaced(w.host.clone(), &hns.name), "app=bench", by_name).await?;
+    let t = Instant::now();
+    let direct = scenarios::deployments_ready(&w.host, &hns.name, n, &direct_t).await?;
+    let direct_s = t.elapsed().as_secs_f64();
+    drop(direct_t);
+    scenarios::delete_deployments(&w.host, &hns.name).await?;
+    hns.delete().await?;
+
+    // 1b. The same through vnest, with the host cost of the create phase.
+    step(&format!("1/7 startup of {n} pods through vnest"));
+    let vns = TestNs::new(&w.virt, "bench-vnest").await?;
+    let audit_create = audit.mark()?;
+    let syncer_before = syncer_host_requests(&w).await?;
+    let virt_t = Tracker::start(Api::namespaced(w.virt.clone(), &vns.name), "app=bench", by_name).await?;
+    let host_t = Tracker::start(
+        Api::namespaced(w.host.clone(), &w.host_ns),
+        &host_selector(&vns.name),
+        by_virtual_name,
+    )
+    .await?;
+    let t = Instant::now();
+    let vnest = scenarios::deployments_ready(&w.virt, &vns.name, n, &virt_t).await?;
+    let vnest_s = t.elapsed().as_secs_f64();
+    let (v, h) = (virt_t.snapshot(), host_t.snapshot());
+    let burst_down = deltas_ms(&v.created, &h.created);
+    let burst_up = deltas_ms(&h.ready, &v.ready);
+    drop((virt_t, host_t));
+    let audit_create_reqs = audit.count_since(audit_create)?;
+    let syncer_create_reqs = diff(&syncer_host_requests(&w).await?, &syncer_before);
+    let loaded = syncer.sample()?;
+
+    // 3. Idle with N pods synced.
+    step(&format!(
+        "3/7 idle for {} s with {n} pods synced",
+        a.idle.as_secs()
+    ));
+    let audit_idle = audit.mark()?;
+    let syncer_idle_before = syncer_host_requests(&w).await?;
+    let cpu_idle_before = syncer.sample()?.cpu_s;
+    tokio::time::sleep(a.idle).await;
+    let idle_per_min = |total: f64| total * 60.0 / a.idle.as_secs_f64();
+    let audit_idle_reqs = audit.count_since(audit_idle)?;
+    let syncer_idle_reqs = diff(&syncer_host_requests(&w).await?, &syncer_idle_before);
+    let idle_cpu_s = syncer.sample()?.cpu_s - cpu_idle_before;
+
+    // 5. Restart with N pods synced.
+    step(&format!(
+        "5/7 SIGKILL and restart of the syncer with {n} pods synced"
+    ));
+    let before_kill = syncer.sample()?;
+    cpu_s += before_kill.cpu_s - cpu_base;
+    let peak_before_restart = before_kill.hwm_kib;
+    let restart = scenarios::restart(&w, &audit).await?;
+    let after_restart = syncer.sample()?;
+    eprintln!(
+        "[bench]   caught up in {:.2} s (syncer's own figure; {:.2} s from kill incl. the start script), host writes: audit {} / syncer {}",
+        restart.resync_s, restart.wall_s, restart.audit_writes, restart.syncer_writes
+    );
+
+    // 1c. Delete through vnest (host cost of the delete phase).
+    step(&format!("1/7 deleting the {n} pods through vnest"));
+    let audit_delete = audit.mark()?;
+    let syncer_before_delete = syncer_host_requests(&w).await?;
+    scenarios::delete_deployments(&w.virt, &vns.name).await?;
+    scenarios::wait_no_pods(&w.host, &w.host_ns, &host_selector(&vns.name)).await?;
+    let audit_delete_reqs = audit.count_since(audit_delete)?;
+    let syncer_delete_reqs = diff(&syncer_host_requests(&w).await?, &syncer_before_delete);
+    vns.delete().await?;
+    let after_delete = syncer.sample()?;
+
+    // 2. Fixed rate.
+    step(&format!(
+        "2/7 syncer-added latency: {} pods at {} pods/s",
+        a.rate_pods, a.rate
+    ));
+    let prep_before = probe::syncer_histogram(&w, "vnest_syncer_sync_prepare_seconds", "pods").await?;
+    let lag_before = probe::syncer_histogram(&w, "vnest_syncer_sync_lag_seconds", "pods").await?;
+    let rate = scenarios::fixed_rate(&w, a.rate_pods, a.rate).await?;
+    let prep_after = probe::syncer_histogram(&w, "vnest_syncer_sync_prepare_seconds", "pods").await?;
+    let lag_after = probe::syncer_histogram(&w, "vnest_syncer_sync_lag_seconds", "pods").await?;
+    let q = |b: &[(f64, f64)], a: &[(f64, f64)], p| round2(probe::histogram_quantile_ms(b, a, p));
+    let syncer_view = json!({
+        "prepare_p50_ms": q(&prep_before, &prep_after, 0.5), "prepare_p99_ms": q(&prep_before, &prep_after, 0.99),
+        "to_created_p50_ms": q(&lag_before, &lag_after, 0.5), "to_created_p99_ms": q(&lag_before, &lag_after, 0.99),
+    });
+
+    // 6. Fairness.
+    step(&format!(
+        "6/7 fairness: {} small pods one by one, alone, then beside a burst of {}",
+        a.small, a.greedy
+    ));
+    let alone = scenarios::fairness_run(&w, 0, a.small).await?;
+    let loaded_small = scenarios::fairness_run(&w, a.greedy, a.small).await?;
+
+    // 7. Services and DNS.
+    step(&format!("7/7 {} Services and DNS", a.services));
+    let services_json = services(&w, a.services).await?;
+
+    let end = syncer.sample()?;
+    cpu_s += end.cpu_s; // the restarted process, from its start
+    let peak = peak_before_restart.max(end.hwm_kib);
+
+    // kube-burner cross-check.
+    let kube_burner = if a.kube_burner {
+        step("kube-burner podLatency on both sides (cross-check)");
+        Some(kube_burner(&w, n).await?)
+    } else {
+        None
+    };
+
+    // ---- report ----
+    let create_writes = writes(&audit_create_reqs);
+    let delete_writes = writes(&audit_delete_reqs);
+    let writes_per_pod = (create_writes + delete_writes) / n as f64;
+    let syncer_writes_per_pod = (writes(&syncer_create_reqs) + writes(&syncer_delete_reqs)) / n as f64;
+    let idle_audit: f64 = audit_idle_reqs.values().sum();
+    let idle_syncer: f64 = syncer_idle_reqs.values().sum();
+    let (ds, vs) = (stats(&direct), stats(&vnest));
+    let ratio = round2(vs["p99"] / ds["p99"]);
+    let (rate_down, rate_up) = (stats(&rate.down_ms), stats(&rate.up_ms));
+    let fairness_host = (stats(&alone.to_host_ms), stats(&loaded_small.to_host_ms));
+    let fairness_run = (stats(&alone.to_running_ms), stats(&loaded_small.to_running_ms));
+    let fair_ratio_host = round2(fairness_host.1["p99"] / fairness_host.0["p99"]);
+    let fair_ratio_run = round2(fairness_run.1["p99"] / fairness_run.0["p99"]);
+    let result = json!({
+        "pods": n, "cores": cores,
+        "startup_ms_direct": ds, "startup_ms_vnest": vs,
+        "startup_p99_ms_direct": ds["p99"], "startup_p99_ms_vnest": vs["p99"],
+        "startup_p99_ratio": ratio,
+        "startup_all_ready_s": {"direct": round1(direct_s), "vnest": round1(vnest_s)},
+        "burst_sync_lag_ms": stats(&burst_down), "burst_status_lag_ms": stats(&burst_up),
+        "fixed_rate": {"pods": rate.pods, "pods_per_s": rate.rate_per_s,
+                        "sync_lag_ms": rate_down, "status_lag_ms": rate_up,
+                        "syncer_histograms": syncer_view},
+        "sync_lag_p50_ms": rate_down["p50"], "sync_lag_p99_ms": rate_down["p99"],
+        "host_requests_create_audit": audit_create_reqs, "host_requests_delete_audit": audit_delete_reqs,
+        "host_requests_create_syncer": syncer_create_reqs, "host_requests_delete_syncer": syncer_delete_reqs,
+        "host_writes_per_pod": round2(writes_per_pod),
+        "host_writes_per_pod_syncer_metrics": round2(syncer_writes_per_pod),
+        "idle_host_requests_per_min": round1(idle_per_min(idle_audit)),
+        "idle_host_requests_per_min_syncer_metrics": round1(idle_per_min(idle_syncer)),
+        "syncer_rss_idle_kib": idle.rss_kib, "syncer_rss_loaded_kib": loaded.rss_kib,
+        "syncer_rss_after_delete_kib": after_delete.rss_kib, "syncer_rss_peak_kib": peak,
+        "syncer_rss_after_restart_kib": after_restart.rss_kib,
+        "syncer_cpu_s": round2(cpu_s), "syncer_cpu_idle_s_per_min": round2(idle_per_min(idle_cpu_s)),
+        "restart_resync_s": round2(restart.resync_s), "restart_wall_s": round2(restart.wall_s),
+        "restart_host_writes": restart.audit_writes, "restart_host_writes_syncer_metrics": restart.syncer_writes,
+        "restart_host_requests_audit": restart.audit_requests,
+        "fairness": {"greedy_pods": a.greedy, "small_pods": a.small,
+                      "small_to_host_ms_alone": fairness_host.0, "small_to_host_ms_loaded": fairness_host.1,
+                      "small_to_running_ms_alone": fairness_run.0, "small_to_running_ms_loaded": fairness_run.1,
+                      "to_host_p99_ratio": fair_ratio_host, "to_running_p99_ratio": fair_ratio_run},
+        "networking": services_json,
+        "dns_answer_p50_ms": services_json["dns_answer_ms"]["p50"],
+        "dns_answer_p99_ms": services_json["dns_answer_ms"]["p99"],
+        "kube_burner": kube_burner,
+    });
+
+    let base = format!("{}/../.e2e/bench", env!("CARGO_MANIFEST_DIR"));
+    let stamp = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let dir = format!("{base}/results/{stamp}-{n}pods");
+    std::fs::create_dir_all(&dir)?;
+    let text = serde_json::to_string_pretty(&result)?;
+    std::fs::write(format!("{base}/latest.json"), &text)?;
+    std::fs::write(format!("{dir}/result.json"), &text)?;
+    report::write_cdf_png(
+        std::path::Path::new(&format!("{dir}/startup.png")),
+        &format!("Pod startup (first seen -> Ready), {n} pods"),
+        &[
+            Series {
+                label: "direct on the host",
+                values_ms: &direct,
+            },
+            Series {
+                label: "through vnest",
+                values_ms: &vnest,
+            },
+        ],
+    )?;
+    report::write_cdf_png(
+        std::path::Path::new(&format!("{dir}/sync-lag.png")),
+        &format!("Syncer-added latency at {} pods/s", rate.rate_per_s),
+        &[
+            Series {
+                label: "virtual -> host create",
+                values_ms: &rate.down_ms,
+            },
+            Series {
+                label: "host -> virtual Running",
+                values_ms: &rate.up_ms,
+            },
+        ],
+    )?;
+    let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
+    let md = report::markdown_table(&format!("vnest bench, {n} pods"), &machine, &rows(&result));
+    std::fs::write(format!("{dir}/report.md"), &md)?;
+    std::fs::write(format!("{base}/latest.md"), &md)?;
+    for f in ["startup.png", "sync-lag.png"] {
+        std::fs::copy(format!("{dir}/{f}"), format!("{base}/latest-{f}"))?;
+    }
+    println!("{text}");
+    println!("{md}");
+    eprintln!("[bench] wrote {base}/latest.json and {dir}/ (report.md, startup.png, sync-lag.png)");
+    Ok(())
+}
+
+/// The Markdown rows: every figure the issue names, next to its target.
+fn rows(r: &Value) -> Vec<Row> {
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let row = |metric: &str, value: String, target: &str, met: Option<bool>| Row {
+        metric: metric.to_owned(),
+        value,
+        target: target.to_owned(),
+        met,
+    };
+    let le = |v: &Value, t: f64| Some(num(v) <= t);
+    vec![
+        row(
+            "startup p50 / p90 / p99 direct (ms)",
+            format!(
+                "{} / {} / {}",
+                r["startup_ms_direct"]["p50"], r["startup_ms_direct"]["p90"], r["startup_ms_direct"]["p99"]
+            ),
+            "",
+            None,
+        ),
+        row(
+            "startup p50 / p90 / p99 vnest (ms)",
+            format!(
+                "{} / {} / {}",
+                r["startup_ms_vnest"]["p50"], r["startup_ms_vnest"]["p90"], r["startup_ms_vnest"]["p99"]
+            ),
+            "",
+            None,
+        ),
+        row(
+            "startup p99 ratio vnest ÷ direct",
+            r["startup_p99_ratio"].to_string(),
+            "≤ 1.15",
+            le(&r["startup_p99_ratio"], 1.15),
+        ),
+        row(
+            &format!(
+                "syncer-added latency p50 at {} pods/s (ms)",
+                r["fixed_rate"]["pods_per_s"]
+            ),
+            r["sync_lag_p50_ms"].to_string(),
+            "≤ 2",
+            le(&r["sync_lag_p50_ms"], 2.0),
+        ),
+        row(
+            &format!(
+                "syncer-added latency p99 at {} pods/s (ms)",
+                r["fixed_rate"]["pods_per_s"]
+            ),
+            r["sync_lag_p99_ms"].to_string(),
+            "≤ 20",
+            le(&r["sync_lag_p99_ms"], 20.0),
+        ),
+        row(
+            "of which the syncer's own share (first sight → host create sent) p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"],
+                r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]
+            ),
+            "≤ 2 / ≤ 20",
+            Some(
+                num(&r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"]) <= 2.0
+                    && num(&r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]) <= 20.0,
+            ),
+        ),
+        row(
+            "status back (host Running → virtual Running) p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                r["fixed_rate"]["status_lag_ms"]["p50"], r["fixed_rate"]["status_lag_ms"]["p99"]
+            ),
+            "",
+            None,
+        ),
+        row(
+            "host writes per pod lifecycle (audit log; syncer metrics)",
+            format!(
+                "{} ({})",
+                r["host_writes_per_pod"], r["host_writes_per_pod_syncer_metrics"]
+            ),
+            "≤ 2",
+            le(&r["host_writes_per_pod"], 2.0),
+        ),
+        row(
+            "host requests per idle minute (audit log; syncer metrics)",
+            format!(
+                "{} ({})",
+                r["idle_host_requests_per_min"], r["idle_host_requests_per_min_syncer_metrics"]
+            ),
+            "0",
+            le(&r["idle_host_requests_per_min"], 0.0),
+        ),
+        row(
+            "syncer RSS idle (KiB)",
+            r["syncer_rss_idle_kib"].to_string(),
+            "≤ 15360",
+            le(&r["syncer_rss_idle_kib"], 15360.0),
+        ),
+        row(
+            &format!("syncer RSS with {} pods (KiB)", r["pods"]),
+            r["syncer_rss_loaded_kib"].to_string(),
+            "≤ 102400 at 10k",
+            le(&r["syncer_rss_loaded_kib"], 102_400.0),
+        ),
+        row(
+            "syncer RSS peak / after delete (KiB)",
+            format!(
+                "{} / {}",
+                r["syncer_rss_peak_kib"], r["syncer_rss_after_delete_kib"]
+            ),
+            "",
+            None,
+        ),
+        row(
+            "syncer CPU for the run (s); idle (s/min)",
+            format!("{}; {}", r["syncer_cpu_s"], r["syncer_cpu_idle_s_per_min"]),
+            "",
+            None,
+        ),
+        row(
+            "restart: start → fully resynced (s)",
+            r["restart_resync_s"].to_string(),
+            "≤ 5 at 10k",
+            le(&r["restart_resync_s"], 5.0),
+        ),
+        row(
+            "restart: host writes (audit log; syncer)",
+            format!(
+                "{} ({})",
+                r["restart_host_writes"], r["restart_host_writes_syncer_metrics"]
+            ),
+            "0",
+            le(&r["restart_host_writes"], 0.0),
+        ),
+        row(
+            "fairness: small ns create → host p99 loaded ÷ alone",
+            format!(
+                "{} ({} vs {} ms)",
+                r["fairness"]["to_host_p99_ratio"],
+                r["fairness"]["small_to_host_ms_loaded"]["p99"],
+                r["fairness"]["small_to_host_ms_alone"]["p99"]
+            ),
+            "≤ 2",
+            le(&r["fairness"]["to_host_p99_ratio"], 2.0),
+        ),
+        row(
+            "fairness: small ns create → Running p99 loaded ÷ alone",
+            format!(
+                "{} ({} vs {} ms)",
+                r["fairness"]["to_running_p99_ratio"],
+                r["fairness"]["small_to_running_ms_loaded"]["p99"],
+                r["fairness"]["small_to_running_ms_alone"]["p99"]
+            ),
+            "≤ 2",
+            le(&r["fairness"]["to_running_p99_ratio"], 2.0),
+        ),
+        row(
+            "Services: same ClusterIP / recreated / all synced (s)",
+            format!(
+                "{} / {} / {}",
+                r["networking"]["services_same_cluster_ip"],
+                r["networking"]["services_recreated"],
+                r["networking"]["services_all_synced_s"]
+            ),
+            "",
+            None,
+        ),
+        row(
+            "DNS answer p50 / p99 (ms)",
+            format!("{} / {}", r["dns_answer_p50_ms"], r["dns_answer_p99_ms"]),
+            "",
+            None,
+        ),
+        row(
+            "kube-burner podLatency Ready p99 direct / vnest (ms)",
+            match &r["kube_burner"] {
+                Value::Null => "not run (--kube-burner)".into(),
+                kb => format!(
+                    "{} / {}",
+                    kb["direct"]["ready_p99_ms"], kb["vnest"]["ready_p99_ms"]
+                ),
+            },
+            "",
+            None,
+        ),
+    ]
+}
+
+/// kube-burner's own podLatency on both sides (hack/kube-burner.sh builds it from the module
+/// proxy once, cached).
+async fn kube_burner(w: &World, n: usize) -> Result<Value> {
+    let repo = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
+    let script = format!("{repo}/hack/kube-burner.sh");
+    let out_dir = format!("{repo}/.e2e/bench/kube-burner");
+    let mut out = serde_json::Map::new();
+    for (side, kubeconfig) in [("direct", "HOST_KUBECONFIG"), ("vnest", "VIRTUAL_KUBECONFIG")] {
+        let ns = format!("kb-bench-{side}");
+        let o = tokio::process::Command::new(&script)
+            .args([
+                "run",
+                w.env.get(kubeconfig)?,
+                &ns,
+                &n.to_string(),
+                &format!("{out_dir}/{side}"),
+            ])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await?;
+        anyhow::ensure!(o.status.success(), "{script} run {side} failed");
+        let text = String::from_utf8_lossy(&o.stdout);
+        let last = text.lines().last().unwrap_or_default();
+        out.insert(side.into(), serde_json::from_str(last)?);
+    }
+    Ok(Value::Object(out))
+}
+
+/// A burst of Services through vnest: ClusterIP equality, recreates; then DNS answer latency
+/// for their names, served from the syncer's cache.
+async fn services(w: &World, n_services: usize) -> Result<Value> {
+    let sns = TestNs::new(&w.virt, "bench-svc").await?;
+    let recreates_before = vnest_e2e::sum_metric(
+        &http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?,
+        "vnest_syncer_service_recreates_total",
+        &[],
+    );
+    let vsvc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.virt.clone(), &sns.name);
+    let t_svc = Instant::now();
+    for i in 0..n_services {
+        let svc = serde_json::from_value(json!({"metadata": {"name": format!("svc-{i}")},
+            "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}))?;
+        vsvc.create(&PostParams::default(), &svc).await?;
+    }
+    let hsvc: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let ssel = format!("vnest.dev/namespace={}", sns.name);
+    let host_services = wait_until("all host Services", Duration::from_secs(600), || async {
+        let l = hsvc.list(&ListParams::default().labels(&ssel)).await?.items;
+        Ok((l.len() >= n_services).then_some(l))
+    })
+    .await?;
+    let services_s = t_svc.elapsed().as_secs_f64();
+    let virtual_ips: HashMap<String, String> = vsvc
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.metadata.name?, s.spec?.cluster_ip?)))
+        .collect();
+    let equal = host_services
+        .iter()
+        .filter(|h| {
+            let vname = h
+                .annotations()
+                .get("vnest.dev/object-name")
+                .cloned()
+                .unwrap_or_default();
+            h.spec.as_ref().and_then(|s| s.cluster_ip.as_ref()) == virtual_ips.get(&vname)
+        })
+        .count();
+    let recreates = vnest_e2e::sum_metric(
+        &http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?,
+        "vnest_syncer_service_recreates_total",
+        &[],
+    ) - recreates_before;
+    let dns_server: std::net::SocketAddr = w.env.get("SYNCER_DNS_ADDR")?.parse()?;
+    let mut dns_ms = Vec::new();
+    for i in 0..n_services {
+        let (ips, rtt) =
+            vnest_e2e::dns_a(dns_server, &format!("svc-{i}.{}.svc.cluster.local.", sns.name)).await?;
+        anyhow::ensure!(!ips.is_empty(), "no DNS answer for svc-{i}");
+        dns_ms.push(rtt.as_secs_f64() * 1000.0);
+    }
+    sns.delete().await?;
+    let services_json = json!({
+        "services": n_services, "services_all_synced_s": (services_s * 10.0).round() / 10.0,
+        "services_same_cluster_ip": equal, "services_recreated": recreates,
+        "dns_answer_ms": stats(&dns_ms),
+    });
+    Ok(services_json)
+}

@@ -1,0 +1,259 @@
+//! What the bench reads besides the API: the syncer process (/proc), its /metrics, and the host
+//! API server's audit log (the host's own count of the syncer's requests).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use k8s_openapi::jiff::Timestamp;
+use vnest_e2e::{Result, World, http_get_text};
+
+/// The running syncer process of the local world.
+pub struct SyncerProc {
+    pid_file: PathBuf,
+    clock_ticks: f64,
+}
+
+/// Memory (KiB) and CPU (seconds, user+system) of the syncer right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub cpu_s: f64,
+}
+
+impl SyncerProc {
+    pub fn new(w: &World) -> Result<Self> {
+        let out = std::process::Command::new("getconf").arg("CLK_TCK").output()?;
+        let clock_ticks = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100.0);
+        Ok(Self {
+            pid_file: PathBuf::from(format!("{}/pids/syncer.pid", w.env.get("STATE_DIR")?)),
+            clock_ticks,
+        })
+    }
+
+    pub fn pid(&self) -> Result<u32> {
+        Ok(std::fs::read_to_string(&self.pid_file)?.trim().parse()?)
+    }
+
+    pub fn sample(&self) -> Result<ProcSample> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        // /proc/<pid>/stat: fields after the ")" of the command name; utime and stime are the
+        // 14th and 15th fields overall (12th and 13th after the name).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let ticks: Vec<f64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Ok(ProcSample {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            cpu_s: ticks.iter().sum::<f64>() / self.clock_ticks,
+        })
+    }
+}
+
+/// The syncer's own count of its host requests, by "verb resource".
+pub async fn syncer_host_requests(w: &World) -> Result<BTreeMap<String, f64>> {
+    let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("vnest_syncer_api_requests_total{cluster=\"host\""))
+    {
+        let label = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(format!("{} {}", label("verb"), label("resource")))
+            .or_default() += value;
+    }
+    Ok(out)
+}
+
+/// A gauge or counter without labels from the syncer's /metrics (None when absent).
+pub async fn syncer_metric(w: &World, name: &str) -> Result<Option<f64>> {
+    let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
+    Ok(text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok()))
+}
+
+/// `after - before`, positive entries only.
+pub fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+pub fn is_write(verb_resource: &str) -> bool {
+    ["create ", "patch ", "update ", "delete ", "deletecollection "]
+        .iter()
+        .any(|v| verb_resource.starts_with(v))
+}
+
+pub fn writes(m: &BTreeMap<String, f64>) -> f64 {
+    m.iter().filter(|(k, _)| is_write(k)).map(|(_, v)| v).sum()
+}
+
+/// The host API server's audit log (JSON lines, written synchronously: `--audit-log-mode
+/// blocking`), filtered to one user.
+pub struct AuditLog {
+    path: PathBuf,
+    user: String,
+}
+
+/// A position in the audit log: requests received after it are counted.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditMark {
+    offset: u64,
+    at: Timestamp,
+}
+
+impl AuditLog {
+    pub fn new(w: &World) -> Result<Self> {
+        let ns = w.env.get("HOST_NAMESPACE")?;
+        Ok(Self {
+            path: PathBuf::from(w.env.get("HOST_AUDIT_LOG")?),
+            user: format!("system:serviceaccount:{ns}:{}", w.vcluster),
+        })
+    }
+
+    pub fn mark(&self) -> Result<AuditMark> {
+        Ok(AuditMark {
+            offset: std::fs::metadata(&self.path)?.len(),
+            at: Timestamp::now(),
+        })
+    }
+
+    /// The syncer's requests received since `mark`, by "verb resource[/subresource]".
+    pub fn count_since(&self, mark: AuditMark) -> Result<BTreeMap<String, f64>> {
+        let mut file = std::fs::File::open(&self.path)?;
+        let len = file.metadata()?.len();
+        // A rotated log starts again at 0.
+        file.seek(SeekFrom::Start(if len >= mark.offset { mark.offset } else { 0 }))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue; // a line being written right now
+            };
+            if ev["user"]["username"] != self.user.as_str() || ev["stage"] != "ResponseComplete" {
+                continue;
+            }
+            let received: Option<Timestamp> = ev["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse().ok());
+            if received.is_some_and(|t| t < mark.at) {
+                continue; // a long request (watch) that started before the window
+            }
+            let resource = ev["objectRef"]["resource"].as_str().unwrap_or("-");
+            let key = match ev["objectRef"]["subresource"].as_str() {
+                Some(sub) => format!("{} {resource}/{sub}", ev["verb"].as_str().unwrap_or("?")),
+                None => format!("{} {resource}", ev["verb"].as_str().unwrap_or("?")),
+            };
+            *out.entry(key).or_default() += 1.0;
+        }
+        Ok(out)
+    }
+}
+
+/// Cumulative bucket counts `(le, count)` of histogram `name{kind=...}` from the syncer.
+pub async fn syncer_histogram(w: &World, name: &str, kind: &str) -> Result<Vec<(f64, f64)>> {
+    let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
+    let prefix = format!("{name}_bucket{{kind=\"{kind}\",le=\"");
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, tail) = rest.split_once('"')?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, tail.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(out)
+}
+
+/// Quantile `q` (0..1) in milliseconds of the observations made between two readings of a
+/// histogram, interpolated linearly inside the bucket like Prometheus' histogram_quantile.
+pub fn histogram_quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| {
+            let b = before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c)| *c);
+            (*le, c - b)
+        })
+        .collect();
+    let Some(&(_, total)) = counts.last() else {
+        return f64::NAN;
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in &counts {
+        if c >= rank {
+            if le.is_infinite() {
+                return prev.0 * 1000.0; // beyond the last bound: report the bound
+            }
+            let inside = if c > prev.1 {
+                (rank - prev.1) / (c - prev.1)
+            } else {
+                1.0
+            };
+            return (prev.0 + (le - prev.0) * inside) * 1000.0;
+        }
+        prev = (le, c);
+    }
+    f64::NAN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_window_only() {
+        let before = [(0.001, 10.0), (0.002, 10.0), (f64::INFINITY, 10.0)];
+        let after = [(0.001, 10.0), (0.002, 110.0), (f64::INFINITY, 110.0)];
+        // 100 new observations, all in (1 ms, 2 ms]: the median is interpolated at 1.5 ms.
+        let p50 = histogram_quantile_ms(&before, &after, 0.5);
+        assert!((p50 - 1.5).abs() < 1e-9, "{p50}");
+        assert!(histogram_quantile_ms(&after, &after, 0.5).is_nan());
+        assert!(is_write("create pods") && !is_write("list pods"));
+    }
+}

@@ -1,0 +1,280 @@
+//! The measured scenarios. Each returns plain numbers; `main` assembles the report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use vnest_e2e::{Result, TestNs, World, wait_until};
+
+use crate::track::{Tracker, deltas_ms, ms};
+
+/// Generous: 10k pods through two API servers on two cores take minutes.
+pub const LONG: Duration = Duration::from_secs(1800);
+/// Replicas per Deployment (kube-burner style: N pods in total across Deployments).
+const PER_DEPLOYMENT: usize = 100;
+
+pub fn by_name(p: &Pod) -> Option<String> {
+    Some(p.name_any())
+}
+
+/// Host pods are keyed by the name of the virtual pod they copy.
+pub fn by_virtual_name(p: &Pod) -> Option<String> {
+    p.annotations().get("vnest.dev/object-name").cloned()
+}
+
+pub fn host_selector(vns: &str) -> String {
+    format!("vnest.dev/namespace={vns}")
+}
+
+fn deployment(name: &str, replicas: usize) -> Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "bench", "d": name}},
+                 "template": {"metadata": {"labels": {"app": "bench", "d": name}},
+                              "spec": {"containers": [{"name": "main", "image": "nginx"}]}}}
+    }))?)
+}
+
+pub fn bare_pod(name: &str, app: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": "main", "image": "nginx"}]}
+    }))?)
+}
+
+/// Creates `n` pods as Deployments of up to 100 replicas in `ns` and waits until `tracker`
+/// has seen them all Ready. Returns per-pod startup latencies (first seen → Ready, ms).
+pub async fn deployments_ready(client: &Client, ns: &str, n: usize, tracker: &Tracker) -> Result<Vec<f64>> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let mut left = n;
+    let mut i = 0;
+    while left > 0 {
+        let replicas = left.min(PER_DEPLOYMENT);
+        api.create(
+            &PostParams::default(),
+            &deployment(&format!("bench-{i}"), replicas)?,
+        )
+        .await?;
+        left -= replicas;
+        i += 1;
+    }
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    wait_until(&format!("{n} pods Ready in {ns}"), LONG, || {
+        let ready = tracker.ready_count();
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "[bench]   {ns}: {ready}/{n} Ready after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        async move { Ok((ready >= n).then_some(())) }
+    })
+    .await?;
+    let seen = tracker.snapshot();
+    Ok(deltas_ms(&seen.created, &seen.ready))
+}
+
+/// Waits until no pod matching `selector` is left in `ns` of `client`.
+pub async fn wait_no_pods(client: &Client, ns: &str, selector: &str) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_until(&format!("pods {selector} gone from {ns}"), LONG, || async {
+        let l = api.list(&ListParams::default().labels(selector).limit(1)).await?;
+        Ok(l.items.is_empty().then_some(()))
+    })
+    .await
+}
+
+/// Deletes every Deployment of `ns` (foreground) and waits until the pods are gone.
+pub async fn delete_deployments(client: &Client, ns: &str) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for d in api.list(&ListParams::default()).await?.items {
+        api.delete(&d.name_any(), &DeleteParams::foreground()).await?;
+    }
+    wait_no_pods(client, ns, "app=bench").await
+}
+
+/// Syncer-added latency at a fixed creation rate.
+pub struct FixedRate {
+    pub rate_per_s: f64,
+    pub pods: usize,
+    /// Virtual pod first seen → host pod first seen (ms).
+    pub down_ms: Vec<f64>,
+    /// Host pod first Running → virtual pod first Running (ms).
+    pub up_ms: Vec<f64>,
+}
+
+/// Creates `pods` bare pods in a fresh virtual namespace at `rate` pods/s (each create on its
+/// own task, so a slow answer never delays the schedule) and times both directions.
+pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
+    let ns = TestNs::new(&w.virt, "bench-rate").await?;
+    let vt = Tracker::start(Api::namespaced(w.virt.clone(), &ns.name), "app=rate", by_name).await?;
+    let ht = Tracker::start(
+        Api::namespaced(w.host.clone(), &w.host_ns),
+        &host_selector(&ns.name),
+        by_virtual_name,
+    )
+    .await?;
+    let api: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..pods {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
+        let (api, pod) = (api.clone(), bare_pod(&format!("rate-{i}"), "rate")?);
+        tasks.spawn(async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    wait_until(&format!("{pods} rate pods Running"), LONG, || {
+        let n = vt.running_count();
+        async move { Ok((n >= pods).then_some(())) }
+    })
+    .await?;
+    let (v, h) = (vt.snapshot(), ht.snapshot());
+    let out = FixedRate {
+        rate_per_s: rate,
+        pods,
+        down_ms: deltas_ms(&v.created, &h.created),
+        up_ms: deltas_ms(&h.running, &v.running),
+    };
+    let name = ns.name.clone();
+    ns.delete().await?;
+    wait_no_pods(&w.host, &w.host_ns, &host_selector(&name)).await?;
+    Ok(out)
+}
+
+/// The small namespace's latencies in one fairness run.
+#[derive(Default)]
+pub struct SmallNs {
+    /// Create call → host pod first seen (ms).
+    pub to_host_ms: Vec<f64>,
+    /// Create call → virtual pod first Running (ms).
+    pub to_running_ms: Vec<f64>,
+}
+
+/// One namespace creates `greedy` pods at once (if > 0) while another creates `small` pods one
+/// by one (each after the previous one runs). Returns the small namespace's latencies.
+pub async fn fairness_run(w: &World, greedy: usize, small: usize) -> Result<SmallNs> {
+    let small_ns = TestNs::new(&w.virt, "bench-small").await?;
+    let greedy_ns = TestNs::new(&w.virt, "bench-greedy").await?;
+    let vt = Tracker::start(
+        Api::namespaced(w.virt.clone(), &small_ns.name),
+        "app=small",
+        by_name,
+    )
+    .await?;
+    let ht = Tracker::start(
+        Api::namespaced(w.host.clone(), &w.host_ns),
+        &host_selector(&small_ns.name),
+        by_virtual_name,
+    )
+    .await?;
+    // The burst: `greedy` creates, 64 in flight at a time.
+    let greedy_api: Api<Pod> = Api::namespaced(w.virt.clone(), &greedy_ns.name);
+    let burst = tokio::spawn(async move {
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..greedy {
+            let permit = sem.clone().acquire_owned().await?;
+            let (api, pod) = (greedy_api.clone(), bare_pod(&format!("greedy-{i}"), "greedy")?);
+            set.spawn(async move {
+                let r = api.create(&PostParams::default(), &pod).await.map(|_| ());
+                drop(permit);
+                r
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    });
+    if greedy > 0 {
+        // Let the burst get going before the small namespace starts.
+        let gapi: Api<Pod> = Api::namespaced(w.virt.clone(), &greedy_ns.name);
+        let want = (greedy / 10).max(1);
+        wait_until("the greedy burst under way", LONG, || async {
+            let l = gapi.list(&ListParams::default().limit(want as u32)).await?;
+            Ok((l.items.len() >= want).then_some(()))
+        })
+        .await?;
+    }
+    let api: Api<Pod> = Api::namespaced(w.virt.clone(), &small_ns.name);
+    let mut out = SmallNs::default();
+    for i in 0..small {
+        let name = format!("small-{i}");
+        let t = Instant::now();
+        api.create(&PostParams::default(), &bare_pod(&name, "small")?)
+            .await?;
+        wait_until(&format!("{name} Running"), LONG, || {
+            let done = vt.snapshot().running.contains_key(&name);
+            async move { Ok(done.then_some(())) }
+        })
+        .await?;
+        let (v, h) = (vt.snapshot(), ht.snapshot());
+        if let Some(th) = h.created.get(&name) {
+            out.to_host_ms.push(ms(th.saturating_duration_since(t)));
+        }
+        if let Some(tv) = v.running.get(&name) {
+            out.to_running_ms.push(ms(tv.saturating_duration_since(t)));
+        }
+    }
+    burst.await??;
+    let (s, g) = (small_ns.name.clone(), greedy_ns.name.clone());
+    small_ns.delete().await?;
+    greedy_ns.delete().await?;
+    for ns in [s, g] {
+        wait_no_pods(&w.host, &w.host_ns, &host_selector(&ns)).await?;
+    }
+    Ok(out)
+}
+
+/// The syncer killed (SIGKILL) and started again with the world unchanged.
+pub struct Restart {
+    /// The syncer's own figure: process start → every watch listed and every queue drained.
+    pub resync_s: f64,
+    /// Kill → caught up, as seen from outside (includes the start script's token issue).
+    pub wall_s: f64,
+    /// Host writes during the resync: by the host's audit log and by the syncer's metrics.
+    pub audit_writes: f64,
+    pub syncer_writes: f64,
+    pub audit_requests: BTreeMap<String, f64>,
+}
+
+pub async fn restart(w: &World, audit: &crate::probe::AuditLog) -> Result<Restart> {
+    let repo = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
+    let script = format!("{repo}/hack/syncer.sh");
+    let mark = audit.mark()?;
+    let t0 = Instant::now();
+    let status = std::process::Command::new(&script)
+        .args(["stop", "KILL"])
+        .status()?;
+    anyhow::ensure!(status.success(), "{script} stop KILL failed");
+    let status = std::process::Command::new(&script).arg("start").status()?;
+    anyhow::ensure!(status.success(), "{script} start failed");
+    let resync_s = wait_until("the restarted syncer caught up", LONG, || async {
+        let v = crate::probe::syncer_metric(w, "vnest_syncer_initial_sync_seconds")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0.0);
+        Ok((v > 0.0).then_some(v))
+    })
+    .await?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let audit_requests = audit.count_since(mark)?;
+    let syncer = crate::probe::syncer_host_requests(w).await?;
+    Ok(Restart {
+        resync_s,
+        wall_s,
+        audit_writes: crate::probe::writes(&audit_requests),
+        syncer_writes: crate::probe::writes(&syncer),
+        audit_requests,
+    })
+}
