@@ -31,11 +31,12 @@ fmt: ## format the Rust code
 tools: ## build the upstream control-plane binaries into the version-keyed cache
 	@hack/build-tools.sh
 
-bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed); PODS=N (100)
+bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed); PODS=N (1000), QUICK=1, KUBE_BURNER=1
 	@[ -f .e2e/env ] || hack/up.sh
-	@cargo build --quiet --release --bin vnest -p vnest -p vnest-e2e --bin bench
+	@cargo build --quiet --release -p vnest --bin vnest -p vnest-e2e --bin bench
 	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest hack/syncer.sh restart
-	@target/release/bench --pods $${PODS:-100}
+	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest target/release/bench \
+		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner)
 
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest

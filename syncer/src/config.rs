@@ -135,7 +135,7 @@ pub struct SyncerArgs {
     pub worker_threads: u16,
 
     /// Concurrent reconciles per kind (pods; ConfigMaps and Secrets get half each).
-    #[arg(long, env = "VNEST_WORKERS", default_value = "8", value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "VNEST_WORKERS", default_value = "32", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
 
     /// The vcluster's host Service (its ClusterIP is the virtual `kubernetes` Service IP)

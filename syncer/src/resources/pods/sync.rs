@@ -468,6 +468,12 @@ impl PodSync {
     }
 
     async fn copy_status(&self, v: &Pod, h: &Pod) -> Result<(), SyncError> {
+        self.patch_status(v, h, true).await
+    }
+
+    /// Copies the host status onto the virtual pod (nothing when equal); `precondition` pins
+    /// the patch to the resourceVersion the diff was computed against.
+    async fn patch_status(&self, v: &Pod, h: &Pod, precondition: bool) -> Result<(), SyncError> {
         let Some(status) = translate::virtual_status(v, h) else {
             return Ok(());
         };
@@ -477,10 +483,11 @@ impl PodSync {
         let Some(diff) = plan::merge_diff(&from, &to) else {
             return Ok(());
         };
-        let body = serde_json::json!({
-            "metadata": {"resourceVersion": v.resource_version()},
-            "status": diff,
-        });
+        let body = if precondition {
+            serde_json::json!({"metadata": {"resourceVersion": v.resource_version()}, "status": diff})
+        } else {
+            serde_json::json!({"status": diff})
+        };
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
@@ -696,7 +703,11 @@ impl PodSync {
         }
         if let Some(node) = translate::binding_needed(v, h) {
             self.bind(v, &node).await?;
-            // The bind changes the virtual pod; its watch event brings the key back for status.
+            // The status follows at once rather than one watch round-trip later. The bind moved
+            // the resourceVersion, so this patch goes without one: only the syncer writes a
+            // virtual pod's status (there is no virtual kubelet), and the key is never
+            // reconciled twice at once.
+            self.patch_status(v, h, false).await?;
             return Ok(outcome);
         }
         self.copy_status(v, h).await?;
