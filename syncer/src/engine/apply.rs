@@ -20,6 +20,8 @@ pub const FIELD_MANAGER: &str = "vnest-syncer";
 
 /// How long a create is remembered while the watch cache catches up with it.
 const EXPECT_FOR: Duration = Duration::from_secs(30);
+/// Size at which expired entries are dropped (amortised O(1) per record).
+const PRUNE_AT: usize = 1024;
 
 /// Creates this process made that the watch caches may not show yet (client-go's
 /// "expectations"): a reconcile that runs before the cache catches up must not POST again.
@@ -34,14 +36,17 @@ impl RecentCreates {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// Whether `name` was created within the last 30 s (and the cache may lag).
+    /// Whether `name` was recorded within the last 30 s (and the cache may lag). O(1): a
+    /// burst of 10k creates must not scan the map on every reconcile.
     pub fn pending(&self, name: &str) -> bool {
-        let mut m = self.lock();
-        m.retain(|_, t| t.elapsed() < EXPECT_FOR);
-        m.contains_key(name)
+        self.lock().get(name).is_some_and(|t| t.elapsed() < EXPECT_FOR)
     }
     pub fn record(&self, name: &str) {
-        self.lock().insert(name.to_owned(), Instant::now());
+        let mut m = self.lock();
+        if m.len() >= PRUNE_AT {
+            m.retain(|_, t| t.elapsed() < EXPECT_FOR);
+        }
+        m.insert(name.to_owned(), Instant::now());
     }
     /// The cache shows it now (or it is gone): stop expecting.
     pub fn observed(&self, name: &str) {

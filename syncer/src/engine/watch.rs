@@ -46,6 +46,7 @@ pub fn spawn<K>(
     cluster: Cluster,
     name: &'static str,
     subscribers: Vec<Subscriber<K>>,
+    trim: fn(&mut K),
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
     cancel: CancellationToken,
@@ -59,7 +60,10 @@ where
         let mut listed_once = false;
         let stream = watcher::watcher(api, config)
             .default_backoff()
-            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
+            .modify(move |obj: &mut K| {
+                obj.meta_mut().managed_fields = None;
+                trim(obj);
+            });
         futures::pin_mut!(stream);
         let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
         loop {
@@ -92,9 +96,6 @@ where
                     }
                 }
                 Event::InitDone => {
-                    if !std::mem::replace(&mut listed_once, true) {
-                        initial_sync.watch_listed();
-                    }
                     tracing::debug!(
                         cluster = cluster.as_str(),
                         kind = name,
@@ -103,6 +104,10 @@ where
                     );
                     for s in &subscribers {
                         s(Change::Relisted(&reader));
+                    }
+                    // After the subscribers queued their keys: the queues are not idle yet.
+                    if !std::mem::replace(&mut listed_once, true) {
+                        initial_sync.watch_listed();
                     }
                 }
                 Event::Init | Event::InitApply(_) => {}

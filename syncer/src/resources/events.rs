@@ -1,6 +1,10 @@
 //! Host Events about OUR host objects are copied into the virtual cluster, rewritten to the
 //! virtual object (kind, namespace, name, uid, and host names in the message). Events about
 //! anything else in the host namespace never leak. Virtual events are never copied down.
+//!
+//! Each copy carries [`ANNOTATION_HOST_EVENT`] (host event uid + fingerprint of what changes),
+//! so after a restart one paginated metadata LIST tells which copies are already current: a
+//! restart re-writes no event (it used to re-POST and re-PATCH every one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Secret}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::engine::Shared;
@@ -18,7 +22,12 @@ use crate::engine::error::SyncError;
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
-use crate::markers;
+use crate::{markers, naming};
+
+/// Annotation on a virtual copy: `<host event uid> <fingerprint hash>`.
+pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
+/// Page size of the startup LIST of our virtual copies.
+const SEED_PAGE: u32 = 500;
 
 /// The virtual object a host event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,15 +97,16 @@ fn may_be_ahead_of_cache(e: &Event, host_namespace: &str, now: Timestamp) -> boo
     ours_kind && here && young
 }
 
-/// What changes between two sightings of the same event.
+/// What changes between two sightings of the same event, hashed.
 fn fingerprint(e: &Event) -> String {
-    format!(
+    let text = format!(
         "{:?}|{:?}|{:?}|{:?}",
         e.count,
         e.last_timestamp,
         e.message,
         e.series.as_ref().map(|s| s.count)
-    )
+    );
+    naming::short_hash(&[&text])
 }
 
 pub struct EventSync {
@@ -107,9 +117,49 @@ pub struct EventSync {
     pub host_secrets: Store<Secret>,
     /// host event uid -> fingerprint last copied (skips re-writing unchanged events).
     pub copied: Mutex<HashMap<String, String>>,
+    /// Set once `copied` has been filled from the virtual copies that exist (after a restart).
+    pub seeded: tokio::sync::OnceCell<()>,
 }
 
 impl EventSync {
+    /// Fills `copied` from our existing virtual copies (metadata only, paginated), once.
+    async fn seed(&self, vcluster: &str) -> Result<(), SyncError> {
+        self.seeded
+            .get_or_try_init(|| async {
+                let api: Api<Event> = Api::all(self.shared.virt.clone());
+                let mut lp = ListParams::default()
+                    .labels(&markers::selector(vcluster))
+                    .limit(SEED_PAGE);
+                let mut found = HashMap::new();
+                loop {
+                    let page = api.list_metadata(&lp).await.map_err(|e| {
+                        SyncError::from_kube(e, Cluster::Virtual, "list", "Event", "copies of host events")
+                    })?;
+                    for m in &page.items {
+                        if let Some((uid, print)) = m
+                            .annotations()
+                            .get(ANNOTATION_HOST_EVENT)
+                            .and_then(|v| v.split_once(' '))
+                        {
+                            found.insert(uid.to_owned(), print.to_owned());
+                        }
+                    }
+                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                        Some(token) => lp = lp.continue_token(&token),
+                        None => break,
+                    }
+                }
+                tracing::debug!(copies = found.len(), "event copies found");
+                self.copied
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(found);
+                Ok::<(), SyncError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
     fn target(&self, e: &Event) -> Option<VirtualTarget> {
         let io = &e.involved_object;
         if io.namespace.as_deref() != Some(self.shared.host_namespace.as_str()) {
@@ -184,6 +234,8 @@ impl Reconciler for EventSync {
                 },
             );
         };
+        let vcluster = self.shared.translate_ctx()?.vcluster;
+        self.seed(&vcluster).await?;
         let uid = e.uid().unwrap_or_default();
         let print = fingerprint(&e);
         {
@@ -195,7 +247,16 @@ impl Reconciler for EventSync {
                 return Ok(Outcome::done());
             }
         }
-        let desired = virtual_event(&e, &target, &self.shared.host_namespace);
+        let mut desired = virtual_event(&e, &target, &self.shared.host_namespace);
+        let stamp = format!("{uid} {print}");
+        desired.metadata.labels = Some(
+            [(
+                markers::LABEL_MANAGED_BY.to_owned(),
+                naming::safe_label_value(&vcluster),
+            )]
+            .into(),
+        );
+        desired.metadata.annotations = Some([(ANNOTATION_HOST_EVENT.to_owned(), stamp.clone())].into());
         let name = desired.metadata.name.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.shared.virt.clone(), &target.namespace);
         let pp = PostParams {
@@ -206,6 +267,7 @@ impl Reconciler for EventSync {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let body = serde_json::json!({
+                    "metadata": {"annotations": {ANNOTATION_HOST_EVENT: stamp}},
                     "count": desired.count, "lastTimestamp": desired.last_timestamp,
                     "message": desired.message, "series": desired.series,
                 });

@@ -69,6 +69,8 @@ struct Pending<K: Resource<DynamicType = ()> + Clone + 'static> {
     reader: Store<K>,
     writer: reflector::store::Writer<K>,
     subscribers: Vec<Subscriber<K>>,
+    /// Drops what no reader needs before caching (memory).
+    trim: fn(&mut K),
 }
 
 impl<K> Pending<K>
@@ -81,7 +83,12 @@ where
             reader,
             writer,
             subscribers: Vec::new(),
+            trim: |_| {},
         }
+    }
+    fn trimmed(mut self, trim: fn(&mut K)) -> Self {
+        self.trim = trim;
+        self
     }
     fn on(&mut self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
         self.subscribers.push(Arc::new(f));
@@ -104,6 +111,7 @@ where
             cluster,
             name,
             self.subscribers,
+            self.trim,
             shared.metrics.clone(),
             shared.initial_sync.clone(),
             shared.cancel.clone(),
@@ -182,7 +190,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
 
     let mut v_pods = Pending::<Pod>::new();
-    let mut h_pods = Pending::<Pod>::new();
+    let mut h_pods = Pending::<Pod>::new().trimmed(pods::translate::trim_cached_host_pod);
     let mut v_cms = Pending::<ConfigMap>::new();
     let mut h_cms = Pending::<ConfigMap>::new();
     let mut v_secrets = Pending::<Secret>::new();
@@ -197,6 +205,10 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     let mut h_eps = Pending::<Endpoints>::new();
     let svc_q = FairQueue::new();
     let ep_q = FairQueue::new();
+    // Every queue counts for the initial sync from the start, before its workers run.
+    for q in [&pod_q, &cm_q, &secret_q, &node_q, &event_q, &svc_q, &ep_q] {
+        shared.initial_sync.track(q);
+    }
     wire_copied::<endpoints::EndpointsKind>(&mut v_eps, &mut h_eps, &ep_q);
     {
         // A Service gaining or losing its selector changes whether its Endpoints are copied.
@@ -282,6 +294,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         virtual_services: v_services.reader.clone(),
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),
+        recent_virtual_deletes: Default::default(),
     });
 
     // Virtual pods: the pod queue, what they mount, where they run.
@@ -473,6 +486,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         host_configmaps: h_cms.reader.clone(),
         host_secrets: h_secrets.reader.clone(),
         copied: Mutex::new(HashMap::new()),
+        seeded: tokio::sync::OnceCell::new(),
     });
 
     let ep_copier = Arc::new(Copier::new(
@@ -652,6 +666,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         let mut v_np = Pending::<NetworkPolicy>::new();
         let mut h_np = Pending::<NetworkPolicy>::new();
         let np_q = FairQueue::new();
+        shared.initial_sync.track(&np_q);
         wire_copied::<networkpolicies::NetworkPolicies>(&mut v_np, &mut h_np, &np_q);
         let copier = Arc::new(Copier::new(
             networkpolicies::NetworkPolicies,
@@ -718,7 +733,6 @@ fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
 }
 
 fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, n: usize, shared: &Shared) {
-    shared.initial_sync.track(&q);
     let (events, metrics, cancel) = (
         shared.events.clone(),
         shared.metrics.clone(),

@@ -328,10 +328,11 @@ async fn startup_cost_restart(
     let cpu_idle_before = syncer.sample()?.cpu_s;
     tokio::time::sleep(a.idle).await;
     let per_min = |total: f64| total * 60.0 / a.idle.as_secs_f64();
-    let idle_audit: f64 = audit.count_since(audit_idle)?.values().sum();
-    let idle_syncer: f64 = diff(&syncer_host_requests(w).await?, &syncer_idle_before)
+    let idle_audit = audit.count_since(audit_idle)?.values().sum::<f64>() + 0.0;
+    let idle_syncer = diff(&syncer_host_requests(w).await?, &syncer_idle_before)
         .values()
-        .sum();
+        .sum::<f64>()
+        + 0.0;
     let idle_cpu_s = syncer.sample()?.cpu_s - cpu_idle_before;
 
     step(&format!(

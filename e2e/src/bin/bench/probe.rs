@@ -120,7 +120,8 @@ pub fn is_write(verb_resource: &str) -> bool {
 }
 
 pub fn writes(m: &BTreeMap<String, f64>) -> f64 {
-    m.iter().filter(|(k, _)| is_write(k)).map(|(_, v)| v).sum()
+    // `+ 0.0`: an empty f64 sum is -0.0.
+    m.iter().filter(|(k, _)| is_write(k)).map(|(_, v)| v).sum::<f64>() + 0.0
 }
 
 /// The host API server's audit log (JSON lines, written synchronously: `--audit-log-mode

@@ -47,6 +47,9 @@ pub struct PodSync {
     pub first_seen: Mutex<HashMap<Key, Instant>>,
     /// Host pods and token Secrets created but maybe not in the caches yet.
     pub recent: RecentCreates,
+    /// Virtual pods (by uid) this process deleted but the cache may still show: one DELETE
+    /// per pod, not one per watch event until the cache catches up.
+    pub recent_virtual_deletes: RecentCreates,
 }
 
 impl PodSync {
@@ -122,6 +125,10 @@ impl PodSync {
             v.name_any(),
             v.uid().unwrap_or_default(),
         );
+        let once = format!("{uid}/{grace:?}");
+        if self.recent_virtual_deletes.pending(&once) {
+            return Ok(());
+        }
         tracing::info!(v.ns = %ns, v.name = %name, grace, why, "deleting virtual pod");
         apply::delete(
             &self.virtual_pods_api(&ns),
@@ -131,7 +138,9 @@ impl PodSync {
             &uid,
             grace,
         )
-        .await
+        .await?;
+        self.recent_virtual_deletes.record(&once);
+        Ok(())
     }
 
     async fn create(
