@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use vnest_e2e::{Result, TestNs, World, wait_until};
@@ -91,15 +91,6 @@ pub async fn wait_no_pods(client: &Client, ns: &str, selector: &str) -> Result<(
     .await
 }
 
-/// Deletes every Deployment of `ns` (foreground) and waits until the pods are gone.
-pub async fn delete_deployments(client: &Client, ns: &str) -> Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for d in api.list(&ListParams::default()).await?.items {
-        api.delete(&d.name_any(), &DeleteParams::foreground()).await?;
-    }
-    wait_no_pods(client, ns, "app=bench").await
-}
-
 /// Syncer-added latency at a fixed creation rate.
 pub struct FixedRate {
     pub rate_per_s: f64,
@@ -148,6 +139,51 @@ pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> 
     ns.delete().await?;
     wait_no_pods(&w.host, &w.host_ns, &host_selector(&name)).await?;
     Ok(out)
+}
+
+/// The same schedule directly on the host, as the baseline the fixed-rate figures stand on:
+/// `down_ms` = create call → pod first seen by the watch, `up_ms` = create call → Running.
+pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
+    let ns = TestNs::new(&w.host, "bench-rate-direct").await?;
+    let t = Tracker::start(Api::namespaced(w.host.clone(), &ns.name), "app=rate", by_name).await?;
+    let api: Api<Pod> = Api::namespaced(w.host.clone(), &ns.name);
+    let t0 = tokio::time::Instant::now();
+    let called = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..pods {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
+        let name = format!("rate-{i}");
+        let (api, pod, called) = (api.clone(), bare_pod(&name, "rate")?, called.clone());
+        tasks.spawn(async move {
+            called
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name, Instant::now());
+            api.create(&PostParams::default(), &pod).await.map(|_| ())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    wait_until(&format!("{pods} direct rate pods Running"), LONG, || {
+        let n = t.running_count();
+        async move { Ok((n >= pods).then_some(())) }
+    })
+    .await?;
+    let seen = t.snapshot();
+    let called = called
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let name = ns.name.clone();
+    ns.delete().await?;
+    wait_no_pods(&w.host, &name, "app=rate").await?;
+    Ok(FixedRate {
+        rate_per_s: rate,
+        pods,
+        down_ms: deltas_ms(&called, &seen.created),
+        up_ms: deltas_ms(&called, &seen.running),
+    })
 }
 
 /// The small namespace's latencies in one fairness run.
