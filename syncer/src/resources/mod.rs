@@ -295,6 +295,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),
         recent_virtual_deletes: Default::default(),
+        recent_host_deletes: Default::default(),
     });
 
     // Virtual pods: the pod queue, what they mount, where they run.

@@ -50,6 +50,8 @@ pub struct PodSync {
     /// Virtual pods (by uid) this process deleted but the cache may still show: one DELETE
     /// per pod, not one per watch event until the cache catches up.
     pub recent_virtual_deletes: RecentCreates,
+    /// The same for host pods (a namespace deletion made ~0.7 % of host deletes twice).
+    pub recent_host_deletes: RecentCreates,
 }
 
 impl PodSync {
@@ -117,6 +119,24 @@ impl PodSync {
             .get(&ObjectRef::new(ns))
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default()
+    }
+
+    /// Deletes a host pod (UID-guarded) unless this process just did with the same grace and
+    /// the cache has not caught up yet.
+    async fn delete_host_once(
+        &self,
+        host_name: &str,
+        uid: &str,
+        grace: Option<i64>,
+    ) -> Result<(), SyncError> {
+        let once = format!("{uid}/{grace:?}");
+        if self.recent_host_deletes.pending(&once) {
+            return Ok(());
+        }
+        apply::delete(&self.host_pods_api(), Cluster::Host, "Pod", host_name, uid, grace).await?;
+        self.count_write("pods", "delete");
+        self.recent_host_deletes.record(&once);
+        Ok(())
     }
 
     async fn delete_virtual(&self, v: &Pod, grace: Option<i64>, why: &str) -> Result<(), SyncError> {
@@ -589,7 +609,6 @@ impl Reconciler for PodSync {
         if h.is_some() {
             self.recent.observed(&host_name);
         }
-        let host_api = self.host_pods_api();
         match (v.as_deref(), h.as_deref()) {
             (None, None) => Ok(Outcome::done()),
             (None, Some(h)) => {
@@ -597,8 +616,7 @@ impl Reconciler for PodSync {
                 let p: plan::Plan<Pod> = plan::delete_host(h.meta(), "virtual pod deleted");
                 if let plan::HostAction::Delete { uid, .. } = p.host {
                     tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "deleting host pod (virtual pod gone)");
-                    apply::delete(&host_api, Cluster::Host, "Pod", &host_name, &uid, None).await?;
-                    self.count_write("pods", "delete");
+                    self.delete_host_once(&host_name, &uid, None).await?;
                 }
                 Ok(Outcome::done())
             }
@@ -607,8 +625,7 @@ impl Reconciler for PodSync {
                 if h.meta().deletion_timestamp.is_none()
                     && let Some(uid) = h.uid()
                 {
-                    apply::delete(&host_api, Cluster::Host, "Pod", &host_name, &uid, Some(0)).await?;
-                    self.count_write("pods", "delete");
+                    self.delete_host_once(&host_name, &uid, Some(0)).await?;
                 }
                 Ok(Outcome::requeue(Duration::from_secs(1)))
             }
@@ -657,8 +674,7 @@ impl PodSync {
             {
                 let grace = v.meta().deletion_grace_period_seconds;
                 tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, grace, "deleting host pod (virtual pod deleted)");
-                apply::delete(&host_api, Cluster::Host, "Pod", host_name, &uid, grace).await?;
-                self.count_write("pods", "delete");
+                self.delete_host_once(host_name, &uid, grace).await?;
             }
             // Keep status flowing while it terminates; the key is re-queued by the host events.
             self.copy_status(v, h).await?;
