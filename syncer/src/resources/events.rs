@@ -122,8 +122,9 @@ pub struct EventSync {
 }
 
 impl EventSync {
-    /// Fills `copied` from our existing virtual copies (metadata only, paginated), once.
-    async fn seed(&self, vcluster: &str) -> Result<(), SyncError> {
+    /// Fills `copied` from our existing virtual copies (metadata only, paginated), once. Started
+    /// at startup beside the cache lists; a reconcile waits for it (and retries it on failure).
+    pub async fn seed(&self, vcluster: &str) -> Result<(), SyncError> {
         self.seeded
             .get_or_try_init(|| async {
                 let api: Api<Event> = Api::all(self.shared.virt.clone());

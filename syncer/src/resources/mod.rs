@@ -489,6 +489,15 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         copied: Mutex::new(HashMap::new()),
         seeded: tokio::sync::OnceCell::new(),
     });
+    {
+        // Read back which events are already copied while the caches list, not after.
+        let (e, vc) = (event_sync.clone(), opts.vcluster.clone());
+        tokio::spawn(async move {
+            if let Err(error) = e.seed(&vc).await {
+                tracing::debug!(%error, "event copies not read yet; the first event reconcile retries");
+            }
+        });
+    }
 
     let ep_copier = Arc::new(Copier::new(
         endpoints::EndpointsKind {
@@ -716,7 +725,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         spawn_workers(&mut workers, cm_copier, cm_q, w.div_ceil(2), &shared2);
         spawn_workers(&mut workers, secret_copier, secret_q, w.div_ceil(2), &shared2);
         spawn_workers(&mut workers, node_sync, node_q, 2, &shared2);
-        spawn_workers(&mut workers, event_sync, event_q, 2, &shared2);
+        // A restart re-checks every cached host event (cheap, but thousands at 10k pods).
+        spawn_workers(&mut workers, event_sync, event_q, w.div_ceil(4), &shared2);
         spawn_workers(&mut workers, service_sync, svc_q, w.div_ceil(2), &shared2);
         spawn_workers(&mut workers, ep_copier, ep_q, 2, &shared2);
         while workers.join_next().await.is_some() {}
