@@ -960,14 +960,16 @@ mod tests {
         assert!(FONT.iter().all(|(_, rows)| rows.iter().all(|r| *r < 32)));
     }
 
-    /// Writes the sample chart for eyeballing: `cargo test -p vnest-e2e --lib report -- --ignored`.
+    /// Writes the sample charts (for eyeballing, into the temp dir as `vnest-report-sample*.png`)
+    /// and checks each is a PNG of the chart's size.
     #[test]
-    #[ignore = "writes /tmp/report-sample.png for a visual check"]
     fn sample_png() {
+        let dir = std::env::temp_dir();
+        let path = |name: &str| dir.join(format!("vnest-report-sample{name}.png"));
         let host = latencies(200, 1200.0, 1800.0);
         let virt = latencies(200, 1350.0, 2600.0);
         write_cdf_png(
-            Path::new("/tmp/report-sample.png"),
+            &path(""),
             "Pod startup latency (create -> Running), 200 pods",
             &[
                 Series {
@@ -984,7 +986,7 @@ mod tests {
         let fast: Vec<f64> = latencies(50, 3.0, 40.0);
         let slow: Vec<f64> = latencies(50, 80.0, 9000.0);
         write_cdf_png(
-            Path::new("/tmp/report-sample-log.png"),
+            &path("-log"),
             "Wide range (log x): syncer-added latency",
             &[
                 Series {
@@ -1007,7 +1009,7 @@ mod tests {
         )
         .unwrap();
         write_cdf_png(
-            Path::new("/tmp/report-sample-inside.png"),
+            &path("-inside"),
             "Short labels: legend inside the plot",
             &[
                 Series {
@@ -1021,6 +1023,13 @@ mod tests {
             ],
         )
         .unwrap();
-        write_cdf_png(Path::new("/tmp/report-sample-empty.png"), "No data", &[]).unwrap();
+        write_cdf_png(&path("-empty"), "No data", &[]).unwrap();
+        for name in ["", "-log", "-inside", "-empty"] {
+            let file = std::fs::File::open(path(name)).unwrap();
+            let info = png::Decoder::new(std::io::BufReader::new(file))
+                .read_info()
+                .unwrap();
+            assert_eq!((info.info().width, info.info().height), (WIDTH, HEIGHT), "{name}");
+        }
     }
 }

@@ -94,16 +94,6 @@ pub async fn syncer_host_requests(w: &World) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
-/// A gauge or counter without labels from the syncer's /metrics (None when absent).
-pub async fn syncer_metric(w: &World, name: &str) -> Result<Option<f64>> {
-    let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
-    Ok(text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok()))
-}
-
 /// `after - before`, positive entries only.
 pub fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after

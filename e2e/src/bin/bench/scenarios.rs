@@ -1,6 +1,6 @@
 //! The measured scenarios. Each returns plain numbers; `main` assembles the report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,22 +112,8 @@ pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> 
         by_virtual_name,
     )
     .await?;
-    let api: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
-    let t0 = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..pods {
-        tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
-        let (api, pod) = (api.clone(), bare_pod(&format!("rate-{i}"), "rate")?);
-        tasks.spawn(async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    wait_until(&format!("{pods} rate pods Running"), LONG, || {
-        let n = vt.running_count();
-        async move { Ok((n >= pods).then_some(())) }
-    })
-    .await?;
+    paced_creates(Api::namespaced(w.virt.clone(), &ns.name), pods, rate).await?;
+    wait_running(&vt, pods).await?;
     let (v, h) = (vt.snapshot(), ht.snapshot());
     let out = FixedRate {
         rate_per_s: rate,
@@ -141,14 +127,11 @@ pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> 
     Ok(out)
 }
 
-/// The same schedule directly on the host, as the baseline the fixed-rate figures stand on:
-/// `down_ms` = create call → pod first seen by the watch, `up_ms` = create call → Running.
-pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
-    let ns = TestNs::new(&w.host, "bench-rate-direct").await?;
-    let t = Tracker::start(Api::namespaced(w.host.clone(), &ns.name), "app=rate", by_name).await?;
-    let api: Api<Pod> = Api::namespaced(w.host.clone(), &ns.name);
+/// Creates bare pods `rate-0..pods` labelled `app=rate` at `rate` pods/s, each on its own task
+/// so a slow answer never delays the schedule. Returns when each create call was made.
+async fn paced_creates(api: Api<Pod>, pods: usize, rate: f64) -> Result<HashMap<String, Instant>> {
+    let called = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let t0 = tokio::time::Instant::now();
-    let called = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..pods {
         tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
@@ -165,16 +148,29 @@ pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<Fixe
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    wait_until(&format!("{pods} direct rate pods Running"), LONG, || {
-        let n = t.running_count();
-        async move { Ok((n >= pods).then_some(())) }
-    })
-    .await?;
-    let seen = t.snapshot();
     let called = called
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    Ok(called)
+}
+
+async fn wait_running(tracker: &Tracker, pods: usize) -> Result<()> {
+    wait_until(&format!("{pods} rate pods Running"), LONG, || {
+        let n = tracker.running_count();
+        async move { Ok((n >= pods).then_some(())) }
+    })
+    .await
+}
+
+/// The same schedule directly on the host, as the baseline the fixed-rate figures stand on:
+/// `down_ms` = create call → pod first seen by the watch, `up_ms` = create call → Running.
+pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
+    let ns = TestNs::new(&w.host, "bench-rate-direct").await?;
+    let t = Tracker::start(Api::namespaced(w.host.clone(), &ns.name), "app=rate", by_name).await?;
+    let called = paced_creates(Api::namespaced(w.host.clone(), &ns.name), pods, rate).await?;
+    wait_running(&t, pods).await?;
+    let seen = t.snapshot();
     let name = ns.name.clone();
     ns.delete().await?;
     wait_no_pods(&w.host, &name, "app=rate").await?;
@@ -295,10 +291,9 @@ pub async fn restart(w: &World, audit: &crate::probe::AuditLog) -> Result<Restar
     let status = std::process::Command::new(&script).arg("start").status()?;
     anyhow::ensure!(status.success(), "{script} start failed");
     let resync_s = wait_until("the restarted syncer caught up", LONG, || async {
-        let v = crate::probe::syncer_metric(w, "vnest_syncer_initial_sync_seconds")
+        let v = w
+            .metric("vnest_syncer_initial_sync_seconds", &[])
             .await
-            .ok()
-            .flatten()
             .unwrap_or(0.0);
         Ok((v > 0.0).then_some(v))
     })
