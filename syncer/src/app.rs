@@ -129,6 +129,13 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             ("initial sync report", Ok(()))
         });
     }
+    {
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            crate::memory::release_after_bursts(metrics, cancel).await;
+            ("memory release", Ok(()))
+        });
+    }
     let kubelet_address = config.sync.kubelet_address.clone();
     let dns_stores = resources::start(
         shared,

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod health;
 pub mod markers;
+pub mod memory;
 pub mod metrics;
 pub mod naming;
 pub mod resources;

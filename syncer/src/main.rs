@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Syncer(args) => {
+            vnest::memory::limit_arenas();
             let config = args.into_config()?;
             vnest::telemetry::init(&config.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -53,6 +53,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Reconciles of every kind and result so far.
+    pub fn reconciles_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.reconciles
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("vnest_syncer".into()), None)?;
         let api_requests = IntCounterVec::new(

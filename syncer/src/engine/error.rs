@@ -52,6 +52,13 @@ pub enum SyncError {
     },
     #[error(transparent)]
     Translate(#[from] TranslateError),
+    /// A packed cache entry did not parse back (a bug, never the tenant's doing): retried.
+    #[error("cached {kind} {name} could not be read back: {message}")]
+    Cache {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
 }
 
 impl SyncError {
@@ -62,6 +69,7 @@ impl SyncError {
             SyncError::Foreign { .. } => "foreign",
             SyncError::Rejected { .. } => "rejected",
             SyncError::Transient { .. } => "transient",
+            SyncError::Cache { .. } => "cache",
             SyncError::Translate(TranslateError::Refused(_)) => "refused",
             SyncError::Translate(TranslateError::NotReady(_)) => "waiting",
             SyncError::Translate(TranslateError::Missing(_)) => "missing",

@@ -1,7 +1,8 @@
 //! The generic sync engine, written once and used by every kind.
 //!
 //! - [`queue`]: a fair work queue (round-robin across namespaces, dedup, backoff).
-//! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues.
+//! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues;
+//!   [`packed`]: the compact form big caches (pods) keep.
 //! - [`plan`]: pure decisions (create / patch / delete / noop) and minimal patches.
 //! - [`apply`]: executes host writes (POST create, merge/strategic patch, UID-guarded delete).
 //! - [`worker`]: runs a reconciler over a queue with metrics, backoff and tenant Events.
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod progress;
 pub mod queue;
 pub mod standard;
+pub mod packed;
 pub mod watch;
 pub mod worker;
 

@@ -1,6 +1,7 @@
 //! One watch per (cluster, kind): it keeps a reflector store and tells subscribers what
 //! changed, so reconcilers read caches and never GET. Host watches are namespaced and label-
-//! selected by the caller; `managedFields` are dropped before caching (memory).
+//! selected by the caller; `managedFields` are dropped before caching (memory), and the store
+//! may hold a smaller form `C` of the watched `K` (a [`super::packed::Packed`] pod).
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -19,11 +20,11 @@ use super::progress::InitialSync;
 use crate::error::Cluster;
 use crate::metrics::Metrics;
 
-/// What a subscriber is told.
-pub enum Change<'a, K>
+/// What a subscriber is told: the watched object `K` as it came (whole), the store of `C`.
+pub enum Change<'a, K, C = K>
 where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + Hash + Clone,
+    C: Resource + Clone + 'static,
+    C::DynamicType: Eq + Hash + Clone,
 {
     /// Added or modified (the store already holds it).
     Applied(&'a K),
@@ -31,39 +32,50 @@ where
     Deleted(&'a K),
     /// The watch (re)listed: the store was replaced; every object may have changed and objects
     /// may have vanished without a Deleted.
-    Relisted(&'a Store<K>),
+    Relisted(&'a Store<C>),
 }
 
-pub type Subscriber<K> = Arc<dyn Fn(Change<'_, K>) + Send + Sync>;
+pub type Subscriber<K, C = K> = Arc<dyn Fn(Change<'_, K, C>) + Send + Sync>;
+
+/// The same watch event carrying the cached form.
+fn cached<K, C>(event: &Event<K>, convert: fn(&K) -> C) -> Event<C> {
+    match event {
+        Event::Apply(o) => Event::Apply(convert(o)),
+        Event::Delete(o) => Event::Delete(convert(o)),
+        Event::InitApply(o) => Event::InitApply(convert(o)),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    }
+}
 
 /// Starts a watch task feeding `writer` (whose reader the caller already holds, so that
-/// subscribers can read both sides' stores). `name` labels metrics and logs (e.g. "pods").
+/// subscribers can read both sides' stores) with `convert` of each object. `name` labels
+/// metrics and logs (e.g. "pods").
 #[allow(clippy::too_many_arguments)]
-pub fn spawn<K>(
+pub fn spawn<K, C>(
     api: Api<K>,
-    (reader, mut writer): (Store<K>, Writer<K>),
+    (reader, mut writer): (Store<C>, Writer<C>),
     config: watcher::Config,
     cluster: Cluster,
     name: &'static str,
-    subscribers: Vec<Subscriber<K>>,
-    trim: fn(&mut K),
+    subscribers: Vec<Subscriber<K, C>>,
+    convert: fn(&K) -> C,
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
+    K::DynamicType: Default + Clone,
+    C: Resource + Clone + Send + Sync + 'static,
+    C::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
 {
     initial_sync.watch_started();
     tokio::spawn(async move {
         let mut listed_once = false;
         let stream = watcher::watcher(api, config)
             .default_backoff()
-            .modify(move |obj: &mut K| {
-                obj.meta_mut().managed_fields = None;
-                trim(obj);
-            });
+            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
         futures::pin_mut!(stream);
         let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
         loop {
@@ -83,7 +95,7 @@ where
                     continue;
                 }
             };
-            writer.apply_watcher_event(&event);
+            writer.apply_watcher_event(&cached(&event, convert));
             match &event {
                 Event::Apply(obj) => {
                     for s in &subscribers {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -17,12 +17,21 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::engine::Shared;
+use crate::engine::packed::Packed;
 use crate::engine::apply::FIELD_MANAGER;
 use crate::engine::error::SyncError;
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
 use crate::{markers, naming};
+
+/// How the cache holds a host event.
+pub type CachedEvent = Packed<Event>;
+
+/// The cached form of a host event.
+pub fn cache_event(e: &Event) -> CachedEvent {
+    Packed::pack(e.clone())
+}
 
 /// Annotation on a virtual copy: `<host event uid> <fingerprint hash>`.
 pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
@@ -111,8 +120,9 @@ fn fingerprint(e: &Event) -> String {
 
 pub struct EventSync {
     pub shared: Arc<Shared>,
-    pub host_events: Store<Event>,
-    pub host_pods: Store<Pod>,
+    /// Packed: a host namespace may hold tens of thousands of events (one hour's worth).
+    pub host_events: Store<CachedEvent>,
+    pub host_pods: Store<crate::resources::pods::CachedPod>,
     pub host_configmaps: Store<ConfigMap>,
     pub host_secrets: Store<Secret>,
     /// host event uid -> fingerprint last copied (skips re-writing unchanged events).
@@ -218,12 +228,17 @@ impl Reconciler for EventSync {
     }
 
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
-        let Some(e) = self
+        let Some(cached) = self
             .host_events
             .get(&ObjectRef::new(&key.name).within(&self.shared.host_namespace))
         else {
             return Ok(Outcome::done());
         };
+        let e = cached.unpack().map_err(|e| SyncError::Cache {
+            kind: "Event",
+            name: key.name.clone(),
+            message: e.to_string(),
+        })?;
         let Some(target) = self.target(&e) else {
             // The event and its object arrive on different watches: a young event about a kind
             // we sync may simply be ahead of our cache. Look again for a short while.

@@ -16,7 +16,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -60,17 +60,32 @@ fn key_of<K: Resource>(obj: &K) -> Key {
     )
 }
 
+/// The cached pods whole again, one at a time (a relist rebuilds the indexes from them).
+fn unpacked(pods: &[Arc<pods::CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
+    pods.iter().filter_map(|p| match p.unpack() {
+        Ok(pod) => Some(pod),
+        Err(error) => {
+            tracing::error!(ns = ?p.metadata.namespace, name = ?p.metadata.name, %error, "cached pod does not unpack");
+            None
+        }
+    })
+}
+
 fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
 
-/// A store, its writer, and the subscribers to attach before the watch starts.
-struct Pending<K: Resource<DynamicType = ()> + Clone + 'static> {
-    reader: Store<K>,
-    writer: reflector::store::Writer<K>,
-    subscribers: Vec<Subscriber<K>>,
-    /// Drops what no reader needs before caching (memory).
-    trim: fn(&mut K),
+/// A store of `C` (the cached form of the watched `K`), its writer, and the subscribers to
+/// attach before the watch starts.
+struct Pending<K, C = K>
+where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    reader: Store<C>,
+    writer: reflector::store::Writer<C>,
+    subscribers: Vec<Subscriber<K, C>>,
+    /// What the store keeps of each object (a clone, or a smaller form: memory).
+    convert: fn(&K) -> C,
 }
 
 impl<K> Pending<K>
@@ -78,19 +93,25 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     fn new() -> Self {
+        Self::caching(K::clone)
+    }
+}
+
+impl<K, C> Pending<K, C>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn caching(convert: fn(&K) -> C) -> Self {
         let (reader, writer) = reflector::store();
         Self {
             reader,
             writer,
             subscribers: Vec::new(),
-            trim: |_| {},
+            convert,
         }
     }
-    fn trimmed(mut self, trim: fn(&mut K)) -> Self {
-        self.trim = trim;
-        self
-    }
-    fn on(&mut self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
+    fn on(&mut self, f: impl Fn(Change<'_, K, C>) + Send + Sync + 'static) {
         self.subscribers.push(Arc::new(f));
     }
     fn start(
@@ -111,7 +132,7 @@ where
             cluster,
             name,
             self.subscribers,
-            self.trim,
+            self.convert,
             shared.metrics.clone(),
             shared.initial_sync.clone(),
             shared.cancel.clone(),
@@ -189,15 +210,15 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         FairQueue::new(),
     );
 
-    let mut v_pods = Pending::<Pod>::new();
-    let mut h_pods = Pending::<Pod>::new().trimmed(pods::translate::trim_cached_host_pod);
+    let mut v_pods = Pending::caching(pods::cache_virtual_pod);
+    let mut h_pods = Pending::caching(pods::cache_host_pod);
     let mut v_cms = Pending::<ConfigMap>::new();
     let mut h_cms = Pending::<ConfigMap>::new();
     let mut v_secrets = Pending::<Secret>::new();
     let mut h_secrets = Pending::<Secret>::new();
     let mut v_namespaces = Pending::<Namespace>::new();
     let mut v_nodes = Pending::<Node>::new();
-    let mut h_events = Pending::<Event>::new();
+    let mut h_events = Pending::caching(events::cache_event);
     let mut v_services = Pending::<Service>::new();
     let mut h_services = Pending::<Service>::new();
     let mut h_vc_endpoints = Pending::<Endpoints>::new();
@@ -341,8 +362,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
                 let pods = store.state();
                 enqueue_all(&q, store, |p| Some(key_of(p)));
                 enqueue_all(&q, &hs, |p| standard::host_key("Pod", p.meta()));
-                ref_queue(refs.rebuild(pods.iter().map(|p| p.as_ref())));
-                for n in usage.rebuild(false, pods.iter().map(|p| p.as_ref())) {
+                ref_queue(refs.rebuild(unpacked(&pods)));
+                for n in usage.rebuild(false, unpacked(&pods)) {
                     nq.add(Key::new("", n));
                 }
             }
@@ -376,7 +397,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             Change::Relisted(store) => {
                 enqueue_all(&q, store, |p| standard::host_key("Pod", p.meta()));
                 enqueue_all(&q, &vs, |p| Some(key_of(p)));
-                for n in usage.rebuild(true, store.state().iter().map(|p| p.as_ref())) {
+                for n in usage.rebuild(true, unpacked(&store.state())) {
                     nq.add(Key::new("", n));
                 }
             }

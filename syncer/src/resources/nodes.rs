@@ -7,6 +7,7 @@
 //!   conditions and node info copied from the host node; addresses still point at the kubelet
 //!   endpoint, so `kubectl logs/exec` go through the vcluster and never to the host kubelet.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -76,13 +77,14 @@ impl NodeUsage {
     }
 
     /// Replaces one side's view after a relist. Returns every node before or after.
-    pub fn rebuild<'a>(&self, is_host: bool, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<String> {
+    pub fn rebuild(&self, is_host: bool, pods: impl IntoIterator<Item = impl Borrow<Pod>>) -> Vec<String> {
         let mut s = self.lock();
         let mut touched: HashSet<String> = s.keys().cloned().collect();
         for set in s.values_mut() {
             set.retain(|(h, _, _)| *h != is_host);
         }
         for pod in pods {
+            let pod = pod.borrow();
             if let Some(node) = pod.spec.as_ref().and_then(|sp| sp.node_name.clone()) {
                 touched.insert(node.clone());
                 s.entry(node).or_default().insert((

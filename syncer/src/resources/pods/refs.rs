@@ -3,6 +3,7 @@
 //! affected ConfigMaps/Secrets (so creating a pod syncs what it mounts, and deleting the last
 //! user removes the host copy).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -81,12 +82,13 @@ impl RefIndex {
 
     /// Rebuilds from a full list of pods (after a relist). Returns every object referenced
     /// before or after, so each can be re-checked.
-    pub fn rebuild<'a>(&self, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<(RefKind, Key)> {
+    pub fn rebuild(&self, pods: impl IntoIterator<Item = impl Borrow<Pod>>) -> Vec<(RefKind, Key)> {
         let mut s = self.lock();
         let mut touched: BTreeSet<Ref> = s.users.keys().cloned().collect();
         s.by_pod.clear();
         s.users.clear();
         for pod in pods {
+            let pod = pod.borrow();
             let refs = refs_of(pod);
             let key = (pod.namespace().unwrap_or_default(), pod.name_any());
             for r in &refs {

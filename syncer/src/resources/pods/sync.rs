@@ -17,6 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
+use super::CachedPod;
 use super::translate::{self, PodInputs};
 use crate::engine::apply::{self, FIELD_MANAGER, RecentCreates};
 use crate::engine::error::SyncError;
@@ -36,8 +37,8 @@ pub const ANNOTATION_TOKEN_REFRESH_AT: &str = "vnest.dev/token-refresh-at";
 
 pub struct PodSync {
     pub shared: Arc<Shared>,
-    pub virtual_pods: Store<Pod>,
-    pub host_pods: Store<Pod>,
+    pub virtual_pods: Store<CachedPod>,
+    pub host_pods: Store<CachedPod>,
     pub host_secrets: Store<Secret>,
     pub virtual_namespaces: Store<Namespace>,
     pub virtual_configmaps: Store<ConfigMap>,
@@ -558,6 +559,19 @@ impl IssuedTokens {
     }
 }
 
+/// A cached pod whole again.
+fn unpack(cached: Option<Arc<CachedPod>>) -> Result<Option<Pod>, SyncError> {
+    cached
+        .map(|c| {
+            c.unpack().map_err(|e| SyncError::Cache {
+                kind: "Pod",
+                name: c.name_any(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
 fn token_error(ns: &str, sa: &str, why: &str) -> SyncError {
     SyncError::Translate(crate::engine::error::TranslateError::Refused(format!(
         "cannot get a token for ServiceAccount {ns}/{sa}: {why}"
@@ -592,12 +606,14 @@ impl Reconciler for PodSync {
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
         let tc = self.shared.translate_ctx()?;
         let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
-        let v = self
-            .virtual_pods
-            .get(&ObjectRef::new(&key.name).within(&key.namespace));
-        let h = self
-            .host_pods
-            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
+        let v = unpack(
+            self.virtual_pods
+                .get(&ObjectRef::new(&key.name).within(&key.namespace)),
+        )?;
+        let h = unpack(
+            self.host_pods
+                .get(&ObjectRef::new(&host_name).within(&tc.host_namespace)),
+        )?;
         if let Some(h) = &h
             && !is_ours(&tc, "Pod", h.meta())
         {
@@ -609,7 +625,7 @@ impl Reconciler for PodSync {
         if h.is_some() {
             self.recent.observed(&host_name);
         }
-        match (v.as_deref(), h.as_deref()) {
+        match (v.as_ref(), h.as_ref()) {
             (None, None) => Ok(Outcome::done()),
             (None, Some(h)) => {
                 // The virtual pod is gone: delete the host copy (GC takes its token Secret).
