@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{HostClient, VirtualClient};
-use crate::config::{OwnerKind, SyncerConfig};
+use crate::config::{InitialList, OwnerKind, SyncerConfig};
 use crate::engine::events::Events;
 use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
@@ -102,13 +102,21 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             ("translation context", Ok(()))
         });
     }
-    let virtual_version = match virt.0.apiserver_version().await {
-        Ok(v) => v.git_version,
+    let (virtual_version, virtual_streams) = match virt.0.apiserver_version().await {
+        Ok(v) => (v.git_version, config.sync.initial_list.streams(&v.minor)),
         Err(error) => {
             tracing::warn!(%error, "cannot read the virtual API server version; nodes report 'unknown'");
-            "unknown".into()
+            ("unknown".into(), config.sync.initial_list == InitialList::Stream)
         }
     };
+    let host_streams = match host.0.apiserver_version().await {
+        Ok(v) => config.sync.initial_list.streams(&v.minor),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the host API server version; caches load by LIST");
+            config.sync.initial_list == InitialList::Stream
+        }
+    };
+    tracing::info!(host_streams, virtual_streams, "how caches load (streamed initial lists or LISTs)");
     let shared = Arc::new(Shared {
         host: host.0.clone(),
         virt: virt.0.clone(),
@@ -149,6 +157,8 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             virtual_version,
             service_name: config.sync.service_name.clone(),
             sync_networkpolicies: config.sync.sync_networkpolicies,
+            host_streams,
+            virtual_streams,
         },
         &mut tasks,
     );

@@ -173,6 +173,12 @@ pub struct SyncerArgs {
     )]
     pub pod_token_storage: crate::engine::TokenStorage,
 
+    /// How watches load their caches (at start and after a watch expires): `stream` (one watch
+    /// with the initial objects streamed from the API server's cache, Kubernetes ≥ 1.34),
+    /// `list` (paginated LISTs, then a watch), or `auto` (`stream` when the server is ≥ 1.34).
+    #[arg(long, env = "VNEST_INITIAL_LIST", value_enum, default_value = "auto")]
+    pub initial_list: InitialList,
+
     /// Copy every virtual ConfigMap to the host, not only those pods use.
     #[arg(long, env = "VNEST_SYNC_ALL_CONFIGMAPS")]
     pub sync_all_configmaps: bool,
@@ -223,6 +229,7 @@ pub struct SyncOptions {
     pub cluster_domain: String,
     pub host_access: crate::engine::HostAccessPolicy,
     pub pod_token_storage: crate::engine::TokenStorage,
+    pub initial_list: InitialList,
     pub sync_all_configmaps: bool,
     pub sync_all_secrets: bool,
     pub node_sync: crate::resources::nodes::NodeMode,
@@ -232,6 +239,32 @@ pub struct SyncOptions {
     pub dns_upstream: Vec<SocketAddr>,
     pub dns_service_name: String,
     pub sync_networkpolicies: bool,
+}
+
+/// How watches load their caches (`--initial-list`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    Auto,
+    Stream,
+    List,
+}
+
+/// The first minor version whose API server streams initial lists by default (the `WatchList`
+/// feature gate is on by default from 1.34).
+pub const STREAMING_LISTS_FROM_MINOR: u32 = 34;
+
+impl InitialList {
+    /// Whether to stream, given the server's `/version` minor (e.g. "35" or "35+").
+    pub fn streams(self, server_minor: &str) -> bool {
+        match self {
+            InitialList::Stream => true,
+            InitialList::List => false,
+            InitialList::Auto => {
+                let digits: String = server_minor.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u32>().is_ok_and(|m| m >= STREAMING_LISTS_FROM_MINOR)
+            }
+        }
+    }
 }
 
 /// Log settings, needed before anything else starts.
@@ -321,6 +354,7 @@ impl SyncerArgs {
             cluster_domain,
             host_access,
             pod_token_storage,
+            initial_list,
             sync_all_configmaps,
             sync_all_secrets,
             node_sync,
@@ -347,6 +381,7 @@ impl SyncerArgs {
             cluster_domain,
             host_access,
             pod_token_storage,
+            initial_list,
             sync_all_configmaps,
             sync_all_secrets,
             node_sync,
@@ -448,6 +483,18 @@ mod tests {
             Command::Syncer(a) => *a,
             Command::DetectServiceCidr(_) | Command::Version => panic!("parsed the wrong subcommand"),
         })
+    }
+
+    #[test]
+    fn initial_lists_stream_from_1_34_in_auto_mode() {
+        assert!(InitialList::Auto.streams("35"));
+        assert!(InitialList::Auto.streams("34+"), "GKE/EKS style minors");
+        assert!(!InitialList::Auto.streams("33"));
+        assert!(!InitialList::Auto.streams(""), "unknown: LIST, which every server serves");
+        assert!(InitialList::Stream.streams("27"));
+        assert!(!InitialList::List.streams("35"));
+        let a = parse(&["--name", "demo", "--host-namespace", "ns", "--initial-list", "list"]).unwrap();
+        assert_eq!(a.initial_list, InitialList::List);
     }
 
     #[test]

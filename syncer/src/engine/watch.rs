@@ -70,6 +70,76 @@ where
     C: Resource + Clone + Send + Sync + 'static,
     C::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
 {
+    let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
+    let on_event = move |event: &Event<K>| {
+        writer.apply_watcher_event(&cached(event, convert));
+        match event {
+            Event::Apply(obj) => {
+                for s in &subscribers {
+                    s(Change::Applied(obj));
+                }
+            }
+            Event::Delete(obj) => {
+                for s in &subscribers {
+                    s(Change::Deleted(obj));
+                }
+            }
+            Event::InitDone => {
+                tracing::debug!(
+                    cluster = cluster.as_str(),
+                    kind = name,
+                    objects = reader.len(),
+                    "listed"
+                );
+                for s in &subscribers {
+                    s(Change::Relisted(&reader));
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+        gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
+    };
+    run(api, config, cluster, name, on_event, metrics, initial_sync, cancel)
+}
+
+/// Starts a watch task that keeps no cache: `on_event` sees every event, the (re)list's
+/// objects included (`Init`, `InitApply`…, `InitDone`). For kinds whose objects are needed only
+/// until they are handled (host Events).
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_uncached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    cluster: Cluster,
+    name: &'static str,
+    on_event: impl FnMut(&Event<K>) + Send + 'static,
+    metrics: Metrics,
+    initial_sync: Arc<InitialSync>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone,
+{
+    run(api, config, cluster, name, on_event, metrics, initial_sync, cancel)
+}
+
+/// The watch loop: backoff on errors, `managedFields` dropped, every event to `on_event`, the
+/// initial sync told after the first (re)list was handed over.
+#[allow(clippy::too_many_arguments)]
+fn run<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    cluster: Cluster,
+    name: &'static str,
+    mut on_event: impl FnMut(&Event<K>) + Send + 'static,
+    metrics: Metrics,
+    initial_sync: Arc<InitialSync>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone,
+{
     initial_sync.watch_started();
     tokio::spawn(async move {
         let mut listed_once = false;
@@ -77,7 +147,6 @@ where
             .default_backoff()
             .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
         futures::pin_mut!(stream);
-        let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -95,36 +164,11 @@ where
                     continue;
                 }
             };
-            writer.apply_watcher_event(&cached(&event, convert));
-            match &event {
-                Event::Apply(obj) => {
-                    for s in &subscribers {
-                        s(Change::Applied(obj));
-                    }
-                }
-                Event::Delete(obj) => {
-                    for s in &subscribers {
-                        s(Change::Deleted(obj));
-                    }
-                }
-                Event::InitDone => {
-                    tracing::debug!(
-                        cluster = cluster.as_str(),
-                        kind = name,
-                        objects = reader.len(),
-                        "listed"
-                    );
-                    for s in &subscribers {
-                        s(Change::Relisted(&reader));
-                    }
-                    // After the subscribers queued their keys: the queues are not idle yet.
-                    if !std::mem::replace(&mut listed_once, true) {
-                        initial_sync.watch_listed();
-                    }
-                }
-                Event::Init | Event::InitApply(_) => {}
+            on_event(&event);
+            // After the handler queued the listed keys: the queues are not idle yet.
+            if matches!(event, Event::InitDone) && !std::mem::replace(&mut listed_once, true) {
+                initial_sync.watch_listed();
             }
-            gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
         }
     })
 }

@@ -5,6 +5,9 @@
 //! Each copy carries [`ANNOTATION_HOST_EVENT`] (host event uid + fingerprint of what changes),
 //! so after a restart one paginated metadata LIST tells which copies are already current: a
 //! restart re-writes no event (it used to re-POST and re-PATCH every one).
+//!
+//! Host events are not cached: an [`EventInbox`] holds each one only until a worker handled it
+//! (a host namespace keeps an hour of events: 18 000 at 10 000 pods, ~2.4 KB each even packed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,22 +18,90 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 
 use crate::engine::Shared;
 use crate::engine::packed::Packed;
 use crate::engine::apply::FIELD_MANAGER;
 use crate::engine::error::SyncError;
-use crate::engine::queue::Key;
+use crate::engine::queue::{FairQueue, Key};
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
 use crate::{markers, naming};
 
-/// How the cache holds a host event.
+/// How the inbox holds a host event.
 pub type CachedEvent = Packed<Event>;
 
-/// The cached form of a host event.
-pub fn cache_event(e: &Event) -> CachedEvent {
-    Packed::pack(e.clone())
+/// Host events waiting for a worker, by name. Fed by the uncached host event watch: an event
+/// enters when it is added or changed (and is not about a kind we never copy, nor already
+/// copied as it is), leaves when handled or deleted; a relist starts it over.
+#[derive(Default)]
+pub struct EventInbox {
+    pending: Mutex<HashMap<String, Arc<CachedEvent>>>,
+}
+
+impl EventInbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CachedEvent>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one watch event; returns the name to queue, if any. `current` tells whether an
+    /// event's copy is already up to date.
+    pub fn on_watch_event(
+        &self,
+        event: &watcher::Event<Event>,
+        current: impl Fn(&Event) -> bool,
+    ) -> Option<String> {
+        match event {
+            watcher::Event::Init => {
+                // Every event that still exists comes again before InitDone.
+                self.lock().clear();
+                None
+            }
+            watcher::Event::InitDone => None,
+            watcher::Event::Delete(e) => {
+                self.lock().remove(&e.name_any());
+                None
+            }
+            watcher::Event::Apply(e) | watcher::Event::InitApply(e) => {
+                let name = e.name_any();
+                let about_a_copied_kind = matches!(
+                    e.involved_object.kind.as_deref(),
+                    Some("Pod" | "ConfigMap" | "Secret")
+                );
+                if !about_a_copied_kind || current(e) {
+                    self.lock().remove(&name);
+                    return None;
+                }
+                self.lock()
+                    .insert(name.clone(), Arc::new(Packed::pack(e.clone())));
+                Some(name)
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<CachedEvent>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Forgets `name` if it still is the version that was handled (a newer one stays: its key
+    /// is queued again).
+    pub fn handled(&self, name: &str, version: &Arc<CachedEvent>) {
+        let mut pending = self.lock();
+        if pending.get(name).is_some_and(|p| Arc::ptr_eq(p, version)) {
+            pending.remove(name);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Annotation on a virtual copy: `<host event uid> <fingerprint hash>`.
@@ -120,8 +191,7 @@ fn fingerprint(e: &Event) -> String {
 
 pub struct EventSync {
     pub shared: Arc<Shared>,
-    /// Packed: a host namespace may hold tens of thousands of events (one hour's worth).
-    pub host_events: Store<CachedEvent>,
+    pub inbox: EventInbox,
     pub host_pods: Store<crate::resources::pods::CachedPod>,
     pub host_configmaps: Store<ConfigMap>,
     pub host_secrets: Store<Secret>,
@@ -132,6 +202,27 @@ pub struct EventSync {
 }
 
 impl EventSync {
+    /// Whether the virtual copy of `e` is known to be current (false until the copies were
+    /// read back after a start).
+    fn is_current(&self, e: &Event) -> bool {
+        if !self.seeded.initialized() {
+            return false;
+        }
+        let uid = e.uid().unwrap_or_default();
+        self.copied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&uid)
+            == Some(&fingerprint(e))
+    }
+
+    /// The uncached host event watch's handler: events to copy go to the inbox and the queue.
+    pub fn on_watch_event(&self, event: &watcher::Event<Event>, queue: &FairQueue) {
+        if let Some(name) = self.inbox.on_watch_event(event, |e| self.is_current(e)) {
+            queue.add(Key::new("", name));
+        }
+    }
+
     /// Fills `copied` from our existing virtual copies (metadata only, paginated), once. Started
     /// at startup beside the cache lists; a reconcile waits for it (and retries it on failure).
     pub async fn seed(&self, vcluster: &str) -> Result<(), SyncError> {
@@ -228,10 +319,7 @@ impl Reconciler for EventSync {
     }
 
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
-        let Some(cached) = self
-            .host_events
-            .get(&ObjectRef::new(&key.name).within(&self.shared.host_namespace))
-        else {
+        let Some(cached) = self.inbox.get(&key.name) else {
             return Ok(Outcome::done());
         };
         let e = cached.unpack().map_err(|e| SyncError::Cache {
@@ -239,11 +327,26 @@ impl Reconciler for EventSync {
             name: key.name.clone(),
             message: e.to_string(),
         })?;
-        let Some(target) = self.target(&e) else {
+        let outcome = self.copy(&e).await?;
+        if outcome.requeue_after.is_none() {
+            self.inbox.handled(&key.name, &cached);
+        }
+        Ok(outcome)
+    }
+
+    fn tenant_object(&self, _key: &Key) -> Option<ObjectReference> {
+        None
+    }
+}
+
+impl EventSync {
+    /// Copies one host event (or tells why not yet).
+    async fn copy(&self, e: &Event) -> Result<Outcome, SyncError> {
+        let Some(target) = self.target(e) else {
             // The event and its object arrive on different watches: a young event about a kind
             // we sync may simply be ahead of our cache. Look again for a short while.
             return Ok(
-                if may_be_ahead_of_cache(&e, &self.shared.host_namespace, Timestamp::now()) {
+                if may_be_ahead_of_cache(e, &self.shared.host_namespace, Timestamp::now()) {
                     Outcome::requeue(std::time::Duration::from_secs(1))
                 } else {
                     Outcome::done()
@@ -253,7 +356,7 @@ impl Reconciler for EventSync {
         let vcluster = self.shared.translate_ctx()?.vcluster;
         self.seed(&vcluster).await?;
         let uid = e.uid().unwrap_or_default();
-        let print = fingerprint(&e);
+        let print = fingerprint(e);
         {
             let copied = self
                 .copied
@@ -263,7 +366,7 @@ impl Reconciler for EventSync {
                 return Ok(Outcome::done());
             }
         }
-        let mut desired = virtual_event(&e, &target, &self.shared.host_namespace);
+        let mut desired = virtual_event(e, &target, &self.shared.host_namespace);
         let stamp = format!("{uid} {print}");
         desired.metadata.labels = Some(
             [(
@@ -317,10 +420,6 @@ impl Reconciler for EventSync {
         copied.insert(uid, print);
         Ok(Outcome::done())
     }
-
-    fn tenant_object(&self, _key: &Key) -> Option<ObjectReference> {
-        None
-    }
 }
 
 #[cfg(test)]
@@ -356,6 +455,71 @@ mod tests {
             "host",
             now
         ));
+    }
+
+    fn host_event(name: &str, kind: &str, count: i32) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "host", "uid": format!("uid-{name}")},
+            "involvedObject": {"kind": kind, "name": "x", "namespace": "host"},
+            "reason": "Scheduled", "count": count
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_inbox_holds_an_event_only_until_it_is_handled() {
+        let inbox = EventInbox::default();
+        let never = |_: &Event| false;
+        let e1 = host_event("e1", "Pod", 1);
+        assert_eq!(
+            inbox.on_watch_event(&watcher::Event::Apply(e1.clone()), never),
+            Some("e1".to_owned())
+        );
+        let first = inbox.get("e1").unwrap();
+        assert_eq!(first.unpack().unwrap(), e1);
+        // A newer version arrives while the first is being handled: it stays.
+        let e1b = host_event("e1", "Pod", 2);
+        inbox.on_watch_event(&watcher::Event::Apply(e1b.clone()), never);
+        inbox.handled("e1", &first);
+        let second = inbox.get("e1").unwrap();
+        assert_eq!(second.unpack().unwrap().count, Some(2));
+        inbox.handled("e1", &second);
+        assert!(inbox.is_empty(), "handled: nothing cached any more");
+    }
+
+    #[test]
+    fn the_inbox_skips_what_is_never_copied_or_already_current() {
+        let inbox = EventInbox::default();
+        assert_eq!(
+            inbox.on_watch_event(
+                &watcher::Event::Apply(host_event("d", "Deployment", 1)),
+                |_| false
+            ),
+            None
+        );
+        assert_eq!(
+            inbox.on_watch_event(&watcher::Event::InitApply(host_event("p", "Pod", 1)), |_| true),
+            None,
+            "already copied as it is (after a restart)"
+        );
+        assert!(inbox.is_empty());
+    }
+
+    #[test]
+    fn a_relist_starts_the_inbox_over_and_a_delete_drops_the_event() {
+        let inbox = EventInbox::default();
+        let never = |_: &Event| false;
+        inbox.on_watch_event(&watcher::Event::Apply(host_event("gone", "Pod", 1)), never);
+        inbox.on_watch_event(&watcher::Event::Apply(host_event("kept", "Pod", 1)), never);
+        inbox.on_watch_event(&watcher::Event::Apply(host_event("deleted", "Pod", 1)), never);
+        inbox.on_watch_event(&watcher::Event::Delete(host_event("deleted", "Pod", 1)), never);
+        assert!(inbox.get("deleted").is_none());
+        inbox.on_watch_event(&watcher::Event::Init, never);
+        inbox.on_watch_event(&watcher::Event::InitApply(host_event("kept", "Pod", 1)), never);
+        inbox.on_watch_event(&watcher::Event::InitDone, never);
+        assert!(inbox.get("gone").is_none(), "not listed again: deleted meanwhile");
+        assert!(inbox.get("kept").is_some());
+        assert_eq!(inbox.len(), 1);
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub struct KindOptions {
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
     pub sync_networkpolicies: bool,
+    /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
+    pub host_streams: bool,
+    pub virtual_streams: bool,
+}
+
+/// A watch config that streams its initial objects when `streams`, else LISTs them in pages.
+fn loading(config: watcher::Config, streams: bool) -> watcher::Config {
+    if streams { config.streaming_lists() } else { config }
 }
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
@@ -196,7 +204,10 @@ pub struct DnsStores {
 pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsStores {
     let host_ns = shared.host_namespace.clone();
     let selector = markers::selector(&opts.vcluster);
-    let host_cfg = || watcher::Config::default().labels(&selector);
+    let (host_streams, virtual_streams) = (opts.host_streams, opts.virtual_streams);
+    let host_cfg = || loading(watcher::Config::default().labels(&selector), host_streams);
+    let host_all = || loading(watcher::Config::default(), host_streams);
+    let virt_all = || loading(watcher::Config::default(), virtual_streams);
     let virt = shared.virt.clone();
     let host = shared.host.clone();
 
@@ -218,7 +229,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     let mut h_secrets = Pending::<Secret>::new();
     let mut v_namespaces = Pending::<Namespace>::new();
     let mut v_nodes = Pending::<Node>::new();
-    let mut h_events = Pending::caching(events::cache_event);
     let mut v_services = Pending::<Service>::new();
     let mut h_services = Pending::<Service>::new();
     let mut h_vc_endpoints = Pending::<Endpoints>::new();
@@ -443,15 +453,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             Change::Relisted(store) => enqueue_all(&q, store, |n| Some(Key::new("", n.name_any()))),
         });
     }
-    {
-        let q = event_q.clone();
-        h_events.on(move |c| match c {
-            Change::Applied(e) => q.add(Key::new("", e.name_any())),
-            Change::Deleted(_) => {}
-            Change::Relisted(store) => enqueue_all(&q, store, |e| Some(Key::new("", e.name_any()))),
-        });
-    }
-
     let mut host_nodes_store = None;
     if opts.node_mode == NodeMode::Real {
         let mut h_nodes = Pending::<Node>::new();
@@ -464,7 +465,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         host_nodes_store = Some(h_nodes.reader.clone());
         h_nodes.start(
             Api::all(host.clone()),
-            watcher::Config::default(),
+            host_all(),
             Cluster::Host,
             "nodes",
             &shared,
@@ -503,7 +504,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     });
     let event_sync = Arc::new(events::EventSync {
         shared: shared.clone(),
-        host_events: h_events.reader.clone(),
+        inbox: events::EventInbox::default(),
         host_pods: h_pods.reader.clone(),
         host_configmaps: h_cms.reader.clone(),
         host_secrets: h_secrets.reader.clone(),
@@ -554,7 +555,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         ready(h_secrets.reader.clone()),
         ready(v_namespaces.reader.clone()),
         ready(v_nodes.reader.clone()),
-        ready(h_events.reader.clone()),
         ready(v_services.reader.clone()),
         ready(h_services.reader.clone()),
         ready(h_vc_endpoints.reader.clone()),
@@ -562,10 +562,9 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         ready(h_eps.reader.clone()),
     ];
 
-    let all = watcher::Config::default();
     v_pods.start(
         Api::all(virt.clone()),
-        all.clone(),
+        virt_all(),
         Cluster::Virtual,
         "pods",
         &shared,
@@ -581,7 +580,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
     v_cms.start(
         Api::all(virt.clone()),
-        all.clone(),
+        virt_all(),
         Cluster::Virtual,
         "configmaps",
         &shared,
@@ -597,7 +596,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
     v_secrets.start(
         Api::all(virt.clone()),
-        all.clone(),
+        virt_all(),
         Cluster::Virtual,
         "secrets",
         &shared,
@@ -613,7 +612,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
     v_namespaces.start(
         Api::all(virt.clone()),
-        all.clone(),
+        virt_all(),
         Cluster::Virtual,
         "namespaces",
         &shared,
@@ -621,23 +620,40 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
     v_nodes.start(
         Api::all(virt.clone()),
-        all.clone(),
+        virt_all(),
         Cluster::Virtual,
         "nodes",
         &shared,
         tasks,
     );
-    h_events.start(
-        Api::namespaced(host.clone(), &host_ns),
-        all.clone(),
-        Cluster::Host,
-        "events",
-        &shared,
-        tasks,
-    );
+    {
+        // Host events: no cache, an inbox of those not handled yet (see `events`).
+        let (sync, q) = (event_sync.clone(), event_q.clone());
+        let gauge = shared
+            .metrics
+            .store_objects
+            .with_label_values(&[Cluster::Host.as_str(), "events"]);
+        let handle = watch::spawn_uncached(
+            Api::namespaced(host.clone(), &host_ns),
+            host_all(),
+            Cluster::Host,
+            "events",
+            move |event| {
+                sync.on_watch_event(event, &q);
+                gauge.set(i64::try_from(sync.inbox.len()).unwrap_or(i64::MAX));
+            },
+            shared.metrics.clone(),
+            shared.initial_sync.clone(),
+            shared.cancel.clone(),
+        );
+        tasks.spawn(async move {
+            let r = handle.await;
+            ("events", r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+        });
+    }
     v_services.start(
         Api::all(virt.clone()),
-        all,
+        virt_all(),
         Cluster::Virtual,
         "services",
         &shared,
@@ -654,7 +670,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     let vc_fields = format!("metadata.name={}", opts.service_name);
     h_vc_endpoints.start(
         Api::namespaced(host.clone(), &host_ns),
-        watcher::Config::default().fields(&vc_fields),
+        loading(watcher::Config::default().fields(&vc_fields), host_streams),
         Cluster::Host,
         "endpoints",
         &shared,
@@ -662,7 +678,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     );
     v_eps.start(
         Api::all(virt.clone()),
-        watcher::Config::default(),
+        virt_all(),
         Cluster::Virtual,
         "endpoints",
         &shared,
@@ -709,7 +725,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         extra_ready.push(ready(h_np.reader.clone()));
         v_np.start(
             Api::all(virt.clone()),
-            watcher::Config::default(),
+            virt_all(),
             Cluster::Virtual,
             "networkpolicies",
             &shared,
