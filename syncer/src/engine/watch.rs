@@ -99,18 +99,21 @@ where
         }
         gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
     };
-    run(api, config, cluster, name, on_event, metrics, initial_sync, cancel)
+    let gate = std::future::ready(());
+    run(api, config, cluster, name, gate, on_event, metrics, initial_sync, cancel)
 }
 
 /// Starts a watch task that keeps no cache: `on_event` sees every event, the (re)list's
 /// objects included (`Init`, `InitApply`…, `InitDone`). For kinds whose objects are needed only
-/// until they are handled (host Events).
+/// until they are handled (host Events). The watch opens once `gate` is done (it counts for
+/// the initial sync from now).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_uncached<K>(
     api: Api<K>,
     config: watcher::Config,
     cluster: Cluster,
     name: &'static str,
+    gate: impl std::future::Future<Output = ()> + Send + 'static,
     on_event: impl FnMut(&Event<K>) + Send + 'static,
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
@@ -120,7 +123,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Clone,
 {
-    run(api, config, cluster, name, on_event, metrics, initial_sync, cancel)
+    run(api, config, cluster, name, gate, on_event, metrics, initial_sync, cancel)
 }
 
 /// The watch loop: backoff on errors, `managedFields` dropped, every event to `on_event`, the
@@ -131,6 +134,7 @@ fn run<K>(
     config: watcher::Config,
     cluster: Cluster,
     name: &'static str,
+    gate: impl std::future::Future<Output = ()> + Send + 'static,
     mut on_event: impl FnMut(&Event<K>) + Send + 'static,
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
@@ -142,6 +146,10 @@ where
 {
     initial_sync.watch_started();
     tokio::spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = gate => {}
+        }
         let mut listed_once = false;
         let stream = watcher::watcher(api, config)
             .default_backoff()

@@ -511,15 +511,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         copied: Mutex::new(HashMap::new()),
         seeded: tokio::sync::OnceCell::new(),
     });
-    {
-        // Read back which events are already copied while the caches list, not after.
-        let (e, vc) = (event_sync.clone(), opts.vcluster.clone());
-        tokio::spawn(async move {
-            if let Err(error) = e.seed(&vc).await {
-                tracing::debug!(%error, "event copies not read yet; the first event reconcile retries");
-            }
-        });
-    }
 
     let ep_copier = Arc::new(Copier::new(
         endpoints::EndpointsKind {
@@ -633,11 +624,23 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             .metrics
             .store_objects
             .with_label_values(&[Cluster::Host.as_str(), "events"]);
+        // The copies already made are read back first (while the caches list), so that a
+        // restart does not hand every host event to a worker only to find it copied.
+        let (seeding, vc) = (event_sync.clone(), opts.vcluster.clone());
+        let seeded = async move {
+            let mut wait = std::time::Duration::from_millis(250);
+            while let Err(error) = seeding.seed(&vc).await {
+                tracing::warn!(%error, retry_in_s = wait.as_secs_f64(), "cannot read back the copied events yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        };
         let handle = watch::spawn_uncached(
             Api::namespaced(host.clone(), &host_ns),
             host_all(),
             Cluster::Host,
             "events",
+            seeded,
             move |event| {
                 sync.on_watch_event(event, &q);
                 gauge.set(i64::try_from(sync.inbox.len()).unwrap_or(i64::MAX));
