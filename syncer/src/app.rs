@@ -116,7 +116,11 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             config.sync.initial_list == InitialList::Stream
         }
     };
-    tracing::info!(host_streams, virtual_streams, "how caches load (streamed initial lists or LISTs)");
+    tracing::info!(
+        host_streams,
+        virtual_streams,
+        "how caches load (streamed initial lists or LISTs)"
+    );
     let shared = Arc::new(Shared {
         host: host.0.clone(),
         virt: virt.0.clone(),

@@ -261,7 +261,9 @@ impl InitialList {
             InitialList::List => false,
             InitialList::Auto => {
                 let digits: String = server_minor.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse::<u32>().is_ok_and(|m| m >= STREAMING_LISTS_FROM_MINOR)
+                digits
+                    .parse::<u32>()
+                    .is_ok_and(|m| m >= STREAMING_LISTS_FROM_MINOR)
             }
         }
     }
@@ -490,10 +492,21 @@ mod tests {
         assert!(InitialList::Auto.streams("35"));
         assert!(InitialList::Auto.streams("34+"), "GKE/EKS style minors");
         assert!(!InitialList::Auto.streams("33"));
-        assert!(!InitialList::Auto.streams(""), "unknown: LIST, which every server serves");
+        assert!(
+            !InitialList::Auto.streams(""),
+            "unknown: LIST, which every server serves"
+        );
         assert!(InitialList::Stream.streams("27"));
         assert!(!InitialList::List.streams("35"));
-        let a = parse(&["--name", "demo", "--host-namespace", "ns", "--initial-list", "list"]).unwrap();
+        let a = parse(&[
+            "--name",
+            "demo",
+            "--host-namespace",
+            "ns",
+            "--initial-list",
+            "list",
+        ])
+        .unwrap();
         assert_eq!(a.initial_list, InitialList::List);
     }
 

@@ -41,7 +41,10 @@ pub fn release_free_memory() -> bool {
 /// Bytes allocated and not freed (0 where unknown).
 pub fn heap_allocated() -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code, reason = "glibc's documented statistics call; no pointers involved")]
+    #[allow(
+        unsafe_code,
+        reason = "glibc's documented statistics call; no pointers involved"
+    )]
     // SAFETY: mallinfo2 returns a struct by value, read under glibc's arena locks.
     unsafe {
         let info = libc::mallinfo2();
@@ -97,7 +100,11 @@ pub async fn release_after_bursts(metrics: Metrics, cancel: CancellationToken) {
         if policy.look(metrics.reconciles_total()) {
             let started = std::time::Instant::now();
             let released = release_free_memory();
-            tracing::debug!(released, took_ms = started.elapsed().as_millis() as u64, "returned free memory");
+            tracing::debug!(
+                released,
+                took_ms = started.elapsed().as_millis() as u64,
+                "returned free memory"
+            );
         }
     }
 }

@@ -12,11 +12,11 @@
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod packed;
 pub mod plan;
 pub mod progress;
 pub mod queue;
 pub mod standard;
-pub mod packed;
 pub mod watch;
 pub mod worker;
 

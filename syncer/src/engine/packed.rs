@@ -143,6 +143,8 @@ mod tests {
         // The JSON of this pod's spec and status is under 1 KB; the structs alone would be
         // Pod + Container + Volume + statuses, over 8 KB.
         assert!(packed.body_len() < 1024, "{} bytes", packed.body_len());
-        assert!(std::mem::size_of::<Pod>() + std::mem::size_of::<k8s_openapi::api::core::v1::Volume>() > 5000);
+        assert!(
+            std::mem::size_of::<Pod>() + std::mem::size_of::<k8s_openapi::api::core::v1::Volume>() > 5000
+        );
     }
 }

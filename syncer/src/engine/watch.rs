@@ -100,7 +100,17 @@ where
         gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
     };
     let gate = std::future::ready(());
-    run(api, config, cluster, name, gate, on_event, metrics, initial_sync, cancel)
+    run(
+        api,
+        config,
+        cluster,
+        name,
+        gate,
+        on_event,
+        metrics,
+        initial_sync,
+        cancel,
+    )
 }
 
 /// Starts a watch task that keeps no cache: `on_event` sees every event, the (re)list's
@@ -123,7 +133,17 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Clone,
 {
-    run(api, config, cluster, name, gate, on_event, metrics, initial_sync, cancel)
+    run(
+        api,
+        config,
+        cluster,
+        name,
+        gate,
+        on_event,
+        metrics,
+        initial_sync,
+        cancel,
+    )
 }
 
 /// The watch loop: backoff on errors, `managedFields` dropped, every event to `on_event`, the

@@ -21,9 +21,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::engine::Shared;
-use crate::engine::packed::Packed;
 use crate::engine::apply::FIELD_MANAGER;
 use crate::engine::error::SyncError;
+use crate::engine::packed::Packed;
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
@@ -491,10 +491,9 @@ mod tests {
     fn the_inbox_skips_what_is_never_copied_or_already_current() {
         let inbox = EventInbox::default();
         assert_eq!(
-            inbox.on_watch_event(
-                &watcher::Event::Apply(host_event("d", "Deployment", 1)),
-                |_| false
-            ),
+            inbox.on_watch_event(&watcher::Event::Apply(host_event("d", "Deployment", 1)), |_| {
+                false
+            }),
             None
         );
         assert_eq!(

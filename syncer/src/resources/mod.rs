@@ -651,7 +651,10 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         );
         tasks.spawn(async move {
             let r = handle.await;
-            ("events", r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+            (
+                "events",
+                r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")),
+            )
         });
     }
     v_services.start(
