@@ -75,8 +75,7 @@ impl EventInbox {
                     self.lock().remove(&name);
                     return None;
                 }
-                self.lock()
-                    .insert(name.clone(), Arc::new(Packed::pack(e.clone())));
+                self.lock().insert(name.clone(), Arc::new(Packed::pack(e)));
                 Some(name)
             }
         }
@@ -274,7 +273,7 @@ impl EventSync {
                 "Pod",
                 self.host_pods
                     .get(&ObjectRef::new(&name).within(ns))
-                    .map(|o| o.metadata.clone()),
+                    .and_then(|o| o.full_metadata().ok()),
             ),
             "ConfigMap" => (
                 "ConfigMap",

@@ -79,6 +79,12 @@ fn unpacked(pods: &[Arc<pods::CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
     })
 }
 
+/// The virtual key a cached host pod belongs to (its markers are in the packed metadata).
+fn cached_host_pod_key(p: &pods::CachedPod) -> Option<Key> {
+    let meta = p.full_metadata().ok()?;
+    standard::host_key("Pod", &meta)
+}
+
 fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
@@ -371,7 +377,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             Change::Relisted(store) => {
                 let pods = store.state();
                 enqueue_all(&q, store, |p| Some(key_of(p)));
-                enqueue_all(&q, &hs, |p| standard::host_key("Pod", p.meta()));
+                enqueue_all(&q, &hs, cached_host_pod_key);
                 ref_queue(refs.rebuild(unpacked(&pods)));
                 for n in usage.rebuild(false, unpacked(&pods)) {
                     nq.add(Key::new("", n));
@@ -405,7 +411,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
                 }
             }
             Change::Relisted(store) => {
-                enqueue_all(&q, store, |p| standard::host_key("Pod", p.meta()));
+                enqueue_all(&q, store, cached_host_pod_key);
                 enqueue_all(&q, &vs, |p| Some(key_of(p)));
                 for n in usage.rebuild(true, unpacked(&store.state())) {
                     nq.add(Key::new("", n));
