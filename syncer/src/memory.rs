@@ -55,10 +55,12 @@ pub fn heap_allocated() -> u64 {
 }
 
 /// Whether to trim now: work happened since the last trim and none in the last look (the
-/// burst is over), or work has gone on for `every` looks without a pause.
+/// burst is over), or work has gone on for `MAX_BUSY_LOOKS` looks without a pause. The first
+/// quiet look after start trims too (loading the caches is a burst of its own).
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
-    at_last_trim: u64,
+    /// None before the first trim.
+    at_last_trim: Option<u64>,
     at_last_look: u64,
     busy_looks: u32,
 }
@@ -70,13 +72,13 @@ impl TrimPolicy {
     pub fn look(&mut self, work_done: u64) -> bool {
         let quiet = work_done == self.at_last_look;
         self.at_last_look = work_done;
-        if work_done == self.at_last_trim {
+        if self.at_last_trim == Some(work_done) {
             self.busy_looks = 0;
             return false;
         }
         self.busy_looks += 1;
         if quiet || self.busy_looks > Self::MAX_BUSY_LOOKS {
-            self.at_last_trim = work_done;
+            self.at_last_trim = Some(work_done);
             self.busy_looks = 0;
             return true;
         }
@@ -116,7 +118,8 @@ mod tests {
     #[test]
     fn trims_once_after_a_burst_and_never_when_idle() {
         let mut p = TrimPolicy::default();
-        assert!(!p.look(0), "nothing happened yet");
+        assert!(p.look(0), "the first quiet look after start (the caches loaded)");
+        assert!(!p.look(0), "nothing happened since");
         assert!(!p.look(100), "busy: the burst goes on");
         assert!(p.look(100), "quiet after work: trim");
         assert!(!p.look(100), "idle: no second trim");

@@ -23,8 +23,9 @@ type Ref = (RefKind, String, String); // (kind, namespace, name)
 
 #[derive(Default)]
 struct State {
-    /// What each pod (namespace, name) references.
-    by_pod: HashMap<(String, String), BTreeSet<Ref>>,
+    /// What each pod (namespace, name) references, sorted (a boxed slice: a one-element
+    /// B-tree set allocates a node of eleven; every pod references at least kube-root-ca.crt).
+    by_pod: HashMap<(String, String), Box<[Ref]>>,
     /// Which pods reference each object.
     users: HashMap<Ref, BTreeSet<(String, String)>>,
 }
@@ -95,18 +96,20 @@ impl RefIndex {
                 s.users.entry(r.clone()).or_default().insert(key.clone());
                 touched.insert(r.clone());
             }
-            s.by_pod.insert(key, refs);
+            s.by_pod.insert(key, refs.into_iter().collect());
         }
         touched.into_iter().map(to_key).collect()
     }
 
     fn replace(&self, pod: (String, String), new: BTreeSet<Ref>) -> Vec<(RefKind, Key)> {
         let mut s = self.lock();
-        let old = if new.is_empty() {
-            s.by_pod.remove(&pod).unwrap_or_default()
+        let old: BTreeSet<Ref> = if new.is_empty() {
+            s.by_pod.remove(&pod)
         } else {
-            s.by_pod.insert(pod.clone(), new.clone()).unwrap_or_default()
-        };
+            s.by_pod.insert(pod.clone(), new.iter().cloned().collect())
+        }
+        .map(|refs| refs.into_vec().into_iter().collect())
+        .unwrap_or_default();
         for r in old.difference(&new) {
             if let Some(u) = s.users.get_mut(r) {
                 u.remove(&pod);
