@@ -3,7 +3,7 @@
 //! with **round-robin across namespaces**, so one namespace with thousands of queued keys cannot
 //! starve another with one: each `next()` takes the head of the next namespace in the ring.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,12 @@ struct State {
     dirty: HashSet<Key>,
     /// Consecutive failures per key, for backoff.
     failures: HashMap<Key, u32>,
+    /// Keys to queue later: the earliest time asked for each key, and the same ordered by time.
+    /// One timer task serves them all (a task per request kept ~1 KB per reconcile alive for
+    /// the whole delay: a token refresh is due after ~48 min).
+    delayed: HashMap<Key, tokio::time::Instant>,
+    due: BTreeSet<(tokio::time::Instant, Key)>,
+    timer_started: bool,
     closed: bool,
 }
 
@@ -57,6 +63,8 @@ struct State {
 pub struct FairQueue {
     state: Arc<Mutex<State>>,
     ready: Arc<Notify>,
+    /// Wakes the timer task: an earlier due time, or the queue closed.
+    timer: Arc<Notify>,
 }
 
 impl FairQueue {
@@ -91,16 +99,76 @@ impl FairQueue {
         self.ready.notify_one();
     }
 
-    /// Queues `key` after `delay` (a timer task; the key is deduplicated when it fires).
+    /// Queues `key` after `delay`. A key waits for one time only, the earliest asked for (the
+    /// reconcile it triggers asks again if it needs to).
     pub fn add_after(&self, key: Key, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            this.add(key);
-        });
+        let at = tokio::time::Instant::now() + delay;
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        if let Some(&earlier) = s.delayed.get(&key) {
+            if earlier <= at {
+                return;
+            }
+            s.due.remove(&(earlier, key.clone()));
+        }
+        s.delayed.insert(key.clone(), at);
+        let first = s.due.first().is_none_or(|(t, _)| at < *t);
+        s.due.insert((at, key));
+        let start = !std::mem::replace(&mut s.timer_started, true);
+        drop(s);
+        if start {
+            tokio::spawn(self.clone().run_timer());
+        } else if first {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Keys waiting for a later time (for tests and metrics).
+    pub fn delayed_len(&self) -> usize {
+        self.lock().delayed.len()
+    }
+
+    /// Queues delayed keys when they are due, until the queue closes.
+    async fn run_timer(self) {
+        loop {
+            let next = {
+                let s = self.lock();
+                if s.closed {
+                    return;
+                }
+                s.due.first().map(|(t, _)| *t)
+            };
+            match next {
+                None => self.timer.notified().await,
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = self.timer.notified() => continue,
+                    }
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let mut ready = Vec::new();
+            {
+                let mut s = self.lock();
+                while let Some((at, _)) = s.due.first()
+                    && *at <= now
+                {
+                    if let Some((_, key)) = s.due.pop_first() {
+                        s.delayed.remove(&key);
+                        ready.push(key);
+                    }
+                }
+            }
+            for key in ready {
+                self.add(key);
+            }
+        }
     }
 
     /// Waits for the next key; `None` once the queue is closed. The caller must call
@@ -171,6 +239,7 @@ impl FairQueue {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_waiters();
+        self.timer.notify_one();
     }
 }
 
@@ -250,6 +319,35 @@ mod tests {
         assert_eq!(q.backoff(&key), Duration::from_secs(300));
         q.forget(&key);
         assert_eq!(q.backoff(&key), Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_delayed_key_waits_once_for_the_earliest_time_asked() {
+        let q = FairQueue::new();
+        let k = Key::new("ns", "a");
+        q.add_after(k.clone(), Duration::from_secs(3600));
+        q.add_after(k.clone(), Duration::from_millis(20));
+        q.add_after(k.clone(), Duration::from_secs(600));
+        assert_eq!(
+            q.delayed_len(),
+            1,
+            "one timer entry per key, not one task per call"
+        );
+        let (got, _) = tokio::time::timeout(Duration::from_secs(5), q.next())
+            .await
+            .expect("the earliest time wins")
+            .expect("open");
+        assert_eq!(got, k);
+        q.done(&k);
+        assert_eq!(q.delayed_len(), 0);
+        // Many keys, many times: still one entry each.
+        for i in 0..100 {
+            for _ in 0..5 {
+                q.add_after(Key::new("ns", format!("k{i}")), Duration::from_secs(3600));
+            }
+        }
+        assert_eq!(q.delayed_len(), 100);
+        q.close();
     }
 
     #[tokio::test]
