@@ -91,11 +91,15 @@ async fn policies_are_copied_confined_to_the_vcluster() -> Result<()> {
             .then_some(()))
     })
     .await?;
-    assert!(
-        w.metric("vnest_syncer_reconciles_total", &[("kind", "networkpolicies")])
+    // The worker counts the reconcile after it returns, a moment after its host write shows.
+    wait_until("the policy reconcile counted", WAIT, || async {
+        Ok((w
+            .metric("vnest_syncer_reconciles_total", &[("kind", "networkpolicies")])
             .await?
-            > reconciled
-    );
+            > reconciled)
+            .then_some(()))
+    })
+    .await?;
     assert_eq!(
         w.metric("vnest_syncer_host_writes_total", &[("kind", "networkpolicies")])
             .await?,
