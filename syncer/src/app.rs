@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{HostClient, VirtualClient};
-use crate::config::{InitialList, OwnerKind, SyncerConfig};
+use crate::config::{OwnerKind, SyncerConfig};
 use crate::engine::events::Events;
 use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
@@ -106,14 +106,14 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         Ok(v) => (v.git_version, config.sync.initial_list.streams(&v.minor)),
         Err(error) => {
             tracing::warn!(%error, "cannot read the virtual API server version; nodes report 'unknown'");
-            ("unknown".into(), config.sync.initial_list == InitialList::Stream)
+            ("unknown".into(), config.sync.initial_list.streams(""))
         }
     };
     let host_streams = match host.0.apiserver_version().await {
         Ok(v) => config.sync.initial_list.streams(&v.minor),
         Err(error) => {
             tracing::warn!(%error, "cannot read the host API server version; caches load by LIST");
-            config.sync.initial_list == InitialList::Stream
+            config.sync.initial_list.streams("")
         }
     };
     tracing::info!(

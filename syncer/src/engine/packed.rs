@@ -3,7 +3,7 @@
 //! k8s-openapi structs are large inline: a `Pod` is 2.4 KB before any field is set, a
 //! `Container` 2.1 KB and a `Volume` 3.2 KB, and every label is two heap strings in a B-tree.
 //! Measured on the pods of a 3000-pod Deployment run: a virtual pod costs 14.9 KB as structs
-//! and 2.5 KB packed, a (trimmed) host pod 17.0 KB as structs and 3.3 KB packed. Caches of kinds
+//! and 3.1 KB packed, a (trimmed) host pod 17.0 KB as structs and 3.8 KB packed. Caches of kinds
 //! with many objects (pods) keep them packed; a reconcile parses back the one it handles (tens
 //! of microseconds), [`Packed::full_metadata`] reads only the metadata.
 
@@ -13,6 +13,8 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::error::SyncError;
 
 /// `K` as JSON, beside its name, namespace, uid and resourceVersion (all a store and an
 /// object reference need).
@@ -71,6 +73,19 @@ where
         serde_json::from_slice(&self.body)
     }
 
+    /// The whole object back for a reconcile: a body that does not parse is a
+    /// [`SyncError::Cache`] (retried like any failure).
+    pub fn read(&self) -> Result<K, SyncError>
+    where
+        K: k8s_openapi::Resource,
+    {
+        self.unpack().map_err(|e| SyncError::Cache {
+            kind: K::KIND,
+            name: self.metadata.name.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })
+    }
+
     /// The whole metadata (labels, annotations, owners…) without parsing the rest.
     pub fn full_metadata(&self) -> Result<ObjectMeta, serde_json::Error> {
         #[derive(serde::Deserialize)]
@@ -81,7 +96,7 @@ where
         serde_json::from_slice::<MetadataOnly>(&self.body).map(|m| m.metadata)
     }
 
-    /// Bytes held besides the metadata (for tests and sizing).
+    /// Bytes of JSON held (for tests and sizing).
     pub fn body_len(&self) -> usize {
         self.body.len()
     }

@@ -100,7 +100,7 @@ where
         gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
     };
     let gate = std::future::ready(());
-    run(
+    spawn_uncached(
         api,
         config,
         cluster,
@@ -117,39 +117,11 @@ where
 /// objects included (`Init`, `InitApply`…, `InitDone`). For kinds whose objects are needed only
 /// until they are handled (host Events). The watch opens once `gate` is done (it counts for
 /// the initial sync from now).
+///
+/// The watch loop of every watch: backoff on errors, `managedFields` dropped, every event to
+/// `on_event`, the initial sync told after the first (re)list was handed over.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_uncached<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    cluster: Cluster,
-    name: &'static str,
-    gate: impl std::future::Future<Output = ()> + Send + 'static,
-    on_event: impl FnMut(&Event<K>) + Send + 'static,
-    metrics: Metrics,
-    initial_sync: Arc<InitialSync>,
-    cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Clone,
-{
-    run(
-        api,
-        config,
-        cluster,
-        name,
-        gate,
-        on_event,
-        metrics,
-        initial_sync,
-        cancel,
-    )
-}
-
-/// The watch loop: backoff on errors, `managedFields` dropped, every event to `on_event`, the
-/// initial sync told after the first (re)list was handed over.
-#[allow(clippy::too_many_arguments)]
-fn run<K>(
     api: Api<K>,
     config: watcher::Config,
     cluster: Cluster,

@@ -204,15 +204,16 @@ impl EventSync {
     /// Whether the virtual copy of `e` is known to be current (false until the copies were
     /// read back after a start).
     fn is_current(&self, e: &Event) -> bool {
-        if !self.seeded.initialized() {
-            return false;
-        }
-        let uid = e.uid().unwrap_or_default();
+        self.seeded.initialized() && self.copied_as(&e.uid().unwrap_or_default(), &fingerprint(e))
+    }
+
+    /// Whether host event `uid` was copied with fingerprint `print`.
+    fn copied_as(&self, uid: &str, print: &str) -> bool {
         self.copied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&uid)
-            == Some(&fingerprint(e))
+            .get(uid)
+            .is_some_and(|p| p == print)
     }
 
     /// The uncached host event watch's handler: events to copy go to the inbox and the queue.
@@ -321,11 +322,7 @@ impl Reconciler for EventSync {
         let Some(cached) = self.inbox.get(&key.name) else {
             return Ok(Outcome::done());
         };
-        let e = cached.unpack().map_err(|e| SyncError::Cache {
-            kind: "Event",
-            name: key.name.clone(),
-            message: e.to_string(),
-        })?;
+        let e = cached.read()?;
         let outcome = self.copy(&e).await?;
         if outcome.requeue_after.is_none() {
             self.inbox.handled(&key.name, &cached);
@@ -356,14 +353,8 @@ impl EventSync {
         self.seed(&vcluster).await?;
         let uid = e.uid().unwrap_or_default();
         let print = fingerprint(e);
-        {
-            let copied = self
-                .copied
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if copied.get(&uid) == Some(&print) {
-                return Ok(Outcome::done());
-            }
+        if self.copied_as(&uid, &print) {
+            return Ok(Outcome::done());
         }
         let mut desired = virtual_event(e, &target, &self.shared.host_namespace);
         let stamp = format!("{uid} {print}");

@@ -559,19 +559,6 @@ impl IssuedTokens {
     }
 }
 
-/// A cached pod whole again.
-fn unpack(cached: Option<Arc<CachedPod>>) -> Result<Option<Pod>, SyncError> {
-    cached
-        .map(|c| {
-            c.unpack().map_err(|e| SyncError::Cache {
-                kind: "Pod",
-                name: c.name_any(),
-                message: e.to_string(),
-            })
-        })
-        .transpose()
-}
-
 fn token_error(ns: &str, sa: &str, why: &str) -> SyncError {
     SyncError::Translate(crate::engine::error::TranslateError::Refused(format!(
         "cannot get a token for ServiceAccount {ns}/{sa}: {why}"
@@ -606,14 +593,16 @@ impl Reconciler for PodSync {
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
         let tc = self.shared.translate_ctx()?;
         let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
-        let v = unpack(
-            self.virtual_pods
-                .get(&ObjectRef::new(&key.name).within(&key.namespace)),
-        )?;
-        let h = unpack(
-            self.host_pods
-                .get(&ObjectRef::new(&host_name).within(&tc.host_namespace)),
-        )?;
+        let v = self
+            .virtual_pods
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+            .map(|c| c.read())
+            .transpose()?;
+        let h = self
+            .host_pods
+            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace))
+            .map(|c| c.read())
+            .transpose()?;
         if let Some(h) = &h
             && !is_ours(&tc, "Pod", h.meta())
         {
