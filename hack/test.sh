@@ -79,6 +79,21 @@ stop_world() {
 trap 'stop_world; rm -f "$out"' EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+# A cold run needs disk: ~1.7 GB of Rust build output (non-incremental) and, while the
+# control planes compile, ~5 GB of Go build cache. Running out shows up as an LLVM or `go build`
+# I/O error far from its cause, so say it up front.
+check_disk() {
+	local need_mb=2000 free_mb
+	[[ -x "$(hack/build-tools.sh --print-dir)/kube-apiserver" ]] || need_mb=$((need_mb + 6000))
+	free_mb=$(df -Pm "$repo" | awk 'NR == 2 { print $4 }')
+	if [[ -n $free_mb ]] && ((free_mb < need_mb)); then
+		log "WARNING: low disk: ${free_mb} MB free on the filesystem of $repo; this run needs about ${need_mb} MB (free space or expect 'No space left on device')"
+	else
+		log "disk: ${free_mb:-?} MB free, about ${need_mb} MB needed"
+	fi
+}
+check_disk
+
 run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
 run_step "unit tests" cargo test --workspace --lib --bins
