@@ -182,9 +182,20 @@ async fn killed_mid_work_then_restarted_converges_and_resync_writes_nothing() ->
     let reconciled = w
         .metric("vnest_syncer_reconciles_total", &[("kind", "pods")])
         .await?;
+    let pods = Api::<Pod>::all(w.virt.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .len() as f64;
     assert!(
-        reconciled >= 20.0,
-        "every pod re-checked before caught up: {reconciled}"
+        reconciled >= pods,
+        "every one of the {pods} pods re-checked before caught up: {reconciled}"
+    );
+    // Once each, give or take a pod: workers start only after every cache's first list was
+    // handed to its subscribers (they used to start in between and every pod went twice).
+    assert!(
+        reconciled <= pods * 1.2,
+        "{reconciled} pod reconciles for {pods} pods: a resync reconciles each pod once"
     );
     assert!(resync_s < WAIT.as_secs_f64());
     assert_eq!(

@@ -458,6 +458,65 @@ async fn deletes_flow_both_ways_and_host_edits_are_healed() -> Result<()> {
     wait_gone(&hpods, &hrep).await
 }
 
+/// A pod deleted and created again under the same name (what a StatefulSet does) runs as
+/// itself: a host pod of its own uid, and its own status, never its predecessor's. The status
+/// copy is pinned to the pod's uid, which relies on the API server refusing a uid change in a
+/// status patch with a 422 whose cause is `metadata.uid`: checked here against the real one.
+#[tokio::test]
+async fn a_pod_recreated_under_the_same_name_runs_as_itself() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "sync-same-name").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hname = w.host_name(&ns.name, "web-0");
+
+    vpods
+        .create(&PostParams::default(), &simple_pod("web-0")?)
+        .await?;
+    let first = wait_running(&vpods, "web-0").await?;
+    let stale = vpods
+        .patch_status(
+            "web-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"uid": "not-this-pod"}, "status": {"message": "x"}})),
+        )
+        .await;
+    match stale {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            let fields: Vec<&str> = s
+                .details
+                .iter()
+                .flat_map(|d| d.causes.iter().map(|c| c.field.as_str()))
+                .collect();
+            assert!(fields.contains(&"metadata.uid"), "{s:?}");
+        }
+        other => panic!("a status patch with another uid must be refused, got {other:?}"),
+    }
+
+    vpods.delete("web-0", &DeleteParams::default()).await?;
+    wait_gone(&vpods, "web-0").await?;
+    vpods
+        .create(&PostParams::default(), &simple_pod("web-0")?)
+        .await?;
+    let second = wait_running(&vpods, "web-0").await?;
+    assert_ne!(first.uid(), second.uid());
+    let hp = wait_until("the host pod of the new uid", WAIT, || async {
+        Ok(hpods
+            .get_opt(&hname)
+            .await?
+            .filter(|h| h.annotations().get(markers::ANNOTATION_OBJECT_UID) == second.uid().as_ref()))
+    })
+    .await?;
+    assert_eq!(
+        second.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        hp.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        "the new pod shows its own host pod's IP"
+    );
+    assert_eq!(second.status.as_ref().and_then(|s| s.message.clone()), None);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_foreign_host_object_with_our_name_is_left_alone() -> Result<()> {
     let w = World::connect().await?;

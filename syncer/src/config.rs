@@ -134,8 +134,10 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_WORKER_THREADS", default_value = "2", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub worker_threads: u16,
 
-    /// Concurrent reconciles per kind (pods; ConfigMaps and Secrets get half each).
-    #[arg(long, env = "VNEST_WORKERS", default_value = "32", value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Concurrent reconciles per kind (pods; ConfigMaps and Secrets get half each). A reconcile
+    /// mostly waits on the two API servers, so this bounds requests in flight, not CPU; the host
+    /// side is paced by --host-qps either way.
+    #[arg(long, env = "VNEST_WORKERS", default_value = "256", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
 
     /// The vcluster's host Service (its ClusterIP is the virtual `kubernetes` Service IP)

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub store_objects: IntGaugeVec,
     /// Watch errors (each followed by a backoff and a re-watch), by cluster and kind.
     pub watch_errors: IntCounterVec,
+    pub store_loads: IntCounterVec,
     /// Keys waiting in each kind's queue.
     pub queue_depth: IntGaugeVec,
     /// Time keys waited in the queue before a worker took them, by kind.
@@ -104,6 +105,13 @@ impl Metrics {
             Opts::new("watch_errors_total", "Watch failures (each retried with backoff)"),
             &["cluster", "kind"],
         )?;
+        let store_loads = IntCounterVec::new(
+            Opts::new(
+                "store_loads_total",
+                "Full (re)loads of a watch cache; more than one per kind means a watch fell too far behind (410 Gone) or failed",
+            ),
+            &["cluster", "kind"],
+        )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new("queue_depth", "Keys waiting to be reconciled"),
             &["kind"],
@@ -166,7 +174,7 @@ impl Metrics {
         for c in [&store_objects, &queue_depth] {
             registry.register(Box::new(c.clone()))?;
         }
-        for c in [&watch_errors, &reconciles, &host_writes] {
+        for c in [&watch_errors, &store_loads, &reconciles, &host_writes] {
             registry.register(Box::new(c.clone()))?;
         }
         for h in [&queue_wait, &reconcile_duration, &sync_lag, &sync_prepare] {
@@ -184,6 +192,7 @@ impl Metrics {
             rate_limit_wait,
             store_objects,
             watch_errors,
+            store_loads,
             queue_depth,
             queue_wait,
             reconciles,

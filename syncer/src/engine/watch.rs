@@ -143,6 +143,7 @@ where
             () = gate => {}
         }
         let mut listed_once = false;
+        let loads = metrics.store_loads.with_label_values(&[cluster.as_str(), name]);
         let stream = watcher::watcher(api, config)
             .default_backoff()
             .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
@@ -165,9 +166,12 @@ where
                 }
             };
             on_event(&event);
-            // After the handler queued the listed keys: the queues are not idle yet.
-            if matches!(event, Event::InitDone) && !std::mem::replace(&mut listed_once, true) {
-                initial_sync.watch_listed();
+            if matches!(event, Event::InitDone) {
+                loads.inc();
+                // After the handler queued the listed keys: the queues are not idle yet.
+                if !std::mem::replace(&mut listed_once, true) {
+                    initial_sync.watch_listed();
+                }
             }
         }
     })

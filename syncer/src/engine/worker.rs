@@ -81,7 +81,9 @@ async fn work<R: Reconciler>(r: Arc<R>, q: FairQueue, events: Events, m: Metrics
             .observe(waited.as_secs_f64());
         let span = tracing::debug_span!("reconcile", kind, key = %key);
         let started = Instant::now();
-        let result = r.reconcile(&key).instrument(span).await;
+        // Boxed: a reconcile's future holds whole objects and request futures (kilobytes); a
+        // waiting worker then costs only its own small state, however many workers there are.
+        let result = Box::pin(r.reconcile(&key).instrument(span)).await;
         m.reconcile_duration
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());

@@ -100,6 +100,8 @@ where
     subscribers: Vec<Subscriber<K, C>>,
     /// What the store keeps of each object (a clone, or a smaller form: memory).
     convert: fn(&K) -> C,
+    /// True once the first list is in the store and every subscriber has handled it.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K> Pending<K>
@@ -123,13 +125,24 @@ where
             writer,
             subscribers: Vec::new(),
             convert,
+            listed: tokio::sync::watch::Sender::new(false),
         }
+    }
+    /// Done once the first list is in the store *and* every subscriber has queued its keys.
+    /// Workers wait for this rather than for the store alone: a store is ready before its
+    /// subscribers run, and workers started in between reconciled keys that the subscribers
+    /// then queued again (a restart reconciled every pod twice).
+    fn listed(&self) -> Ready {
+        let mut rx = self.listed.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|listed| *listed).await;
+        })
     }
     fn on(&mut self, f: impl Fn(Change<'_, K, C>) + Send + Sync + 'static) {
         self.subscribers.push(Arc::new(f));
     }
     fn start(
-        self,
+        mut self,
         api: Api<K>,
         config: watcher::Config,
         cluster: Cluster,
@@ -139,6 +152,13 @@ where
     ) where
         K::DynamicType: Hash + Eq,
     {
+        // Last: subscribers run in order, so this one sees the list after all the others.
+        let listed = self.listed.clone();
+        self.on(move |c| {
+            if let Change::Relisted(_) = c {
+                listed.send_replace(true);
+            }
+        });
         let handle = watch::spawn(
             api,
             (self.reader, self.writer),
@@ -460,6 +480,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         });
     }
     let mut host_nodes_store = None;
+    let mut host_nodes_ready = None;
     if opts.node_mode == NodeMode::Real {
         let mut h_nodes = Pending::<Node>::new();
         let q = node_q.clone();
@@ -469,6 +490,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             Change::Relisted(store) => enqueue_all(&q, store, |n| Some(Key::new("", n.name_any()))),
         });
         host_nodes_store = Some(h_nodes.reader.clone());
+        host_nodes_ready = Some(h_nodes.listed());
         h_nodes.start(
             Api::all(host.clone()),
             host_all(),
@@ -543,20 +565,20 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     };
     // Every cache must have listed before any worker decides anything: a reconcile on a
     // half-filled cache could delete host objects whose virtual twin is simply not loaded yet.
-    let readiness: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = vec![
-        ready(v_pods.reader.clone()),
-        ready(h_pods.reader.clone()),
-        ready(v_cms.reader.clone()),
-        ready(h_cms.reader.clone()),
-        ready(v_secrets.reader.clone()),
-        ready(h_secrets.reader.clone()),
-        ready(v_namespaces.reader.clone()),
-        ready(v_nodes.reader.clone()),
-        ready(v_services.reader.clone()),
-        ready(h_services.reader.clone()),
-        ready(h_vc_endpoints.reader.clone()),
-        ready(v_eps.reader.clone()),
-        ready(h_eps.reader.clone()),
+    let readiness: Vec<Ready> = vec![
+        v_pods.listed(),
+        h_pods.listed(),
+        v_cms.listed(),
+        h_cms.listed(),
+        v_secrets.listed(),
+        h_secrets.listed(),
+        v_namespaces.listed(),
+        v_nodes.listed(),
+        v_services.listed(),
+        h_services.listed(),
+        h_vc_endpoints.listed(),
+        v_eps.listed(),
+        h_eps.listed(),
     ];
 
     v_pods.start(
@@ -684,7 +706,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         Api::namespaced(host.clone(), &host_ns),
         loading(watcher::Config::default().fields(&vc_fields), host_streams),
         Cluster::Host,
-        "endpoints",
+        // Its own metric label: the watch of copied Endpoints below is "endpoints".
+        "vcluster-endpoints",
         &shared,
         tasks,
     );
@@ -733,8 +756,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             v_np.reader.clone(),
             h_np.reader.clone(),
         ));
-        extra_ready.push(ready(v_np.reader.clone()));
-        extra_ready.push(ready(h_np.reader.clone()));
+        extra_ready.push(v_np.listed());
+        extra_ready.push(h_np.listed());
         v_np.start(
             Api::all(virt.clone()),
             virt_all(),
@@ -761,7 +784,6 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         });
     }
     let shared2 = shared.clone();
-    let host_nodes_ready = host_nodes_store.map(ready);
     tasks.spawn(async move {
         futures::future::join_all(readiness).await;
         if let Some(r) = host_nodes_ready {
@@ -784,13 +806,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     dns_stores
 }
 
-fn ready<K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
-    store: Store<K>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let _ = store.wait_until_ready().await;
-    })
-}
+/// A wait for one cache's first list (see [`Pending::listed`]).
+type Ready = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, n: usize, shared: &Shared) {
     let (events, metrics, cancel) = (

@@ -307,6 +307,7 @@ async fn startup_cost_restart(
     let vns = TestNs::new(&w.virt, "bench-vnest").await?;
     let audit_create = audit.mark()?;
     let syncer_before = syncer_host_requests(w).await?;
+    let diag_before = BurstDiagnostics::read(w).await?;
     let virt_t = Tracker::start(Api::namespaced(w.virt.clone(), &vns.name), "app=bench", by_name).await?;
     let host_t = Tracker::start(
         Api::namespaced(w.host.clone(), &w.host_ns),
@@ -324,6 +325,8 @@ async fn startup_cost_restart(
     let audit_create_reqs = audit.count_since(audit_create)?;
     let syncer_create_reqs = diff(&syncer_host_requests(w).await?, &syncer_before);
     let loaded = syncer.sample()?;
+    let diagnostics = BurstDiagnostics::read(w).await?.since(&diag_before);
+    eprintln!("[bench]   syncer during the burst: {diagnostics}");
 
     step(&format!(
         "3/7 idle for {} s with {n} pods synced",
@@ -380,6 +383,7 @@ async fn startup_cost_restart(
         "startup_p99_ratio": round2(vs["p99"] / ds["p99"]),
         "startup_all_ready_s": {"direct": round1(direct_s), "vnest": round1(vnest_s)},
         "burst_sync_lag_ms": stats(&burst_down), "burst_status_lag_ms": stats(&burst_up),
+        "burst_syncer": diagnostics,
         "host_requests_create_audit": audit_create_reqs, "host_requests_delete_audit": audit_delete_reqs,
         "host_requests_create_syncer": syncer_create_reqs, "host_requests_delete_syncer": syncer_delete_reqs,
         "host_writes_per_pod": round2(writes_per_pod),
@@ -701,4 +705,53 @@ async fn services(w: &World, n_services: usize) -> Result<Value> {
         "dns_answer_ms": stats(&dns_ms),
     });
     Ok(services_json)
+}
+
+/// Where the syncer's time went during a burst: reconciles by kind and result, and the pod
+/// queue's wait and reconcile time (from its /metrics), to tell a slow API server from a queue
+/// backlog or retries.
+struct BurstDiagnostics {
+    reconciles: std::collections::BTreeMap<String, f64>,
+    store_loads: std::collections::BTreeMap<String, f64>,
+    watch_errors: std::collections::BTreeMap<String, f64>,
+    api_requests: std::collections::BTreeMap<String, f64>,
+    queue_wait: Vec<(f64, f64)>,
+    reconcile: Vec<(f64, f64)>,
+}
+
+impl BurstDiagnostics {
+    async fn read(w: &World) -> Result<Self> {
+        Ok(Self {
+            reconciles: probe::syncer_counter(w, "vnest_syncer_reconciles_total").await?,
+            store_loads: probe::syncer_counter(w, "vnest_syncer_store_loads_total").await?,
+            watch_errors: probe::syncer_counter(w, "vnest_syncer_watch_errors_total").await?,
+            api_requests: probe::syncer_counter(w, "vnest_syncer_api_requests_total").await?,
+            queue_wait: probe::syncer_histogram(w, "vnest_syncer_queue_wait_seconds", "pods").await?,
+            reconcile: probe::syncer_histogram(w, "vnest_syncer_reconcile_duration_seconds", "pods").await?,
+        })
+    }
+
+    /// The figures of the window since `before`, as JSON.
+    fn since(&self, before: &Self) -> Value {
+        let q = |after: &[(f64, f64)], before: &[(f64, f64)]| {
+            json!({
+                "p50": round1(probe::histogram_quantile_ms(before, after, 0.5)),
+                "p99": round1(probe::histogram_quantile_ms(before, after, 0.99)),
+            })
+        };
+        // Requests that did not succeed, by "cluster code resource verb" (the exposition's
+        // label order).
+        let failed: std::collections::BTreeMap<String, f64> = diff(&self.api_requests, &before.api_requests)
+            .into_iter()
+            .filter(|(k, _)| k.split(' ').nth(1).is_some_and(|code| !code.starts_with('2')))
+            .collect();
+        json!({
+            "reconciles": diff(&self.reconciles, &before.reconciles),
+            "store_reloads": diff(&self.store_loads, &before.store_loads),
+            "watch_errors": diff(&self.watch_errors, &before.watch_errors),
+            "requests_not_2xx": failed,
+            "pod_queue_wait_ms": q(&self.queue_wait, &before.queue_wait),
+            "pod_reconcile_ms": q(&self.reconcile, &before.reconcile),
+        })
+    }
 }

@@ -94,6 +94,25 @@ pub async fn syncer_host_requests(w: &World) -> Result<BTreeMap<String, f64>> {
     Ok(out)
 }
 
+/// Every sample of counter `name` (full name, e.g. `vnest_syncer_reconciles_total`), keyed by
+/// its label values joined with " " (e.g. "pods ok").
+pub async fn syncer_counter(w: &World, name: &str) -> Result<BTreeMap<String, f64>> {
+    let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
+    let prefix = format!("{name}{{");
+    let mut out = BTreeMap::new();
+    for rest in text.lines().filter_map(|l| l.strip_prefix(&prefix)) {
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let key: Vec<&str> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
+            .collect();
+        out.insert(key.join(" "), value.parse().unwrap_or(0.0));
+    }
+    Ok(out)
+}
+
 /// `after - before`, positive entries only.
 pub fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after

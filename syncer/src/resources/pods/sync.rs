@@ -488,22 +488,35 @@ impl PodSync {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        let _: Value = self
+        let bound: Result<Value, _> = self
             .virtual_pods_api(&ns)
             .create_subresource("binding", &name, &pp, &binding)
-            .await
-            .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "bind", "Pod", &name))?;
-        tracing::debug!(v.ns = %ns, v.name = %name, node, "bound virtual pod");
+            .await;
+        match bound {
+            Ok(_) => tracing::debug!(v.ns = %ns, v.name = %name, node, "bound virtual pod"),
+            // Already bound: the cache had not shown our own earlier bind yet (only the syncer
+            // binds virtual pods; a pod created with a nodeName is never bound). Go on to the
+            // status rather than around the queue (measured at 3000 pods: 9–78 such 409s).
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tracing::debug!(v.ns = %ns, v.name = %name, node, "virtual pod already bound");
+            }
+            Err(e) => return Err(SyncError::from_kube(e, Cluster::Virtual, "bind", "Pod", &name)),
+        }
         Ok(())
     }
 
+    /// Copies the host status onto the virtual pod (nothing when equal).
+    ///
+    /// The patch is pinned to the pod's uid, not to its resourceVersion. Only the syncer writes
+    /// a virtual pod's status (there is no virtual kubelet), one reconcile per key at a time,
+    /// from the newest host pod the cache has, so a write never goes backwards; a diff against
+    /// a virtual pod the cache shows a little late can at worst leave a field that the next
+    /// reconcile (woken by this very write's watch event) removes. Measured at 3000 pods: with
+    /// a resourceVersion precondition 2–10 % of status patches failed with 409 and went round
+    /// the queue again. The uid keeps a pod that was deleted and recreated under the same name
+    /// (a StatefulSet's) from getting its predecessor's status: the API server refuses a uid
+    /// change (422, "metadata.uid ... field is immutable"), taken here as a conflict.
     async fn copy_status(&self, v: &Pod, h: &Pod) -> Result<(), SyncError> {
-        self.patch_status(v, h, true).await
-    }
-
-    /// Copies the host status onto the virtual pod (nothing when equal); `precondition` pins
-    /// the patch to the resourceVersion the diff was computed against.
-    async fn patch_status(&self, v: &Pod, h: &Pod, precondition: bool) -> Result<(), SyncError> {
         let Some(status) = translate::virtual_status(v, h) else {
             return Ok(());
         };
@@ -513,11 +526,7 @@ impl PodSync {
         let Some(diff) = plan::merge_diff(&from, &to) else {
             return Ok(());
         };
-        let body = if precondition {
-            serde_json::json!({"metadata": {"resourceVersion": v.resource_version()}, "status": diff})
-        } else {
-            serde_json::json!({"status": diff})
-        };
+        let body = serde_json::json!({"metadata": {"uid": v.uid()}, "status": diff});
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
@@ -525,8 +534,28 @@ impl PodSync {
         self.virtual_pods_api(&ns)
             .patch_status(&name, &pp, &Patch::Merge(&body))
             .await
-            .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "update status of", "Pod", &name))?;
+            .map_err(|e| status_patch_error(e, &name))?;
         Ok(())
+    }
+}
+
+/// A status patch pinned to a uid that the pod of that name no longer has is a conflict (the
+/// pod was replaced): looked at again once the cache shows the new pod.
+fn status_patch_error(e: kube::Error, name: &str) -> SyncError {
+    match &e {
+        kube::Error::Api(s)
+            if s.code == 422
+                && s.details
+                    .as_ref()
+                    .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")) =>
+        {
+            SyncError::Conflict {
+                cluster: Cluster::Virtual,
+                kind: "Pod",
+                name: name.to_owned(),
+            }
+        }
+        _ => SyncError::from_kube(e, Cluster::Virtual, "update status of", "Pod", name),
     }
 }
 
@@ -733,11 +762,8 @@ impl PodSync {
         }
         if let Some(node) = translate::binding_needed(v, h) {
             self.bind(v, &node).await?;
-            // The status follows at once rather than one watch round-trip later. The bind moved
-            // the resourceVersion, so this patch goes without one: only the syncer writes a
-            // virtual pod's status (there is no virtual kubelet), and the key is never
-            // reconciled twice at once.
-            self.patch_status(v, h, false).await?;
+            // The status follows at once rather than one watch round-trip later.
+            self.copy_status(v, h).await?;
             return Ok(outcome);
         }
         self.copy_status(v, h).await?;
@@ -748,6 +774,32 @@ impl PodSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 422 Invalid as the API server sends it, with one cause on `field`.
+    fn invalid(field: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+            "reason": "Invalid",
+            "message": format!("Pod \"web-0\" is invalid: {field}: Invalid value: \"a\": field is immutable"),
+            "details": {"name": "web-0", "kind": "Pod", "causes": [
+                {"reason": "FieldValueInvalid", "message": "Invalid value: \"a\": field is immutable", "field": field}
+            ]}
+        }))
+        .expect("a Status");
+        kube::Error::Api(status.boxed())
+    }
+
+    #[test]
+    fn a_status_patch_refused_for_its_uid_is_a_conflict() {
+        assert_eq!(
+            status_patch_error(invalid("metadata.uid"), "web-0").category(),
+            "conflict"
+        );
+        assert_eq!(
+            status_patch_error(invalid("status.podIP"), "web-0").category(),
+            "rejected"
+        );
+    }
 
     #[test]
     fn refresh_due_reads_the_annotation() {
