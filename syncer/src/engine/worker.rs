@@ -41,7 +41,12 @@ pub trait Reconciler: Send + Sync + 'static {
     fn tenant_object(&self, key: &Key) -> Option<ObjectReference>;
 }
 
-/// Runs `workers` workers until `cancel`; returns when they have all stopped.
+/// Reconciles keys of `queue`, at most `workers` at once, until `cancel`; returns when the
+/// reconciles in flight have finished.
+///
+/// A key is taken from the queue only once a slot is free (so the queue, not a worker, decides
+/// the order), and each reconcile runs as its own task. Idle slots cost nothing: 256 long-lived
+/// worker tasks per kind held ~4.5 KB each (3.2 MB of an idle syncer's 5.9 MB heap).
 pub async fn run<R: Reconciler>(
     reconciler: Arc<R>,
     queue: FairQueue,
@@ -50,68 +55,160 @@ pub async fn run<R: Reconciler>(
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers.max(1) {
-        let (r, q, e, m, c) = (
-            reconciler.clone(),
-            queue.clone(),
-            events.clone(),
-            metrics.clone(),
-            cancel.clone(),
-        );
-        set.spawn(async move { work(r, q, e, m, c).await });
+    let slots = Arc::new(tokio::sync::Semaphore::new(workers.max(1)));
+    let depth = metrics.queue_depth.with_label_values(&[reconciler.name()]);
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            () = cancel.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let next = tokio::select! {
+            () = cancel.cancelled() => break,
+            next = queue.next() => next,
+        };
+        let Some((key, waited)) = next else { break };
+        depth.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+        let (r, q, e, m) = (reconciler.clone(), queue.clone(), events.clone(), metrics.clone());
+        running.spawn(async move {
+            reconcile_one(&*r, &q, &e, &m, key, waited).await;
+            drop(slot);
+        });
+        // Reap what finished, so the set does not grow with the number of reconciles.
+        while running.try_join_next().is_some() {}
     }
-    cancel.cancelled().await;
     queue.close();
-    while set.join_next().await.is_some() {}
+    while running.join_next().await.is_some() {}
 }
 
-async fn work<R: Reconciler>(r: Arc<R>, q: FairQueue, events: Events, m: Metrics, cancel: CancellationToken) {
+/// One reconcile of `key`: metrics, requeue or backoff, a Warning for the tenant when it can
+/// act on the failure; then the key is released.
+async fn reconcile_one<R: Reconciler>(
+    r: &R,
+    q: &FairQueue,
+    events: &Events,
+    m: &Metrics,
+    key: Key,
+    waited: Duration,
+) {
     let kind = r.name();
-    let depth = m.queue_depth.with_label_values(&[kind]);
-    loop {
-        let next = tokio::select! {
-            () = cancel.cancelled() => return,
-            next = q.next() => next,
-        };
-        let Some((key, waited)) = next else { return };
-        depth.set(i64::try_from(q.len()).unwrap_or(i64::MAX));
-        m.queue_wait
-            .with_label_values(&[kind])
-            .observe(waited.as_secs_f64());
-        let span = tracing::debug_span!("reconcile", kind, key = %key);
-        let started = Instant::now();
-        // Boxed: a reconcile's future holds whole objects and request futures (kilobytes); a
-        // waiting worker then costs only its own small state, however many workers there are.
-        let result = Box::pin(r.reconcile(&key).instrument(span)).await;
-        m.reconcile_duration
-            .with_label_values(&[kind])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(outcome) => {
-                m.reconciles.with_label_values(&[kind, "ok"]).inc();
-                q.forget(&key);
-                if let Some(after) = outcome.requeue_after {
-                    q.add_after(key.clone(), after);
-                }
-            }
-            Err(error) => {
-                let category = error.category();
-                m.reconciles.with_label_values(&[kind, category]).inc();
-                let delay = error.fixed_requeue().unwrap_or_else(|| q.backoff(&key));
-                if error.tenant_visible() {
-                    tracing::warn!(kind, key = %key, %error, retry_in_s = delay.as_secs_f64(), "sync refused");
-                    if let Some(obj) = r.tenant_object(&key) {
-                        events.warn(&obj, "Sync", &error).await;
-                    }
-                } else if category == "transient" {
-                    tracing::warn!(kind, key = %key, %error, retry_in_s = delay.as_secs_f64(), "sync failed; will retry");
-                } else {
-                    tracing::debug!(kind, key = %key, %error, "requeued");
-                }
-                q.add_after(key.clone(), delay);
+    m.queue_wait
+        .with_label_values(&[kind])
+        .observe(waited.as_secs_f64());
+    let span = tracing::debug_span!("reconcile", kind, key = %key);
+    let started = Instant::now();
+    let result = r.reconcile(&key).instrument(span).await;
+    m.reconcile_duration
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            m.reconciles.with_label_values(&[kind, "ok"]).inc();
+            q.forget(&key);
+            if let Some(after) = outcome.requeue_after {
+                q.add_after(key.clone(), after);
             }
         }
-        q.done(&key);
+        Err(error) => {
+            let category = error.category();
+            m.reconciles.with_label_values(&[kind, category]).inc();
+            let delay = error.fixed_requeue().unwrap_or_else(|| q.backoff(&key));
+            if error.tenant_visible() {
+                tracing::warn!(kind, key = %key, %error, retry_in_s = delay.as_secs_f64(), "sync refused");
+                if let Some(obj) = r.tenant_object(&key) {
+                    events.warn(&obj, "Sync", &error).await;
+                }
+            } else if category == "transient" {
+                tracing::warn!(kind, key = %key, %error, retry_in_s = delay.as_secs_f64(), "sync failed; will retry");
+            } else {
+                tracing::debug!(kind, key = %key, %error, "requeued");
+            }
+            q.add_after(key.clone(), delay);
+        }
+    }
+    q.done(&key);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts reconciles in flight; each one waits until released.
+    #[derive(Default)]
+    struct Gate {
+        in_flight: AtomicUsize,
+        most: AtomicUsize,
+        done: AtomicUsize,
+        release: tokio::sync::Notify,
+    }
+
+    impl Reconciler for Gate {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        async fn reconcile(&self, _key: &Key) -> Result<Outcome, SyncError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.release.notified().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.done.fetch_add(1, Ordering::SeqCst);
+            Ok(Outcome::done())
+        }
+        fn tenant_object(&self, _key: &Key) -> Option<ObjectReference> {
+            None
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test]
+    async fn at_most_the_given_number_run_at_once_and_every_key_is_reconciled() {
+        let gate = Arc::new(Gate::default());
+        let queue = FairQueue::new();
+        for i in 0..10 {
+            queue.add(Key::new("ns", format!("k{i}")));
+        }
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            gate.clone(),
+            queue.clone(),
+            3,
+            Events::new(client),
+            Metrics::new().unwrap(),
+            cancel.clone(),
+        ));
+        until("3 reconciles in flight", || {
+            gate.in_flight.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        assert_eq!(queue.len(), 7, "keys stay queued until a slot is free");
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while gate.done.load(Ordering::SeqCst) < 10 {
+                gate.release.notify_waiters();
+                tokio::task::yield_now().await;
+            }
+        });
+        drained.await.expect("every key reconciled");
+        assert_eq!(gate.most.load(Ordering::SeqCst), 3);
+        assert!(queue.is_empty());
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
