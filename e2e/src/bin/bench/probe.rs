@@ -68,28 +68,33 @@ impl SyncerProc {
     }
 }
 
+/// The samples of counter `name` in a Prometheus text exposition: each one's labels (name,
+/// value, in the exposition's order) and value.
+fn samples<'t>(text: &'t str, name: &str) -> Vec<(Vec<(&'t str, &'t str)>, f64)> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            let labels = labels
+                .split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+                .collect();
+            Some((labels, value.parse().unwrap_or(0.0)))
+        })
+        .collect()
+}
+
 /// The syncer's own count of its host requests, by "verb resource".
 pub async fn syncer_host_requests(w: &World) -> Result<BTreeMap<String, f64>> {
     let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
     let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("vnest_syncer_api_requests_total{cluster=\"host\""))
-    {
-        let label = |k: &str| {
-            line.split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *out.entry(format!("{} {}", label("verb"), label("resource")))
-            .or_default() += value;
+    for (labels, value) in samples(&text, "vnest_syncer_api_requests_total") {
+        let label = |k: &str| labels.iter().find(|(n, _)| *n == k).map_or("", |(_, v)| *v);
+        if label("cluster") == "host" {
+            *out.entry(format!("{} {}", label("verb"), label("resource")))
+                .or_default() += value;
+        }
     }
     Ok(out)
 }
@@ -98,19 +103,13 @@ pub async fn syncer_host_requests(w: &World) -> Result<BTreeMap<String, f64>> {
 /// its label values joined with " " (e.g. "pods ok").
 pub async fn syncer_counter(w: &World, name: &str) -> Result<BTreeMap<String, f64>> {
     let text = http_get_text(w.env.get("SYNCER_METRICS_URL")?).await?;
-    let prefix = format!("{name}{{");
-    let mut out = BTreeMap::new();
-    for rest in text.lines().filter_map(|l| l.strip_prefix(&prefix)) {
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let key: Vec<&str> = labels
-            .split(',')
-            .filter_map(|kv| kv.split_once('=').map(|(_, v)| v.trim_matches('"')))
-            .collect();
-        out.insert(key.join(" "), value.parse().unwrap_or(0.0));
-    }
-    Ok(out)
+    Ok(samples(&text, name)
+        .into_iter()
+        .map(|(labels, value)| {
+            let key: Vec<&str> = labels.iter().map(|(_, v)| *v).collect();
+            (key.join(" "), value)
+        })
+        .collect())
 }
 
 /// `after - before`, positive entries only.
@@ -255,6 +254,19 @@ pub fn histogram_quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_read_labels_and_values_of_one_counter() {
+        let text = "# TYPE x counter\nvnest_x_total{cluster=\"host\",verb=\"get\"} 3\nvnest_x_total{cluster=\"virtual\",verb=\"list\"} 1.5\nvnest_y_total{a=\"b\"} 9\n";
+        let s = samples(text, "vnest_x_total");
+        assert_eq!(
+            s,
+            vec![
+                (vec![("cluster", "host"), ("verb", "get")], 3.0),
+                (vec![("cluster", "virtual"), ("verb", "list")], 1.5),
+            ]
+        );
+    }
 
     #[test]
     fn quantiles_come_from_the_window_only() {
