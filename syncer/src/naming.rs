@@ -61,9 +61,23 @@ pub fn host_name_for_cluster_scoped(vcluster: &str, host_namespace: &str, name: 
 /// `'\0'` cannot appear in Kubernetes names, namespaces or label keys, so the joined string is
 /// unambiguous: different tuples hash different inputs (`["a-x", "b"]` != `["a", "x-b"]`).
 pub fn short_hash(parts: &[&str]) -> String {
-    let digest = Sha256::digest(parts.join("\0").as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    hex.chars().take(HASH_LEN).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update([0u8]);
+        }
+        hasher.update(part.as_bytes());
+    }
+    // Hex of the first bytes, without a formatter per byte (this runs for every object a
+    // resync looks at).
+    hasher
+        .finalize()
+        .iter()
+        .flat_map(|byte| [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0f)]])
+        .take(HASH_LEN)
+        .map(char::from)
+        .collect()
 }
 
 /// True iff `s` is a DNS-1123 label: 1 to 63 characters of `[a-z0-9-]`, starting and ending

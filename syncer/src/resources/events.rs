@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -101,6 +102,34 @@ impl EventInbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Notes a virtual copy's `<host event uid> <fingerprint>` stamp.
+fn record_copy(found: &mut HashMap<String, String>, meta: &ObjectMeta) {
+    if let Some((uid, print)) = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_HOST_EVENT))
+        .and_then(|v| v.split_once(' '))
+    {
+        found.insert(uid.to_owned(), print.to_owned());
+    }
+}
+
+/// A failed read-back of the copies, classified like any virtual API error.
+fn seed_error(error: watcher::Error) -> SyncError {
+    let error = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::WatchError(status) => kube::Error::Api(status),
+        watcher::Error::NoResourceVersion => {
+            return SyncError::Translate(crate::engine::error::TranslateError::NotReady(
+                "a resourceVersion in the read-back of copied events".into(),
+            ));
+        }
+    };
+    SyncError::from_kube(error, Cluster::Virtual, "watch", "Event", "copies of host events")
 }
 
 /// Annotation on a virtual copy: `<host event uid> <fingerprint hash>`.
@@ -198,6 +227,8 @@ pub struct EventSync {
     pub copied: Mutex<HashMap<String, String>>,
     /// Set once `copied` has been filled from the virtual copies that exist (after a restart).
     pub seeded: tokio::sync::OnceCell<()>,
+    /// Whether the virtual API server streams lists (the read-back is then one request).
+    pub seed_streams: bool,
 }
 
 impl EventSync {
@@ -223,34 +254,17 @@ impl EventSync {
         }
     }
 
-    /// Fills `copied` from our existing virtual copies (metadata only, paginated), once. Started
-    /// at startup beside the cache lists; a reconcile waits for it (and retries it on failure).
+    /// Fills `copied` from our existing virtual copies (metadata only), once. Started at
+    /// startup beside the cache lists; a reconcile waits for it (and retries it on failure).
     pub async fn seed(&self, vcluster: &str) -> Result<(), SyncError> {
         self.seeded
             .get_or_try_init(|| async {
-                let api: Api<Event> = Api::all(self.shared.virt.clone());
-                let mut lp = ListParams::default()
-                    .labels(&markers::selector(vcluster))
-                    .limit(SEED_PAGE);
-                let mut found = HashMap::new();
-                loop {
-                    let page = api.list_metadata(&lp).await.map_err(|e| {
-                        SyncError::from_kube(e, Cluster::Virtual, "list", "Event", "copies of host events")
-                    })?;
-                    for m in &page.items {
-                        if let Some((uid, print)) = m
-                            .annotations()
-                            .get(ANNOTATION_HOST_EVENT)
-                            .and_then(|v| v.split_once(' '))
-                        {
-                            found.insert(uid.to_owned(), print.to_owned());
-                        }
-                    }
-                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                        Some(token) => lp = lp.continue_token(&token),
-                        None => break,
-                    }
-                }
+                let selector = markers::selector(vcluster);
+                let found = if self.seed_streams {
+                    self.copies_streamed(&selector).await?
+                } else {
+                    self.copies_paged(&selector).await?
+                };
                 tracing::debug!(copies = found.len(), "event copies found");
                 self.copied
                     .lock()
@@ -260,6 +274,49 @@ impl EventSync {
             })
             .await
             .map(|_| ())
+    }
+
+    /// The copies' stamps as one streamed list from the API server's cache (WatchList): one
+    /// request. Pages are dearer than they look: each continue of a selector-filtered list
+    /// reads the store again (measured: 10k copies took 21 pages and 3.7 s on an idle box,
+    /// one unpaged read 0.5-1 s).
+    async fn copies_streamed(&self, selector: &str) -> Result<HashMap<String, String>, SyncError> {
+        let api: Api<kube::core::PartialObjectMeta<Event>> = Api::all(self.shared.virt.clone());
+        let config = watcher::Config::default().labels(selector).streaming_lists();
+        let stream = watcher::watcher(api, config);
+        futures::pin_mut!(stream);
+        let mut found = HashMap::new();
+        while let Some(event) = stream.next().await {
+            match event.map_err(seed_error)? {
+                watcher::Event::InitApply(m) => record_copy(&mut found, &m.metadata),
+                watcher::Event::InitDone => return Ok(found),
+                _ => {}
+            }
+        }
+        Err(SyncError::Translate(
+            crate::engine::error::TranslateError::NotReady(
+                "the read-back of copied events (the stream ended early)".into(),
+            ),
+        ))
+    }
+
+    /// The copies' stamps, LIST page by page (API servers without streamed lists).
+    async fn copies_paged(&self, selector: &str) -> Result<HashMap<String, String>, SyncError> {
+        let api: Api<Event> = Api::all(self.shared.virt.clone());
+        let mut lp = ListParams::default().labels(selector).limit(SEED_PAGE);
+        let mut found = HashMap::new();
+        loop {
+            let page = api.list_metadata(&lp).await.map_err(|e| {
+                SyncError::from_kube(e, Cluster::Virtual, "list", "Event", "copies of host events")
+            })?;
+            for m in &page.items {
+                record_copy(&mut found, &m.metadata);
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(found),
+            }
+        }
     }
 
     fn target(&self, e: &Event) -> Option<VirtualTarget> {

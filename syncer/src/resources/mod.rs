@@ -85,6 +85,35 @@ fn cached_host_pod_key(p: &pods::CachedPod) -> Option<Key> {
     standard::host_key("Pod", &meta)
 }
 
+/// Where cached host pods run (node, namespace, name), read from their bodies' `spec.nodeName`
+/// alone (a relist of 10k host pods parses no whole pod).
+fn host_placements(pods: &[Arc<pods::CachedPod>]) -> Vec<(String, String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Placed {
+        spec: Option<PlacedSpec>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PlacedSpec {
+        #[serde(rename = "nodeName")]
+        node_name: Option<String>,
+    }
+    pods.iter()
+        .filter_map(|p| match p.view::<Placed>() {
+            Ok(view) => view.spec.and_then(|s| s.node_name).map(|node| {
+                (
+                    node,
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            }),
+            Err(error) => {
+                tracing::error!(ns = ?p.metadata.namespace, name = ?p.metadata.name, %error, "cached pod does not unpack");
+                None
+            }
+        })
+        .collect()
+}
+
 fn node_of(pod: &Pod) -> Option<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone())
 }
@@ -398,8 +427,14 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
                 let pods = store.state();
                 enqueue_all(&q, store, |p| Some(key_of(p)));
                 enqueue_all(&q, &hs, cached_host_pod_key);
-                ref_queue(refs.rebuild(unpacked(&pods)));
-                for n in usage.rebuild(false, unpacked(&pods)) {
+                // One parse per pod feeds both indexes.
+                let mut placed = Vec::new();
+                ref_queue(refs.rebuild(unpacked(&pods).inspect(|p| {
+                    if let Some(node) = node_of(p) {
+                        placed.push((node, p.namespace().unwrap_or_default(), p.name_any()));
+                    }
+                })));
+                for n in usage.rebuild(false, placed) {
                     nq.add(Key::new("", n));
                 }
             }
@@ -433,7 +468,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
             Change::Relisted(store) => {
                 enqueue_all(&q, store, cached_host_pod_key);
                 enqueue_all(&q, &vs, |p| Some(key_of(p)));
-                for n in usage.rebuild(true, unpacked(&store.state())) {
+                for n in usage.rebuild(true, host_placements(&store.state())) {
                     nq.add(Key::new("", n));
                 }
             }
@@ -538,6 +573,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         host_secrets: h_secrets.reader.clone(),
         copied: Mutex::new(HashMap::new()),
         seeded: tokio::sync::OnceCell::new(),
+        seed_streams: opts.virtual_streams,
     });
 
     let ep_copier = Arc::new(Copier::new(
@@ -816,4 +852,28 @@ fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, 
         shared.cancel.clone(),
     );
     set.spawn(worker::run(r, q, n, events, metrics, cancel));
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_placements_read_the_node_of_each_scheduled_pod() {
+        let host_pod = |name: &str, node: Option<&str>| {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "team-a"},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}], "nodeName": node},
+                "status": {"phase": "Running"}
+            }))
+            .unwrap();
+            Arc::new(pods::cache_host_pod(&pod))
+        };
+        let placed = host_placements(&[host_pod("web-0-x", Some("n1")), host_pod("pending-x", None)]);
+        assert_eq!(
+            placed,
+            [("n1".to_owned(), "team-a".to_owned(), "web-0-x".to_owned())]
+        );
+    }
 }

@@ -7,7 +7,6 @@
 //!   conditions and node info copied from the host node; addresses still point at the kubelet
 //!   endpoint, so `kubectl logs/exec` go through the vcluster and never to the host kubelet.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -76,23 +75,21 @@ impl NodeUsage {
         touched
     }
 
-    /// Replaces one side's view after a relist. Returns every node before or after.
-    pub fn rebuild(&self, is_host: bool, pods: impl IntoIterator<Item = impl Borrow<Pod>>) -> Vec<String> {
+    /// Replaces one side's view after a relist with `placements` (node, namespace, name) of
+    /// that side's scheduled pods. Returns every node before or after.
+    pub fn rebuild(
+        &self,
+        is_host: bool,
+        placements: impl IntoIterator<Item = (String, String, String)>,
+    ) -> Vec<String> {
         let mut s = self.lock();
         let mut touched: HashSet<String> = s.keys().cloned().collect();
         for set in s.values_mut() {
             set.retain(|(h, _, _)| *h != is_host);
         }
-        for pod in pods {
-            let pod = pod.borrow();
-            if let Some(node) = pod.spec.as_ref().and_then(|sp| sp.node_name.clone()) {
-                touched.insert(node.clone());
-                s.entry(node).or_default().insert((
-                    is_host,
-                    pod.namespace().unwrap_or_default(),
-                    pod.name_any(),
-                ));
-            }
+        for (node, namespace, name) in placements {
+            touched.insert(node.clone());
+            s.entry(node).or_default().insert((is_host, namespace, name));
         }
         s.retain(|_, pods| !pods.is_empty());
         touched.into_iter().collect()
@@ -371,6 +368,21 @@ mod tests {
         assert!(touched.contains(&"n1".to_string()) && touched.contains(&"n2".to_string()));
         assert!(!u.in_use("n1"));
         assert!(u.in_use("n2"));
+    }
+
+    #[test]
+    fn a_rebuild_replaces_one_side_and_reports_every_node_before_or_after() {
+        let u = NodeUsage::default();
+        u.set(false, &pod("a", "p"), Some("n1"));
+        u.set(true, &pod("host", "p-a-x"), Some("n1"));
+        u.set(true, &pod("host", "q-a-x"), Some("n3"));
+        let place = |node: &str, name: &str| (node.to_owned(), "host".to_owned(), name.to_owned());
+        let mut touched = u.rebuild(true, [place("n2", "p-a-x")]);
+        touched.sort();
+        assert_eq!(touched, ["n1", "n2", "n3"]);
+        assert!(u.in_use("n1"), "the virtual side is untouched");
+        assert!(u.in_use("n2"));
+        assert!(!u.in_use("n3"), "gone from the relisted side");
     }
 
     #[test]
