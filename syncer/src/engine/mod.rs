@@ -2,7 +2,8 @@
 //!
 //! - [`queue`]: a fair work queue (round-robin across namespaces, dedup, backoff).
 //! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues;
-//!   [`packed`]: the compact form big caches (pods) keep.
+//!   [`packed`]: the compact form big caches (pods) keep; [`lean`]: parsing without
+//!   `managedFields`.
 //! - [`plan`]: pure decisions (create / patch / delete / noop) and minimal patches.
 //! - [`apply`]: executes host writes (POST create, merge/strategic patch, UID-guarded delete).
 //! - [`worker`]: runs a reconciler over a queue with metrics, backoff and tenant Events.
@@ -12,6 +13,7 @@
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod lean;
 pub mod packed;
 pub mod plan;
 pub mod progress;

@@ -143,6 +143,7 @@ where
             () = gate => {}
         }
         let mut listed_once = false;
+        let opened = std::time::Instant::now();
         let loads = metrics.store_loads.with_label_values(&[cluster.as_str(), name]);
         let stream = watcher::watcher(api, config)
             .default_backoff()
@@ -170,6 +171,13 @@ where
                 loads.inc();
                 // After the handler queued the listed keys: the queues are not idle yet.
                 if !std::mem::replace(&mut listed_once, true) {
+                    // Which cache a slow start waited for.
+                    tracing::info!(
+                        cluster = cluster.as_str(),
+                        kind = name,
+                        seconds = opened.elapsed().as_secs_f64(),
+                        "first list loaded"
+                    );
                     initial_sync.watch_listed();
                 }
             }

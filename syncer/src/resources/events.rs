@@ -260,12 +260,17 @@ impl EventSync {
         self.seeded
             .get_or_try_init(|| async {
                 let selector = markers::selector(vcluster);
+                let started = std::time::Instant::now();
                 let found = if self.seed_streams {
                     self.copies_streamed(&selector).await?
                 } else {
                     self.copies_paged(&selector).await?
                 };
-                tracing::debug!(copies = found.len(), "event copies found");
+                tracing::info!(
+                    copies = found.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "copied events read back"
+                );
                 self.copied
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

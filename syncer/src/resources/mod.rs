@@ -868,7 +868,7 @@ mod tests {
                 "status": {"phase": "Running"}
             }))
             .unwrap();
-            Arc::new(pods::cache_host_pod(&pod))
+            Arc::new(pods::cache_host_pod(&pods::WatchedPod(pod)))
         };
         let placed = host_placements(&[host_pod("web-0-x", Some("n1")), host_pod("pending-x", None)]);
         assert_eq!(

@@ -4,22 +4,99 @@ pub mod refs;
 pub mod sync;
 pub mod translate;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
 
+use crate::engine::lean::LeanMeta;
 use crate::engine::packed::Packed;
 
 /// How pod caches hold a pod (both sides): its metadata, and the rest as JSON.
 pub type CachedPod = Packed<Pod>;
 
+/// A pod as the pod watches deliver it: parsed without `managedFields` (see
+/// [`crate::engine::lean`]); everything else is the `Pod`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchedPod(pub Pod);
+
+impl std::ops::Deref for WatchedPod {
+    type Target = Pod;
+    fn deref(&self) -> &Pod {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchedPod {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// `apiVersion` and `kind` are skipped: the watch asked for pods.
+        #[derive(Deserialize)]
+        struct Lean {
+            #[serde(default)]
+            metadata: LeanMeta,
+            spec: Option<PodSpec>,
+            status: Option<PodStatus>,
+        }
+        let lean = Lean::deserialize(deserializer)?;
+        Ok(WatchedPod(Pod {
+            metadata: lean.metadata.into(),
+            spec: lean.spec,
+            status: lean.status,
+        }))
+    }
+}
+
+impl k8s_openapi::Resource for WatchedPod {
+    const API_VERSION: &'static str = Pod::API_VERSION;
+    const GROUP: &'static str = Pod::GROUP;
+    const KIND: &'static str = Pod::KIND;
+    const VERSION: &'static str = Pod::VERSION;
+    const URL_PATH_SEGMENT: &'static str = Pod::URL_PATH_SEGMENT;
+    type Scope = <Pod as k8s_openapi::Resource>::Scope;
+}
+
+impl k8s_openapi::Metadata for WatchedPod {
+    type Ty = ObjectMeta;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
 /// The cached form of a virtual pod: all of it (a pod without a host copy yet is translated
 /// from the cache).
-pub fn cache_virtual_pod(pod: &Pod) -> CachedPod {
-    Packed::pack(pod)
+pub fn cache_virtual_pod(pod: &WatchedPod) -> CachedPod {
+    Packed::pack(&pod.0)
 }
 
 /// The cached form of a host pod: what [`translate::trim_cached_host_pod`] keeps.
-pub fn cache_host_pod(pod: &Pod) -> CachedPod {
-    let mut pod = pod.clone();
+pub fn cache_host_pod(pod: &WatchedPod) -> CachedPod {
+    let mut pod = pod.0.clone();
     translate::trim_cached_host_pod(&mut pod);
     Packed::pack(&pod)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_pod_is_the_pod_without_managed_fields() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "team-a", "uid": "u-1", "labels": {"app": "web"},
+                         "managedFields": [{"manager": "kwok", "operation": "Update", "apiVersion": "v1",
+                                            "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:phase": {}}}}]},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        });
+        let mut want: Pod = serde_json::from_value(json.clone()).unwrap();
+        want.metadata.managed_fields = None;
+        let watched: WatchedPod = serde_json::from_value(json).unwrap();
+        assert_eq!(watched.0, want);
+        assert_eq!(<WatchedPod as kube::Resource>::kind(&()), "Pod");
+        assert_eq!(<WatchedPod as kube::Resource>::plural(&()), "pods");
+    }
 }
