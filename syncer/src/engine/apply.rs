@@ -20,37 +20,76 @@ pub const FIELD_MANAGER: &str = "vnest-syncer";
 
 /// How long a create is remembered while the watch cache catches up with it.
 const EXPECT_FOR: Duration = Duration::from_secs(30);
-/// Size at which expired entries are dropped (amortised O(1) per record).
+/// How long an accepted DELETE is remembered. Resending the same UID-guarded DELETE never does
+/// anything the first did not, so it is kept until a cache that lags far behind (a watch that
+/// expired and relists 10k pods under load: measured, over 30 s) has caught up.
+pub const DELETE_EXPECT_FOR: Duration = Duration::from_secs(600);
+/// Size at which expired entries are first dropped.
 const PRUNE_AT: usize = 1024;
 
-/// Creates this process made that the watch caches may not show yet (client-go's
+/// Creates (or deletes) this process made that the watch caches may not show yet (client-go's
 /// "expectations"): a reconcile that runs before the cache catches up must not POST again.
-#[derive(Default)]
 pub struct RecentCreates {
-    names: Mutex<HashMap<String, Instant>>,
+    state: Mutex<Recent>,
+    /// How long an entry is trusted over the cache.
+    ttl: Duration,
+}
+
+struct Recent {
+    names: HashMap<String, Instant>,
+    /// The next prune waits until the map reached this size (twice what the last one kept):
+    /// amortised O(1) per record even when thousands of entries are still live.
+    prune_at: usize,
+}
+
+impl Default for RecentCreates {
+    fn default() -> Self {
+        Self::remembering_for(EXPECT_FOR)
+    }
 }
 
 impl RecentCreates {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.names
+    pub fn remembering_for(ttl: Duration) -> Self {
+        Self {
+            state: Mutex::new(Recent {
+                names: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
+            ttl,
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    /// Whether `name` was recorded within the last 30 s (and the cache may lag). O(1): a
+    /// Whether `name` was recorded within the time-to-live (and the cache may lag). O(1): a
     /// burst of 10k creates must not scan the map on every reconcile.
     pub fn pending(&self, name: &str) -> bool {
-        self.lock().get(name).is_some_and(|t| t.elapsed() < EXPECT_FOR)
+        self.lock()
+            .names
+            .get(name)
+            .is_some_and(|t| t.elapsed() < self.ttl)
     }
     pub fn record(&self, name: &str) {
-        let mut m = self.lock();
-        if m.len() >= PRUNE_AT {
-            m.retain(|_, t| t.elapsed() < EXPECT_FOR);
+        let mut r = self.lock();
+        if r.names.len() >= r.prune_at {
+            let ttl = self.ttl;
+            r.names.retain(|_, t| t.elapsed() < ttl);
+            r.prune_at = (r.names.len() * 2).max(PRUNE_AT);
         }
-        m.insert(name.to_owned(), Instant::now());
+        r.names.insert(name.to_owned(), Instant::now());
     }
     /// The cache shows it now (or it is gone): stop expecting.
     pub fn observed(&self, name: &str) {
-        self.lock().remove(name);
+        self.lock().names.remove(name);
+    }
+    /// Entries held (expired ones included until the next prune).
+    pub fn len(&self) -> usize {
+        self.lock().names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -171,5 +210,40 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(SyncError::from_kube(e, cluster, "delete", kind, name)),
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_name_is_pending_until_observed_or_expired() {
+        let r = RecentCreates::remembering_for(Duration::from_secs(600));
+        r.record("a");
+        assert!(r.pending("a"));
+        assert!(!r.pending("b"));
+        r.observed("a");
+        assert!(!r.pending("a"));
+        let short = RecentCreates::remembering_for(Duration::ZERO);
+        short.record("a");
+        assert!(!short.pending("a"), "expired at once");
+    }
+
+    #[test]
+    fn thousands_of_live_entries_are_kept_and_expired_ones_pruned() {
+        // Live entries survive every prune (a 10k-pod deletion keeps its DELETEs remembered).
+        let live = RecentCreates::remembering_for(Duration::from_secs(600));
+        for i in 0..5000 {
+            live.record(&format!("pod-{i}"));
+        }
+        assert_eq!(live.len(), 5000);
+        assert!(live.pending("pod-0") && live.pending("pod-4999"));
+        // Expired entries are dropped once the map reaches the prune size.
+        let expired = RecentCreates::remembering_for(Duration::ZERO);
+        for i in 0..5000 {
+            expired.record(&format!("pod-{i}"));
+        }
+        assert!(expired.len() <= PRUNE_AT, "{} entries held", expired.len());
     }
 }
