@@ -115,7 +115,7 @@ impl<K: Packable> Packed<K> {
 
     /// The whole object back.
     pub fn unpack(&self) -> Result<K, serde_json::Error> {
-        serde_json::from_slice(&self.json()?)
+        self.view()
     }
 
     /// The whole object back for a reconcile: a body that does not unpack is a

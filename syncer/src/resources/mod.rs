@@ -69,15 +69,23 @@ fn key_of<K: Resource>(obj: &K) -> Key {
     )
 }
 
-/// The cached pods whole again, one at a time (a relist rebuilds the indexes from them).
-fn unpacked(pods: &[Arc<pods::CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
-    pods.iter().filter_map(|p| match p.unpack() {
-        Ok(pod) => Some(pod),
+/// Each cached pod read as `T` (the whole pod, or a partial view), one at a time, beside its
+/// cache entry; a body that does not read is logged and skipped.
+fn viewed<T: DeserializeOwned>(
+    pods: &[Arc<pods::CachedPod>],
+) -> impl Iterator<Item = (&pods::CachedPod, T)> + '_ {
+    pods.iter().filter_map(|p| match p.view::<T>() {
+        Ok(view) => Some((p.as_ref(), view)),
         Err(error) => {
             tracing::error!(ns = ?p.metadata.namespace, name = ?p.metadata.name, %error, "cached pod does not unpack");
             None
         }
     })
+}
+
+/// The cached pods whole again, one at a time (a relist rebuilds the indexes from them).
+fn unpacked(pods: &[Arc<pods::CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
+    viewed::<Pod>(pods).map(|(_, pod)| pod)
 }
 
 /// The virtual key a cached host pod belongs to (its markers are in the packed metadata).
@@ -98,19 +106,14 @@ fn host_placements(pods: &[Arc<pods::CachedPod>]) -> Vec<(String, String, String
         #[serde(rename = "nodeName")]
         node_name: Option<String>,
     }
-    pods.iter()
-        .filter_map(|p| match p.view::<Placed>() {
-            Ok(view) => view.spec.and_then(|s| s.node_name).map(|node| {
-                (
-                    node,
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                    p.metadata.name.clone().unwrap_or_default(),
-                )
-            }),
-            Err(error) => {
-                tracing::error!(ns = ?p.metadata.namespace, name = ?p.metadata.name, %error, "cached pod does not unpack");
-                None
-            }
+    viewed::<Placed>(pods)
+        .filter_map(|(p, view)| {
+            let node = view.spec?.node_name?;
+            Some((
+                node,
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            ))
         })
         .collect()
 }
