@@ -117,14 +117,17 @@ async fn main() -> Result<()> {
     let n = a.pods;
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     let syncer = SyncerProc::new(&w)?;
+    let binary = syncer.executable()?;
     eprintln!(
-        "[bench] {n} pods, direct on the host vs through vnest ({cores} cores); scenarios: {}",
-        a.only.join(",")
+        "[bench] {n} pods, direct on the host vs through vnest ({cores} cores); scenarios: {}; syncer: {}",
+        a.only.join(","),
+        binary.display()
     );
     let first = syncer.sample()?;
     let mut result = serde_json::Map::new();
     result.insert("pods".into(), json!(n));
     result.insert("cores".into(), json!(cores));
+    result.insert("syncer_binary".into(), json!(binary.display().to_string()));
     result.insert("syncer_rss_idle_kib".into(), json!(first.rss_kib));
     let mut startup_series = (Vec::new(), Vec::new());
     if a.runs("startup") {
@@ -357,7 +360,7 @@ async fn startup_cost_restart(
         "5/7 SIGKILL and restart of the syncer with {n} pods synced"
     ));
     let before_kill = syncer.sample()?;
-    let restart = scenarios::restart(w, &audit).await?;
+    let restart = scenarios::restart(w, &audit, syncer).await?;
     let after_restart = syncer.sample()?;
     eprintln!(
         "[bench]   caught up in {:.2} s (syncer's own figure; {:.2} s from kill incl. the start script), host writes: audit {} / syncer {}",

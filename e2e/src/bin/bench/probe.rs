@@ -39,6 +39,13 @@ impl SyncerProc {
         Ok(std::fs::read_to_string(&self.pid_file)?.trim().parse()?)
     }
 
+    /// The binary the syncer runs: a restart must start this one again (`hack/syncer.sh start`
+    /// alone starts the world's debug build).
+    pub fn executable(&self) -> Result<PathBuf> {
+        let pid = self.pid()?;
+        Ok(std::fs::read_link(format!("/proc/{pid}/exe"))?)
+    }
+
     pub fn sample(&self) -> Result<ProcSample> {
         let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

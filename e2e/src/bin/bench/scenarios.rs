@@ -279,17 +279,35 @@ pub struct Restart {
     pub audit_requests: BTreeMap<String, f64>,
 }
 
-pub async fn restart(w: &World, audit: &crate::probe::AuditLog) -> Result<Restart> {
+/// Restarts the binary that ran before (not whatever `hack/syncer.sh` would pick): a bench run
+/// without `VNEST_OVERRIDE` in its environment measured its restart, and everything after it,
+/// on the debug build.
+pub async fn restart(
+    w: &World,
+    audit: &crate::probe::AuditLog,
+    syncer: &crate::probe::SyncerProc,
+) -> Result<Restart> {
     let repo = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
     let script = format!("{repo}/hack/syncer.sh");
+    let binary = syncer.executable()?;
     let mark = audit.mark()?;
     let t0 = Instant::now();
     let status = std::process::Command::new(&script)
         .args(["stop", "KILL"])
         .status()?;
     anyhow::ensure!(status.success(), "{script} stop KILL failed");
-    let status = std::process::Command::new(&script).arg("start").status()?;
+    let status = std::process::Command::new(&script)
+        .arg("start")
+        .env("VNEST_OVERRIDE", &binary)
+        .status()?;
     anyhow::ensure!(status.success(), "{script} start failed");
+    let now = syncer.executable()?;
+    anyhow::ensure!(
+        now == binary,
+        "the restarted syncer runs {} instead of {}",
+        now.display(),
+        binary.display()
+    );
     let resync_s = wait_until("the restarted syncer caught up", LONG, || async {
         let v = w
             .metric("vnest_syncer_initial_sync_seconds", &[])
