@@ -332,11 +332,12 @@ impl EventSync {
         let name = io.name.clone()?;
         let ns = &self.shared.host_namespace;
         let (kind, meta) = match io.kind.as_deref()? {
+            // The cache keeps a host pod's uid and markers beside its packed body.
             "Pod" => (
                 "Pod",
                 self.host_pods
                     .get(&ObjectRef::new(&name).within(ns))
-                    .and_then(|o| o.full_metadata().ok()),
+                    .map(|o| o.metadata.clone()),
             ),
             "ConfigMap" => (
                 "ConfigMap",

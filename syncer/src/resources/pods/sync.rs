@@ -520,6 +520,10 @@ impl PodSync {
         let Some(status) = translate::virtual_status(v, h) else {
             return Ok(());
         };
+        if v.status.as_ref() == Some(&status) {
+            // Already current (every pod of a resync): no JSON is built to find that out.
+            return Ok(());
+        }
         let (ns, name) = (v.namespace().unwrap_or_default(), v.name_any());
         let from = serde_json::to_value(&v.status).unwrap_or(Value::Null);
         let to = serde_json::to_value(&status).unwrap_or(Value::Null);
