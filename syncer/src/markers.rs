@@ -57,15 +57,6 @@ pub const ANNOTATION_OBJECT_UID: &str = "vnest.dev/object-uid";
 /// a host name space (none today, but cheap to rule out) are never confused.
 pub const ANNOTATION_OBJECT_KIND: &str = "vnest.dev/object-kind";
 
-/// The annotations that say which virtual object a host object is the copy of: enough to key a
-/// cached host object to its virtual object without reading the rest of it.
-pub const SOURCE_ANNOTATIONS: [&str; 4] = [
-    ANNOTATION_OBJECT_KIND,
-    ANNOTATION_OBJECT_NAME,
-    ANNOTATION_OBJECT_NAMESPACE,
-    ANNOTATION_OBJECT_UID,
-];
-
 /// Annotation listing the annotation keys that came from the virtual object: sorted,
 /// newline-separated; absent when there are none. Written by [`merge_annotations`].
 pub const ANNOTATION_MANAGED_ANNOTATIONS: &str = "vnest.dev/managed-annotations";

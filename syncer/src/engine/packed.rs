@@ -59,8 +59,7 @@ fn dictionary_of<K: Serialize + DeserializeOwned>(samples: &str) -> Vec<u8> {
 /// `K` as compressed JSON, beside its name, namespace, uid and resourceVersion (all a store
 /// and an object reference need).
 pub struct Packed<K> {
-    /// Only `name`, `namespace`, `uid`, `resourceVersion` and the annotations
-    /// [`Packed::pack_keeping`] was told to keep: see [`Packed::full_metadata`].
+    /// Only `name`, `namespace`, `uid` and `resourceVersion`: see [`Packed::full_metadata`].
     pub metadata: ObjectMeta,
     /// The JSON, LZ4 block-compressed against `K::dictionary()`, its length prepended.
     body: Arc<[u8]>,
@@ -106,26 +105,6 @@ impl<K: Packable> Packed<K> {
             body: body.into(),
             kind: PhantomData,
         }
-    }
-
-    /// Packs `obj`, keeping the annotations named in `keep` beside the store's metadata: what is
-    /// read of every cached object without unpacking it (a host pod's markers key it to its
-    /// virtual pod: a relist of 10k host pods, and every host event, decompressed and parsed a
-    /// body for them).
-    pub fn pack_keeping(obj: &K, keep: &[&str]) -> Self {
-        let mut packed = Self::pack(obj);
-        let kept: std::collections::BTreeMap<String, String> = obj
-            .metadata()
-            .annotations
-            .iter()
-            .flatten()
-            .filter(|(key, _)| keep.contains(&key.as_str()))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        if !kept.is_empty() {
-            packed.metadata.annotations = Some(kept);
-        }
-        packed
     }
 
     /// The JSON back.
@@ -229,28 +208,6 @@ mod tests {
         assert_eq!(packed.unpack().unwrap(), pod);
         assert_eq!(packed.clone().unpack().unwrap(), pod);
         assert_eq!(packed.full_metadata().unwrap(), pod.metadata);
-    }
-
-    #[test]
-    fn pack_keeping_keeps_only_the_named_annotations_beside_the_body() {
-        let mut pod = running_pod();
-        pod.metadata.annotations = Some(
-            [("keep/me", "1"), ("also/me", "2"), ("not/me", "3")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into(),
-        );
-        let packed = Packed::pack_keeping(&pod, &["keep/me", "also/me", "absent/key"]);
-        let kept = packed.metadata.annotations.clone().unwrap();
-        assert_eq!(kept.len(), 2, "{kept:?}");
-        assert_eq!(kept["keep/me"], "1");
-        assert_eq!(kept["also/me"], "2");
-        assert_eq!(
-            packed.unpack().unwrap(),
-            pod,
-            "the body still holds every annotation"
-        );
-        let none = Packed::pack_keeping(&pod, &["absent/key"]);
-        assert_eq!(none.metadata.annotations, None, "nothing kept: no empty map");
     }
 
     #[test]

@@ -332,12 +332,11 @@ impl EventSync {
         let name = io.name.clone()?;
         let ns = &self.shared.host_namespace;
         let (kind, meta) = match io.kind.as_deref()? {
-            // The cache keeps a host pod's uid and markers beside its packed body.
             "Pod" => (
                 "Pod",
                 self.host_pods
                     .get(&ObjectRef::new(&name).within(ns))
-                    .map(|o| o.metadata.clone()),
+                    .and_then(|o| o.full_metadata().ok()),
             ),
             "ConfigMap" => (
                 "ConfigMap",

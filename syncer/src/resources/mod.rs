@@ -88,9 +88,10 @@ fn unpacked(pods: &[Arc<pods::CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
     viewed::<Pod>(pods).map(|(_, pod)| pod)
 }
 
-/// The virtual key a cached host pod belongs to (its markers are kept beside the packed body).
+/// The virtual key a cached host pod belongs to (its markers are in the packed metadata).
 fn cached_host_pod_key(p: &pods::CachedPod) -> Option<Key> {
-    standard::host_key("Pod", &p.metadata)
+    let meta = p.full_metadata().ok()?;
+    standard::host_key("Pod", &meta)
 }
 
 /// Where cached host pods run (node, namespace, name), read from their bodies' `spec.nodeName`
@@ -861,28 +862,6 @@ fn spawn_workers<R: Reconciler>(set: &mut JoinSet<()>, r: Arc<R>, q: FairQueue, 
 #[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cached_host_pod_is_keyed_to_its_virtual_pod_without_unpacking() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-0-x-team-a-vc", "namespace": "host-ns", "uid": "h-1",
-                         "annotations": {
-                             markers::ANNOTATION_OBJECT_KIND: "Pod",
-                             markers::ANNOTATION_OBJECT_NAME: "web-0",
-                             markers::ANNOTATION_OBJECT_NAMESPACE: "team-a",
-                             markers::ANNOTATION_OBJECT_UID: "v-1",
-                             "tenant/annotation": "not kept"}},
-            "spec": {"containers": [{"name": "c", "image": "nginx"}]}
-        }))
-        .unwrap();
-        let cached = pods::cache_host_pod(&pods::WatchedPod(pod));
-        let kept = cached.metadata.annotations.clone().unwrap();
-        assert_eq!(kept.len(), 4, "only the markers: {kept:?}");
-        assert_eq!(cached.metadata.uid.as_deref(), Some("h-1"));
-        assert_eq!(cached_host_pod_key(&cached), Some(Key::new("team-a", "web-0")));
-        let source = markers::source_of(&cached.metadata).unwrap();
-        assert_eq!(source.uid, "v-1");
-    }
 
     #[test]
     fn host_placements_read_the_node_of_each_scheduled_pod() {

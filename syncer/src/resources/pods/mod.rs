@@ -70,12 +70,11 @@ pub fn cache_virtual_pod(pod: &WatchedPod) -> CachedPod {
     Packed::pack(&pod.0)
 }
 
-/// The cached form of a host pod: what [`translate::trim_cached_host_pod`] keeps, its markers
-/// readable without unpacking.
+/// The cached form of a host pod: what [`translate::trim_cached_host_pod`] keeps.
 pub fn cache_host_pod(pod: &WatchedPod) -> CachedPod {
     let mut pod = pod.0.clone();
     translate::trim_cached_host_pod(&mut pod);
-    Packed::pack_keeping(&pod, &crate::markers::SOURCE_ANNOTATIONS)
+    Packed::pack(&pod)
 }
 
 #[cfg(test)]
