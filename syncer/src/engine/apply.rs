@@ -28,8 +28,8 @@ pub const DELETE_EXPECT_FOR: Duration = Duration::from_secs(600);
 const PRUNE_AT: usize = 1024;
 
 /// Creates (or deletes) this process made that the watch caches may not show yet (client-go's
-/// "expectations"): a reconcile that runs before the cache catches up must not POST again.
-pub struct RecentCreates {
+/// "expectations"): a reconcile that runs before the cache catches up must not send them again.
+pub struct RecentWrites {
     state: Mutex<Recent>,
     /// How long an entry is trusted over the cache.
     ttl: Duration,
@@ -42,13 +42,13 @@ struct Recent {
     prune_at: usize,
 }
 
-impl Default for RecentCreates {
+impl Default for RecentWrites {
     fn default() -> Self {
         Self::remembering_for(EXPECT_FOR)
     }
 }
 
-impl RecentCreates {
+impl RecentWrites {
     pub fn remembering_for(ttl: Duration) -> Self {
         Self {
             state: Mutex::new(Recent {
@@ -85,11 +85,9 @@ impl RecentCreates {
         self.lock().names.remove(name);
     }
     /// Entries held (expired ones included until the next prune).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().names.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -219,13 +217,13 @@ mod recent_tests {
 
     #[test]
     fn a_recorded_name_is_pending_until_observed_or_expired() {
-        let r = RecentCreates::remembering_for(Duration::from_secs(600));
+        let r = RecentWrites::remembering_for(Duration::from_secs(600));
         r.record("a");
         assert!(r.pending("a"));
         assert!(!r.pending("b"));
         r.observed("a");
         assert!(!r.pending("a"));
-        let short = RecentCreates::remembering_for(Duration::ZERO);
+        let short = RecentWrites::remembering_for(Duration::ZERO);
         short.record("a");
         assert!(!short.pending("a"), "expired at once");
     }
@@ -233,14 +231,14 @@ mod recent_tests {
     #[test]
     fn thousands_of_live_entries_are_kept_and_expired_ones_pruned() {
         // Live entries survive every prune (a 10k-pod deletion keeps its DELETEs remembered).
-        let live = RecentCreates::remembering_for(Duration::from_secs(600));
+        let live = RecentWrites::remembering_for(Duration::from_secs(600));
         for i in 0..5000 {
             live.record(&format!("pod-{i}"));
         }
         assert_eq!(live.len(), 5000);
         assert!(live.pending("pod-0") && live.pending("pod-4999"));
         // Expired entries are dropped once the map reaches the prune size.
-        let expired = RecentCreates::remembering_for(Duration::ZERO);
+        let expired = RecentWrites::remembering_for(Duration::ZERO);
         for i in 0..5000 {
             expired.record(&format!("pod-{i}"));
         }

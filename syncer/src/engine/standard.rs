@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::apply::{self, Applied, RecentCreates};
+use super::apply::{self, Applied, RecentWrites};
 use super::error::{SyncError, TranslateError};
 use super::plan::{self, HostAction, HostPatch, Pair, PatchKind, Plan};
 use super::queue::Key;
@@ -154,7 +154,7 @@ pub struct Copier<C: CopiedKind> {
     pub virtual_store: Store<C::K>,
     pub host_store: Store<C::K>,
     pub host_api: Api<C::K>,
-    pub recent: RecentCreates,
+    pub recent: RecentWrites,
 }
 
 impl<C: CopiedKind> Copier<C> {
@@ -167,7 +167,7 @@ impl<C: CopiedKind> Copier<C> {
             virtual_store,
             host_store,
             host_api,
-            recent: RecentCreates::default(),
+            recent: RecentWrites::default(),
         }
     }
 }

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 
 use crate::engine::Shared;
-use crate::engine::apply::{self, RecentCreates};
+use crate::engine::apply::{self, RecentWrites};
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::standard::{self, CopiedKind, Copier};
 use crate::engine::watch::{self, Change, Subscriber};
@@ -384,8 +384,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         virtual_services: v_services.reader.clone(),
         first_seen: Mutex::new(HashMap::new()),
         recent: Default::default(),
-        recent_virtual_deletes: RecentCreates::remembering_for(apply::DELETE_EXPECT_FOR),
-        recent_host_deletes: RecentCreates::remembering_for(apply::DELETE_EXPECT_FOR),
+        recent_virtual_deletes: RecentWrites::remembering_for(apply::DELETE_EXPECT_FOR),
+        recent_host_deletes: RecentWrites::remembering_for(apply::DELETE_EXPECT_FOR),
     });
 
     // Virtual pods: the pod queue, what they mount, where they run.

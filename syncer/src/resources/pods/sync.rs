@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::CachedPod;
 use super::translate::{self, PodInputs};
-use crate::engine::apply::{self, FIELD_MANAGER, RecentCreates};
+use crate::engine::apply::{self, FIELD_MANAGER, RecentWrites};
 use crate::engine::error::SyncError;
 use crate::engine::plan::{self, HostPatch, PatchKind};
 use crate::engine::queue::Key;
@@ -47,12 +47,12 @@ pub struct PodSync {
     /// When each new virtual pod was first seen, for the sync-lag metric.
     pub first_seen: Mutex<HashMap<Key, Instant>>,
     /// Host pods and token Secrets created but maybe not in the caches yet.
-    pub recent: RecentCreates,
+    pub recent: RecentWrites,
     /// Virtual pods (by uid) this process deleted but the cache may still show: one DELETE
     /// per pod, not one per watch event until the cache catches up.
-    pub recent_virtual_deletes: RecentCreates,
+    pub recent_virtual_deletes: RecentWrites,
     /// The same for host pods (a namespace deletion made ~0.7 % of host deletes twice).
-    pub recent_host_deletes: RecentCreates,
+    pub recent_host_deletes: RecentWrites,
 }
 
 impl PodSync {

@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::translate;
-use crate::engine::apply::{self, FIELD_MANAGER, RecentCreates};
+use crate::engine::apply::{self, FIELD_MANAGER, RecentWrites};
 use crate::engine::error::SyncError;
 use crate::engine::plan::{self, HostPatch, PatchKind};
 use crate::engine::queue::Key;
@@ -40,7 +40,7 @@ pub struct ServiceSync {
     pub virtual_endpoints: Store<Endpoints>,
     /// The vcluster's host Service name.
     pub service_name: String,
-    pub recent: RecentCreates,
+    pub recent: RecentWrites,
     /// When the host first refused a Service's ClusterIP: a just-deleted host Service keeps its
     /// IP reserved for a moment (released asynchronously), so the same IP is asked for again
     /// during [`IP_RETRY_GRACE`] before the host may pick another one.
