@@ -165,7 +165,8 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             virtual_streams,
         },
         &mut tasks,
-    );
+    )
+    .context("declaring the synced kinds")?;
 
     let source = Arc::new(crate::dns::source::StoreSource {
         services: dns_stores.services,

@@ -18,6 +18,7 @@ pub mod packed;
 pub mod plan;
 pub mod progress;
 pub mod queue;
+pub mod registry;
 pub mod standard;
 pub mod watch;
 pub mod worker;
@@ -93,6 +94,27 @@ pub struct TranslateCtx {
     pub cluster_domain: String,
     pub host_access: HostAccessPolicy,
     pub token_storage: TokenStorage,
+}
+
+#[cfg(test)]
+impl Shared {
+    /// Shared state for unit tests: clients that point at a closed port (never called).
+    #[allow(clippy::unwrap_used, reason = "a fixed valid URL")]
+    pub fn test() -> Self {
+        let client =
+            || kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        Self {
+            host: client(),
+            virt: client(),
+            host_namespace: "host".into(),
+            translate: tokio::sync::watch::channel(Some(TranslateCtx::test())).1,
+            metrics: crate::metrics::Metrics::new().unwrap(),
+            events: Events::new(client()),
+            cancel: CancellationToken::new(),
+            workers: 4,
+            initial_sync: progress::InitialSync::new(),
+        }
+    }
 }
 
 #[cfg(test)]

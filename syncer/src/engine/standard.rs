@@ -21,6 +21,8 @@ use super::apply::{self, Applied, RecentWrites};
 use super::error::{SyncError, TranslateError};
 use super::plan::{self, HostAction, HostPatch, Pair, PatchKind, Plan};
 use super::queue::Key;
+use super::registry::{Registry, Watch, enqueue_all, key_of};
+use super::watch::Change;
 use super::worker::{Outcome, Reconciler};
 use super::{Shared, TranslateCtx};
 use crate::{markers, naming};
@@ -55,6 +57,47 @@ pub trait CopiedKind: Send + Sync + 'static {
     fn excluded_annotations() -> &'static [&'static str] {
         &[]
     }
+}
+
+/// The watch of every virtual object of a copied kind.
+pub fn virtual_watch<C: CopiedKind>() -> Watch<C::K> {
+    Watch::virtual_all(C::NAME)
+}
+
+/// The watch of our host copies of a copied kind.
+pub fn host_watch<C: CopiedKind>() -> Watch<C::K> {
+    Watch::host_owned(C::NAME)
+}
+
+/// Registers a copied kind: both watches wake its queue (a relist of either side re-checks
+/// both), and a [`Copier`] with `workers` reconciles in flight runs over it.
+pub fn register<C: CopiedKind>(reg: &mut Registry, kind: C, workers: usize) {
+    let (v, h) = (virtual_watch::<C>(), host_watch::<C>());
+    let queue = reg.queue(C::NAME);
+    let (virtual_store, host_store) = (reg.store(&v), reg.store(&h));
+    let host_key = |o: &C::K| host_key(C::KIND, o.meta());
+    let (q, hs) = (queue.clone(), host_store.clone());
+    reg.on(&v, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, |o| Some(key_of(o)));
+            enqueue_all(&q, &hs, host_key);
+        }
+    });
+    let (q, vs) = (queue, virtual_store.clone());
+    reg.on(&h, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => {
+            if let Some(k) = host_key(o) {
+                q.add(k);
+            }
+        }
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, host_key);
+            enqueue_all(&q, &vs, |o| Some(key_of(o)));
+        }
+    });
+    let copier = Copier::new(kind, reg.shared().clone(), virtual_store, host_store);
+    reg.workers(Arc::new(copier), workers);
 }
 
 /// The key of the virtual object a host object of `kind` was made from.

@@ -46,3 +46,9 @@ impl CopiedKind for ConfigMaps {
             )
     }
 }
+
+/// Declares the ConfigMap kind (copied while a pod uses it, or all with `sync_all`).
+pub fn register(reg: &mut crate::engine::registry::Registry, sync_all: bool, workers: usize) {
+    let refs = reg.index::<RefIndex>();
+    crate::engine::standard::register(reg, ConfigMaps { refs, sync_all }, workers);
+}

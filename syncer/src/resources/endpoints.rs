@@ -103,6 +103,22 @@ impl CopiedKind for EndpointsKind {
     }
 }
 
+/// Declares the Endpoints kind: manual Endpoints copied; a Service gaining or losing its
+/// selector changes whether its Endpoints are copied.
+pub fn register(reg: &mut crate::engine::registry::Registry, workers: usize) {
+    use crate::engine::registry::{Watch, key_of};
+    use crate::engine::watch::Change;
+    let v_services = Watch::<Service>::virtual_all("services");
+    let q = reg.queue(<EndpointsKind as CopiedKind>::NAME);
+    reg.on(&v_services, move |c| {
+        if let Change::Applied(o) | Change::Deleted(o) = c {
+            q.add(key_of(o));
+        }
+    });
+    let virtual_services = reg.store(&v_services);
+    crate::engine::standard::register(reg, EndpointsKind { virtual_services }, workers);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -474,6 +474,56 @@ impl EventSync {
     }
 }
 
+/// Declares the Event kind: host events of our objects are copied to the virtual objects.
+/// Host events are not cached: an inbox holds each until handled. The copies already made are
+/// read back first (while the caches list), so that a restart does not hand every host event
+/// to a worker only to find it copied.
+pub fn register(
+    reg: &mut crate::engine::registry::Registry,
+    vcluster: String,
+    seed_streams: bool,
+    workers: usize,
+) {
+    use crate::engine::registry::Watch;
+    use crate::engine::standard;
+    use crate::resources::{configmaps::ConfigMaps, pods, secrets::Secrets};
+    let sync = Arc::new(EventSync {
+        shared: reg.shared().clone(),
+        inbox: EventInbox::default(),
+        host_pods: reg.store(&pods::register::host_pods()),
+        host_configmaps: reg.store(&standard::host_watch::<ConfigMaps>()),
+        host_secrets: reg.store(&standard::host_watch::<Secrets>()),
+        copied: Mutex::new(HashMap::new()),
+        seeded: tokio::sync::OnceCell::new(),
+        seed_streams,
+    });
+    let queue = reg.queue("events");
+    let gauge = reg
+        .shared()
+        .metrics
+        .store_objects
+        .with_label_values(&[Cluster::Host.as_str(), "events"]);
+    let seeding = sync.clone();
+    let seeded = async move {
+        let mut wait = std::time::Duration::from_millis(250);
+        while let Err(error) = seeding.seed(&vcluster).await {
+            tracing::warn!(%error, retry_in_s = wait.as_secs_f64(), "cannot read back the copied events yet");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        }
+    };
+    let handler = sync.clone();
+    reg.stream(
+        &Watch::<Event>::host_all_in_namespace("events"),
+        seeded,
+        move |event| {
+            handler.on_watch_event(event, &queue);
+            gauge.set(i64::try_from(handler.inbox.len()).unwrap_or(i64::MAX));
+        },
+    );
+    reg.workers(sync, workers);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

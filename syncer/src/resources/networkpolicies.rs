@@ -159,6 +159,11 @@ impl CopiedKind for NetworkPolicies {
     }
 }
 
+/// Declares the NetworkPolicy kind (only with `--sync-networkpolicies`).
+pub fn register(reg: &mut crate::engine::registry::Registry, workers: usize) {
+    crate::engine::standard::register(reg, NetworkPolicies, workers);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

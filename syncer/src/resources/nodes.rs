@@ -348,6 +348,46 @@ impl Reconciler for NodeSync {
     }
 }
 
+/// Declares the Node kind: virtual Nodes follow where our pods run (the pod kind keeps
+/// [`NodeUsage`] and wakes the nodes); in real mode the host Nodes are watched too.
+pub fn register(
+    reg: &mut crate::engine::registry::Registry,
+    mode: NodeMode,
+    kubelet: KubeletEndpoint,
+    version: String,
+    workers: usize,
+) {
+    use crate::engine::registry::{Watch, enqueue_all};
+    use crate::engine::watch::Change;
+    let v_nodes = Watch::<Node>::virtual_all("nodes");
+    let queue = reg.queue("nodes");
+    let node_key = |n: &Node| Some(Key::new("", n.name_any()));
+    let q = queue.clone();
+    reg.on(&v_nodes, move |c| match c {
+        Change::Applied(n) | Change::Deleted(n) => q.add(Key::new("", n.name_any())),
+        Change::Relisted(store) => enqueue_all(&q, store, node_key),
+    });
+    let host_nodes = (mode == NodeMode::Real).then(|| {
+        let h_nodes = Watch::<Node>::host_cluster("nodes");
+        let q = queue;
+        reg.on(&h_nodes, move |c| match c {
+            Change::Applied(n) => q.add(Key::new("", n.name_any())),
+            Change::Deleted(_) => {}
+            Change::Relisted(store) => enqueue_all(&q, store, node_key),
+        });
+        reg.store(&h_nodes)
+    });
+    let sync = NodeSync {
+        shared: reg.shared().clone(),
+        usage: reg.index::<NodeUsage>(),
+        virtual_nodes: reg.store(&v_nodes),
+        host_nodes,
+        kubelet,
+        version,
+    };
+    reg.workers(Arc::new(sync), workers);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

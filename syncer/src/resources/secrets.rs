@@ -58,6 +58,12 @@ impl CopiedKind for Secrets {
     }
 }
 
+/// Declares the Secret kind (copied while a pod uses it, or all with `sync_all`).
+pub fn register(reg: &mut crate::engine::registry::Registry, sync_all: bool, workers: usize) {
+    let refs = reg.index::<RefIndex>();
+    crate::engine::standard::register(reg, Secrets { refs, sync_all }, workers);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

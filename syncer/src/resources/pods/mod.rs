@@ -1,6 +1,7 @@
 //! Pods: virtual -> host at create, mutable fields after, status and node binding back.
 
 pub mod refs;
+pub mod register;
 pub mod sync;
 pub mod translate;
 
@@ -10,6 +11,8 @@ use serde::Deserialize;
 
 use crate::engine::lean::LeanMeta;
 use crate::engine::packed::Packed;
+
+pub use register::register;
 
 /// How pod caches hold a pod (both sides): its metadata, and the rest as JSON.
 pub type CachedPod = Packed<Pod>;

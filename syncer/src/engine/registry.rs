@@ -1,0 +1,672 @@
+//! The registry of synced kinds: what every kind needs from the engine, declared once.
+//!
+//! A kind's `register(&mut Registry, ..)` declares
+//! - the watches it reads ([`Watch`]): the registry opens **one watch per (cluster, kind,
+//!   selection)** and hands every declaration of the same watch the same cache, so a second
+//!   watch of a kind cannot be opened by accident;
+//! - what each change means to it ([`Registry::on`]): which keys of which queue to look at
+//!   (its own, or another kind's: a ConfigMap wakes the pods that use it);
+//! - its reconciler ([`Registry::workers`]) and any long-lived task of its own.
+//!
+//! [`Registry::start`] then opens every watch and starts the workers only once **every** cache's
+//! first list has reached all its subscribers: a reconcile on a half-filled cache could delete
+//! host objects whose virtual twin is simply not loaded yet, and workers started between a
+//! store's list and its subscribers reconciled keys twice.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use super::Shared;
+use super::queue::{FairQueue, Key};
+use super::watch::{self, Change, Subscriber};
+use super::worker::{self, Reconciler};
+use crate::error::Cluster;
+
+/// The long-lived tasks of the process; each ends with its name and result.
+pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// A wait for one cache's first list.
+type Ready = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The key of an object in its own cluster (namespace, name).
+pub fn key_of<K: Resource>(obj: &K) -> Key {
+    Key::new(
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// Enqueues `map` of every object in `store` (after a relist, of this side or the other).
+pub fn enqueue_all<K: Resource<DynamicType = ()> + Clone>(
+    queue: &FairQueue,
+    store: &Store<K>,
+    map: impl Fn(&K) -> Option<Key>,
+) {
+    for obj in store.state() {
+        if let Some(k) = map(&obj) {
+            queue.add(k);
+        }
+    }
+}
+
+/// Which objects of a kind a watch sees.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Selection {
+    /// Every object of the kind (all namespaces) on that cluster.
+    All,
+    /// The host namespace's objects that carry this vcluster's managed-by label: our copies.
+    Owned,
+    /// Every object of the kind in the host namespace (host Events about our copies).
+    Namespace,
+    /// One object of the host namespace, by name.
+    Named(String),
+}
+
+/// Identity of a watch: a second declaration with the same identity gets the same cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WatchId {
+    cluster: Cluster,
+    kind: TypeId,
+    selection: Selection,
+}
+
+/// A watch a kind reads: cluster, kind `K`, which objects, and what the cache keeps of each
+/// (`C`: the object itself, or a smaller form such as a packed pod).
+pub struct Watch<K, C = K> {
+    cluster: Cluster,
+    selection: Selection,
+    /// Metric and log label (the kind's plural, unless two selections of a kind need two).
+    name: &'static str,
+    api: fn(&Shared) -> Api<K>,
+    convert: fn(&K) -> C,
+}
+
+impl<K, C> Clone for Watch<K, C> {
+    fn clone(&self) -> Self {
+        Self {
+            cluster: self.cluster,
+            selection: self.selection.clone(),
+            name: self.name,
+            api: self.api,
+            convert: self.convert,
+        }
+    }
+}
+
+impl<K> Watch<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// Every object of kind `K` in the virtual cluster.
+    pub fn virtual_all(name: &'static str) -> Self {
+        Self {
+            cluster: Cluster::Virtual,
+            selection: Selection::All,
+            name,
+            api: |s| Api::all(s.virt.clone()),
+            convert: K::clone,
+        }
+    }
+
+    /// Every object of kind `K` on the host, cluster-wide (needs a ClusterRole: optional
+    /// components only, e.g. host Nodes in real-node mode).
+    pub fn host_cluster(name: &'static str) -> Self {
+        Self {
+            cluster: Cluster::Host,
+            selection: Selection::All,
+            name,
+            api: |s| Api::all(s.host.clone()),
+            convert: K::clone,
+        }
+    }
+}
+
+impl<K> Watch<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + 'static,
+{
+    /// This vcluster's copies of kind `K` in the host namespace (label-selected).
+    pub fn host_owned(name: &'static str) -> Self {
+        Self {
+            cluster: Cluster::Host,
+            selection: Selection::Owned,
+            name,
+            api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
+            convert: K::clone,
+        }
+    }
+
+    /// Every object of kind `K` in the host namespace, ours or not (host Events, which the
+    /// host's controllers write about our copies without our labels).
+    pub fn host_all_in_namespace(name: &'static str) -> Self {
+        Self {
+            cluster: Cluster::Host,
+            selection: Selection::Namespace,
+            name,
+            api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
+            convert: K::clone,
+        }
+    }
+
+    /// The one object `object` of kind `K` in the host namespace (e.g. the vcluster's own
+    /// Service's Endpoints), watched by a field selector.
+    pub fn host_named(name: &'static str, object: impl Into<String>) -> Self {
+        Self {
+            cluster: Cluster::Host,
+            selection: Selection::Named(object.into()),
+            name,
+            api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
+            convert: K::clone,
+        }
+    }
+}
+
+impl<K, C> Watch<K, C> {
+    /// The same watch with its cache keeping `convert` of each object instead.
+    pub fn cached_as<C2>(self, convert: fn(&K) -> C2) -> Watch<K, C2> {
+        Watch {
+            cluster: self.cluster,
+            selection: self.selection,
+            name: self.name,
+            api: self.api,
+            convert,
+        }
+    }
+
+    pub fn cluster(&self) -> Cluster {
+        self.cluster
+    }
+
+    fn id(&self) -> WatchId
+    where
+        K: 'static,
+    {
+        WatchId {
+            cluster: self.cluster,
+            kind: TypeId::of::<K>(),
+            selection: self.selection.clone(),
+        }
+    }
+}
+
+/// Process-wide options of every watch.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Label selector of our copies on the host (`managed-by=<vcluster>`).
+    pub owned_selector: String,
+    /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
+    pub host_streams: bool,
+    pub virtual_streams: bool,
+}
+
+/// A declared watch not started yet: its store, subscribers and readiness.
+struct Pending<K, C>
+where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    watch: Watch<K, C>,
+    reader: Store<C>,
+    writer: reflector::store::Writer<C>,
+    subscribers: Vec<Subscriber<K, C>>,
+    /// True once the first list is in the store and every subscriber has handled it.
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+/// What the registry does with any pending watch, whatever its types.
+trait Start: Send {
+    fn listed(&self) -> Ready;
+    fn start(self: Box<Self>, shared: &Shared, options: &WatchOptions, tasks: &mut Tasks);
+    fn as_any(&mut self) -> &mut dyn Any;
+}
+
+impl<K, C> Start for Pending<K, C>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    /// Done once the first list is in the store *and* every subscriber has queued its keys.
+    fn listed(&self) -> Ready {
+        let mut rx = self.listed.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|listed| *listed).await;
+        })
+    }
+
+    fn start(mut self: Box<Self>, shared: &Shared, options: &WatchOptions, tasks: &mut Tasks) {
+        // Last: subscribers run in order, so this one sees the list after all the others.
+        let listed = self.listed.clone();
+        self.subscribers.push(Arc::new(move |c| {
+            if let Change::Relisted(_) = c {
+                listed.send_replace(true);
+            }
+        }));
+        let Pending {
+            watch,
+            reader,
+            writer,
+            subscribers,
+            ..
+        } = *self;
+        let (config, streams) = match (&watch.selection, watch.cluster) {
+            (Selection::Owned, _) => (
+                watcher::Config::default().labels(&options.owned_selector),
+                options.host_streams,
+            ),
+            (Selection::Named(object), _) => (
+                watcher::Config::default().fields(&format!("metadata.name={object}")),
+                options.host_streams,
+            ),
+            (Selection::All | Selection::Namespace, Cluster::Host) => {
+                (watcher::Config::default(), options.host_streams)
+            }
+            (Selection::All | Selection::Namespace, Cluster::Virtual) => {
+                (watcher::Config::default(), options.virtual_streams)
+            }
+        };
+        let config = if streams { config.streaming_lists() } else { config };
+        let name = watch.name;
+        let handle = watch::spawn(
+            (watch.api)(shared),
+            (reader, writer),
+            config,
+            watch.cluster,
+            name,
+            subscribers,
+            watch.convert,
+            shared.metrics.clone(),
+            shared.initial_sync.clone(),
+            shared.cancel.clone(),
+        );
+        tasks.spawn(async move {
+            let r = handle.await;
+            (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+        });
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Starts a kind's workers once every cache has listed.
+type SpawnWorkers = Box<dyn FnOnce(&mut JoinSet<()>, &Shared) + Send>;
+/// Opens a watch without a cache.
+type StartStream = Box<dyn FnOnce(&mut Tasks) + Send>;
+/// A long-lived task of a kind, started with the watches.
+type KindTask = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Why the declared kinds cannot run (a mistake in a `register`, found at startup).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("queue {0:?} gets keys but no kind runs workers on it")]
+    QueueWithoutWorkers(&'static str),
+    #[error("two kinds run workers on queue {0:?}")]
+    QueueWithTwoWorkerSets(&'static str),
+}
+
+/// The kinds' watches, queues, shared indexes, workers and tasks, declared before any starts.
+pub struct Registry {
+    shared: Arc<Shared>,
+    options: WatchOptions,
+    watches: HashMap<WatchId, Box<dyn Start>>,
+    /// Declaration order, so watches open in a stable order.
+    order: Vec<WatchId>,
+    queues: BTreeMap<&'static str, FairQueue>,
+    with_workers: BTreeMap<&'static str, SpawnWorkers>,
+    indexes: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    tasks: Vec<(&'static str, KindTask)>,
+    /// Watches without a cache (host events), started with the others.
+    streams: Vec<(WatchId, StartStream)>,
+    /// Registration mistakes, reported by [`Registry::start`] before anything starts.
+    mistakes: Vec<RegistryError>,
+}
+
+impl Registry {
+    pub fn new(shared: Arc<Shared>, options: WatchOptions) -> Self {
+        Self {
+            shared,
+            options,
+            watches: HashMap::new(),
+            order: Vec::new(),
+            queues: BTreeMap::new(),
+            with_workers: BTreeMap::new(),
+            indexes: HashMap::new(),
+            tasks: Vec::new(),
+            streams: Vec::new(),
+            mistakes: Vec::new(),
+        }
+    }
+
+    /// What every reconciler shares (clients, metrics, the translation context).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The default number of reconciles in flight per kind (`--workers`).
+    pub fn default_workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    fn pending<K, C>(&mut self, watch: &Watch<K, C>) -> &mut Pending<K, C>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let id = watch.id();
+        assert!(
+            !self.streams.iter().any(|(s, _)| *s == id),
+            "watch {:?} of {} is declared both cached and uncached",
+            id.selection,
+            watch.name
+        );
+        let entry = self.watches.entry(id.clone()).or_insert_with(|| {
+            self.order.push(id);
+            let (reader, writer) = reflector::store();
+            Box::new(Pending {
+                watch: watch.clone(),
+                reader,
+                writer,
+                subscribers: Vec::new(),
+                listed: tokio::sync::watch::Sender::new(false),
+            })
+        });
+        entry
+            .as_any()
+            .downcast_mut::<Pending<K, C>>()
+            .expect("every declaration of one watch caches the same form (a registration bug otherwise)")
+    }
+
+    /// The cache of `watch` (declared now if it is new).
+    pub fn store<K, C>(&mut self, watch: &Watch<K, C>) -> Store<C>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        self.pending(watch).reader.clone()
+    }
+
+    /// Calls `f` with every change `watch` delivers (after the store holds it).
+    pub fn on<K, C>(&mut self, watch: &Watch<K, C>, f: impl Fn(Change<'_, K, C>) + Send + Sync + 'static)
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        self.pending(watch).subscribers.push(Arc::new(f));
+    }
+
+    /// The queue of the kind `name` (the same queue for every caller). It counts for the
+    /// initial sync from now, before its workers run.
+    pub fn queue(&mut self, name: &'static str) -> FairQueue {
+        let shared = &self.shared;
+        self.queues
+            .entry(name)
+            .or_insert_with(|| {
+                let q = FairQueue::new();
+                shared.initial_sync.track(&q);
+                q
+            })
+            .clone()
+    }
+
+    /// A shared index of type `T` (the same one for every caller), for state that one kind's
+    /// watches build and another kind's reconciler reads (which pods use which ConfigMaps).
+    pub fn index<T: Default + Send + Sync + 'static>(&mut self) -> Arc<T> {
+        let any = self
+            .indexes
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        any.downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("indexes are keyed by their own type"))
+    }
+
+    /// Runs `reconciler` over its queue (named after it) with at most `n` reconciles in
+    /// flight, once every cache has listed.
+    pub fn workers<R: Reconciler>(&mut self, reconciler: Arc<R>, n: usize) {
+        let name = reconciler.name();
+        let queue = self.queue(name);
+        let spawn: SpawnWorkers = Box::new(move |set: &mut JoinSet<()>, shared: &Shared| {
+            set.spawn(worker::run(
+                reconciler,
+                queue,
+                n,
+                shared.events.clone(),
+                shared.metrics.clone(),
+                shared.cancel.clone(),
+            ));
+        });
+        if self.with_workers.insert(name, spawn).is_some() {
+            self.mistakes.push(RegistryError::QueueWithTwoWorkerSets(name));
+        }
+    }
+
+    /// A long-lived task of a kind, started with the watches; it runs until shutdown.
+    pub fn task(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.tasks.push((name, Box::pin(task)));
+    }
+
+    /// A watch that keeps no cache (objects needed only until handled): `on_event` sees every
+    /// event, the (re)lists' objects included. It opens once `gate` is done and counts for the
+    /// initial sync, but workers do not wait for it.
+    pub fn stream<K>(
+        &mut self,
+        watch: &Watch<K>,
+        gate: impl Future<Output = ()> + Send + 'static,
+        on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    ) where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let id = watch.id();
+        assert!(
+            !self.watches.contains_key(&id) && !self.streams.iter().any(|(s, _)| *s == id),
+            "watch of {} declared twice",
+            watch.name
+        );
+        let (watch, shared, options) = (watch.clone(), self.shared.clone(), self.options.clone());
+        let start = move |tasks: &mut Tasks| {
+            let streams = match watch.cluster {
+                Cluster::Host => options.host_streams,
+                Cluster::Virtual => options.virtual_streams,
+            };
+            let mut config = match &watch.selection {
+                Selection::Owned => watcher::Config::default().labels(&options.owned_selector),
+                Selection::Named(o) => watcher::Config::default().fields(&format!("metadata.name={o}")),
+                Selection::All | Selection::Namespace => watcher::Config::default(),
+            };
+            if streams {
+                config = config.streaming_lists();
+            }
+            let name = watch.name;
+            let handle = watch::spawn_uncached(
+                (watch.api)(&shared),
+                config,
+                watch.cluster,
+                name,
+                gate,
+                on_event,
+                shared.metrics.clone(),
+                shared.initial_sync.clone(),
+                shared.cancel.clone(),
+            );
+            tasks.spawn(async move {
+                let r = handle.await;
+                (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+            });
+        };
+        self.streams.push((id, Box::new(start)));
+    }
+
+    /// Opens every declared watch, starts the kinds' tasks, and starts the workers once every
+    /// cache has listed. Fails (before anything starts) when a queue gets keys but has no
+    /// workers, which would keep the initial sync from ever completing.
+    pub fn start(mut self, tasks: &mut Tasks) -> Result<(), RegistryError> {
+        if let Some(mistake) = self.mistakes.pop() {
+            return Err(mistake);
+        }
+        if let Some(name) = self.queues.keys().find(|q| !self.with_workers.contains_key(*q)) {
+            return Err(RegistryError::QueueWithoutWorkers(name));
+        }
+        let readiness: Vec<Ready> = self.watches.values().map(|w| w.listed()).collect();
+        for id in std::mem::take(&mut self.order) {
+            if let Some(w) = self.watches.remove(&id) {
+                w.start(&self.shared, &self.options, tasks);
+            }
+        }
+        for (_, start) in self.streams {
+            start(tasks);
+        }
+        for (name, task) in self.tasks {
+            tasks.spawn(async move { (name, task.await) });
+        }
+        let (shared, with_workers) = (self.shared, self.with_workers);
+        tasks.spawn(async move {
+            futures::future::join_all(readiness).await;
+            tracing::info!("all caches listed; starting workers");
+            let mut workers = JoinSet::new();
+            for (_, spawn) in with_workers {
+                spawn(&mut workers, &shared);
+            }
+            while workers.join_next().await.is_some() {}
+            ("workers", Ok(()))
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
+mod tests {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::engine::error::SyncError;
+    use crate::engine::worker::Outcome;
+
+    fn registry() -> Registry {
+        Registry::new(
+            Arc::new(Shared::test()),
+            WatchOptions {
+                owned_selector: "vnest.dev/managed-by=vc".into(),
+                host_streams: false,
+                virtual_streams: false,
+            },
+        )
+    }
+
+    struct Nop(&'static str);
+    impl Reconciler for Nop {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn reconcile(&self, _key: &Key) -> Result<Outcome, SyncError> {
+            Ok(Outcome::done())
+        }
+        fn tenant_object(&self, _key: &Key) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn one_watch_per_cluster_kind_and_selection() {
+        let mut reg = registry();
+        reg.store(&Watch::<ConfigMap>::virtual_all("configmaps"));
+        reg.on(&Watch::<ConfigMap>::virtual_all("configmaps"), |_| {});
+        reg.store(&Watch::<ConfigMap>::host_owned("configmaps"));
+        reg.store(&Watch::<Pod>::virtual_all("pods"));
+        reg.store(&Watch::<Pod>::host_owned("pods"));
+        reg.store(&Watch::<Pod>::host_owned("pods"));
+        assert_eq!(
+            reg.watches.len(),
+            4,
+            "a second declaration reuses the first watch"
+        );
+        assert_eq!(reg.order.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_second_declaration_shares_the_store_and_its_subscribers() {
+        let mut reg = registry();
+        let w = Watch::<ConfigMap>::virtual_all("configmaps");
+        let (a, b) = (reg.store(&w), reg.store(&w));
+        reg.on(&w, |_| {});
+        reg.on(&w, |_| {});
+        let pending = reg.pending(&w);
+        assert_eq!(pending.subscribers.len(), 2);
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("x".into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        };
+        pending.writer.apply_watcher_event(&watcher::Event::Apply(cm));
+        assert_eq!(
+            (a.state().len(), b.state().len()),
+            (1, 1),
+            "both readers see one store"
+        );
+    }
+
+    #[tokio::test]
+    async fn indexes_and_queues_are_shared_by_type_and_name() {
+        let mut reg = registry();
+        let (a, b) = (reg.index::<Mutex<Vec<u8>>>(), reg.index::<Mutex<Vec<u8>>>());
+        assert!(Arc::ptr_eq(&a, &b));
+        reg.queue("pods").add(Key::new("ns", "a"));
+        assert_eq!(reg.queue("pods").len(), 1, "the same queue");
+    }
+
+    #[tokio::test]
+    async fn a_queue_nobody_works_on_is_refused_at_start() {
+        let mut reg = registry();
+        reg.queue("pods");
+        reg.workers(Arc::new(Nop("configmaps")), 1);
+        let mut tasks = Tasks::new();
+        assert!(matches!(
+            reg.start(&mut tasks),
+            Err(RegistryError::QueueWithoutWorkers("pods"))
+        ));
+        assert!(tasks.is_empty(), "nothing started");
+    }
+
+    #[tokio::test]
+    async fn two_worker_sets_on_one_queue_are_refused_at_start() {
+        let mut reg = registry();
+        reg.workers(Arc::new(Nop("pods")), 1);
+        reg.workers(Arc::new(Nop("pods")), 1);
+        let mut tasks = Tasks::new();
+        assert!(matches!(
+            reg.start(&mut tasks),
+            Err(RegistryError::QueueWithTwoWorkerSets("pods"))
+        ));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "declared twice")]
+    async fn a_stream_cannot_double_a_cached_watch() {
+        let mut reg = registry();
+        let w = Watch::<ConfigMap>::virtual_all("configmaps");
+        reg.store(&w);
+        reg.stream(&w, std::future::ready(()), |_| {});
+    }
+
+    use std::sync::Mutex;
+}

@@ -1,0 +1,87 @@
+//! What the Service kind declares to the engine: both Service watches, the vcluster's own host
+//! Endpoints (backing the virtual `default/kubernetes`), the virtual Endpoints of
+//! `default/kubernetes`, and a task that re-checks the special Services whenever the
+//! translation context (vcluster and DNS Service IPs) changes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::{Resource, ResourceExt};
+
+use super::sync::ServiceSync;
+use crate::engine::queue::Key;
+use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
+use crate::engine::standard;
+use crate::engine::watch::Change;
+
+/// Declares the Service kind. `service_name` is the vcluster's host Service.
+pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
+    let (v_services, h_services) = (
+        Watch::<Service>::virtual_all("services"),
+        Watch::<Service>::host_owned("services"),
+    );
+    // Its own metric label: the watch of copied Endpoints is "endpoints".
+    let h_vc_endpoints = Watch::<Endpoints>::host_named("vcluster-endpoints", service_name.clone());
+    let v_endpoints = Watch::<Endpoints>::virtual_all("endpoints");
+    let queue = reg.queue("services");
+    let host_key = |o: &Service| standard::host_key("Service", o.meta());
+
+    let (q, hs) = (queue.clone(), reg.store(&h_services));
+    reg.on(&v_services, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, |o| Some(key_of(o)));
+            enqueue_all(&q, &hs, host_key);
+        }
+    });
+    let (q, vs) = (queue.clone(), reg.store(&v_services));
+    reg.on(&h_services, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => {
+            if let Some(k) = host_key(o) {
+                q.add(k);
+            }
+        }
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, host_key);
+            enqueue_all(&q, &vs, |o| Some(key_of(o)));
+        }
+    });
+    let kube_key = || Key::new("default", "kubernetes");
+    let q = queue.clone();
+    reg.on(&h_vc_endpoints, move |_| q.add(kube_key()));
+    let q = queue.clone();
+    reg.on(&v_endpoints, move |c| {
+        let ours = match c {
+            Change::Applied(o) | Change::Deleted(o) => {
+                o.namespace().as_deref() == Some("default") && o.name_any() == "kubernetes"
+            }
+            Change::Relisted(_) => true,
+        };
+        if ours {
+            q.add(kube_key());
+        }
+    });
+    // The special Services follow the translation context (vcluster and DNS Service IPs).
+    let (q, mut ctx) = (queue, reg.shared().translate.clone());
+    reg.task("special services", async move {
+        loop {
+            q.add(Key::new("default", "kubernetes"));
+            q.add(Key::new("kube-system", "kube-dns"));
+            if ctx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    });
+
+    let sync = ServiceSync {
+        shared: reg.shared().clone(),
+        virtual_services: reg.store(&v_services),
+        host_services: reg.store(&h_services),
+        host_endpoints: reg.store(&h_vc_endpoints),
+        virtual_endpoints: reg.store(&v_endpoints),
+        service_name,
+        recent: Default::default(),
+        ip_refused_since: Default::default(),
+    };
+    reg.workers(Arc::new(sync), workers);
+}
