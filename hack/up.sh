@@ -74,7 +74,7 @@ KUBECTL=$BIN/kubectl
 
 step "2/7 syncer: cargo build (vnest)"
 (cd "$repo" && cargo build --quiet --bin vnest)
-VNEST=$repo/target/debug/vnest
+VNEST=${CARGO_TARGET_DIR:-$repo/target}/debug/vnest
 
 # --- ports ---------------------------------------------------------------------------------------
 HOST_API_PORT=$(free_port)
