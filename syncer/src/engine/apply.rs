@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::error::SyncError;
-use super::plan::{HostAction, HostPatch, PatchKind};
+use super::plan::{HostPatch, PatchKind};
 use crate::error::Cluster;
 
 /// The field manager of every write the syncer makes.
@@ -88,38 +88,6 @@ impl RecentWrites {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().names.len()
-    }
-}
-
-/// What a host write did, for follow-up steps (e.g. the created object's UID).
-pub enum Applied<K> {
-    Nothing,
-    Created(K),
-    Patched(K),
-    Deleted,
-}
-
-pub async fn execute<K>(
-    api: &Api<K>,
-    kind: &'static str,
-    name: &str,
-    action: HostAction<K>,
-    is_ours: impl Fn(&K) -> bool,
-) -> Result<Applied<K>, SyncError>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    match action {
-        HostAction::Noop => Ok(Applied::Nothing),
-        HostAction::Create(obj) => create(api, kind, name, &obj, is_ours).await.map(Applied::Created),
-        HostAction::Patch(p) => patch(api, Cluster::Host, kind, name, &p)
-            .await
-            .map(Applied::Patched),
-        HostAction::Delete {
-            uid, grace_seconds, ..
-        } => delete(api, Cluster::Host, kind, name, &uid, grace_seconds)
-            .await
-            .map(|()| Applied::Deleted),
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod execute;
 pub mod lean;
 pub mod packed;
 pub mod plan;

@@ -12,6 +12,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
 
+use super::TranslateCtx;
+use super::error::SyncError;
+use super::execute::{Action, Target};
 use crate::markers;
 
 /// How a patch body is interpreted by the API server.
@@ -29,106 +32,134 @@ pub struct HostPatch {
     pub body: Value,
 }
 
-/// The host write a reconcile decided on.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HostAction<K> {
-    Noop,
-    /// Create (POST, never apply: an object that exists under our name and is not ours must
-    /// make the create fail, not be taken over).
-    Create(Box<K>),
-    /// Patch the existing host object (which is ours).
-    Patch(HostPatch),
-    /// Delete the host object, with a UID precondition so a newer object of the same name is
-    /// never hit.
-    Delete {
-        uid: String,
-        grace_seconds: Option<i64>,
-        reason: &'static str,
-    },
-}
-
-impl<K> HostAction<K> {
-    /// Bounded name for metrics and logs.
-    pub fn op(&self) -> &'static str {
-        match self {
-            HostAction::Noop => "noop",
-            HostAction::Create(_) => "create",
-            HostAction::Patch(_) => "patch",
-            HostAction::Delete { .. } => "delete",
-        }
-    }
-}
-
-/// A plan and when to look at the key again (e.g. after a stale copy was deleted).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan<K> {
-    pub host: HostAction<K>,
+/// What a reconcile decided: the writes to make, in order, and when to look at the key again.
+/// An empty plan is the answer to every resync of an object already in step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
     pub requeue_after: Option<Duration>,
 }
 
-impl<K> Plan<K> {
+impl Plan {
+    /// Nothing to write.
     pub fn noop() -> Self {
+        Self::default()
+    }
+    /// Just one write.
+    pub fn one(action: Action) -> Self {
         Self {
-            host: HostAction::Noop,
+            actions: vec![action],
             requeue_after: None,
         }
     }
-    pub fn host(host: HostAction<K>) -> Self {
-        Self {
-            host,
-            requeue_after: None,
-        }
+    /// Nothing to write yet; look again after `after`.
+    pub fn wait(after: Duration) -> Self {
+        Self::noop().then_requeue(after)
+    }
+    pub fn then(mut self, action: Action) -> Self {
+        self.actions.push(action);
+        self
+    }
+    pub fn then_maybe(mut self, action: Option<Action>) -> Self {
+        self.actions.extend(action);
+        self
     }
     pub fn then_requeue(mut self, after: Duration) -> Self {
         self.requeue_after = Some(after);
         self
     }
+    /// The ops of the actions, for table tests and logs ("create", "patch", ...).
+    pub fn ops(&self) -> Vec<&'static str> {
+        self.actions.iter().map(|a| a.write.op()).collect()
+    }
 }
 
-/// What the generic lifecycle rules need to know about a pair of objects.
+/// How soon a key is looked at again when a write is still on its way: a stale copy being
+/// deleted, a create the cache does not show yet, a special Service someone recreated first.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the lifecycle rules need to know about a pair of objects.
 #[derive(Debug, Clone, Copy)]
 pub struct Pair<'a> {
     pub virtual_meta: Option<&'a ObjectMeta>,
     pub host_meta: Option<&'a ObjectMeta>,
 }
 
-/// Lifecycle steps every kind shares, before any kind-specific translation:
-/// - host copy without a virtual object: delete it (the virtual object was deleted);
-/// - host copy made from another virtual object of the same name (UID differs): delete it and
-///   look again shortly (it will be recreated for the current object).
-///
-/// Returns `None` when the kind's own rules must decide (virtual object exists and the host
-/// copy, if any, belongs to it).
-pub fn lifecycle<K>(pair: Pair<'_>) -> Option<Plan<K>> {
-    match (pair.virtual_meta, pair.host_meta) {
-        (None, None) => Some(Plan::noop()),
-        (None, Some(h)) => Some(delete_host(h, "virtual object deleted")),
-        (Some(v), Some(h)) => {
-            let source_uid = markers::source_of(h).map(|s| s.uid);
-            if source_uid.as_deref() != v.uid.as_deref() {
-                Some(
-                    delete_host(h, "host copy belongs to an older virtual object")
-                        .then_requeue(Duration::from_secs(1)),
-                )
-            } else {
-                None
-            }
-        }
-        (Some(_), None) => None,
-    }
+/// The lifecycle rules of a kind (every kind has them; only these knobs differ).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    /// Kind name in markers ("Pod").
+    pub kind: &'static str,
+    /// Grace period of the delete of a host copy made from an older virtual object (pods: 0,
+    /// nothing of the old pod may keep running under the new one's name).
+    pub stale_grace: Option<i64>,
+    /// Whether a foreign host object under our name is left alone quietly (e.g. Endpoints the
+    /// host's own controller keeps for a Service with a selector) when we do not need the name.
+    pub quiet_foreign_when_unwanted: bool,
 }
 
-/// A delete of the host object with its UID as precondition (no-op plan while it is already
-/// terminating: deleting again would only cost a request).
-pub fn delete_host<K>(h: &ObjectMeta, reason: &'static str) -> Plan<K> {
-    match (&h.uid, &h.deletion_timestamp) {
-        (_, Some(_)) | (None, _) => Plan::noop(),
-        (Some(uid), None) => Plan::host(HostAction::Delete {
-            uid: uid.clone(),
-            grace_seconds: None,
-            reason,
-        }),
+/// What the engine observed before a kind plans: the pair from the caches, whether a host
+/// create of the name is still pending, and whether the virtual object wants a host copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub pair: Pair<'a>,
+    pub host_name: &'a str,
+    pub create_pending: bool,
+    pub wanted: bool,
+}
+
+/// The rules every kind shares, applied by the engine before a kind's own plan:
+/// - a host object under our name that is not ours: [`SyncError::Foreign`] (never touched);
+/// - host copy without a virtual object: delete it (the virtual object was deleted);
+/// - host copy made from another virtual object of the same name (UID differs): delete it and
+///   look again shortly (it will be recreated for the current object);
+/// - virtual object without a host copy while our create of it is still on its way: wait.
+///
+/// Returns `Ok(None)` when the kind's own rules must decide (the virtual object exists and the
+/// host copy, if any, is its own).
+pub fn lifecycle<K: kube::Resource<DynamicType = ()>>(
+    rules: Lifecycle,
+    tc: &TranslateCtx,
+    seen: Observed<'_>,
+) -> Result<Option<Plan>, SyncError> {
+    let Pair {
+        virtual_meta: v,
+        host_meta: h,
+    } = seen.pair;
+    let target = || Target::host::<K>(tc, seen.host_name);
+    if let Some(h) = h
+        && !super::standard::is_ours(tc, rules.kind, h)
+    {
+        let needed = seen.wanted && v.is_some_and(|v| v.deletion_timestamp.is_none());
+        if rules.quiet_foreign_when_unwanted && !needed {
+            return Ok(Some(Plan::noop()));
+        }
+        return Err(SyncError::Foreign {
+            kind: rules.kind,
+            host_name: seen.host_name.to_owned(),
+        });
     }
+    Ok(match (v, h) {
+        (None, None) => Some(Plan::noop()),
+        (None, Some(h)) => {
+            Some(Plan::noop().then_maybe(Action::delete(target(), h, None, "virtual object deleted")))
+        }
+        (Some(v), Some(h)) => {
+            let source_uid = markers::source_of(h).map(|s| s.uid);
+            (source_uid.as_deref() != v.uid.as_deref()).then(|| {
+                Plan::noop()
+                    .then_maybe(Action::delete(
+                        target(),
+                        h,
+                        rules.stale_grace,
+                        "host copy belongs to an older virtual object",
+                    ))
+                    .then_requeue(RECHECK)
+            })
+        }
+        (Some(_), None) if seen.create_pending => Some(Plan::wait(RECHECK)),
+        (Some(_), None) => None,
+    })
 }
 
 /// RFC 7386 diff: the merge patch that turns `from` into `to`. Keys of `from` missing in `to`
@@ -221,8 +252,10 @@ pub fn metadata_patch(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
 mod tests {
     use super::*;
+    use crate::engine::execute::Write;
     use serde_json::json;
 
     #[test]
@@ -248,8 +281,11 @@ mod tests {
         }
     }
 
+    /// Our host copy of virtual ConfigMap ns/cm made from virtual uid `source_uid`.
     fn host_of(source_uid: &str, uid: &str) -> ObjectMeta {
-        let mut h = meta("host-name", uid);
+        let tc = TranslateCtx::test();
+        let mut h = meta(&crate::naming::host_name("vc", "ns", "cm"), uid);
+        h.namespace = Some(tc.host_namespace.clone());
         markers::mark(
             &mut h,
             "vc",
@@ -263,49 +299,95 @@ mod tests {
         h
     }
 
+    const RULES: Lifecycle = Lifecycle {
+        kind: "ConfigMap",
+        stale_grace: Some(0),
+        quiet_foreign_when_unwanted: true,
+    };
+
+    /// The lifecycle decision for a pair (`Err` = the error's category).
+    fn decide(
+        v: Option<&ObjectMeta>,
+        h: Option<&ObjectMeta>,
+        create_pending: bool,
+        wanted: bool,
+    ) -> Result<Option<Plan>, &'static str> {
+        let tc = TranslateCtx::test();
+        let host_name = crate::naming::host_name("vc", "ns", "cm");
+        lifecycle::<k8s_openapi::api::core::v1::ConfigMap>(
+            RULES,
+            &tc,
+            Observed {
+                pair: Pair {
+                    virtual_meta: v,
+                    host_meta: h,
+                },
+                host_name: &host_name,
+                create_pending,
+                wanted,
+            },
+        )
+        .map_err(|e| e.category())
+    }
+
     #[test]
     fn lifecycle_rules() {
         let v = meta("cm", "v-1");
         let ours = host_of("v-1", "h-1");
         let stale = host_of("v-0", "h-0");
-        let none: Option<Plan<()>> = lifecycle(Pair {
-            virtual_meta: Some(&v),
-            host_meta: Some(&ours),
-        });
-        assert!(none.is_none(), "kind decides when both exist and match");
-
-        let orphan: Plan<()> = lifecycle(Pair {
-            virtual_meta: None,
-            host_meta: Some(&ours),
-        })
-        .expect("decided");
-        assert_eq!(
-            orphan.host,
-            HostAction::Delete {
-                uid: "h-1".into(),
-                grace_seconds: None,
-                reason: "virtual object deleted"
-            }
-        );
-
-        let replaced: Plan<()> = lifecycle(Pair {
-            virtual_meta: Some(&v),
-            host_meta: Some(&stale),
-        })
-        .expect("decided");
-        assert!(matches!(replaced.host, HostAction::Delete { ref uid, .. } if uid == "h-0"));
-        assert_eq!(replaced.requeue_after, Some(Duration::from_secs(1)));
-
+        let mut foreign = ours.clone();
+        foreign.labels = None;
         let mut terminating = ours.clone();
         terminating.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
         ));
-        let again: Plan<()> = lifecycle(Pair {
-            virtual_meta: None,
-            host_meta: Some(&terminating),
-        })
-        .expect("decided");
-        assert_eq!(again.host, HostAction::Noop, "no second delete while terminating");
+
+        assert_eq!(
+            decide(Some(&v), Some(&ours), false, true),
+            Ok(None),
+            "the kind decides"
+        );
+        assert_eq!(decide(Some(&v), None, false, true), Ok(None), "the kind creates");
+        assert_eq!(decide(None, None, false, false), Ok(Some(Plan::noop())));
+
+        let orphan = decide(None, Some(&ours), false, false).unwrap().unwrap();
+        assert_eq!(orphan.ops(), ["delete"]);
+        assert_eq!(
+            orphan.actions[0].write,
+            Write::Delete {
+                uid: "h-1".into(),
+                grace_seconds: None
+            }
+        );
+        assert_eq!(orphan.requeue_after, None);
+
+        let replaced = decide(Some(&v), Some(&stale), false, true).unwrap().unwrap();
+        assert_eq!(
+            replaced.actions[0].write,
+            Write::Delete {
+                uid: "h-0".into(),
+                grace_seconds: Some(0)
+            },
+            "the kind's grace for stale copies"
+        );
+        assert_eq!(replaced.requeue_after, Some(RECHECK));
+
+        assert_eq!(
+            decide(None, Some(&terminating), false, false),
+            Ok(Some(Plan::noop())),
+            "no second delete while terminating"
+        );
+        assert_eq!(
+            decide(Some(&v), None, true, true),
+            Ok(Some(Plan::wait(RECHECK))),
+            "our create is on its way"
+        );
+        assert_eq!(decide(Some(&v), Some(&foreign), false, true), Err("foreign"));
+        assert_eq!(
+            decide(Some(&v), Some(&foreign), false, false),
+            Ok(Some(Plan::noop())),
+            "a foreign object whose name we do not need is left alone quietly"
+        );
     }
 
     #[test]

@@ -10,16 +10,15 @@ use std::time::Instant;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::apply::{self, Applied, RecentWrites};
-use super::error::{SyncError, TranslateError};
-use super::plan::{self, HostAction, HostPatch, Pair, PatchKind, Plan};
+use super::error::SyncError;
+use super::execute::{Action, Executor, Ownership, Target, Write};
+use super::plan::{self, Lifecycle, Observed, Pair, PatchKind, Plan};
 use super::queue::Key;
 use super::registry::{Registry, Watch, enqueue_all, key_of};
 use super::watch::Change;
@@ -139,32 +138,52 @@ pub fn create_meta(tc: &TranslateCtx, kind: &str, v: &ObjectMeta, host_name: Str
     }
 }
 
-/// The pure plan for a copied kind.
+/// The pure plan for a copied kind: `v` and `h` as the caches show them under `host_name`.
 pub fn plan_copy<C: CopiedKind>(
     kind: &C,
     tc: &TranslateCtx,
-    v: Option<&C::K>,
-    h: Option<&C::K>,
-    wanted: bool,
-) -> Result<Plan<C::K>, TranslateError> {
-    if let Some(p) = plan::lifecycle(Pair {
-        virtual_meta: v.map(|o| o.meta()),
-        host_meta: h.map(|o| o.meta()),
-    }) {
+    (v, h): (Option<&C::K>, Option<&C::K>),
+    host_name: &str,
+    create_pending: bool,
+) -> Result<Plan, SyncError> {
+    let wanted = v.is_some_and(|v| kind.wanted(v));
+    let rules = Lifecycle {
+        kind: C::KIND,
+        stale_grace: None,
+        quiet_foreign_when_unwanted: true,
+    };
+    let seen = Observed {
+        pair: Pair {
+            virtual_meta: v.map(|o| o.meta()),
+            host_meta: h.map(|o| o.meta()),
+        },
+        host_name,
+        create_pending,
+        wanted,
+    };
+    if let Some(p) = plan::lifecycle::<C::K>(rules, tc, seen)? {
         return Ok(p);
     }
     let Some(v) = v else { return Ok(Plan::noop()) };
+    let target = || Target::host::<C::K>(tc, host_name);
     if v.meta().deletion_timestamp.is_some() || !wanted {
-        return Ok(h.map_or_else(Plan::noop, |h| {
-            plan::delete_host(h.meta(), "no longer used on the virtual side")
-        }));
+        return Ok(Plan::noop().then_maybe(
+            h.and_then(|h| Action::delete(target(), h.meta(), None, "no longer used on the virtual side"))
+                .map(|a| a.counted_as(C::NAME)),
+        ));
     }
-    let host_name = naming::host_name(&tc.vcluster, &v.namespace().unwrap_or_default(), &v.name_any());
     let Some(h) = h else {
-        let meta = create_meta(tc, C::KIND, v.meta(), host_name);
-        return Ok(Plan::host(HostAction::Create(Box::new(
-            kind.host_object(tc, meta, v),
-        ))));
+        let meta = create_meta(tc, C::KIND, v.meta(), host_name.to_owned());
+        let object = kind.host_object(tc, meta, v);
+        return Ok(Plan::one(
+            Action::create(
+                target(),
+                &object,
+                Ownership::CopyOf(C::KIND),
+                "virtual object needs a host copy",
+            )
+            .counted_as(C::NAME),
+        ));
     };
     let (labels, annotations) = plan::desired_metadata(
         &tc.vcluster,
@@ -184,50 +203,33 @@ pub fn plan_copy<C: CopiedKind>(
     let mut meta = meta_patch.unwrap_or_else(|| Value::Object(Default::default()));
     meta["resourceVersion"] = Value::from(h.resource_version().unwrap_or_default());
     body["metadata"] = meta;
-    Ok(Plan::host(HostAction::Patch(HostPatch {
-        kind: PatchKind::Merge,
-        body,
-    })))
+    Ok(Plan::one(
+        Action::new(
+            target(),
+            Write::patch(PatchKind::Merge, body),
+            "virtual object changed",
+        )
+        .counted_as(C::NAME),
+    ))
 }
 
 /// Runs a copied kind: the reconciler over both stores.
 pub struct Copier<C: CopiedKind> {
     pub kind: C,
-    pub shared: Arc<Shared>,
     pub virtual_store: Store<C::K>,
     pub host_store: Store<C::K>,
-    pub host_api: Api<C::K>,
-    pub recent: RecentWrites,
+    pub executor: Executor,
 }
 
 impl<C: CopiedKind> Copier<C> {
     /// A copier of `kind` over its two stores; host writes go to the host namespace.
     pub fn new(kind: C, shared: Arc<Shared>, virtual_store: Store<C::K>, host_store: Store<C::K>) -> Self {
-        let host_api = Api::namespaced(shared.host.clone(), &shared.host_namespace);
         Self {
             kind,
-            shared,
             virtual_store,
             host_store,
-            host_api,
-            recent: RecentWrites::default(),
+            executor: Executor::new(shared),
         }
-    }
-}
-
-/// The virtual object, the host object under its host name, and that host name.
-type Lookup<K> = (Option<Arc<K>>, Option<Arc<K>>, String);
-
-impl<C: CopiedKind> Copier<C> {
-    fn lookup(&self, key: &Key, tc: &TranslateCtx) -> Lookup<C::K> {
-        let v = self
-            .virtual_store
-            .get(&ObjectRef::new(&key.name).within(&key.namespace));
-        let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
-        let h = self
-            .host_store
-            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
-        (v, h, host_name)
     }
 }
 
@@ -237,51 +239,28 @@ impl<C: CopiedKind> Reconciler for Copier<C> {
     }
 
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
-        let tc = self.shared.translate_ctx()?;
-        let (v, h, host_name) = self.lookup(key, &tc);
-        let wanted = v.as_deref().is_some_and(|v| self.kind.wanted(v));
-        if let Some(h) = &h
-            && !is_ours(&tc, C::KIND, h.meta())
-        {
-            // Not ours (e.g. Endpoints the host's own controller keeps for a Service with a
-            // selector): never touched; only worth a Warning when we needed that name.
-            if !wanted
-                || v.as_deref()
-                    .is_some_and(|v| v.meta().deletion_timestamp.is_some())
-            {
-                return Ok(Outcome::done());
-            }
-            return Err(SyncError::Foreign {
-                kind: C::KIND,
-                host_name,
-            });
-        }
+        let tc = self.executor.shared().translate_ctx()?;
+        let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
+        let v = self
+            .virtual_store
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let h = self
+            .host_store
+            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
         if h.is_some() {
-            self.recent.observed(&host_name);
-        } else if self.recent.pending(&host_name) {
-            // Created a moment ago; the cache has not caught up yet.
-            return Ok(Outcome::requeue(std::time::Duration::from_secs(1)));
+            self.executor.observed(&host_name);
         }
-        let plan = plan_copy(&self.kind, &tc, v.as_deref(), h.as_deref(), wanted)?;
-        let op = plan.host.op();
-        if op != "noop" {
-            tracing::info!(kind = C::NAME, key = %key, host.name = %host_name, op, "writing host object");
-        }
+        let pending = self.executor.create_pending(&host_name);
+        let plan = plan_copy(&self.kind, &tc, (v.as_deref(), h.as_deref()), &host_name, pending)?;
         let started = Instant::now();
-        let applied = apply::execute(&self.host_api, C::KIND, &host_name, plan.host, |o: &C::K| {
-            is_ours(&tc, C::KIND, o.meta())
-        })
-        .await?;
-        if !matches!(applied, Applied::Nothing) {
-            self.shared
-                .metrics
-                .host_writes
-                .with_label_values(&[C::NAME, op])
-                .inc();
-        }
-        if matches!(applied, Applied::Created(_)) {
-            self.recent.record(&host_name);
-            self.shared
+        self.executor.run_all(&plan.actions).await?;
+        if plan
+            .actions
+            .iter()
+            .any(|a| matches!(a.write, Write::Create { .. }))
+        {
+            self.executor
+                .shared()
                 .metrics
                 .sync_lag
                 .with_label_values(&[C::NAME])

@@ -651,8 +651,9 @@ impl Reconciler for PodSync {
             (None, None) => Ok(Outcome::done()),
             (None, Some(h)) => {
                 // The virtual pod is gone: delete the host copy (GC takes its token Secret).
-                let p: plan::Plan<Pod> = plan::delete_host(h.meta(), "virtual pod deleted");
-                if let plan::HostAction::Delete { uid, .. } = p.host {
+                if h.meta().deletion_timestamp.is_none()
+                    && let Some(uid) = h.uid()
+                {
                     tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "deleting host pod (virtual pod gone)");
                     self.delete_host_once(&host_name, &uid, None).await?;
                 }

@@ -361,8 +361,8 @@ impl Reconciler for ServiceSync {
         match (v.as_deref(), h.as_deref()) {
             (None, None) => Ok(Outcome::done()),
             (None, Some(h)) => {
-                if let plan::HostAction::Delete { uid, .. } =
-                    plan::delete_host::<Service>(h.meta(), "virtual deleted").host
+                if h.meta().deletion_timestamp.is_none()
+                    && let Some(uid) = h.uid()
                 {
                     tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "deleting host service");
                     apply::delete(&host_api, Cluster::Host, "Service", &host_name, &uid, None).await?;

@@ -1,0 +1,566 @@
+//! The one executor of planned writes, for every kind and both clusters.
+//!
+//! A kind's plan is pure: from what the caches observed it returns [`Action`]s, plain data
+//! (target, verb, JSON body) that table tests compare without a client. The [`Executor`] sends
+//! them, counts host writes, remembers what the caches may not show yet (creates and accepted
+//! DELETEs: one request each, not one per watch event until the cache catches up), and turns
+//! API answers into [`SyncError`]s with the same rules everywhere:
+//! - create: AlreadyExists on the host is a quiet conflict when the object there is ours (the
+//!   cache lags) and [`SyncError::Foreign`] when it is not (left untouched); on the virtual side
+//!   it is a conflict (someone made it first: look again);
+//! - delete: UID precondition, NotFound counts as done;
+//! - bind: an already bound pod (409) is done;
+//! - a write pinned to a uid the object no longer has (422 on `metadata.uid`) is a conflict.
+
+use std::fmt;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::apply::{DELETE_EXPECT_FOR, FIELD_MANAGER, RecentWrites};
+use super::error::SyncError;
+use super::plan::{HostPatch, PatchKind};
+use super::{Shared, TranslateCtx};
+use crate::error::Cluster;
+use crate::markers;
+
+/// The object a write goes to.
+#[derive(Clone, PartialEq)]
+pub struct Target {
+    pub cluster: Cluster,
+    /// Kind name in errors, logs and markers ("Pod").
+    pub kind: &'static str,
+    resource: ApiResource,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{}",
+            self.cluster,
+            self.kind,
+            self.namespace.as_deref().unwrap_or(""),
+            self.name
+        )
+    }
+}
+
+impl Target {
+    /// Object `name` of type `K` in `namespace` (None: cluster-scoped) on `cluster`.
+    pub fn of<K: Resource<DynamicType = ()>>(cluster: Cluster, namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            cluster,
+            kind: kind_name::<K>(),
+            resource: ApiResource::erase::<K>(&()),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Our copy `name` of type `K` in the host namespace.
+    pub fn host<K: Resource<DynamicType = ()>>(tc: &TranslateCtx, name: &str) -> Self {
+        Self::of::<K>(Cluster::Host, Some(&tc.host_namespace), name)
+    }
+
+    /// Virtual object `namespace/name` of type `K` (`namespace` empty: cluster-scoped).
+    pub fn virtual_object<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
+        let ns = (!namespace.is_empty()).then_some(namespace);
+        Self::of::<K>(Cluster::Virtual, ns, name)
+    }
+}
+
+/// `K::KIND` as a `&'static str` (k8s-openapi kinds are constants).
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+/// How a create tells our object from a foreign one holding the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// A copy of a virtual object: every marker must agree (see [`markers::is_managed`]).
+    CopyOf(&'static str),
+    /// Carries this vcluster's managed-by label (objects not named after a virtual one).
+    ManagedBy,
+}
+
+/// One API request a plan asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// POST `body` (never apply: an object that exists under our name and is not ours must make
+    /// the create fail, not be taken over).
+    Create { body: Value, ownership: Ownership },
+    /// Patch the object (or one of its subresources: `status`, `ephemeralcontainers`).
+    Patch {
+        subresource: Option<&'static str>,
+        patch: HostPatch,
+    },
+    /// Server-side apply of `body` with our field manager, forced.
+    Apply { body: Value },
+    /// DELETE with the object's uid as precondition; sent once per (uid, grace) while the cache
+    /// may still show the object.
+    Delete { uid: String, grace_seconds: Option<i64> },
+    /// Bind the (virtual) pod to `node`; an already bound pod is done.
+    Bind { uid: Option<String>, node: String },
+}
+
+impl Write {
+    /// Bounded name for metrics and logs.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Write::Create { .. } => "create",
+            Write::Patch {
+                subresource: Some("ephemeralcontainers"),
+                ..
+            } => "ephemeral",
+            Write::Patch { .. } => "patch",
+            Write::Apply { .. } => "apply",
+            Write::Delete { .. } => "delete",
+            Write::Bind { .. } => "bind",
+        }
+    }
+
+    /// A merge or strategic patch of the object itself.
+    pub fn patch(kind: PatchKind, body: Value) -> Self {
+        Write::Patch {
+            subresource: None,
+            patch: HostPatch { kind, body },
+        }
+    }
+
+    /// A merge patch of the object's status.
+    pub fn status(body: Value) -> Self {
+        Write::Patch {
+            subresource: Some("status"),
+            patch: HostPatch {
+                kind: PatchKind::Merge,
+                body,
+            },
+        }
+    }
+}
+
+/// A write to `target`, why, and which host-writes counter it adds to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub target: Target,
+    pub write: Write,
+    /// Why (logged at info for every write).
+    pub reason: &'static str,
+    /// `what` label of `vnest_syncer_host_writes_total` ("pods", "tokens"); host writes only.
+    pub counted_as: &'static str,
+}
+
+impl Action {
+    pub fn new(target: Target, write: Write, reason: &'static str) -> Self {
+        Self {
+            target,
+            write,
+            reason,
+            counted_as: "",
+        }
+    }
+
+    /// The same action counted under `what` in the host-writes metric.
+    pub fn counted_as(mut self, what: &'static str) -> Self {
+        self.counted_as = what;
+        self
+    }
+
+    /// POST `object` (serialized with its apiVersion and kind).
+    pub fn create<K: Resource<DynamicType = ()> + Serialize>(
+        target: Target,
+        object: &K,
+        ownership: Ownership,
+        reason: &'static str,
+    ) -> Self {
+        let body = serde_json::to_value(object).unwrap_or(Value::Null);
+        Self::new(target, Write::Create { body, ownership }, reason)
+    }
+
+    /// A UID-guarded delete of the object `meta` describes (None while it is already going,
+    /// or has no uid: deleting again would only cost a request).
+    pub fn delete(
+        target: Target,
+        meta: &ObjectMeta,
+        grace_seconds: Option<i64>,
+        reason: &'static str,
+    ) -> Option<Self> {
+        if meta.deletion_timestamp.is_some() {
+            return None;
+        }
+        let uid = meta.uid.clone()?;
+        Some(Self::new(target, Write::Delete { uid, grace_seconds }, reason))
+    }
+}
+
+/// What a write returned.
+#[derive(Debug)]
+pub enum Done {
+    /// The object as the API server answered (create, patch, apply).
+    Object(Value),
+    /// Sent (delete, bind) or skipped because the same write is still pending.
+    Sent,
+    Skipped,
+}
+
+impl Done {
+    /// The answered object as `K` (None for answers without one).
+    pub fn object<K: DeserializeOwned>(&self) -> Option<K> {
+        match self {
+            Done::Object(v) => serde_json::from_value(v.clone()).ok(),
+            Done::Sent | Done::Skipped => None,
+        }
+    }
+}
+
+/// Sends actions for one kind; its memory of recent writes lives as long as the kind.
+pub struct Executor {
+    shared: Arc<Shared>,
+    /// Host creates (by name) the host cache may not show yet.
+    created: RecentWrites,
+    /// Accepted DELETEs (by cluster, uid and grace) the caches may still show.
+    deleted: RecentWrites,
+}
+
+impl Executor {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            created: RecentWrites::default(),
+            deleted: RecentWrites::remembering_for(DELETE_EXPECT_FOR),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether a host create of `name` was sent and the cache may not show it yet.
+    pub fn create_pending(&self, name: &str) -> bool {
+        self.created.pending(name)
+    }
+
+    /// The cache shows the host object `name` now: stop expecting its create.
+    pub fn observed(&self, name: &str) {
+        self.created.observed(name);
+    }
+
+    fn api(&self, target: &Target) -> Api<DynamicObject> {
+        let client = match target.cluster {
+            Cluster::Host => self.shared.host.clone(),
+            Cluster::Virtual => self.shared.virt.clone(),
+        };
+        match &target.namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &target.resource),
+            None => Api::all_with(client, &target.resource),
+        }
+    }
+
+    /// Sends `action`.
+    pub async fn run(&self, action: &Action) -> Result<Done, SyncError> {
+        let t = &action.target;
+        let op = action.write.op();
+        if let Write::Delete { uid, grace_seconds } = &action.write
+            && self.deleted.pending(&delete_key(t.cluster, uid, *grace_seconds))
+        {
+            return Ok(Done::Skipped);
+        }
+        tracing::info!(
+            cluster = t.cluster.as_str(),
+            kind = t.kind,
+            ns = t.namespace.as_deref().unwrap_or(""),
+            name = %t.name,
+            op,
+            reason = action.reason,
+            "writing"
+        );
+        let done = self.send(action).await?;
+        match &action.write {
+            Write::Create { .. } if t.cluster == Cluster::Host => self.created.record(&t.name),
+            Write::Delete { uid, grace_seconds } => {
+                self.deleted.record(&delete_key(t.cluster, uid, *grace_seconds));
+            }
+            _ => {}
+        }
+        if t.cluster == Cluster::Host && !action.counted_as.is_empty() {
+            self.shared
+                .metrics
+                .host_writes
+                .with_label_values(&[action.counted_as, op])
+                .inc();
+        }
+        Ok(done)
+    }
+
+    /// Sends every action in order; stops at the first error.
+    pub async fn run_all(&self, actions: &[Action]) -> Result<(), SyncError> {
+        for a in actions {
+            self.run(a).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, action: &Action) -> Result<Done, SyncError> {
+        let t = &action.target;
+        let api = self.api(t);
+        let fail = |verb: &'static str| move |e| SyncError::from_kube(e, t.cluster, verb, t.kind, &t.name);
+        match &action.write {
+            Write::Create { body, ownership } => self.create(&api, t, body, *ownership).await,
+            Write::Patch { subresource, patch } => {
+                let pp = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                let body = match patch.kind {
+                    PatchKind::Merge => Patch::Merge(&patch.body),
+                    PatchKind::Strategic => Patch::Strategic(&patch.body),
+                };
+                let answer = match subresource {
+                    None => api.patch(&t.name, &pp, &body).await,
+                    Some(sub) => api.patch_subresource(sub, &t.name, &pp, &body).await,
+                };
+                let verb = match subresource {
+                    Some("status") => "update status of",
+                    Some("ephemeralcontainers") => "add ephemeral containers to",
+                    _ => "patch",
+                };
+                answer
+                    .map(|o| Done::Object(serde_json::to_value(o).unwrap_or(Value::Null)))
+                    .map_err(|e| uid_conflict(e, t).unwrap_or_else(|e| fail(verb)(e)))
+            }
+            Write::Apply { body } => {
+                let ssa = PatchParams::apply(FIELD_MANAGER).force();
+                api.patch(&t.name, &ssa, &Patch::Apply(body))
+                    .await
+                    .map(|o| Done::Object(serde_json::to_value(o).unwrap_or(Value::Null)))
+                    .map_err(fail("apply"))
+            }
+            Write::Delete { uid, grace_seconds } => {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
+                    ..DeleteParams::background()
+                };
+                match api.delete(&t.name, &dp).await {
+                    Ok(_) => Ok(Done::Sent),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Sent),
+                    Err(e) => Err(fail("delete")(e)),
+                }
+            }
+            Write::Bind { uid, node } => {
+                let binding = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Binding",
+                    "metadata": {"name": t.name, "namespace": t.namespace, "uid": uid},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                });
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                let bound: Result<Value, _> = api.create_subresource("binding", &t.name, &pp, &binding).await;
+                match bound {
+                    Ok(_) => Ok(Done::Sent),
+                    // Already bound: the cache had not shown our own earlier bind yet (only
+                    // the syncer binds virtual pods; a pod created with a nodeName is never
+                    // bound). Go on rather than around the queue.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        tracing::debug!(ns = ?t.namespace, name = %t.name, node, "already bound");
+                        Ok(Done::Skipped)
+                    }
+                    Err(e) => Err(fail("bind")(e)),
+                }
+            }
+        }
+    }
+
+    /// POSTs `body`. When the name is taken on the host, one GET tells whether the object there
+    /// is ours (the watch cache is lagging: a quiet conflict and requeue) or foreign (left
+    /// untouched, reported).
+    async fn create(
+        &self,
+        api: &Api<DynamicObject>,
+        t: &Target,
+        body: &Value,
+        ownership: Ownership,
+    ) -> Result<Done, SyncError> {
+        let object: DynamicObject = serde_json::from_value(body.clone()).map_err(|e| SyncError::Cache {
+            kind: t.kind,
+            name: t.name.clone(),
+            message: format!("planned object does not serialize: {e}"),
+        })?;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&pp, &object).await {
+            Ok(created) => Ok(Done::Object(serde_json::to_value(created).unwrap_or(Value::Null))),
+            Err(kube::Error::Api(s))
+                if s.code == 409 && s.reason == "AlreadyExists" && t.cluster == Cluster::Host =>
+            {
+                let existing = api
+                    .get_opt(&t.name)
+                    .await
+                    .map_err(|e| SyncError::from_kube(e, t.cluster, "get", t.kind, &t.name))?;
+                match existing {
+                    Some(o) if !self.is_ours(ownership, &o.metadata) => Err(SyncError::Foreign {
+                        kind: t.kind,
+                        host_name: t.name.clone(),
+                    }),
+                    _ => Err(SyncError::Conflict {
+                        cluster: t.cluster,
+                        kind: t.kind,
+                        name: t.name.clone(),
+                    }),
+                }
+            }
+            Err(e) => Err(SyncError::from_kube(e, t.cluster, "create", t.kind, &t.name)),
+        }
+    }
+
+    fn is_ours(&self, ownership: Ownership, meta: &ObjectMeta) -> bool {
+        let Some(tc) = self.shared.translate.borrow().clone() else {
+            return false;
+        };
+        match ownership {
+            Ownership::CopyOf(kind) => super::standard::is_ours(&tc, kind, meta),
+            Ownership::ManagedBy => {
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(markers::LABEL_MANAGED_BY))
+                    == Some(&tc.vcluster)
+            }
+        }
+    }
+}
+
+fn delete_key(cluster: Cluster, uid: &str, grace: Option<i64>) -> String {
+    format!("{}/{uid}/{grace:?}", cluster.as_str())
+}
+
+/// A write pinned to a uid the object of that name no longer has (the API server refuses a uid
+/// change: 422 on `metadata.uid`) is a conflict: the object was replaced; look again once the
+/// cache shows the new one.
+fn uid_conflict(e: kube::Error, t: &Target) -> Result<SyncError, kube::Error> {
+    match &e {
+        kube::Error::Api(s)
+            if s.code == 422
+                && s.details
+                    .as_ref()
+                    .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid")) =>
+        {
+            Ok(SyncError::Conflict {
+                cluster: t.cluster,
+                kind: t.kind,
+                name: t.name.clone(),
+            })
+        }
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::*;
+
+    /// A 422 Invalid as the API server sends it, with one cause on `field`.
+    fn invalid(field: &str) -> kube::Error {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+            "reason": "Invalid",
+            "message": format!("Pod \"web-0\" is invalid: {field}: Invalid value: \"a\": field is immutable"),
+            "details": {"name": "web-0", "kind": "Pod", "causes": [
+                {"reason": "FieldValueInvalid", "message": "Invalid value: \"a\": field is immutable", "field": field}
+            ]}
+        }))
+        .expect("a Status");
+        kube::Error::Api(status.boxed())
+    }
+
+    #[test]
+    fn a_write_refused_for_its_uid_is_a_conflict() {
+        let t = Target::virtual_object::<Pod>("ns", "web-0");
+        let conflict = uid_conflict(invalid("metadata.uid"), &t).expect("a conflict");
+        assert_eq!(conflict.category(), "conflict");
+        let other = uid_conflict(invalid("status.podIP"), &t).expect_err("not a conflict");
+        assert_eq!(
+            SyncError::from_kube(other, Cluster::Virtual, "update status of", "Pod", "web-0").category(),
+            "rejected"
+        );
+    }
+
+    #[test]
+    fn ops_name_the_write() {
+        assert_eq!(Write::status(Value::Null).op(), "patch");
+        assert_eq!(
+            Write::Patch {
+                subresource: Some("ephemeralcontainers"),
+                patch: HostPatch {
+                    kind: PatchKind::Strategic,
+                    body: Value::Null
+                }
+            }
+            .op(),
+            "ephemeral"
+        );
+        assert_eq!(
+            Write::Delete {
+                uid: "u".into(),
+                grace_seconds: None
+            }
+            .op(),
+            "delete"
+        );
+    }
+
+    #[test]
+    fn targets_carry_the_kind_and_scope() {
+        let tc = TranslateCtx::test();
+        let t = Target::host::<Pod>(&tc, "web-x");
+        assert_eq!(
+            (t.cluster, t.kind, t.namespace.as_deref()),
+            (Cluster::Host, "Pod", Some("host"))
+        );
+        let n = Target::virtual_object::<k8s_openapi::api::core::v1::Node>("", "n1");
+        assert_eq!((n.kind, n.namespace.as_deref()), ("Node", None));
+        assert_eq!(format!("{n:?}"), "virtual Node /n1");
+    }
+
+    #[test]
+    fn an_object_already_going_is_not_deleted_again() {
+        let tc = TranslateCtx::test();
+        let mut meta = ObjectMeta {
+            uid: Some("u-1".into()),
+            ..ObjectMeta::default()
+        };
+        let a = Action::delete(Target::host::<Pod>(&tc, "p"), &meta, Some(0), "gone").expect("a delete");
+        assert_eq!(
+            a.write,
+            Write::Delete {
+                uid: "u-1".into(),
+                grace_seconds: Some(0)
+            }
+        );
+        meta.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert!(Action::delete(Target::host::<Pod>(&tc, "p"), &meta, Some(0), "gone").is_none());
+    }
+}
