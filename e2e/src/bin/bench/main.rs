@@ -1,5 +1,5 @@
 //! `make bench`: measures vnest against the same host, side by side in one run, on the local
-//! control planes (kwok nodes). See README "Performance" for what each figure means.
+//! control planes (kwok nodes). See docs/performance.md for what each figure means.
 //!
 //! 1. Pod startup (kube-burner style: N pods across Deployments of ≤100 replicas), first seen →
 //!    Ready by a watch, directly in a host namespace vs in the virtual cluster; p50/p90/p99 and
@@ -17,17 +17,19 @@
 
 #![recursion_limit = "256"]
 
+mod chart;
 mod probe;
+mod report;
 mod scenarios;
 mod track;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chart::Series;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use vnest_e2e::report::{self, Row, Series};
 use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
 
 use probe::{AuditLog, SyncerProc, diff, syncer_host_requests, writes};
@@ -231,11 +233,13 @@ async fn main() -> Result<()> {
     let text = serde_json::to_string_pretty(&result)?;
     std::fs::write(format!("{base}/latest.json"), &text)?;
     std::fs::write(format!("{dir}/result.json"), &text)?;
-    let mut charts = Vec::new();
+    // (file name, what it shows) of each chart drawn.
+    let mut charts: Vec<(&str, String)> = Vec::new();
     if !startup_series.0.is_empty() {
-        report::write_cdf_png(
+        let title = format!("Pod startup (first seen -> Ready), {n} pods");
+        chart::write_cdf_png(
             std::path::Path::new(&format!("{dir}/startup.png")),
-            &format!("Pod startup (first seen -> Ready), {n} pods"),
+            &title,
             &[
                 Series {
                     label: "direct on the host",
@@ -247,12 +251,13 @@ async fn main() -> Result<()> {
                 },
             ],
         )?;
-        charts.push("startup.png");
+        charts.push(("startup.png", title));
     }
     if !rate_series.0.is_empty() {
-        report::write_cdf_png(
+        let title = format!("Syncer-added latency at {} pods/s", a.rate);
+        chart::write_cdf_png(
             std::path::Path::new(&format!("{dir}/sync-lag.png")),
-            &format!("Syncer-added latency at {} pods/s", a.rate),
+            &title,
             &[
                 Series {
                     label: "virtual -> host create",
@@ -264,20 +269,25 @@ async fn main() -> Result<()> {
                 },
             ],
         )?;
-        charts.push("sync-lag.png");
+        charts.push(("sync-lag.png", title));
     }
     let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
-    let md = report::markdown_table(&format!("vnest bench, {n} pods"), &machine, &rows(&result));
+    let md = report::markdown_table(
+        &format!("vnest bench, {n} pods"),
+        &machine,
+        &report::rows(&result),
+    );
     std::fs::write(format!("{dir}/report.md"), &md)?;
     std::fs::write(format!("{base}/latest.md"), &md)?;
-    for f in &charts {
+    for (f, _) in &charts {
         std::fs::copy(format!("{dir}/{f}"), format!("{base}/latest-{f}"))?;
     }
     println!("{text}");
     println!("{md}");
+    let file_names: Vec<&str> = charts.iter().map(|(f, _)| *f).collect();
     eprintln!(
         "[bench] wrote {base}/latest.json, latest.md and {dir}/ (report.md {})",
-        charts.join(" ")
+        file_names.join(" ")
     );
     Ok(())
 }
@@ -410,212 +420,6 @@ async fn startup_cost_restart(
         anyhow::bail!("fragment is an object");
     };
     Ok((map, direct, vnest))
-}
-
-/// The Markdown rows: every figure the issue names, next to its target.
-fn rows(r: &Value) -> Vec<Row> {
-    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let row = |metric: &str, value: String, target: &str, met: Option<bool>| Row {
-        metric: metric.to_owned(),
-        value,
-        target: target.to_owned(),
-        met,
-    };
-    let le = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) <= t);
-    vec![
-        row(
-            "startup p50 / p90 / p99 direct (ms)",
-            format!(
-                "{} / {} / {}",
-                r["startup_ms_direct"]["p50"], r["startup_ms_direct"]["p90"], r["startup_ms_direct"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "startup p50 / p90 / p99 vnest (ms)",
-            format!(
-                "{} / {} / {}",
-                r["startup_ms_vnest"]["p50"], r["startup_ms_vnest"]["p90"], r["startup_ms_vnest"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "startup p99 ratio vnest ÷ direct",
-            r["startup_p99_ratio"].to_string(),
-            "≤ 1.15",
-            le(&r["startup_p99_ratio"], 1.15),
-        ),
-        row(
-            &format!(
-                "syncer-added latency p50 at {} pods/s (ms)",
-                r["fixed_rate"]["pods_per_s"]
-            ),
-            r["sync_lag_p50_ms"].to_string(),
-            "≤ 2",
-            le(&r["sync_lag_p50_ms"], 2.0),
-        ),
-        row(
-            &format!(
-                "syncer-added latency p99 at {} pods/s (ms)",
-                r["fixed_rate"]["pods_per_s"]
-            ),
-            r["sync_lag_p99_ms"].to_string(),
-            "≤ 20",
-            le(&r["sync_lag_p99_ms"], 20.0),
-        ),
-        row(
-            "of which the syncer's own share (first sight → host create sent) p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"],
-                r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]
-            ),
-            "≤ 2 / ≤ 20",
-            (!r["fixed_rate"].is_null()).then(|| {
-                num(&r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"]) <= 2.0
-                    && num(&r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]) <= 20.0
-            }),
-        ),
-        row(
-            "same rate directly on the host: create call → seen / → Running p50 / p99 (ms)",
-            format!(
-                "{} / {}; {} / {}",
-                r["fixed_rate"]["direct_create_to_seen_ms"]["p50"],
-                r["fixed_rate"]["direct_create_to_seen_ms"]["p99"],
-                r["fixed_rate"]["direct_create_to_running_ms"]["p50"],
-                r["fixed_rate"]["direct_create_to_running_ms"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "status back (host Running → virtual Running) p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                r["fixed_rate"]["status_lag_ms"]["p50"], r["fixed_rate"]["status_lag_ms"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "host writes per pod lifecycle (audit log; syncer metrics)",
-            format!(
-                "{} ({})",
-                r["host_writes_per_pod"], r["host_writes_per_pod_syncer_metrics"]
-            ),
-            "≤ 2",
-            le(&r["host_writes_per_pod"], 2.0),
-        ),
-        row(
-            "host requests per idle minute besides watches (audit log; syncer; watches re-opened)",
-            format!(
-                "{} ({}; {})",
-                r["idle_host_requests_per_min"],
-                r["idle_host_requests_per_min_syncer_metrics"],
-                r["idle_host_rewatches_per_min"]
-            ),
-            "0",
-            le(&r["idle_host_requests_per_min"], 0.0),
-        ),
-        row(
-            "syncer RSS idle (KiB)",
-            r["syncer_rss_idle_kib"].to_string(),
-            "≤ 15360",
-            le(&r["syncer_rss_idle_kib"], 15360.0),
-        ),
-        row(
-            &format!(
-                "syncer RSS with {} pods synced, after the idle minute / right after the burst (KiB)",
-                r["pods"]
-            ),
-            format!("{} / {}", r["syncer_rss_synced_kib"], r["syncer_rss_loaded_kib"]),
-            "≤ 102400 at 10k",
-            le(&r["syncer_rss_synced_kib"], 102_400.0),
-        ),
-        row(
-            "syncer RSS peak / after delete (KiB)",
-            format!(
-                "{} / {}",
-                r["syncer_rss_peak_kib"], r["syncer_rss_after_delete_kib"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "syncer CPU for the run (s); idle (s/min)",
-            format!("{}; {}", r["syncer_cpu_s"], r["syncer_cpu_idle_s_per_min"]),
-            "",
-            None,
-        ),
-        row(
-            "restart: start → fully resynced (s)",
-            r["restart_resync_s"].to_string(),
-            "≤ 5 at 10k",
-            le(&r["restart_resync_s"], 5.0),
-        ),
-        row(
-            "restart: host writes (audit log; syncer)",
-            format!(
-                "{} ({})",
-                r["restart_host_writes"], r["restart_host_writes_syncer_metrics"]
-            ),
-            "0",
-            le(&r["restart_host_writes"], 0.0),
-        ),
-        row(
-            "fairness: small ns create → host p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms)",
-                r["fairness"]["to_host_p99_ratio"],
-                r["fairness"]["small_to_host_ms_loaded"]["p99"],
-                r["fairness"]["small_to_host_ms_alone"]["p99"]
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_host_p99_ratio"], 2.0),
-        ),
-        row(
-            "fairness: small ns create → Running p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms)",
-                r["fairness"]["to_running_p99_ratio"],
-                r["fairness"]["small_to_running_ms_loaded"]["p99"],
-                r["fairness"]["small_to_running_ms_alone"]["p99"]
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_running_p99_ratio"], 2.0),
-        ),
-        row(
-            "Services: same ClusterIP / recreated / all synced (s)",
-            format!(
-                "{} / {} / {}",
-                r["networking"]["services_same_cluster_ip"],
-                r["networking"]["services_recreated"],
-                r["networking"]["services_all_synced_s"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "DNS answer p50 / p99 (ms)",
-            format!("{} / {}", r["dns_answer_p50_ms"], r["dns_answer_p99_ms"]),
-            "",
-            None,
-        ),
-        row(
-            "kube-burner podLatency Ready p99 direct / vnest (ms)",
-            match &r["kube_burner"] {
-                Value::Null => "not run (--kube-burner)".into(),
-                kb => format!(
-                    "{} / {}",
-                    kb["direct"]["ready_p99_ms"], kb["vnest"]["ready_p99_ms"]
-                ),
-            },
-            "",
-            None,
-        ),
-    ]
 }
 
 /// kube-burner's own podLatency on both sides (hack/kube-burner.sh builds it from the module
