@@ -13,7 +13,9 @@
 //! 7. Services burst (ClusterIP equality, recreates) and DNS answer latency.
 //!
 //! Writes `.e2e/bench/latest.json`, and `report.md` + PNG charts into
-//! `.e2e/bench/results/<time>-<N>pods/`; prints a summary.
+//! `.e2e/bench/results/<time>-<N>pods/`; prints a summary. A full run (every scenario, not
+//! `--quick`, not `--no-docs`) also rewrites the generated section of `docs/performance.md`
+//! and its charts `docs/performance-*.png`.
 
 #![recursion_limit = "256"]
 
@@ -46,6 +48,8 @@ struct Args {
     idle: Duration,
     kube_burner: bool,
     only: Vec<String>,
+    quick: bool,
+    no_docs: bool,
 }
 
 /// Scenario groups `--only` can pick.
@@ -55,9 +59,22 @@ impl Args {
     fn runs(&self, scenario: &str) -> bool {
         self.only.iter().any(|s| s == scenario)
     }
+
+    /// Why this run leaves `docs/performance.md` alone, if it does: the page shows full runs.
+    fn skips_docs(&self) -> Option<&'static str> {
+        if self.no_docs {
+            Some("--no-docs")
+        } else if self.quick {
+            Some("a --quick run")
+        } else if SCENARIOS.iter().any(|s| !self.runs(s)) {
+            Some("not every scenario ran (--only)")
+        } else {
+            None
+        }
+    }
 }
 
-const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services] [--kube-burner]";
+const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services] [--kube-burner] [--no-docs]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -70,6 +87,8 @@ fn args() -> Result<Args> {
         idle: Duration::from_secs(60),
         kube_burner: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        quick: false,
+        no_docs: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, flag: &str| -> Result<f64> {
@@ -82,6 +101,7 @@ fn args() -> Result<Args> {
             "--rate" => a.rate = number(it.next(), "--rate")?,
             "--services" => a.services = number(it.next(), "--services")? as usize,
             "--kube-burner" => a.kube_burner = true,
+            "--no-docs" => a.no_docs = true,
             "--only" => {
                 let list = it.next().unwrap_or_default();
                 a.only = list.split(',').map(str::to_owned).collect();
@@ -93,6 +113,7 @@ fn args() -> Result<Args> {
                 }
             }
             "--quick" => {
+                a.quick = true;
                 a.pods = 50;
                 a.services = 20;
                 a.rate_pods = 100;
@@ -271,7 +292,7 @@ async fn main() -> Result<()> {
         )?;
         charts.push(("sync-lag.png", title));
     }
-    let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
+    let machine = describe_machine(cores);
     let md = report::markdown_table(
         &format!("vnest bench, {n} pods"),
         &machine,
@@ -289,7 +310,61 @@ async fn main() -> Result<()> {
         "[bench] wrote {base}/latest.json, latest.md and {dir}/ (report.md {})",
         file_names.join(" ")
     );
+    match a.skips_docs() {
+        Some(why) => eprintln!("[bench] docs/performance.md left as it is: {why}"),
+        None => {
+            let run = report::Run {
+                when: k8s_openapi::jiff::Timestamp::now()
+                    .strftime("%Y-%m-%d %H:%M UTC")
+                    .to_string(),
+                machine,
+                scenarios: a.only.join(","),
+                charts: Vec::new(),
+            };
+            let page = write_docs(&result, run, &dir, &charts)?;
+            eprintln!("[bench] rewrote the generated section of {page}");
+        }
+    }
     Ok(())
+}
+
+/// `docs/performance.md`: its generated section from this run, and its charts copied beside it
+/// as `performance-<chart>.png`. Returns the page's path.
+fn write_docs(result: &Value, mut run: report::Run, dir: &str, charts: &[(&str, String)]) -> Result<String> {
+    let docs = format!("{}/../docs", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&docs)?;
+    for (file, title) in charts {
+        let name = format!("performance-{file}");
+        std::fs::copy(format!("{dir}/{file}"), format!("{docs}/{name}"))?;
+        run.charts.push((title.clone(), name));
+    }
+    let page = format!("{docs}/performance.md");
+    let current = match std::fs::read_to_string(&page) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("cannot read {page}: {e}"),
+    };
+    let section = report::performance_section(result, &run);
+    std::fs::write(&page, report::splice(current.as_deref(), &section))?;
+    Ok(page)
+}
+
+/// "2 cores, 24 GiB, x86_64" (memory from /proc/meminfo, left out when unreadable).
+fn describe_machine(cores: usize) -> String {
+    let gib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some((kib / 1024.0 / 1024.0).round())
+    });
+    match gib {
+        Some(gib) => format!("{cores} cores, {gib} GiB, {}", std::env::consts::ARCH),
+        None => format!("{cores} cores, {}", std::env::consts::ARCH),
+    }
 }
 
 /// Scenarios 1, 3, 4, 5 on one set of N pods: startup direct vs vnest, host cost of create,
