@@ -31,12 +31,12 @@ fmt: ## format the Rust code
 tools: ## build the upstream control-plane binaries into the version-keyed cache
 	@hack/build-tools.sh
 
-bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed); PODS=N (1000), QUICK=1, KUBE_BURNER=1
+bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed), rewrite docs/performance.md; PODS=N (1000), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
 	@[ -f .e2e/env ] || hack/up.sh
 	@cargo build --quiet --release -p vnest --bin vnest -p vnest-e2e --bin bench
 	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest hack/syncer.sh restart
 	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest target/release/bench \
-		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner)
+		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner) $(if $(NO_DOCS),--no-docs)
 
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest

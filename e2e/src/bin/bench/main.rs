@@ -1,5 +1,5 @@
 //! `make bench`: measures vnest against the same host, side by side in one run, on the local
-//! control planes (kwok nodes). See README "Performance" for what each figure means.
+//! control planes (kwok nodes). See docs/performance.md for what each figure means.
 //!
 //! 1. Pod startup (kube-burner style: N pods across Deployments of ≤100 replicas), first seen →
 //!    Ready by a watch, directly in a host namespace vs in the virtual cluster; p50/p90/p99 and
@@ -13,21 +13,25 @@
 //! 7. Services burst (ClusterIP equality, recreates) and DNS answer latency.
 //!
 //! Writes `.e2e/bench/latest.json`, and `report.md` + PNG charts into
-//! `.e2e/bench/results/<time>-<N>pods/`; prints a summary.
+//! `.e2e/bench/results/<time>-<N>pods/`; prints a summary. A full run (every scenario, not
+//! `--quick`, not `--no-docs`) also rewrites the generated section of `docs/performance.md`
+//! and its charts `docs/performance-*.png`.
 
 #![recursion_limit = "256"]
 
+mod chart;
 mod probe;
+mod report;
 mod scenarios;
 mod track;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chart::Series;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use vnest_e2e::report::{self, Row, Series};
 use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
 
 use probe::{AuditLog, SyncerProc, diff, syncer_host_requests, writes};
@@ -44,6 +48,8 @@ struct Args {
     idle: Duration,
     kube_burner: bool,
     only: Vec<String>,
+    quick: bool,
+    no_docs: bool,
 }
 
 /// Scenario groups `--only` can pick.
@@ -53,9 +59,22 @@ impl Args {
     fn runs(&self, scenario: &str) -> bool {
         self.only.iter().any(|s| s == scenario)
     }
+
+    /// Why this run leaves `docs/performance.md` alone, if it does: the page shows full runs.
+    fn skips_docs(&self) -> Option<&'static str> {
+        if self.no_docs {
+            Some("--no-docs")
+        } else if self.quick {
+            Some("a --quick run")
+        } else if SCENARIOS.iter().any(|s| !self.runs(s)) {
+            Some("not every scenario ran (--only)")
+        } else {
+            None
+        }
+    }
 }
 
-const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services] [--kube-burner]";
+const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services] [--kube-burner] [--no-docs]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -68,6 +87,8 @@ fn args() -> Result<Args> {
         idle: Duration::from_secs(60),
         kube_burner: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
+        quick: false,
+        no_docs: false,
     };
     let mut it = std::env::args().skip(1);
     let number = |v: Option<String>, flag: &str| -> Result<f64> {
@@ -80,6 +101,7 @@ fn args() -> Result<Args> {
             "--rate" => a.rate = number(it.next(), "--rate")?,
             "--services" => a.services = number(it.next(), "--services")? as usize,
             "--kube-burner" => a.kube_burner = true,
+            "--no-docs" => a.no_docs = true,
             "--only" => {
                 let list = it.next().unwrap_or_default();
                 a.only = list.split(',').map(str::to_owned).collect();
@@ -91,6 +113,7 @@ fn args() -> Result<Args> {
                 }
             }
             "--quick" => {
+                a.quick = true;
                 a.pods = 50;
                 a.services = 20;
                 a.rate_pods = 100;
@@ -231,11 +254,13 @@ async fn main() -> Result<()> {
     let text = serde_json::to_string_pretty(&result)?;
     std::fs::write(format!("{base}/latest.json"), &text)?;
     std::fs::write(format!("{dir}/result.json"), &text)?;
-    let mut charts = Vec::new();
+    // (file name, what it shows) of each chart drawn.
+    let mut charts: Vec<(&str, String)> = Vec::new();
     if !startup_series.0.is_empty() {
-        report::write_cdf_png(
+        let title = format!("Pod startup (first seen -> Ready), {n} pods");
+        chart::write_cdf_png(
             std::path::Path::new(&format!("{dir}/startup.png")),
-            &format!("Pod startup (first seen -> Ready), {n} pods"),
+            &title,
             &[
                 Series {
                     label: "direct on the host",
@@ -247,12 +272,13 @@ async fn main() -> Result<()> {
                 },
             ],
         )?;
-        charts.push("startup.png");
+        charts.push(("startup.png", title));
     }
     if !rate_series.0.is_empty() {
-        report::write_cdf_png(
+        let title = format!("Syncer-added latency at {} pods/s", a.rate);
+        chart::write_cdf_png(
             std::path::Path::new(&format!("{dir}/sync-lag.png")),
-            &format!("Syncer-added latency at {} pods/s", a.rate),
+            &title,
             &[
                 Series {
                     label: "virtual -> host create",
@@ -264,22 +290,81 @@ async fn main() -> Result<()> {
                 },
             ],
         )?;
-        charts.push("sync-lag.png");
+        charts.push(("sync-lag.png", title));
     }
-    let machine = format!("{cores} cores, {}", std::env::consts::ARCH);
-    let md = report::markdown_table(&format!("vnest bench, {n} pods"), &machine, &rows(&result));
+    let machine = describe_machine(cores);
+    let md = report::markdown_table(
+        &format!("vnest bench, {n} pods"),
+        &machine,
+        &report::rows(&result),
+    );
     std::fs::write(format!("{dir}/report.md"), &md)?;
     std::fs::write(format!("{base}/latest.md"), &md)?;
-    for f in &charts {
+    for (f, _) in &charts {
         std::fs::copy(format!("{dir}/{f}"), format!("{base}/latest-{f}"))?;
     }
     println!("{text}");
     println!("{md}");
+    let file_names: Vec<&str> = charts.iter().map(|(f, _)| *f).collect();
     eprintln!(
         "[bench] wrote {base}/latest.json, latest.md and {dir}/ (report.md {})",
-        charts.join(" ")
+        file_names.join(" ")
     );
+    match a.skips_docs() {
+        Some(why) => eprintln!("[bench] docs/performance.md left as it is: {why}"),
+        None => {
+            let run = report::Run {
+                when: k8s_openapi::jiff::Timestamp::now()
+                    .strftime("%Y-%m-%d %H:%M UTC")
+                    .to_string(),
+                machine,
+                scenarios: a.only.join(","),
+                charts: Vec::new(),
+            };
+            let page = write_docs(&result, run, &dir, &charts)?;
+            eprintln!("[bench] rewrote the generated section of {page}");
+        }
+    }
     Ok(())
+}
+
+/// `docs/performance.md`: its generated section from this run, and its charts copied beside it
+/// as `performance-<chart>.png`. Returns the page's path.
+fn write_docs(result: &Value, mut run: report::Run, dir: &str, charts: &[(&str, String)]) -> Result<String> {
+    let docs = format!("{}/../docs", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&docs)?;
+    for (file, title) in charts {
+        let name = format!("performance-{file}");
+        std::fs::copy(format!("{dir}/{file}"), format!("{docs}/{name}"))?;
+        run.charts.push((title.clone(), name));
+    }
+    let page = format!("{docs}/performance.md");
+    let current = match std::fs::read_to_string(&page) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("cannot read {page}: {e}"),
+    };
+    let section = report::performance_section(result, &run);
+    std::fs::write(&page, report::splice(current.as_deref(), &section))?;
+    Ok(page)
+}
+
+/// "2 cores, 24 GiB, x86_64" (memory from /proc/meminfo, left out when unreadable).
+fn describe_machine(cores: usize) -> String {
+    let gib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some((kib / 1024.0 / 1024.0).round())
+    });
+    match gib {
+        Some(gib) => format!("{cores} cores, {gib} GiB, {}", std::env::consts::ARCH),
+        None => format!("{cores} cores, {}", std::env::consts::ARCH),
+    }
 }
 
 /// Scenarios 1, 3, 4, 5 on one set of N pods: startup direct vs vnest, host cost of create,
@@ -410,212 +495,6 @@ async fn startup_cost_restart(
         anyhow::bail!("fragment is an object");
     };
     Ok((map, direct, vnest))
-}
-
-/// The Markdown rows: every figure the issue names, next to its target.
-fn rows(r: &Value) -> Vec<Row> {
-    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let row = |metric: &str, value: String, target: &str, met: Option<bool>| Row {
-        metric: metric.to_owned(),
-        value,
-        target: target.to_owned(),
-        met,
-    };
-    let le = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) <= t);
-    vec![
-        row(
-            "startup p50 / p90 / p99 direct (ms)",
-            format!(
-                "{} / {} / {}",
-                r["startup_ms_direct"]["p50"], r["startup_ms_direct"]["p90"], r["startup_ms_direct"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "startup p50 / p90 / p99 vnest (ms)",
-            format!(
-                "{} / {} / {}",
-                r["startup_ms_vnest"]["p50"], r["startup_ms_vnest"]["p90"], r["startup_ms_vnest"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "startup p99 ratio vnest ÷ direct",
-            r["startup_p99_ratio"].to_string(),
-            "≤ 1.15",
-            le(&r["startup_p99_ratio"], 1.15),
-        ),
-        row(
-            &format!(
-                "syncer-added latency p50 at {} pods/s (ms)",
-                r["fixed_rate"]["pods_per_s"]
-            ),
-            r["sync_lag_p50_ms"].to_string(),
-            "≤ 2",
-            le(&r["sync_lag_p50_ms"], 2.0),
-        ),
-        row(
-            &format!(
-                "syncer-added latency p99 at {} pods/s (ms)",
-                r["fixed_rate"]["pods_per_s"]
-            ),
-            r["sync_lag_p99_ms"].to_string(),
-            "≤ 20",
-            le(&r["sync_lag_p99_ms"], 20.0),
-        ),
-        row(
-            "of which the syncer's own share (first sight → host create sent) p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"],
-                r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]
-            ),
-            "≤ 2 / ≤ 20",
-            (!r["fixed_rate"].is_null()).then(|| {
-                num(&r["fixed_rate"]["syncer_histograms"]["prepare_p50_ms"]) <= 2.0
-                    && num(&r["fixed_rate"]["syncer_histograms"]["prepare_p99_ms"]) <= 20.0
-            }),
-        ),
-        row(
-            "same rate directly on the host: create call → seen / → Running p50 / p99 (ms)",
-            format!(
-                "{} / {}; {} / {}",
-                r["fixed_rate"]["direct_create_to_seen_ms"]["p50"],
-                r["fixed_rate"]["direct_create_to_seen_ms"]["p99"],
-                r["fixed_rate"]["direct_create_to_running_ms"]["p50"],
-                r["fixed_rate"]["direct_create_to_running_ms"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "status back (host Running → virtual Running) p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                r["fixed_rate"]["status_lag_ms"]["p50"], r["fixed_rate"]["status_lag_ms"]["p99"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "host writes per pod lifecycle (audit log; syncer metrics)",
-            format!(
-                "{} ({})",
-                r["host_writes_per_pod"], r["host_writes_per_pod_syncer_metrics"]
-            ),
-            "≤ 2",
-            le(&r["host_writes_per_pod"], 2.0),
-        ),
-        row(
-            "host requests per idle minute besides watches (audit log; syncer; watches re-opened)",
-            format!(
-                "{} ({}; {})",
-                r["idle_host_requests_per_min"],
-                r["idle_host_requests_per_min_syncer_metrics"],
-                r["idle_host_rewatches_per_min"]
-            ),
-            "0",
-            le(&r["idle_host_requests_per_min"], 0.0),
-        ),
-        row(
-            "syncer RSS idle (KiB)",
-            r["syncer_rss_idle_kib"].to_string(),
-            "≤ 15360",
-            le(&r["syncer_rss_idle_kib"], 15360.0),
-        ),
-        row(
-            &format!(
-                "syncer RSS with {} pods synced, after the idle minute / right after the burst (KiB)",
-                r["pods"]
-            ),
-            format!("{} / {}", r["syncer_rss_synced_kib"], r["syncer_rss_loaded_kib"]),
-            "≤ 102400 at 10k",
-            le(&r["syncer_rss_synced_kib"], 102_400.0),
-        ),
-        row(
-            "syncer RSS peak / after delete (KiB)",
-            format!(
-                "{} / {}",
-                r["syncer_rss_peak_kib"], r["syncer_rss_after_delete_kib"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "syncer CPU for the run (s); idle (s/min)",
-            format!("{}; {}", r["syncer_cpu_s"], r["syncer_cpu_idle_s_per_min"]),
-            "",
-            None,
-        ),
-        row(
-            "restart: start → fully resynced (s)",
-            r["restart_resync_s"].to_string(),
-            "≤ 5 at 10k",
-            le(&r["restart_resync_s"], 5.0),
-        ),
-        row(
-            "restart: host writes (audit log; syncer)",
-            format!(
-                "{} ({})",
-                r["restart_host_writes"], r["restart_host_writes_syncer_metrics"]
-            ),
-            "0",
-            le(&r["restart_host_writes"], 0.0),
-        ),
-        row(
-            "fairness: small ns create → host p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms)",
-                r["fairness"]["to_host_p99_ratio"],
-                r["fairness"]["small_to_host_ms_loaded"]["p99"],
-                r["fairness"]["small_to_host_ms_alone"]["p99"]
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_host_p99_ratio"], 2.0),
-        ),
-        row(
-            "fairness: small ns create → Running p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms)",
-                r["fairness"]["to_running_p99_ratio"],
-                r["fairness"]["small_to_running_ms_loaded"]["p99"],
-                r["fairness"]["small_to_running_ms_alone"]["p99"]
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_running_p99_ratio"], 2.0),
-        ),
-        row(
-            "Services: same ClusterIP / recreated / all synced (s)",
-            format!(
-                "{} / {} / {}",
-                r["networking"]["services_same_cluster_ip"],
-                r["networking"]["services_recreated"],
-                r["networking"]["services_all_synced_s"]
-            ),
-            "",
-            None,
-        ),
-        row(
-            "DNS answer p50 / p99 (ms)",
-            format!("{} / {}", r["dns_answer_p50_ms"], r["dns_answer_p99_ms"]),
-            "",
-            None,
-        ),
-        row(
-            "kube-burner podLatency Ready p99 direct / vnest (ms)",
-            match &r["kube_burner"] {
-                Value::Null => "not run (--kube-burner)".into(),
-                kb => format!(
-                    "{} / {}",
-                    kb["direct"]["ready_p99_ms"], kb["vnest"]["ready_p99_ms"]
-                ),
-            },
-            "",
-            None,
-        ),
-    ]
 }
 
 /// kube-burner's own podLatency on both sides (hack/kube-burner.sh builds it from the module
