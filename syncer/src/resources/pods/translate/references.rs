@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, Pod, Volume};
 
 use super::env::all_containers;
 
+/// ConfigMaps and Secrets (names in the pod's virtual namespace) the pod references.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodRefs {
     pub configmaps: BTreeSet<String>,

@@ -19,6 +19,7 @@ const TOKEN_SECRET_INFIX: &str = "-token-";
 /// Readable part used when a pod name leaves nothing readable (never for valid pod names).
 const FALLBACK_READABLE: &str = "vnest";
 
+/// One projected ServiceAccount token the host pod needs (from the virtual pod's projected
 /// volumes' serviceAccountToken sources).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequestSpec {
