@@ -45,17 +45,14 @@ use kube::core::Status;
 use kube::{Api, Client, Config};
 
 use crate::engine::apply::FIELD_MANAGER;
+use crate::markers::LABEL_PROBE_RUN;
 
-/// Annotation on the vcluster's host Service caching the detected CIDR(s), e.g. `10.96.0.0/12`.
-/// Delete it to force a new detection (the host's range changed).
-pub const ANNOTATION_SERVICE_CIDR: &str = "vnest.dev/service-cidr";
+/// The cache annotation (see [`detect_cached`]), also read here by the e2e tests; its home is
+/// [`crate::markers`].
+pub use crate::markers::ANNOTATION_SERVICE_CIDR;
 
 /// `generateName` of the probe Services (all dry-run, except the rare fallback of [`detect`]).
 pub const PROBE_NAME_PREFIX: &str = "vnest-cidr-probe-";
-
-/// Label on probe Services; its value is unique per detection run (used to find leftovers of a
-/// create whose answer was lost).
-pub const LABEL_PROBE_RUN: &str = "vnest.dev/cidr-probe-run";
 
 // ----------------------------------------------------------------------------------------------
 // IP networks (pure)

@@ -31,10 +31,10 @@ use crate::engine::standard::{self, CopiedKind, Copier};
 use crate::engine::watch::{self, Change, Subscriber};
 use crate::engine::worker::{self, Reconciler};
 use crate::error::Cluster;
-use crate::markers;
+use crate::markers::{self, TOKEN_SECRET_KIND};
 use nodes::{KubeletEndpoint, NodeMode, NodeSync, NodeUsage};
 use pods::refs::{RefIndex, RefKind};
-use pods::sync::{PodSync, TOKEN_SECRET_KIND};
+use pods::sync::PodSync;
 
 /// Options of the kinds (from the command line).
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::TOKEN_ANNOTATION_PREFIX;
+use crate::markers::{ANNOTATION_TOKEN_REFRESH_AT, TOKEN_ANNOTATION_PREFIX};
 
 /// What the cache of HOST pods keeps (memory: a host pod is mostly fields nobody reads back).
 /// Readers use the metadata, `status`, `spec.nodeName`, container names and images,
@@ -13,9 +13,7 @@ use super::TOKEN_ANNOTATION_PREFIX;
 pub fn trim_cached_host_pod(pod: &mut Pod) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
         for (key, value) in annotations.iter_mut() {
-            if key.starts_with(TOKEN_ANNOTATION_PREFIX)
-                && key != crate::resources::pods::sync::ANNOTATION_TOKEN_REFRESH_AT
-            {
+            if key.starts_with(TOKEN_ANNOTATION_PREFIX) && key != ANNOTATION_TOKEN_REFRESH_AT {
                 value.clear();
             }
         }
@@ -73,7 +71,7 @@ mod tests {
                 "eyJ-secret".to_owned(),
             ),
             (
-                crate::resources::pods::sync::ANNOTATION_TOKEN_REFRESH_AT.to_owned(),
+                ANNOTATION_TOKEN_REFRESH_AT.to_owned(),
                 "2026-01-01T00:00:00Z".to_owned(),
             ),
         ]);
@@ -91,10 +89,7 @@ mod tests {
             "",
             "token value dropped"
         );
-        assert_eq!(
-            a[crate::resources::pods::sync::ANNOTATION_TOKEN_REFRESH_AT],
-            "2026-01-01T00:00:00Z"
-        );
+        assert_eq!(a[ANNOTATION_TOKEN_REFRESH_AT], "2026-01-01T00:00:00Z");
         let spec = trimmed.spec.as_ref().unwrap();
         assert!(
             spec.containers

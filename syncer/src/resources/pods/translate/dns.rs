@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{HostAlias, PodDNSConfig, PodDNSConfigOption, PodSpec};
 
-use super::MAX_LABEL_LEN;
 use crate::engine::TranslateCtx;
 
+/// Maximum length of a DNS label (hostnames).
+const MAX_LABEL_LEN: usize = 63;
 /// `ndots` option of synced pods' DNS config (the kubelet's value for cluster-first pods).
 const DNS_NDOTS: &str = "5";
 

@@ -8,15 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::PodInputs;
 use crate::engine::plan;
+use crate::markers::{ANNOTATION_OWNER_REFERENCES, ANNOTATION_SERVICE_ACCOUNT, ANNOTATION_VIRTUAL_LABELS};
 use crate::{markers, naming};
 
-/// Annotation on the host pod: the virtual labels in the kubelet's downward-API format
-/// (sorted lines `key="<escaped value>"` joined by '\n'), target of `metadata.labels` fieldRefs.
-pub const ANNOTATION_VIRTUAL_LABELS: &str = "vnest.dev/labels";
-/// Annotation: the virtual ServiceAccount name (target of `spec.serviceAccountName` fieldRefs).
-pub const ANNOTATION_SERVICE_ACCOUNT: &str = "vnest.dev/service-account-name";
-/// Annotation on the host pod: JSON array of the virtual pod's ownerReferences (when any).
-pub const ANNOTATION_OWNER_REFERENCES: &str = "vnest.dev/owner-references";
 /// ServiceAccount of a pod that names none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 

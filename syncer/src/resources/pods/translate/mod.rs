@@ -16,7 +16,7 @@
 //! - **ServiceAccount tokens**: every projected `serviceAccountToken` source becomes, with
 //!   [`TokenStorage::Annotation`](crate::engine::TokenStorage::Annotation), a downward-API projection of the host pod's own annotation
 //!   [`token_annotation`]; with [`TokenStorage::Secret`](crate::engine::TokenStorage::Secret), a `secret` projection from the host
-//!   Secret [`token_secret_name`] (key [`token_key`]). The engine fills either with tokens
+//!   Secret [`naming::token_secret_name`] (key [`token_key`]). The engine fills either with tokens
 //!   requested from the VIRTUAL API server ([`token_requests`]). The host pod runs as the
 //!   workload ServiceAccount with no host token mounted.
 //! - **Environment**: `KUBERNETES_*` variables pointing at the vcluster's API Service are
@@ -55,15 +55,12 @@ use crate::engine::error::TranslateError;
 use crate::naming;
 
 pub use cache::trim_cached_host_pod;
-pub use metadata::{
-    ANNOTATION_OWNER_REFERENCES, ANNOTATION_SERVICE_ACCOUNT, ANNOTATION_VIRTUAL_LABELS,
-    DEFAULT_SERVICE_ACCOUNT,
-};
+pub use metadata::DEFAULT_SERVICE_ACCOUNT;
 pub use references::{PodRefs, references, required_references};
 pub use status::{binding_needed, virtual_status};
 pub use tokens::{
-    DEFAULT_TOKEN_EXPIRATION_SECONDS, TOKEN_ANNOTATION_PREFIX, TokenRequestSpec, token_annotation, token_key,
-    token_requests, token_secret_name, uses_annotation_tokens,
+    DEFAULT_TOKEN_EXPIRATION_SECONDS, TokenRequestSpec, token_annotation, token_key, token_requests,
+    uses_annotation_tokens,
 };
 pub use updates::{ephemeral_containers_patch, update_patch};
 
@@ -73,9 +70,6 @@ use host_access::{check_host_access, host_access_offenders};
 use metadata::desired_meta;
 use scheduling::{translate_affinity, translate_spread_constraint};
 use volumes::{Renamer, translate_volume};
-
-/// Maximum length of a DNS label (hostname, object names).
-const MAX_LABEL_LEN: usize = 63;
 
 /// Inputs the pod translation needs besides TranslateCtx.
 #[derive(Debug, Clone, Copy)]
@@ -93,8 +87,8 @@ pub struct PodInputs<'a> {
 ///
 /// Metadata: name [`naming::host_name`], the host namespace, labels/annotations from
 /// [`plan::desired_metadata`] (our markers, the virtual labels and annotations, the namespace
-/// labels under [`markers::namespace_label_key`], and the [`ANNOTATION_VIRTUAL_LABELS`] /
-/// [`ANNOTATION_SERVICE_ACCOUNT`] / [`ANNOTATION_OWNER_REFERENCES`] annotations),
+/// labels under [`crate::markers::namespace_label_key`], and the [`crate::markers::ANNOTATION_VIRTUAL_LABELS`] /
+/// [`crate::markers::ANNOTATION_SERVICE_ACCOUNT`] / [`crate::markers::ANNOTATION_OWNER_REFERENCES`] annotations),
 /// ownerReferences `[ctx.owner]`; no uid, resourceVersion, generateName, finalizers,
 /// managedFields or creationTimestamp. Status `None`.
 ///

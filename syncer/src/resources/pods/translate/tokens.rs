@@ -6,62 +6,24 @@ use k8s_openapi::api::core::v1::{
     ServiceAccountTokenProjection, VolumeProjection,
 };
 
-use super::MAX_LABEL_LEN;
 use crate::engine::TokenStorage;
+use crate::markers::TOKEN_ANNOTATION_PREFIX;
 use crate::naming;
 
 /// Lifetime of a projected token when the source sets none (the kubelet's default, 1h + 7s).
 pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3607;
-/// Length of [`naming::short_hash`] output.
-const HASH_LEN: usize = 10;
-/// Infix of [`token_secret_name`].
-const TOKEN_SECRET_INFIX: &str = "-token-";
-/// Readable part used when a pod name leaves nothing readable (never for valid pod names).
-const FALLBACK_READABLE: &str = "vnest";
 
 /// One projected ServiceAccount token the host pod needs (from the virtual pod's projected
 /// volumes' serviceAccountToken sources).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRequestSpec {
-    /// Key in the token Secret ([`token_secret_name`]): see [`token_key`].
+    /// Key in the token Secret ([`naming::token_secret_name`]): see [`token_key`].
     pub key: String,
     /// Audience of the source; `None` when unset (or empty): the API server's default audiences.
     pub audience: Option<String>,
     /// Requested lifetime: the source's `expirationSeconds`, else
     /// [`DEFAULT_TOKEN_EXPIRATION_SECONDS`] like the kubelet.
     pub expiration_seconds: i64,
-}
-
-/// Name of the host Secret holding the ServiceAccount token(s) of virtual pod
-/// `namespace/pod_name` of vcluster `vcluster`.
-///
-/// Rule: `<readable>-token-<short_hash(&[vcluster, namespace, pod_name, "sa-token"])>` where
-/// `<readable>` is the pod name lowercased with every character outside `[a-z0-9-]` mapped to
-/// `-`, cut to 46 characters and trimmed of `-` (`vnest` when nothing is left). At most 63
-/// characters, a DNS-1123 label. It never equals a [`naming::host_name`] of a tenant object
-/// except by a hash collision: tenant names hash a 3-part tuple, this hashes 4 parts.
-pub fn token_secret_name(vcluster: &str, namespace: &str, pod_name: &str) -> String {
-    let budget = MAX_LABEL_LEN - TOKEN_SECRET_INFIX.len() - HASH_LEN;
-    let sanitized: String = pod_name
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(budget)
-        .collect();
-    let trimmed = sanitized.trim_matches('-');
-    let readable = if trimmed.is_empty() {
-        FALLBACK_READABLE
-    } else {
-        trimmed
-    };
-    let hash = naming::short_hash(&[vcluster, namespace, pod_name, "sa-token"]);
-    format!("{readable}{TOKEN_SECRET_INFIX}{hash}")
 }
 
 /// Key in the token Secret of the token for source number `source_index` (0-based, counted over
@@ -71,9 +33,6 @@ pub fn token_secret_name(vcluster: &str, namespace: &str, pod_name: &str) -> Str
 pub fn token_key(volume: &str, source_index: usize) -> String {
     format!("{volume}.{source_index}")
 }
-
-/// Prefix of [`token_annotation`].
-pub const TOKEN_ANNOTATION_PREFIX: &str = "vnest.dev/token-";
 
 /// Host pod annotation holding the token of [`token_key`] `key` (with
 /// [`TokenStorage::Annotation`]): `vnest.dev/token-<short_hash(key)>`, a valid annotation key
@@ -177,10 +136,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::super::testutil::*;
-    use super::super::{ANNOTATION_SERVICE_ACCOUNT, PodInputs, host_pod};
+    use super::super::{PodInputs, host_pod};
     use super::*;
     use crate::engine::HostAccessPolicy;
-    use rstest::rstest;
+    use crate::markers::ANNOTATION_SERVICE_ACCOUNT;
+    use crate::naming::token_secret_name;
     use serde_json::json;
 
     #[test]
@@ -291,39 +251,6 @@ mod tests {
         assert_eq!(
             spec["volumes"][1]["projected"]["sources"][0]["secret"]["items"][0]["key"],
             "b.0"
-        );
-    }
-
-    #[rstest]
-    #[case::simple("ns", "web-0")]
-    #[case::dotted("ns", "web.v1.example.com")]
-    #[case::long("ns", &"a".repeat(253))]
-    #[case::long_dotted("kube-system", &format!("{}.{}", "b".repeat(45), "c".repeat(100)))]
-    #[case::uppercase_junk("ns", "--WEB--")]
-    fn token_secret_name_is_a_short_distinct_label(#[case] ns: &str, #[case] pod: &str) {
-        let name = token_secret_name(VC, ns, pod);
-        assert!(name.len() <= 63, "{name}");
-        assert!(naming::is_dns1123_label(&name), "{name}");
-        assert_ne!(name, naming::host_name(VC, ns, pod));
-        assert_ne!(name, token_secret_name("other", ns, pod));
-        assert_ne!(name, token_secret_name(VC, "other-ns", pod));
-        assert_eq!(name, token_secret_name(VC, ns, pod));
-        assert!(name.contains("-token-"));
-    }
-
-    #[test]
-    fn token_secret_name_cannot_be_forged_by_a_tenant_name() {
-        // A tenant Secret whose readable host name looks the same hashes a different tuple.
-        let ours = token_secret_name(VC, "token", "web");
-        let tenant = naming::host_name(VC, "token", "web");
-        assert!(ours.starts_with("web-token-") && tenant.starts_with("web-token-"));
-        assert_ne!(ours, tenant);
-        assert_eq!(
-            ours,
-            format!(
-                "web-token-{}",
-                naming::short_hash(&[VC, "token", "web", "sa-token"])
-            )
         );
     }
 }

@@ -200,10 +200,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::super::testutil::*;
-    use super::super::{ANNOTATION_OWNER_REFERENCES, ANNOTATION_VIRTUAL_LABELS};
     use super::*;
     use crate::engine::HostAccessPolicy;
-    use crate::markers;
+    use crate::markers::{self, ANNOTATION_OWNER_REFERENCES, ANNOTATION_VIRTUAL_LABELS};
 
     #[test]
     fn ephemeral_containers_are_not_created_but_patched_in_translated() {
