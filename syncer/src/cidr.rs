@@ -44,18 +44,20 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Precon
 use kube::core::Status;
 use kube::{Api, Client, Config};
 
+use crate::config::{IN_CLUSTER_NAMESPACE_FILE, parse_dns_label};
 use crate::engine::apply::FIELD_MANAGER;
+use crate::markers::LABEL_PROBE_RUN;
 
-/// Annotation on the vcluster's host Service caching the detected CIDR(s), e.g. `10.96.0.0/12`.
-/// Delete it to force a new detection (the host's range changed).
-pub const ANNOTATION_SERVICE_CIDR: &str = "vnest.dev/service-cidr";
+/// The cache annotation (see [`detect_cached`]), also read here by the e2e tests; its home is
+/// [`crate::markers`].
+pub use crate::markers::ANNOTATION_SERVICE_CIDR;
+
+/// The flags of `vnest detect-service-cidr` (declared with the rest of the command line), also
+/// built here by the e2e tests.
+pub use crate::config::DetectArgs;
 
 /// `generateName` of the probe Services (all dry-run, except the rare fallback of [`detect`]).
 pub const PROBE_NAME_PREFIX: &str = "vnest-cidr-probe-";
-
-/// Label on probe Services; its value is unique per detection run (used to find leftovers of a
-/// create whose answer was lost).
-pub const LABEL_PROBE_RUN: &str = "vnest.dev/cidr-probe-run";
 
 // ----------------------------------------------------------------------------------------------
 // IP networks (pure)
@@ -749,46 +751,6 @@ fn run_id() -> String {
 // CLI: `vnest detect-service-cidr`
 // ----------------------------------------------------------------------------------------------
 
-/// Finds the host cluster's Service CIDR (namespaced permissions only) and prints it, e.g. for
-/// an init container that hands it to k3s's `--service-cidr`.
-#[derive(clap::Args, Debug)]
-pub struct DetectArgs {
-    /// Kubeconfig for the host cluster. Defaults to the pod's ServiceAccount (in-cluster).
-    #[arg(long, env = "VNEST_HOST_KUBECONFIG")]
-    pub host_kubeconfig: Option<PathBuf>,
-
-    /// Host namespace to probe in. Defaults to the pod's own namespace.
-    #[arg(long, env = "VNEST_HOST_NAMESPACE", value_parser = crate::config::parse_dns_label)]
-    pub namespace: Option<String>,
-
-    /// The vcluster's host Service, whose `vnest.dev/service-cidr` annotation caches the result.
-    #[arg(
-        long,
-        env = "VNEST_SERVICE_NAME",
-        default_value = "vnest",
-        value_parser = crate::config::parse_dns_label
-    )]
-    pub service_name: String,
-
-    /// Also write the CIDR (and a newline) to this file, atomically, e.g. `/data/service-cidr`.
-    #[arg(long, env = "VNEST_CIDR_OUTPUT")]
-    pub output: Option<PathBuf>,
-
-    /// Log filter (tracing EnvFilter syntax); logs go to stderr.
-    #[arg(long, env = "VNEST_LOG", default_value = "info")]
-    pub log_filter: String,
-}
-
-impl DetectArgs {
-    /// Plain logs to stderr (stdout carries only the result).
-    pub fn log_config(&self) -> crate::config::LogConfig {
-        crate::config::LogConfig {
-            format: crate::config::LogFormat::Plain,
-            filter: self.log_filter.clone(),
-        }
-    }
-}
-
 /// `vnest detect-service-cidr`: prints the host's service CIDR(s) to stdout, optionally writes
 /// them to `--output`; progress goes to stderr (tracing).
 pub async fn run_detect(args: DetectArgs) -> anyhow::Result<()> {
@@ -826,10 +788,10 @@ pub async fn run_detect(args: DetectArgs) -> anyhow::Result<()> {
 }
 
 fn in_cluster_namespace() -> anyhow::Result<String> {
-    let path = crate::config::IN_CLUSTER_NAMESPACE_FILE;
+    let path = IN_CLUSTER_NAMESPACE_FILE;
     let raw = std::fs::read_to_string(path)
         .with_context(|| format!("no --namespace given and cannot read {path}"))?;
-    crate::config::parse_dns_label(raw.trim()).map_err(|reason| anyhow::anyhow!("{path}: {reason}"))
+    parse_dns_label(raw.trim()).map_err(|reason| anyhow::anyhow!("{path}: {reason}"))
 }
 
 /// Writes `text` to a temporary file next to `path` and renames it over `path`, so a reader
@@ -1105,54 +1067,6 @@ mod tests {
         assert_eq!(parse_anchors(&ips(&[])), None);
         assert_eq!(parse_anchors(&ips(&["10.96.0.0", "None"])), None);
         assert_eq!(parse_anchors(&ips(&["10.96.0.0", "10.97.0.0"])), None);
-    }
-
-    /// The same shape as `vnest::config::Cli` with the `detect-service-cidr` subcommand.
-    #[derive(clap::Parser, Debug)]
-    struct Cli {
-        #[command(subcommand)]
-        command: Command,
-    }
-
-    #[derive(clap::Subcommand, Debug)]
-    enum Command {
-        DetectServiceCidr(DetectArgs),
-    }
-
-    fn parse(args: &[&str]) -> Result<DetectArgs, clap::Error> {
-        use clap::Parser;
-        let argv = ["vnest", "detect-service-cidr"].iter().chain(args);
-        Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::DetectServiceCidr(args) => args,
-        })
-    }
-
-    #[test]
-    fn detect_args_defaults_and_flags() {
-        // (Assumes the VNEST_* twins of these flags are not set in the test environment.)
-        let args = parse(&[]).unwrap();
-        assert_eq!(args.service_name, "vnest");
-        assert_eq!(args.log_filter, "info");
-        assert_eq!(
-            (args.namespace, args.output, args.host_kubeconfig),
-            (None, None, None)
-        );
-        let args = parse(&[
-            "--host-kubeconfig",
-            "/k",
-            "--namespace",
-            "ns-1",
-            "--service-name",
-            "vc",
-            "--output",
-            "/data/service-cidr",
-        ])
-        .unwrap();
-        assert_eq!(args.host_kubeconfig, Some(PathBuf::from("/k")));
-        assert_eq!(args.namespace.as_deref(), Some("ns-1"));
-        assert_eq!(args.service_name, "vc");
-        assert_eq!(args.output, Some(PathBuf::from("/data/service-cidr")));
-        assert!(parse(&["--namespace", "Not_A_Label"]).is_err());
     }
 
     #[tokio::test]

@@ -28,9 +28,49 @@ pub enum Command {
     /// Run the syncer between the virtual API server and the host namespace.
     Syncer(Box<SyncerArgs>),
     /// Find the host cluster's Service CIDR with namespaced permissions only, and print it.
-    DetectServiceCidr(crate::cidr::DetectArgs),
+    DetectServiceCidr(DetectArgs),
     /// Print the version.
     Version,
+}
+
+/// Finds the host cluster's Service CIDR (namespaced permissions only) and prints it, e.g. for
+/// an init container that hands it to k3s's `--service-cidr`.
+#[derive(clap::Args, Debug)]
+pub struct DetectArgs {
+    /// Kubeconfig for the host cluster. Defaults to the pod's ServiceAccount (in-cluster).
+    #[arg(long, env = "VNEST_HOST_KUBECONFIG")]
+    pub host_kubeconfig: Option<PathBuf>,
+
+    /// Host namespace to probe in. Defaults to the pod's own namespace.
+    #[arg(long, env = "VNEST_HOST_NAMESPACE", value_parser = parse_dns_label)]
+    pub namespace: Option<String>,
+
+    /// The vcluster's host Service, whose `vnest.dev/service-cidr` annotation caches the result.
+    #[arg(
+        long,
+        env = "VNEST_SERVICE_NAME",
+        default_value = "vnest",
+        value_parser = parse_dns_label
+    )]
+    pub service_name: String,
+
+    /// Also write the CIDR (and a newline) to this file, atomically, e.g. `/data/service-cidr`.
+    #[arg(long, env = "VNEST_CIDR_OUTPUT")]
+    pub output: Option<PathBuf>,
+
+    /// Log filter (tracing EnvFilter syntax); logs go to stderr.
+    #[arg(long, env = "VNEST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+impl DetectArgs {
+    /// Plain logs to stderr (stdout carries only the result).
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            format: LogFormat::Plain,
+            filter: self.log_filter.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -574,5 +614,41 @@ mod tests {
         for bad in ["", "-a", "a-", "a.b", "A", &"a".repeat(64)] {
             assert!(parse_dns_label(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn parse_detect(args: &[&str]) -> Result<DetectArgs, clap::Error> {
+        let argv = ["vnest", "detect-service-cidr"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::DetectServiceCidr(args) => args,
+            Command::Syncer(_) | Command::Version => panic!("parsed the wrong subcommand"),
+        })
+    }
+
+    #[test]
+    fn detect_args_defaults_and_flags() {
+        // (Assumes the VNEST_* twins of these flags are not set in the test environment.)
+        let args = parse_detect(&[]).unwrap();
+        assert_eq!(args.service_name, "vnest");
+        assert_eq!(args.log_filter, "info");
+        assert_eq!(
+            (args.namespace, args.output, args.host_kubeconfig),
+            (None, None, None)
+        );
+        let args = parse_detect(&[
+            "--host-kubeconfig",
+            "/k",
+            "--namespace",
+            "ns-1",
+            "--service-name",
+            "vc",
+            "--output",
+            "/data/service-cidr",
+        ])
+        .unwrap();
+        assert_eq!(args.host_kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(args.namespace.as_deref(), Some("ns-1"));
+        assert_eq!(args.service_name, "vc");
+        assert_eq!(args.output, Some(PathBuf::from("/data/service-cidr")));
+        assert!(parse_detect(&["--namespace", "Not_A_Label"]).is_err());
     }
 }

@@ -65,6 +65,43 @@ pub const ANNOTATION_MANAGED_ANNOTATIONS: &str = "vnest.dev/managed-annotations"
 /// newline-separated; absent when there are none. Written by [`merge_labels`].
 pub const ANNOTATION_MANAGED_LABELS: &str = "vnest.dev/managed-labels";
 
+// Keys of single kinds (and of the Service CIDR detection).
+
+/// Annotation on the host pod: the virtual labels in the kubelet's downward-API format
+/// (sorted lines `key="<escaped value>"` joined by '\n'), target of `metadata.labels` fieldRefs.
+pub const ANNOTATION_VIRTUAL_LABELS: &str = "vnest.dev/labels";
+
+/// Annotation: the virtual ServiceAccount name (target of `spec.serviceAccountName` fieldRefs).
+pub const ANNOTATION_SERVICE_ACCOUNT: &str = "vnest.dev/service-account-name";
+
+/// Annotation on the host pod: JSON array of the virtual pod's ownerReferences (when any).
+pub const ANNOTATION_OWNER_REFERENCES: &str = "vnest.dev/owner-references";
+
+/// Prefix of the host pod annotations holding ServiceAccount tokens (see
+/// `resources::pods::translate::token_annotation`).
+pub const TOKEN_ANNOTATION_PREFIX: &str = "vnest.dev/token-";
+
+/// When the token Secret's tokens must be renewed (RFC 3339), like the kubelet: at 80% of the
+/// token's lifetime.
+pub const ANNOTATION_TOKEN_REFRESH_AT: &str = "vnest.dev/token-refresh-at";
+
+/// `object-kind` of the token Secrets: they belong to the pod kind, not to the Secret kind.
+pub const TOKEN_SECRET_KIND: &str = "PodToken";
+
+/// Label on every virtual Node the syncer made (and may therefore delete).
+pub const LABEL_VIRTUAL_NODE: &str = "vnest.dev/node";
+
+/// Annotation on a virtual copy of a host Event: `<host event uid> <fingerprint hash>`.
+pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
+
+/// Annotation on the vcluster's host Service caching the detected CIDR(s), e.g. `10.96.0.0/12`.
+/// Delete it to force a new detection (the host's range changed).
+pub const ANNOTATION_SERVICE_CIDR: &str = "vnest.dev/service-cidr";
+
+/// Label on Service CIDR probe Services; its value is unique per detection run (used to find
+/// leftovers of a create whose answer was lost).
+pub const LABEL_PROBE_RUN: &str = "vnest.dev/cidr-probe-run";
+
 /// The virtual object a host object was copied from, as recorded by [`mark`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {

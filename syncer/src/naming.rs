@@ -25,6 +25,8 @@ const HASH_LEN: usize = 10;
 const READABLE_BUDGET: usize = MAX_LABEL_LEN - 1 - HASH_LEN;
 /// Readable part used when the inputs leave nothing readable (never for valid Kubernetes names).
 const FALLBACK_READABLE: &str = "vnest";
+/// Infix of [`token_secret_name`].
+const TOKEN_SECRET_INFIX: &str = "-token-";
 /// Prefix of host names of cluster-scoped objects.
 const CLUSTER_SCOPED_PREFIX: &str = "vnest";
 
@@ -54,6 +56,27 @@ pub fn host_name_for_cluster_scoped(vcluster: &str, host_namespace: &str, name: 
         sanitize(vcluster)
     );
     with_hash(&readable, &short_hash(&[host_namespace, vcluster, name]))
+}
+
+/// Name of the host Secret holding the ServiceAccount token(s) of virtual pod
+/// `namespace/pod_name` of vcluster `vcluster`.
+///
+/// Rule: `<readable>-token-<short_hash(&[vcluster, namespace, pod_name, "sa-token"])>` where
+/// `<readable>` is the pod name lowercased with every character outside `[a-z0-9-]` mapped to
+/// `-`, cut to 46 characters and trimmed of `-` (`vnest` when nothing is left). At most 63
+/// characters, a DNS-1123 label. It never equals a [`host_name`] of a tenant object except by a
+/// hash collision: tenant names hash a 3-part tuple, this hashes 4 parts.
+pub fn token_secret_name(vcluster: &str, namespace: &str, pod_name: &str) -> String {
+    let budget = MAX_LABEL_LEN - TOKEN_SECRET_INFIX.len() - HASH_LEN;
+    let cut: String = sanitize(pod_name).chars().take(budget).collect();
+    let trimmed = cut.trim_matches('-');
+    let readable = if trimmed.is_empty() {
+        FALLBACK_READABLE
+    } else {
+        trimmed
+    };
+    let hash = short_hash(&[vcluster, namespace, pod_name, "sa-token"]);
+    format!("{readable}{TOKEN_SECRET_INFIX}{hash}")
 }
 
 /// First 10 lowercase hex characters of SHA-256 over `parts` joined by `'\0'`.
@@ -267,6 +290,46 @@ mod tests {
         let long = host_name_for_cluster_scoped("demo", "ns", &"a".repeat(253));
         assert_eq!(long.len(), 63);
         assert!(long.starts_with("vnest-a"));
+    }
+
+    #[rstest]
+    #[case::simple("ns", "web-0")]
+    #[case::dotted("ns", "web.v1.example.com")]
+    #[case::long("ns", &"a".repeat(253))]
+    #[case::long_dotted("kube-system", &format!("{}.{}", "b".repeat(45), "c".repeat(100)))]
+    #[case::uppercase_junk("ns", "--WEB--")]
+    fn token_secret_name_is_a_short_distinct_label(#[case] ns: &str, #[case] pod: &str) {
+        let name = token_secret_name("demo", ns, pod);
+        assert!(name.len() <= 63, "{name}");
+        assert!(is_dns1123_label(&name), "{name}");
+        assert_ne!(name, host_name("demo", ns, pod));
+        assert_ne!(name, token_secret_name("other", ns, pod));
+        assert_ne!(name, token_secret_name("demo", "other-ns", pod));
+        assert_eq!(name, token_secret_name("demo", ns, pod));
+        assert!(name.contains("-token-"));
+    }
+
+    #[test]
+    fn token_secret_name_cannot_be_forged_by_a_tenant_name() {
+        // A tenant Secret whose readable host name looks the same hashes a different tuple.
+        let ours = token_secret_name("demo", "token", "web");
+        let tenant = host_name("demo", "token", "web");
+        assert!(ours.starts_with("web-token-") && tenant.starts_with("web-token-"));
+        assert_ne!(ours, tenant);
+        assert_eq!(
+            ours,
+            format!("web-token-{}", short_hash(&["demo", "token", "web", "sa-token"]))
+        );
+    }
+
+    #[rstest]
+    #[case::plain("web-0", "web-0-token-2fe7dd57e7")]
+    #[case::upper_dotted("Web.V1.Example", "web-v1-example-token-ac0ed79534")]
+    #[case::cut_to_46(&"a".repeat(60), &format!("{}-token-5631439f42", "a".repeat(46)))]
+    #[case::nothing_readable("--", "vnest-token-795c842e84")]
+    #[case::non_ascii("\u{e9}-x", "x-token-78d4fd679f")]
+    fn token_secret_name_known_values(#[case] pod: &str, #[case] want: &str) {
+        assert_eq!(token_secret_name("demo", "ns", pod), want);
     }
 
     #[rstest]

@@ -28,6 +28,7 @@ use crate::engine::packed::Packed;
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
+use crate::markers::ANNOTATION_HOST_EVENT;
 use crate::{markers, naming};
 
 /// How the inbox holds a host event.
@@ -132,8 +133,6 @@ fn seed_error(error: watcher::Error) -> SyncError {
     SyncError::from_kube(error, Cluster::Virtual, "watch", "Event", "copies of host events")
 }
 
-/// Annotation on a virtual copy: `<host event uid> <fingerprint hash>`.
-pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
 /// Page size of the startup LIST of our virtual copies.
 const SEED_PAGE: u32 = 500;
 

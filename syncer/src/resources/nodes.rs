@@ -29,9 +29,7 @@ use crate::engine::plan;
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
-
-/// Label on every virtual Node the syncer made (and may therefore delete).
-pub const LABEL_VIRTUAL_NODE: &str = "vnest.dev/node";
+use crate::markers::LABEL_VIRTUAL_NODE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NodeMode {

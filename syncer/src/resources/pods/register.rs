@@ -10,14 +10,14 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use super::refs::{RefIndex, RefKind};
-use super::sync::{PodSync, TOKEN_SECRET_KIND};
+use super::sync::PodSync;
 use super::{CachedPod, WatchedPod, cache_host_pod, cache_virtual_pod};
 use crate::engine::apply::{self, RecentWrites};
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
 use crate::engine::standard::{self, CopiedKind};
 use crate::engine::watch::Change;
-use crate::markers;
+use crate::markers::{self, TOKEN_SECRET_KIND};
 use crate::resources::configmaps::ConfigMaps;
 use crate::resources::nodes::NodeUsage;
 use crate::resources::secrets::Secrets;

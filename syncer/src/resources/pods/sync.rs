@@ -27,13 +27,12 @@ use crate::engine::standard::is_ours;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::engine::{Shared, TokenStorage, TranslateCtx};
 use crate::error::Cluster;
+use crate::markers::TOKEN_SECRET_KIND;
 use crate::{markers, naming};
 
-/// `object-kind` of the token Secrets: they belong to the pod kind, not to the Secret kind.
-pub const TOKEN_SECRET_KIND: &str = "PodToken";
-/// When the token Secret's tokens must be renewed (RFC 3339), like the kubelet: at 80% of the
-/// token's lifetime.
-pub const ANNOTATION_TOKEN_REFRESH_AT: &str = "vnest.dev/token-refresh-at";
+/// The refresh annotation of token Secrets, also read here by the e2e tests; its home is
+/// [`crate::markers`].
+pub use crate::markers::ANNOTATION_TOKEN_REFRESH_AT;
 
 pub struct PodSync {
     pub shared: Arc<Shared>,
@@ -315,7 +314,7 @@ impl PodSync {
         existing: Option<&Secret>,
         tokens: IssuedTokens,
     ) -> Result<(), SyncError> {
-        let name = translate::token_secret_name(&tc.vcluster, &key.namespace, &key.name);
+        let name = naming::token_secret_name(&tc.vcluster, &key.namespace, &key.name);
         let refresh = tokens.refresh_at.to_string();
         match existing {
             None => {
@@ -399,7 +398,7 @@ impl PodSync {
         if translate::uses_annotation_tokens(h) {
             return self.refresh_token_annotations(key, v, h).await;
         }
-        let name = translate::token_secret_name(&tc.vcluster, &key.namespace, &key.name);
+        let name = naming::token_secret_name(&tc.vcluster, &key.namespace, &key.name);
         let existing = self
             .host_secrets
             .get(&ObjectRef::new(&name).within(&tc.host_namespace));
