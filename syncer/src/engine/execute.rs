@@ -114,6 +114,9 @@ pub enum Write {
     Delete { uid: String, grace_seconds: Option<i64> },
     /// Bind the (virtual) pod to `node`; an already bound pod is done.
     Bind { uid: Option<String>, node: String },
+    /// POST `body` to a subresource of the object (a ServiceAccount's `token`); the answer is
+    /// the result (the issued token).
+    CreateSubresource { subresource: &'static str, body: Value },
 }
 
 impl Write {
@@ -129,6 +132,7 @@ impl Write {
             Write::Apply { .. } => "apply",
             Write::Delete { .. } => "delete",
             Write::Bind { .. } => "bind",
+            Write::CreateSubresource { .. } => "create",
         }
     }
 
@@ -362,6 +366,21 @@ impl Executor {
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Sent),
                     Err(e) => Err(fail("delete")(e)),
                 }
+            }
+            Write::CreateSubresource { subresource, body } => {
+                let pp = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                let verb = if *subresource == "token" {
+                    "request a token for"
+                } else {
+                    "create"
+                };
+                api.create_subresource::<Value, Value>(subresource, &t.name, &pp, body)
+                    .await
+                    .map(Done::Object)
+                    .map_err(fail(verb))
             }
             Write::Bind { uid, node } => {
                 let binding = serde_json::json!({

@@ -68,6 +68,15 @@ impl Plan {
         self.requeue_after = Some(after);
         self
     }
+    /// Every action not counted yet counted under `what` in the host-writes metric.
+    pub fn counted_as(mut self, what: &'static str) -> Self {
+        for a in &mut self.actions {
+            if a.counted_as.is_empty() {
+                a.counted_as = what;
+            }
+        }
+        self
+    }
     /// The ops of the actions, for table tests and logs ("create", "patch", ...).
     pub fn ops(&self) -> Vec<&'static str> {
         self.actions.iter().map(|a| a.write.op()).collect()

@@ -1,8 +1,10 @@
 //! Pods: virtual -> host at create, mutable fields after, status and node binding back.
 
+pub mod plan;
 pub mod refs;
 pub mod register;
 pub mod sync;
+pub mod tokens;
 pub mod translate;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};

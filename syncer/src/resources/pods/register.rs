@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::refs::{RefIndex, RefKind};
 use super::sync::PodSync;
 use super::{CachedPod, WatchedPod, cache_host_pod, cache_virtual_pod};
-use crate::engine::apply::{self, RecentWrites};
+use crate::engine::execute::Executor;
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
 use crate::engine::standard::{self, CopiedKind};
@@ -53,7 +53,7 @@ pub fn register(reg: &mut Registry, workers: usize) {
     );
 
     let pod_sync = Arc::new(PodSync {
-        shared: reg.shared().clone(),
+        executor: Executor::new(reg.shared().clone()),
         virtual_pods: reg.store(&v_pods),
         host_pods: reg.store(&h_pods),
         host_secrets: reg.store(&h_secrets),
@@ -62,9 +62,6 @@ pub fn register(reg: &mut Registry, workers: usize) {
         virtual_secrets: reg.store(&v_secrets),
         virtual_services: reg.store(&v_services),
         first_seen: Mutex::new(HashMap::new()),
-        recent: RecentWrites::default(),
-        recent_virtual_deletes: RecentWrites::remembering_for(apply::DELETE_EXPECT_FOR),
-        recent_host_deletes: RecentWrites::remembering_for(apply::DELETE_EXPECT_FOR),
     });
 
     // A ConfigMap/Secret that appears lets the pods waiting for it start.
