@@ -40,16 +40,15 @@ use pods::sync::PodSync;
 #[derive(Debug, Clone)]
 pub struct KindOptions {
     pub vcluster: String,
-    pub sync_all_configmaps: bool,
-    pub sync_all_secrets: bool,
-    pub node_mode: NodeMode,
-    pub kubelet_port: i32,
-    /// Address the virtual nodes advertise for their kubelet; None = the vcluster Service IP.
-    pub kubelet_address: Option<String>,
+    pub pods: pods::PodSettings,
+    pub configmaps: configmaps::ConfigMapArgs,
+    pub secrets: secrets::SecretArgs,
+    /// Node mode and kubelet endpoint (a `None` address: the vcluster Service IP).
+    pub nodes: nodes::NodeArgs,
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
-    pub sync_networkpolicies: bool,
+    pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -375,6 +374,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
 
     let pod_sync = Arc::new(PodSync {
         shared: shared.clone(),
+        settings: opts.pods.clone(),
         virtual_pods: v_pods.reader.clone(),
         host_pods: h_pods.reader.clone(),
         host_secrets: h_secrets.reader.clone(),
@@ -520,7 +520,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     }
     let mut host_nodes_store = None;
     let mut host_nodes_ready = None;
-    if opts.node_mode == NodeMode::Real {
+    if opts.nodes.node_sync == NodeMode::Real {
         let mut h_nodes = Pending::<Node>::new();
         let q = node_q.clone();
         h_nodes.on(move |c| match c {
@@ -543,7 +543,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     let cm_copier = Arc::new(Copier::new(
         configmaps::ConfigMaps {
             refs: refs.clone(),
-            sync_all: opts.sync_all_configmaps,
+            sync_all: opts.configmaps.sync_all_configmaps,
         },
         shared.clone(),
         v_cms.reader.clone(),
@@ -552,7 +552,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     let secret_copier = Arc::new(Copier::new(
         secrets::Secrets {
             refs: refs.clone(),
-            sync_all: opts.sync_all_secrets,
+            sync_all: opts.secrets.sync_all_secrets,
         },
         shared.clone(),
         v_secrets.reader.clone(),
@@ -564,8 +564,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
         virtual_nodes: v_nodes.reader.clone(),
         host_nodes: host_nodes_store.clone(),
         kubelet: KubeletEndpoint {
-            address: opts.kubelet_address.clone().unwrap_or_default(),
-            port: opts.kubelet_port,
+            address: opts.nodes.kubelet_address.clone().unwrap_or_default(),
+            port: i32::from(opts.nodes.kubelet_port),
         },
         version: opts.virtual_version.clone(),
     });
@@ -783,7 +783,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> DnsSt
     }
     // NetworkPolicies only when enabled (no watch, no cache otherwise).
     let mut extra_ready = Vec::new();
-    if opts.sync_networkpolicies {
+    if opts.networkpolicies.sync_networkpolicies {
         use k8s_openapi::api::networking::v1::NetworkPolicy;
         let mut v_np = Pending::<NetworkPolicy>::new();
         let mut h_np = Pending::<NetworkPolicy>::new();

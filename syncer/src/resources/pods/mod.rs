@@ -1,8 +1,11 @@
 //! Pods: virtual -> host at create, mutable fields after, status and node binding back.
 
 pub mod refs;
+pub mod settings;
 pub mod sync;
 pub mod translate;
+
+pub use settings::{HostAccessPolicy, PodArgs, PodSettings, TokenStorage};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

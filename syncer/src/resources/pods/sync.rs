@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use super::CachedPod;
+use super::settings::{PodSettings, TokenStorage};
 use super::translate::{self, PodInputs};
 use crate::engine::apply::{self, FIELD_MANAGER, RecentWrites};
 use crate::engine::error::SyncError;
@@ -25,7 +26,7 @@ use crate::engine::plan::{self, HostPatch, PatchKind};
 use crate::engine::queue::Key;
 use crate::engine::standard::is_ours;
 use crate::engine::worker::{Outcome, Reconciler};
-use crate::engine::{Shared, TokenStorage, TranslateCtx};
+use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::markers::TOKEN_SECRET_KIND;
 use crate::{markers, naming};
@@ -36,6 +37,8 @@ pub use crate::markers::ANNOTATION_TOKEN_REFRESH_AT;
 
 pub struct PodSync {
     pub shared: Arc<Shared>,
+    /// The pod kind's settings (from the command line).
+    pub settings: PodSettings,
     pub virtual_pods: Store<CachedPod>,
     pub host_pods: Store<CachedPod>,
     pub host_secrets: Store<Secret>,
@@ -181,6 +184,7 @@ impl PodSync {
         let mut desired = translate::host_pod(
             &PodInputs {
                 ctx: tc,
+                settings: &self.settings,
                 namespace_labels: &labels,
                 services: &services,
             },
@@ -190,7 +194,7 @@ impl PodSync {
         // Ask for the tokens first: a pod whose ServiceAccount is missing fails here, before
         // anything exists on the host (nothing half-done).
         let mut tokens = self.request_tokens(v).await?;
-        if tc.token_storage == TokenStorage::Annotation
+        if self.settings.token_storage == TokenStorage::Annotation
             && let Some(t) = tokens.take()
         {
             // Carried by the pod itself: no second host object, no second write.
@@ -730,6 +734,7 @@ impl PodSync {
         let labels = self.namespace_labels(&key.namespace);
         let inputs = PodInputs {
             ctx: tc,
+            settings: &self.settings,
             namespace_labels: &labels,
             // Environment variables are fixed at create: updates never need the Services.
             services: &[],
