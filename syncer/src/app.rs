@@ -148,19 +148,17 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             ("memory release", Ok(()))
         });
     }
-    let kubelet_address = config.sync.kubelet_address.clone();
     let dns_stores = resources::start(
         shared,
         KindOptions {
             vcluster: config.name.clone(),
-            sync_all_configmaps: config.sync.sync_all_configmaps,
-            sync_all_secrets: config.sync.sync_all_secrets,
-            node_mode: config.sync.node_sync,
-            kubelet_port: i32::from(config.sync.kubelet_port),
-            kubelet_address,
+            pods: config.pods.clone(),
+            configmaps: config.configmaps.clone(),
+            secrets: config.secrets.clone(),
+            nodes: config.nodes.clone(),
             virtual_version,
             service_name: config.sync.service_name.clone(),
-            sync_networkpolicies: config.sync.sync_networkpolicies,
+            networkpolicies: config.networkpolicies.clone(),
             host_streams,
             virtual_streams,
         },
@@ -173,16 +171,16 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         endpoints: dns_stores.endpoints,
     });
     let dns_config = crate::dns::DnsConfig {
-        listen: config.sync.dns_addr,
-        cluster_domain: config.sync.cluster_domain.clone(),
-        upstreams: config.sync.dns_upstream.clone(),
+        listen: config.dns.listen,
+        cluster_domain: config.dns.cluster_domain.clone(),
+        upstreams: config.dns.upstreams.clone(),
         ttl: crate::dns::DEFAULT_TTL,
     };
     let stop = cancel.clone();
     let (dns_addr, serve_dns) = crate::dns::bind(dns_config, source, async move { stop.cancelled().await })
         .await
         .context("starting the DNS server")?;
-    tracing::info!(addr = %dns_addr, domain = %config.sync.cluster_domain, "DNS server listening (UDP and TCP)");
+    tracing::info!(addr = %dns_addr, domain = %config.dns.cluster_domain, "DNS server listening (UDP and TCP)");
     tasks.spawn(async move { ("dns server", serve_dns.await.map_err(anyhow::Error::from)) });
 
     supervise(tasks, cancel, config.shutdown_timeout).await
@@ -206,7 +204,7 @@ async fn publish_translate_ctx(
         watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff()
     };
     let main = watch_one(&config.sync.service_name);
-    let dns = watch_one(&config.sync.dns_service_name);
+    let dns = watch_one(&config.dns.service_name);
     futures::pin_mut!(main, dns);
     let ip_of = |svc: &Service| {
         svc.spec
@@ -236,7 +234,7 @@ async fn publish_translate_ctx(
                 None => return,
                 Some(Ok(e)) => apply(&mut dns_ip, e),
                 Some(Err(error)) => {
-                    tracing::warn!(%error, service = %config.sync.dns_service_name, "watching the DNS Service failed; retrying");
+                    tracing::warn!(%error, service = %config.dns.service_name, "watching the DNS Service failed; retrying");
                     continue;
                 }
             },
@@ -247,17 +245,13 @@ async fn publish_translate_ctx(
                 vcluster: config.name.clone(),
                 host_namespace: config.host_namespace.clone(),
                 owner,
-                workload_service_account: config.sync.workload_service_account.clone(),
                 kube_service_ip: ip.clone(),
                 dns_nameserver: config
-                    .sync
-                    .dns_nameserver
+                    .dns
+                    .nameserver
                     .map(|a| a.to_string())
                     .or_else(|| dns_ip.clone())
                     .unwrap_or_else(|| ip.clone()),
-                cluster_domain: config.sync.cluster_domain.clone(),
-                host_access: config.sync.host_access,
-                token_storage: config.sync.pod_token_storage,
             }),
             _ => None,
         };

@@ -44,9 +44,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Precon
 use kube::core::Status;
 use kube::{Api, Client, Config};
 
-use crate::config::{IN_CLUSTER_NAMESPACE_FILE, parse_dns_label};
+use crate::config::IN_CLUSTER_NAMESPACE_FILE;
 use crate::engine::apply::FIELD_MANAGER;
 use crate::markers::LABEL_PROBE_RUN;
+use crate::naming::parse_dns_label;
 
 /// The cache annotation (see [`detect_cached`]), also read here by the e2e tests; its home is
 /// [`crate::markers`].

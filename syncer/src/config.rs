@@ -1,6 +1,8 @@
 //! Command line: every flag is `--long` with a `VNEST_*` environment twin, parsed into typed
 //! values once, then turned into a plain [`SyncerConfig`] by exhaustive destructuring (so a flag
-//! that is parsed but never used breaks the build). All environment reads live here.
+//! that is parsed but never used breaks the build). All environment reads are declared here or
+//! in the flag group of one kind (`PodArgs`, `NodeArgs`, `DnsArgs`, ...: declared beside the
+//! kind, flattened into [`SyncerArgs`], validated into that kind's settings once).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::dns::{DnsArgs, DnsSettings};
+use crate::naming::parse_dns_label;
+use crate::resources::configmaps::ConfigMapArgs;
+use crate::resources::networkpolicies::NetworkPolicyArgs;
+use crate::resources::nodes::NodeArgs;
+use crate::resources::pods::{PodArgs, PodSettings};
+use crate::resources::secrets::SecretArgs;
 
 /// Where a pod's ServiceAccount namespace is mounted (used when no host namespace is given).
 pub const IN_CLUSTER_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -185,102 +195,37 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_SERVICE_NAME", value_parser = parse_dns_label)]
     pub service_name: Option<String>,
 
-    /// Host ServiceAccount synced pods run as (no token is mounted from it)
-    /// [default: <name>-workload].
-    #[arg(long, env = "VNEST_WORKLOAD_SERVICE_ACCOUNT", value_parser = parse_dns_label)]
-    pub workload_service_account: Option<String>,
-
-    /// Nameserver synced pods use [default: the vcluster Service's ClusterIP, where the syncer
-    /// answers DNS].
-    #[arg(long, env = "VNEST_DNS_NAMESERVER")]
-    pub dns_nameserver: Option<std::net::IpAddr>,
-
-    /// The virtual cluster's DNS domain.
-    #[arg(long, env = "VNEST_CLUSTER_DOMAIN", default_value = "cluster.local")]
-    pub cluster_domain: String,
-
-    /// Pods that would escape the namespace sandbox (hostNetwork, hostPID, hostIPC, hostPath,
-    /// privileged, hostPort): `deny` refuses them with a Warning Event, `allow` passes them on.
-    #[arg(long, env = "VNEST_HOST_ACCESS", value_enum, default_value = "deny")]
-    pub host_access: crate::engine::HostAccessPolicy,
-
-    /// Where synced pods get their virtual ServiceAccount tokens: `annotation` (on the host pod,
-    /// no extra host object) or `secret` (a host Secret per pod; one more write per pod, but
-    /// host users who may read pods and not Secrets cannot read the tokens).
-    #[arg(
-        long,
-        env = "VNEST_POD_TOKEN_STORAGE",
-        value_enum,
-        default_value = "annotation"
-    )]
-    pub pod_token_storage: crate::engine::TokenStorage,
-
     /// How watches load their caches (at start and after a watch expires): `stream` (one watch
     /// with the initial objects streamed from the API server's cache, Kubernetes ≥ 1.34),
     /// `list` (paginated LISTs, then a watch), or `auto` (`stream` when the server is ≥ 1.34).
     #[arg(long, env = "VNEST_INITIAL_LIST", value_enum, default_value = "auto")]
     pub initial_list: InitialList,
 
-    /// Copy every virtual ConfigMap to the host, not only those pods use.
-    #[arg(long, env = "VNEST_SYNC_ALL_CONFIGMAPS")]
-    pub sync_all_configmaps: bool,
+    #[command(flatten)]
+    pub pods: PodArgs,
 
-    /// Copy every virtual Secret to the host, not only those pods use.
-    #[arg(long, env = "VNEST_SYNC_ALL_SECRETS")]
-    pub sync_all_secrets: bool,
+    #[command(flatten)]
+    pub configmaps: ConfigMapArgs,
 
-    /// Virtual nodes: `fake` (namespaced Role suffices) or `real` (copies host node facts;
-    /// needs the optional read-only ClusterRole on nodes).
-    #[arg(long, env = "VNEST_NODE_SYNC", value_enum, default_value = "fake")]
-    pub node_sync: crate::resources::nodes::NodeMode,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
 
-    /// Port the virtual nodes advertise for their kubelet endpoint.
-    #[arg(long, env = "VNEST_KUBELET_PORT", default_value = "10250")]
-    pub kubelet_port: u16,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
 
-    /// Address the virtual nodes advertise for their kubelet [default: the vcluster Service IP].
-    #[arg(long, env = "VNEST_KUBELET_ADDRESS")]
-    pub kubelet_address: Option<String>,
+    #[command(flatten)]
+    pub networkpolicies: NetworkPolicyArgs,
 
-    /// Copy virtual NetworkPolicies to the host (selectors confined to this vcluster).
-    #[arg(long, env = "VNEST_SYNC_NETWORKPOLICIES")]
-    pub sync_networkpolicies: bool,
-
-    /// Where the syncer answers DNS for the virtual cluster (UDP and TCP).
-    #[arg(long, env = "VNEST_DNS_ADDR", default_value = "0.0.0.0:1053")]
-    pub dns_addr: SocketAddr,
-
-    /// Resolvers for names outside the cluster domain, comma-separated host:port
-    /// [default: the nameservers of the pod's /etc/resolv.conf].
-    #[arg(long, env = "VNEST_DNS_UPSTREAM", value_delimiter = ',')]
-    pub dns_upstream: Vec<SocketAddr>,
-
-    /// Host Service in front of the syncer's DNS port: its ClusterIP is the nameserver of synced
-    /// pods and of the virtual kube-system/kube-dns Service [default: <service-name>-dns].
-    #[arg(long, env = "VNEST_DNS_SERVICE_NAME", value_parser = parse_dns_label)]
-    pub dns_service_name: Option<String>,
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
-/// Options of the synced kinds.
+/// Options every synced kind shares.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     pub workers: usize,
     pub service_name: String,
-    pub workload_service_account: String,
-    pub dns_nameserver: Option<std::net::IpAddr>,
-    pub cluster_domain: String,
-    pub host_access: crate::engine::HostAccessPolicy,
-    pub pod_token_storage: crate::engine::TokenStorage,
     pub initial_list: InitialList,
-    pub sync_all_configmaps: bool,
-    pub sync_all_secrets: bool,
-    pub node_sync: crate::resources::nodes::NodeMode,
-    pub kubelet_port: u16,
-    pub kubelet_address: Option<String>,
-    pub dns_addr: SocketAddr,
-    pub dns_upstream: Vec<SocketAddr>,
-    pub dns_service_name: String,
-    pub sync_networkpolicies: bool,
 }
 
 /// How watches load their caches (`--initial-list`).
@@ -355,6 +300,12 @@ pub struct SyncerConfig {
     pub shutdown_timeout: Duration,
     pub worker_threads: usize,
     pub sync: SyncOptions,
+    pub pods: PodSettings,
+    pub configmaps: ConfigMapArgs,
+    pub secrets: SecretArgs,
+    pub nodes: NodeArgs,
+    pub networkpolicies: NetworkPolicyArgs,
+    pub dns: DnsSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -393,21 +344,13 @@ impl SyncerArgs {
             worker_threads,
             workers,
             service_name,
-            workload_service_account,
-            dns_nameserver,
-            cluster_domain,
-            host_access,
-            pod_token_storage,
             initial_list,
-            sync_all_configmaps,
-            sync_all_secrets,
-            node_sync,
-            kubelet_port,
-            kubelet_address,
-            sync_networkpolicies,
-            dns_addr,
-            dns_upstream,
-            dns_service_name,
+            pods,
+            configmaps,
+            secrets,
+            nodes,
+            networkpolicies,
+            dns,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -416,27 +359,21 @@ impl SyncerArgs {
         let virtual_kubeconfig =
             virtual_kubeconfig.unwrap_or_else(|| data_dir.join("server/cred/admin.kubeconfig"));
         let service_name = service_name.unwrap_or_else(|| name.clone());
+        let dns = dns.into_settings(&service_name);
+        let pods = pods.into_settings(&name, &dns.cluster_domain);
         let sync = SyncOptions {
             workers: usize::from(workers),
-            dns_service_name: dns_service_name.unwrap_or_else(|| format!("{service_name}-dns")),
             service_name,
-            workload_service_account: workload_service_account.unwrap_or_else(|| format!("{name}-workload")),
-            dns_nameserver,
-            cluster_domain,
-            host_access,
-            pod_token_storage,
             initial_list,
-            sync_all_configmaps,
-            sync_all_secrets,
-            node_sync,
-            kubelet_port,
-            kubelet_address,
-            dns_addr,
-            dns_upstream,
-            sync_networkpolicies,
         };
         Ok(SyncerConfig {
             sync,
+            pods,
+            configmaps,
+            secrets,
+            nodes,
+            networkpolicies,
+            dns,
             owner: Owner {
                 kind: owner_kind,
                 name: owner_name.unwrap_or_else(|| name.clone()),
@@ -476,22 +413,6 @@ fn read_in_cluster_namespace() -> Result<String, ConfigError> {
         path: IN_CLUSTER_NAMESPACE_FILE,
         reason,
     })
-}
-
-/// A DNS-1123 label: 1-63 lowercase alphanumerics or '-', starting and ending alphanumeric.
-pub fn parse_dns_label(s: &str) -> Result<String, String> {
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "{s:?} is not a DNS label: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
-        ))
-    }
 }
 
 fn parse_positive_f64(s: &str) -> Result<f64, String> {
@@ -557,6 +478,88 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups:
+    /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
+    /// interface of every deployment, so they must not change by accident.
+    const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
+        ("name", "VNEST_NAME", ""),
+        ("host-namespace", "VNEST_HOST_NAMESPACE", ""),
+        ("host-kubeconfig", "VNEST_HOST_KUBECONFIG", ""),
+        ("data-dir", "VNEST_DATA_DIR", "/data"),
+        ("virtual-kubeconfig", "VNEST_VIRTUAL_KUBECONFIG", ""),
+        ("owner-kind", "VNEST_OWNER_KIND", "StatefulSet"),
+        ("owner-name", "VNEST_OWNER_NAME", ""),
+        ("admin-addr", "VNEST_ADMIN_ADDR", "0.0.0.0:8080"),
+        ("log-format", "VNEST_LOG_FORMAT", "plain"),
+        ("log-filter", "VNEST_LOG", "info"),
+        ("host-qps", "VNEST_HOST_QPS", "100"),
+        ("host-burst", "VNEST_HOST_BURST", "200"),
+        ("virtual-qps", "VNEST_VIRTUAL_QPS", "1000"),
+        ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
+        ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
+        ("worker-threads", "VNEST_WORKER_THREADS", "2"),
+        ("workers", "VNEST_WORKERS", "256"),
+        ("service-name", "VNEST_SERVICE_NAME", ""),
+        ("workload-service-account", "VNEST_WORKLOAD_SERVICE_ACCOUNT", ""),
+        ("dns-nameserver", "VNEST_DNS_NAMESERVER", ""),
+        ("cluster-domain", "VNEST_CLUSTER_DOMAIN", "cluster.local"),
+        ("host-access", "VNEST_HOST_ACCESS", "deny"),
+        ("pod-token-storage", "VNEST_POD_TOKEN_STORAGE", "annotation"),
+        ("initial-list", "VNEST_INITIAL_LIST", "auto"),
+        ("sync-all-configmaps", "VNEST_SYNC_ALL_CONFIGMAPS", ""),
+        ("sync-all-secrets", "VNEST_SYNC_ALL_SECRETS", ""),
+        ("node-sync", "VNEST_NODE_SYNC", "fake"),
+        ("kubelet-port", "VNEST_KUBELET_PORT", "10250"),
+        ("kubelet-address", "VNEST_KUBELET_ADDRESS", ""),
+        ("sync-networkpolicies", "VNEST_SYNC_NETWORKPOLICIES", ""),
+        ("dns-addr", "VNEST_DNS_ADDR", "0.0.0.0:1053"),
+        ("dns-upstream", "VNEST_DNS_UPSTREAM", ""),
+        ("dns-service-name", "VNEST_DNS_SERVICE_NAME", ""),
+    ];
+
+    #[test]
+    fn syncer_flags_env_twins_and_defaults_are_unchanged() {
+        let mut cli = Cli::command();
+        cli.build();
+        let syncer = cli.find_subcommand_mut("syncer").expect("the syncer subcommand");
+        let help = syncer.render_long_help().to_string();
+        let mut seen: Vec<&str> = Vec::new();
+        for arg in syncer.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            seen.push(long);
+            let (_, env, default) = SYNCER_FLAGS
+                .iter()
+                .find(|(l, _, _)| *l == long)
+                .unwrap_or_else(|| panic!("new flag --{long}: add it to SYNCER_FLAGS"));
+            let got_env = arg
+                .get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            assert_eq!(got_env, *env, "--{long}");
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
+            let got_default = if arg.get_num_args().is_some_and(|n| n.takes_values()) {
+                defaults.join(",")
+            } else {
+                String::new()
+            };
+            assert_eq!(got_default, *default, "--{long}");
+        }
+        for (long, _, _) in SYNCER_FLAGS {
+            assert!(seen.contains(long), "--{long} is gone");
+            assert!(
+                help.contains(&format!("--{long}")),
+                "--{long} is not in `vnest syncer --help`"
+            );
+        }
+    }
+
     #[test]
     fn defaults_derive_from_name_and_data_dir() {
         let cfg = parse(&["--name", "demo", "--host-namespace", "team-a"])
@@ -578,9 +581,12 @@ mod tests {
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
-        assert_eq!(cfg.sync.workload_service_account, "demo-workload");
+        assert_eq!(cfg.pods.workload_service_account, "demo-workload");
         assert_eq!(cfg.sync.service_name, "demo");
-        assert_eq!(cfg.sync.host_access, crate::engine::HostAccessPolicy::Deny);
+        assert_eq!(
+            cfg.pods.host_access,
+            crate::resources::pods::HostAccessPolicy::Deny
+        );
     }
 
     #[test]
@@ -605,15 +611,6 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1h").is_err());
-    }
-
-    #[test]
-    fn dns_labels() {
-        assert!(parse_dns_label("a").is_ok());
-        assert!(parse_dns_label(&"a".repeat(63)).is_ok());
-        for bad in ["", "-a", "a-", "a.b", "A", &"a".repeat(64)] {
-            assert!(parse_dns_label(bad).is_err(), "{bad:?}");
-        }
     }
 
     fn parse_detect(args: &[&str]) -> Result<DetectArgs, clap::Error> {

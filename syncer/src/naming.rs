@@ -114,6 +114,22 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && s.ends_with(is_alnum)
 }
 
+/// A DNS-1123 label: 1-63 lowercase alphanumerics or '-', starting and ending alphanumeric.
+pub fn parse_dns_label(s: &str) -> Result<String, String> {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !s.is_empty() && s.len() <= 63 && ok_chars && ok_ends {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// True iff `s` is a valid label value: empty, or at most 63 characters of
 /// `[A-Za-z0-9._-]` starting and ending with an alphanumeric character.
 pub fn is_label_value(s: &str) -> bool {
@@ -320,6 +336,15 @@ mod tests {
             ours,
             format!("web-token-{}", short_hash(&["demo", "token", "web", "sa-token"]))
         );
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(parse_dns_label("a").is_ok());
+        assert!(parse_dns_label(&"a".repeat(63)).is_ok());
+        for bad in ["", "-a", "a-", "a.b", "A", &"a".repeat(64)] {
+            assert!(parse_dns_label(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[rstest]

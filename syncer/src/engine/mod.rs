@@ -57,44 +57,20 @@ impl Shared {
     }
 }
 
-/// What may escape the namespace sandbox on the host (hostNetwork, hostPID, hostIPC,
-/// hostPath volumes, privileged containers, hostPorts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum HostAccessPolicy {
-    /// Refuse such pods with a Warning Event (default).
-    Deny,
-    /// Pass them to the host unchanged (host admission, e.g. Pod Security, still applies).
-    Allow,
-}
-
-/// Where the host copy of a pod gets its virtual ServiceAccount tokens from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TokenStorage {
-    /// In annotations of the host pod itself, projected by the downward API: no extra host
-    /// object, so a pod costs one create and one delete (default; as vcluster does). Anyone who
-    /// can read pods in the host namespace can read the (short-lived, virtual-only) tokens.
-    Annotation,
-    /// In a Secret per pod, owned by the host pod: readable only with Secret access on the
-    /// host, at the price of one more host write per pod.
-    Secret,
-}
-
-/// Plain data every translation needs: no clients, no clock.
+/// Plain data every translation needs: no clients, no clock. Holds only what every kind
+/// uses and the facts found at run time (the anchor object, the Service IPs); the settings of
+/// one kind live with that kind (e.g. `resources::pods::PodSettings`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranslateCtx {
     pub vcluster: String,
     pub host_namespace: String,
     /// ownerReference to the vcluster's anchor object, put on every host object.
     pub owner: OwnerReference,
-    /// Host ServiceAccount every synced pod runs as (no token mounted).
-    pub workload_service_account: String,
     /// ClusterIP of the vcluster's host Service (KUBERNETES_SERVICE_HOST of synced pods).
     pub kube_service_ip: String,
-    /// Nameserver written into synced pods' DNS config.
+    /// Nameserver written into synced pods' DNS config (and the IP of the virtual
+    /// kube-system/kube-dns Service).
     pub dns_nameserver: String,
-    pub cluster_domain: String,
-    pub host_access: HostAccessPolicy,
-    pub token_storage: TokenStorage,
 }
 
 #[cfg(test)]
@@ -132,12 +108,8 @@ impl TranslateCtx {
                 uid: "owner-uid".into(),
                 ..Default::default()
             },
-            workload_service_account: "vc-workload".into(),
             kube_service_ip: "10.96.0.10".into(),
             dns_nameserver: "10.96.0.11".into(),
-            cluster_domain: "cluster.local".into(),
-            host_access: HostAccessPolicy::Deny,
-            token_storage: TokenStorage::Annotation,
         }
     }
 }

@@ -11,6 +11,14 @@ use serde_json::{Value, json};
 use super::pods::refs::{RefIndex, RefKind};
 use crate::engine::standard::CopiedKind;
 
+/// Flags of the ConfigMap kind.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigMapArgs {
+    /// Copy every virtual ConfigMap to the host, not only those pods use.
+    #[arg(long, env = "VNEST_SYNC_ALL_CONFIGMAPS")]
+    pub sync_all_configmaps: bool,
+}
+
 pub struct ConfigMaps {
     pub refs: Arc<RefIndex>,
     pub sync_all: bool,

@@ -20,22 +20,21 @@ use kube::runtime::reflector::Store;
 use crate::engine::Shared;
 use crate::engine::registry::{Registry, RegistryError, Tasks, Watch, WatchOptions};
 use crate::markers;
-use nodes::{KubeletEndpoint, NodeMode};
+use nodes::KubeletEndpoint;
 
 /// Options of the kinds (from the command line).
 #[derive(Debug, Clone)]
 pub struct KindOptions {
     pub vcluster: String,
-    pub sync_all_configmaps: bool,
-    pub sync_all_secrets: bool,
-    pub node_mode: NodeMode,
-    pub kubelet_port: i32,
-    /// Address the virtual nodes advertise for their kubelet; None = the vcluster Service IP.
-    pub kubelet_address: Option<String>,
+    pub pods: pods::PodSettings,
+    pub configmaps: configmaps::ConfigMapArgs,
+    pub secrets: secrets::SecretArgs,
+    /// Node mode and kubelet endpoint (a `None` address: the vcluster Service IP).
+    pub nodes: nodes::NodeArgs,
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
-    pub sync_networkpolicies: bool,
+    pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -64,27 +63,27 @@ const KINDS: &[Kind] = &[
     Kind {
         name: "pods",
         enabled: always,
-        register: |r, _, w| pods::register(r, w),
+        register: |r, o, w| pods::register(r, o.pods.clone(), w),
     },
     Kind {
         name: "configmaps",
         enabled: always,
-        register: |r, o, w| configmaps::register(r, o.sync_all_configmaps, w.div_ceil(2)),
+        register: |r, o, w| configmaps::register(r, o.configmaps.sync_all_configmaps, w.div_ceil(2)),
     },
     Kind {
         name: "secrets",
         enabled: always,
-        register: |r, o, w| secrets::register(r, o.sync_all_secrets, w.div_ceil(2)),
+        register: |r, o, w| secrets::register(r, o.secrets.sync_all_secrets, w.div_ceil(2)),
     },
     Kind {
         name: "nodes",
         enabled: always,
         register: |r, o, _| {
             let kubelet = KubeletEndpoint {
-                address: o.kubelet_address.clone().unwrap_or_default(),
-                port: o.kubelet_port,
+                address: o.nodes.kubelet_address.clone().unwrap_or_default(),
+                port: i32::from(o.nodes.kubelet_port),
             };
-            nodes::register(r, o.node_mode, kubelet, o.virtual_version.clone(), 2);
+            nodes::register(r, o.nodes.node_sync, kubelet, o.virtual_version.clone(), 2);
         },
     },
     // A restart re-checks every cached host event (cheap, but thousands at 10k pods).
@@ -105,7 +104,7 @@ const KINDS: &[Kind] = &[
     },
     Kind {
         name: "networkpolicies",
-        enabled: |o| o.sync_networkpolicies,
+        enabled: |o| o.networkpolicies.sync_networkpolicies,
         register: |r, _, _| networkpolicies::register(r, 2),
     },
 ];

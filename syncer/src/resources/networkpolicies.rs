@@ -19,6 +19,14 @@ use crate::engine::TranslateCtx;
 use crate::engine::standard::CopiedKind;
 use crate::{markers, naming};
 
+/// Flags of the NetworkPolicy kind.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetworkPolicyArgs {
+    /// Copy virtual NetworkPolicies to the host (selectors confined to this vcluster).
+    #[arg(long, env = "VNEST_SYNC_NETWORKPOLICIES")]
+    pub sync_networkpolicies: bool,
+}
+
 pub struct NetworkPolicies;
 
 /// Translates a selector over tenant keys with `key` and adds `extra` matchLabels.

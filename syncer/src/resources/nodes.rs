@@ -37,6 +37,23 @@ pub enum NodeMode {
     Real,
 }
 
+/// Flags of the Node kind (the virtual nodes and their kubelet endpoint).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Virtual nodes: `fake` (namespaced Role suffices) or `real` (copies host node facts;
+    /// needs the optional read-only ClusterRole on nodes).
+    #[arg(long, env = "VNEST_NODE_SYNC", value_enum, default_value = "fake")]
+    pub node_sync: NodeMode,
+
+    /// Port the virtual nodes advertise for their kubelet endpoint.
+    #[arg(long, env = "VNEST_KUBELET_PORT", default_value = "10250")]
+    pub kubelet_port: u16,
+
+    /// Address the virtual nodes advertise for their kubelet [default: the vcluster Service IP].
+    #[arg(long, env = "VNEST_KUBELET_ADDRESS")]
+    pub kubelet_address: Option<String>,
+}
+
 /// Which nodes pods of this vcluster use, from both pod watches.
 /// A pod placed on a node: (is it a host pod, namespace, name).
 type Placed = (bool, String, String);

@@ -13,6 +13,14 @@ use serde_json::{Value, json};
 use super::pods::refs::{RefIndex, RefKind};
 use crate::engine::standard::CopiedKind;
 
+/// Flags of the Secret kind.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretArgs {
+    /// Copy every virtual Secret to the host, not only those pods use.
+    #[arg(long, env = "VNEST_SYNC_ALL_SECRETS")]
+    pub sync_all_secrets: bool,
+}
+
 pub struct Secrets {
     pub refs: Arc<RefIndex>,
     pub sync_all: bool,

@@ -3,9 +3,12 @@
 pub mod plan;
 pub mod refs;
 pub mod register;
+pub mod settings;
 pub mod sync;
 pub mod tokens;
 pub mod translate;
+
+pub use settings::{HostAccessPolicy, PodArgs, PodSettings, TokenStorage};
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::settings::{PodSettings, TokenStorage};
 use super::tokens::{self, IssuedTokens};
 use super::translate::{self, PodInputs};
 use crate::engine::TranslateCtx;
@@ -69,11 +70,7 @@ impl Step {
 }
 
 /// Decides the next step for `view` (after the engine's lifecycle rules).
-pub fn decide(
-    tc: &TranslateCtx,
-    pod_settings: &PodSettingsView,
-    view: &PodView<'_>,
-) -> Result<Step, SyncError> {
+pub fn decide(tc: &TranslateCtx, pod_settings: &PodSettings, view: &PodView<'_>) -> Result<Step, SyncError> {
     let seen = Observed {
         pair: Pair {
             virtual_meta: view.virtual_pod.map(|p| &p.metadata),
@@ -91,15 +88,8 @@ pub fn decide(
     };
     match view.host_pod {
         None => without_host_pod(tc, pod_settings, view, v),
-        Some(h) => with_host_pod(tc, view, v, h),
+        Some(h) => with_host_pod(tc, pod_settings, view, v, h),
     }
-}
-
-/// The pod-only settings a decision reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodSettingsView {
-    /// Tokens go into the host pod's annotations (true) or a token Secret (false).
-    pub tokens_in_annotations: bool,
 }
 
 fn virtual_target(v: &Pod) -> Target {
@@ -121,7 +111,7 @@ fn delete_virtual(v: &Pod, grace: Option<i64>, reason: &'static str) -> Option<A
 /// after it ran, or create the host pod.
 fn without_host_pod(
     tc: &TranslateCtx,
-    s: &PodSettingsView,
+    s: &PodSettings,
     view: &PodView<'_>,
     v: &Pod,
 ) -> Result<Step, SyncError> {
@@ -144,6 +134,7 @@ fn without_host_pod(
     }
     let inputs = PodInputs {
         ctx: tc,
+        settings: s,
         namespace_labels: view.namespace_labels,
         services: view.services,
     };
@@ -164,7 +155,7 @@ fn without_host_pod(
         return Ok(Step::IssueTokens(requests));
     }
     let then_again = match view.tokens {
-        Some(t) if s.tokens_in_annotations => {
+        Some(t) if s.token_storage == TokenStorage::Annotation => {
             // Carried by the pod itself: no second host object, no second write.
             desired
                 .metadata
@@ -191,7 +182,13 @@ fn without_host_pod(
 
 /// Both pods exist and belong together: deletes both ways, tokens, mutable fields, ephemeral
 /// containers, the virtual binding and status.
-fn with_host_pod(tc: &TranslateCtx, view: &PodView<'_>, v: &Pod, h: &Pod) -> Result<Step, SyncError> {
+fn with_host_pod(
+    tc: &TranslateCtx,
+    s: &PodSettings,
+    view: &PodView<'_>,
+    v: &Pod,
+    h: &Pod,
+) -> Result<Step, SyncError> {
     let host = || Target::host::<Pod>(tc, view.host_name);
     let status = status_patch(v, h);
     if v.metadata.deletion_timestamp.is_some() {
@@ -219,6 +216,7 @@ fn with_host_pod(tc: &TranslateCtx, view: &PodView<'_>, v: &Pod, h: &Pod) -> Res
     }
     let inputs = PodInputs {
         ctx: tc,
+        settings: s,
         namespace_labels: view.namespace_labels,
         // Environment variables are fixed at create: updates never need the Services.
         services: &[],
@@ -338,7 +336,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::engine::TokenStorage;
     use crate::error::Cluster;
     use crate::markers::{ANNOTATION_TOKEN_REFRESH_AT, TOKEN_ANNOTATION_PREFIX};
 
@@ -382,9 +379,14 @@ mod tests {
 
     /// The host pod of `v` as the API server stores it (uid `h-<name>`), overlaid with `extra`.
     fn hpod(tc: &TranslateCtx, v: &Pod, extra: serde_json::Value) -> Pod {
+        hpod_with(tc, &PodSettings::test(), v, extra)
+    }
+
+    fn hpod_with(tc: &TranslateCtx, settings: &PodSettings, v: &Pod, extra: serde_json::Value) -> Pod {
         let labels = BTreeMap::new();
         let inputs = PodInputs {
             ctx: tc,
+            settings,
             namespace_labels: &labels,
             services: &[],
         };
@@ -399,6 +401,7 @@ mod tests {
 
     struct Case<'a> {
         tc: TranslateCtx,
+        settings: PodSettings,
         v: Option<&'a Pod>,
         h: Option<&'a Pod>,
         create_pending: bool,
@@ -412,6 +415,7 @@ mod tests {
         fn new(v: Option<&'a Pod>, h: Option<&'a Pod>) -> Self {
             Self {
                 tc: TranslateCtx::test(),
+                settings: PodSettings::test(),
                 v,
                 h,
                 create_pending: false,
@@ -439,10 +443,7 @@ mod tests {
                 tokens: self.tokens,
                 now: now(),
             };
-            let settings = PodSettingsView {
-                tokens_in_annotations: self.tc.token_storage == TokenStorage::Annotation,
-            };
-            decide(&self.tc, &settings, &view)
+            decide(&self.tc, &self.settings, &view)
         }
         /// The writes of a decision that must be writes (panics on IssueTokens).
         fn writes(&self) -> (Plan, bool) {
@@ -542,10 +543,13 @@ mod tests {
     fn with_secret_storage_the_token_secret_follows_owned_by_the_created_pod() {
         let v = vpod("web", with_token());
         let t = tokens_issued();
-        let mut tc = TranslateCtx::test();
-        tc.token_storage = TokenStorage::Secret;
+        let tc = TranslateCtx::test();
+        let settings = PodSettings {
+            token_storage: TokenStorage::Secret,
+            ..PodSettings::test()
+        };
         let case = Case {
-            tc: tc.clone(),
+            settings: settings.clone(),
             tokens: Some(&t),
             ..Case::new(Some(&v), None)
         };
@@ -553,9 +557,9 @@ mod tests {
         assert_eq!(plan.ops(), ["create"]);
         assert!(again, "decide again with the created pod");
         // Then, with the created pod: the Secret, owned by it, with the same tokens.
-        let h = hpod(&tc, &v, json!({}));
+        let h = hpod_with(&tc, &settings, &v, json!({}));
         let case = Case {
-            tc,
+            settings,
             tokens: Some(&t),
             ..Case::new(Some(&v), Some(&h))
         };
@@ -784,14 +788,17 @@ mod tests {
 
     #[test]
     fn a_token_secret_is_waited_for_renewed_or_written() {
-        let mut tc = TranslateCtx::test();
-        tc.token_storage = TokenStorage::Secret;
+        let tc = TranslateCtx::test();
+        let settings = PodSettings {
+            token_storage: TokenStorage::Secret,
+            ..PodSettings::test()
+        };
         let v = vpod("web", with_token());
-        let h = hpod(&tc, &v, json!({}));
+        let h = hpod_with(&tc, &settings, &v, json!({}));
         assert!(!translate::uses_annotation_tokens(&h));
         // Created a moment ago, not in the cache yet: look again shortly, write nothing.
         let case = Case {
-            tc: tc.clone(),
+            settings: settings.clone(),
             secret_pending: true,
             ..Case::new(Some(&v), Some(&h))
         };
@@ -804,7 +811,7 @@ mod tests {
         }))
         .unwrap();
         let case = Case {
-            tc: tc.clone(),
+            settings: settings.clone(),
             secret: Some(&secret),
             ..Case::new(Some(&v), Some(&h))
         };
@@ -814,7 +821,7 @@ mod tests {
         foreign_owner.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
         let t = tokens_issued();
         let case = Case {
-            tc,
+            settings,
             secret: Some(&foreign_owner),
             tokens: Some(&t),
             ..Case::new(Some(&v), Some(&h))

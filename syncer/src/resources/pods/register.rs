@@ -33,7 +33,7 @@ pub fn host_pods() -> Watch<WatchedPod, CachedPod> {
 }
 
 /// Declares the pod kind; `workers` reconciles in flight.
-pub fn register(reg: &mut Registry, workers: usize) {
+pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize) {
     let (v_pods, h_pods) = (virtual_pods(), host_pods());
     let (v_cms, v_secrets) = (
         standard::virtual_watch::<ConfigMaps>(),
@@ -54,6 +54,7 @@ pub fn register(reg: &mut Registry, workers: usize) {
 
     let pod_sync = Arc::new(PodSync {
         executor: Executor::new(reg.shared().clone()),
+        settings,
         virtual_pods: reg.store(&v_pods),
         host_pods: reg.store(&h_pods),
         host_secrets: reg.store(&h_secrets),

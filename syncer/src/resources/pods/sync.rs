@@ -14,14 +14,15 @@ use kube::Resource;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::CachedPod;
-use super::plan::{self, PodSettingsView, PodView, Step};
+use super::plan::{self, PodView, Step};
+use super::settings::PodSettings;
 use super::tokens::{self, IssuedTokens};
 use super::translate;
+use crate::engine::Shared;
 use crate::engine::error::SyncError;
 use crate::engine::execute::{Executor, Write};
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
-use crate::engine::{Shared, TokenStorage};
 use crate::naming;
 
 /// The refresh annotation of token Secrets, also read here by the e2e tests; its home is
@@ -33,6 +34,8 @@ const MAX_STEPS: usize = 4;
 
 pub struct PodSync {
     pub executor: Executor,
+    /// The pod kind's settings (from the command line).
+    pub settings: PodSettings,
     pub virtual_pods: Store<CachedPod>,
     pub host_pods: Store<CachedPod>,
     pub host_secrets: Store<Secret>,
@@ -185,9 +188,6 @@ impl Reconciler for PodSync {
             (Some(v), true) => self.missing_references(&key.namespace, v),
             _ => Vec::new(),
         };
-        let settings = PodSettingsView {
-            tokens_in_annotations: tc.token_storage == TokenStorage::Annotation,
-        };
         let mut issued: Option<IssuedTokens> = None;
         for _ in 0..MAX_STEPS {
             let view = PodView {
@@ -204,7 +204,7 @@ impl Reconciler for PodSync {
                 tokens: issued.as_ref(),
                 now: Timestamp::now(),
             };
-            match plan::decide(&tc, &settings, &view)? {
+            match plan::decide(&tc, &self.settings, &view)? {
                 Step::IssueTokens(requests) => {
                     issued = Some(self.issue(&key.namespace, requests).await?);
                 }

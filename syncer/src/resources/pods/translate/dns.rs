@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{HostAlias, PodDNSConfig, PodDNSConfigOption, PodSpec};
 
-use crate::engine::TranslateCtx;
+use super::PodInputs;
 
 /// Maximum length of a DNS label (hostnames).
 const MAX_LABEL_LEN: usize = 63;
@@ -16,7 +16,7 @@ const DNS_NDOTS: &str = "5";
 /// `ClusterFirstWithHostNet`) get policy `None` with the vcluster's nameserver and the virtual
 /// search path (virtual dnsConfig nameservers and searches appended, deduplicated; options are
 /// exactly `ndots: 5`). `Default`, `None` and `ClusterFirst` with hostNetwork are untouched.
-pub(super) fn translate_dns(ctx: &TranslateCtx, namespace: &str, spec: &mut PodSpec) {
+pub(super) fn translate_dns(input: &PodInputs, namespace: &str, spec: &mut PodSpec) {
     let host_network = spec.host_network == Some(true);
     let cluster_first = match spec.dns_policy.as_deref() {
         None | Some("ClusterFirst") => !host_network,
@@ -26,10 +26,10 @@ pub(super) fn translate_dns(ctx: &TranslateCtx, namespace: &str, spec: &mut PodS
     if !cluster_first {
         return;
     }
-    let domain = &ctx.cluster_domain;
+    let domain = &input.settings.cluster_domain;
     let virtual_config = spec.dns_config.take().unwrap_or_default();
     let nameservers = dedup_chain(
-        vec![ctx.dns_nameserver.clone()],
+        vec![input.ctx.dns_nameserver.clone()],
         virtual_config.nameservers.unwrap_or_default(),
     );
     let searches = dedup_chain(
@@ -73,11 +73,11 @@ pub(super) fn default_hostname(pod_name: &str) -> String {
 }
 
 /// `/etc/hosts` entry for the virtual API server's names (also for pods not using our DNS).
-pub(super) fn kubernetes_host_alias(ctx: &TranslateCtx) -> HostAlias {
+pub(super) fn kubernetes_host_alias(input: &PodInputs) -> HostAlias {
     HostAlias {
-        ip: ctx.kube_service_ip.clone(),
+        ip: input.ctx.kube_service_ip.clone(),
         hostnames: Some(vec![
-            format!("kubernetes.default.svc.{}", ctx.cluster_domain),
+            format!("kubernetes.default.svc.{}", input.settings.cluster_domain),
             "kubernetes.default.svc".to_owned(),
             "kubernetes.default".to_owned(),
             "kubernetes".to_owned(),
@@ -89,7 +89,7 @@ pub(super) fn kubernetes_host_alias(ctx: &TranslateCtx) -> HostAlias {
 #[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
 mod tests {
     use super::super::testutil::*;
-    use crate::engine::HostAccessPolicy;
+    use crate::resources::pods::settings::HostAccessPolicy;
     use rstest::rstest;
     use serde_json::json;
 

@@ -3,8 +3,8 @@
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::env::ContainerLike;
-use crate::engine::HostAccessPolicy;
 use crate::engine::error::TranslateError;
+use crate::resources::pods::settings::HostAccessPolicy;
 
 /// Every field of `spec` that escapes the namespace sandbox on the host, as a field path
 /// (containers named by name, ports by containerPort).

@@ -146,7 +146,6 @@ fn host_field_path(vcluster: &str, path: &str) -> String {
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::engine::HostAccessPolicy;
     use rstest::rstest;
     use serde_json::{Value, json};
 
@@ -163,10 +162,7 @@ mod tests {
         let meta = &h.metadata;
         assert_eq!(meta.name.as_deref(), Some(hn("web-0").as_str()));
         assert_eq!(meta.namespace.as_deref(), Some(HOST_NS));
-        assert_eq!(
-            meta.owner_references,
-            Some(vec![ctx_with(HostAccessPolicy::Deny).owner])
-        );
+        assert_eq!(meta.owner_references, Some(vec![ctx().owner]));
         assert_eq!(meta.uid, None);
         assert_eq!(meta.resource_version, None);
         assert_eq!(meta.generate_name, None);

@@ -6,7 +6,7 @@
 //! these functions decide.
 //!
 //! Summary of the create translation ([`host_pod`]):
-//! - **Escape policy**: with [`HostAccessPolicy::Deny`](crate::engine::HostAccessPolicy::Deny), pods using hostNetwork, hostPID,
+//! - **Escape policy**: with [`HostAccessPolicy::Deny`](super::HostAccessPolicy::Deny), pods using hostNetwork, hostPID,
 //!   hostIPC, hostPath volumes, privileged containers or hostPorts are refused, naming every
 //!   offending field.
 //! - **References** to ConfigMaps, Secrets and PVCs of the virtual namespace are renamed with
@@ -14,8 +14,8 @@
 //!   references of CSI / AzureFile / CephFS / RBD / iSCSI / FlexVolume / Cinder / ScaleIO /
 //!   StorageOS volumes, the Glusterfs endpoints name).
 //! - **ServiceAccount tokens**: every projected `serviceAccountToken` source becomes, with
-//!   [`TokenStorage::Annotation`](crate::engine::TokenStorage::Annotation), a downward-API projection of the host pod's own annotation
-//!   [`token_annotation`]; with [`TokenStorage::Secret`](crate::engine::TokenStorage::Secret), a `secret` projection from the host
+//!   [`TokenStorage::Annotation`](super::TokenStorage::Annotation), a downward-API projection of the host pod's own annotation
+//!   [`token_annotation`]; with [`TokenStorage::Secret`](super::TokenStorage::Secret), a `secret` projection from the host
 //!   Secret [`naming::token_secret_name`] (key [`token_key`]). The engine fills either with tokens
 //!   requested from the VIRTUAL API server ([`token_requests`]). The host pod runs as the
 //!   workload ServiceAccount with no host token mounted.
@@ -50,6 +50,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::settings::PodSettings;
 use crate::engine::TranslateCtx;
 use crate::engine::error::TranslateError;
 use crate::naming;
@@ -71,10 +72,13 @@ use metadata::desired_meta;
 use scheduling::{translate_affinity, translate_spread_constraint};
 use volumes::{Renamer, translate_volume};
 
-/// Inputs the pod translation needs besides TranslateCtx.
+/// Everything the pod translation reads: the context every kind shares, the pod settings, and
+/// what the engine looked up for this pod.
 #[derive(Debug, Clone, Copy)]
 pub struct PodInputs<'a> {
     pub ctx: &'a TranslateCtx,
+    /// The pod kind's settings (workload ServiceAccount, host access, token storage, domain).
+    pub settings: &'a PodSettings,
     /// Labels of the pod's virtual Namespace (copied onto the host pod under
     /// markers::namespace_label_key(vcluster, key) so namespaceSelectors can be translated later).
     pub namespace_labels: &'a BTreeMap<String, String>,
@@ -113,7 +117,7 @@ pub fn host_pod(input: &PodInputs, vpod: &Pod) -> Result<Pod, TranslateError> {
         .spec
         .as_ref()
         .ok_or_else(|| TranslateError::Refused(format!("virtual pod {namespace}/{name} has no spec")))?;
-    check_host_access(ctx.host_access, &host_access_offenders(spec))?;
+    check_host_access(input.settings.host_access, &host_access_offenders(spec))?;
 
     let (labels, annotations) = desired_meta(input, vpod, &ObjectMeta::default());
     let metadata = ObjectMeta {
@@ -126,7 +130,7 @@ pub fn host_pod(input: &PodInputs, vpod: &Pod) -> Result<Pod, TranslateError> {
     };
     Ok(Pod {
         metadata,
-        spec: Some(host_spec(ctx, namespace, name, spec, input.services)),
+        spec: Some(host_spec(input, namespace, name, spec)),
         status: None,
     })
 }
@@ -154,22 +158,17 @@ pub(super) fn identity(vpod: &Pod) -> Result<(&str, &str), TranslateError> {
 }
 
 /// The host spec of a virtual pod spec (see [`host_pod`]).
-fn host_spec(
-    ctx: &TranslateCtx,
-    namespace: &str,
-    pod_name: &str,
-    vspec: &PodSpec,
-    services: &[k8s_openapi::api::core::v1::Service],
-) -> PodSpec {
+fn host_spec(input: &PodInputs, namespace: &str, pod_name: &str, vspec: &PodSpec) -> PodSpec {
+    let (ctx, settings) = (input.ctx, input.settings);
     let names = Renamer {
         vcluster: &ctx.vcluster,
         namespace,
-        token_storage: ctx.token_storage,
+        token_storage: settings.token_storage,
     };
     let kube_env = if vspec.enable_service_links == Some(false) {
         kubernetes_env(&ctx.kube_service_ip)
     } else {
-        with_service_links(kubernetes_env(&ctx.kube_service_ip), services)
+        with_service_links(kubernetes_env(&ctx.kube_service_ip), input.services)
     };
     let mut spec = vspec.clone();
 
@@ -189,14 +188,14 @@ fn host_spec(
     }
 
     // ServiceAccount: the host pod runs as the workload SA with no host token.
-    spec.service_account_name = Some(ctx.workload_service_account.clone());
+    spec.service_account_name = Some(settings.workload_service_account.clone());
     spec.service_account = None;
     spec.automount_service_account_token = Some(false);
 
     // Service links of host Services must not leak in (virtual ones: later issue).
     spec.enable_service_links = Some(false);
 
-    translate_dns(ctx, namespace, &mut spec);
+    translate_dns(input, namespace, &mut spec);
 
     if spec.hostname.as_deref().is_none_or(str::is_empty) {
         spec.hostname = Some(default_hostname(pod_name));
@@ -218,7 +217,7 @@ fn host_spec(
 
     spec.host_aliases
         .get_or_insert_with(Vec::new)
-        .push(kubernetes_host_alias(ctx));
+        .push(kubernetes_host_alias(input));
     spec
 }
 
@@ -227,7 +226,7 @@ fn host_spec(
 mod tests {
     use super::testutil::*;
     use super::*;
-    use crate::engine::HostAccessPolicy;
+    use crate::resources::pods::settings::HostAccessPolicy;
     use rstest::rstest;
     use serde_json::{Value, json};
 

@@ -10,9 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
 use super::{PodInputs, host_pod, update_patch};
+use crate::engine::TranslateCtx;
 use crate::engine::error::TranslateError;
-use crate::engine::{HostAccessPolicy, TokenStorage, TranslateCtx};
 use crate::naming;
+use crate::resources::pods::settings::{HostAccessPolicy, PodSettings, TokenStorage};
 
 pub(super) const VC: &str = "demo";
 pub(super) const NS: &str = "team-a";
@@ -21,7 +22,8 @@ pub(super) const KUBE_IP: &str = "10.96.0.10";
 pub(super) const DNS_IP: &str = "10.96.0.53";
 pub(super) const WORKLOAD_SA: &str = "vc-workload-demo";
 
-pub(super) fn ctx_with(host_access: HostAccessPolicy) -> TranslateCtx {
+/// The translation context of the demo vcluster.
+pub(super) fn ctx() -> TranslateCtx {
     TranslateCtx {
         vcluster: VC.to_owned(),
         host_namespace: HOST_NS.to_owned(),
@@ -33,9 +35,15 @@ pub(super) fn ctx_with(host_access: HostAccessPolicy) -> TranslateCtx {
             controller: None,
             block_owner_deletion: None,
         },
-        workload_service_account: WORKLOAD_SA.to_owned(),
         kube_service_ip: KUBE_IP.to_owned(),
         dns_nameserver: DNS_IP.to_owned(),
+    }
+}
+
+/// The demo vcluster's pod settings under host-access policy `host_access` (tokens in a Secret).
+pub(super) fn settings_with(host_access: HostAccessPolicy) -> PodSettings {
+    PodSettings {
+        workload_service_account: WORKLOAD_SA.to_owned(),
         cluster_domain: "cluster.local".to_owned(),
         host_access,
         token_storage: TokenStorage::Secret,
@@ -94,11 +102,12 @@ pub(super) fn vpod(ns: &str, name: &str) -> Pod {
 }
 
 pub(super) fn try_translate(vpod: &Pod, policy: HostAccessPolicy) -> Result<Pod, TranslateError> {
-    let ctx = ctx_with(policy);
+    let (ctx, settings) = (ctx(), settings_with(policy));
     let labels = ns_labels();
     host_pod(
         &PodInputs {
             ctx: &ctx,
+            settings: &settings,
             namespace_labels: &labels,
             services: &[],
         },
@@ -120,10 +129,11 @@ pub(super) fn patch_for(vpod: &Pod, hpod: &Pod) -> Option<Value> {
 }
 
 pub(super) fn patch_for_labels(vpod: &Pod, hpod: &Pod, labels: &BTreeMap<String, String>) -> Option<Value> {
-    let ctx = ctx_with(HostAccessPolicy::Deny);
+    let (ctx, settings) = (ctx(), settings_with(HostAccessPolicy::Deny));
     update_patch(
         &PodInputs {
             ctx: &ctx,
+            settings: &settings,
             namespace_labels: labels,
             services: &[],
         },

@@ -6,9 +6,9 @@ use k8s_openapi::api::core::v1::{
     ServiceAccountTokenProjection, VolumeProjection,
 };
 
-use crate::engine::TokenStorage;
 use crate::markers::TOKEN_ANNOTATION_PREFIX;
 use crate::naming;
+use crate::resources::pods::settings::TokenStorage;
 
 /// Lifetime of a projected token when the source sets none (the kubelet's default, 1h + 7s).
 pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 3607;
@@ -138,18 +138,20 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{PodInputs, host_pod};
     use super::*;
-    use crate::engine::HostAccessPolicy;
     use crate::markers::ANNOTATION_SERVICE_ACCOUNT;
     use crate::naming::token_secret_name;
+    use crate::resources::pods::settings::HostAccessPolicy;
     use serde_json::json;
 
     #[test]
     fn service_account_token_sources_become_annotations_of_the_host_pod() {
-        let mut ctx = ctx_with(HostAccessPolicy::Deny);
-        ctx.token_storage = TokenStorage::Annotation;
+        let ctx = ctx();
+        let mut settings = settings_with(HostAccessPolicy::Deny);
+        settings.token_storage = TokenStorage::Annotation;
         let labels = ns_labels();
         let inputs = PodInputs {
             ctx: &ctx,
+            settings: &settings,
             namespace_labels: &labels,
             services: &[],
         };

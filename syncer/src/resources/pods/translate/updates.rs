@@ -169,12 +169,12 @@ pub fn ephemeral_containers_patch(
         .iter()
         .flat_map(|c| container_offenders("ephemeralContainers", *c))
         .collect();
-    check_host_access(ctx.host_access, &offenders)?;
+    check_host_access(input.settings.host_access, &offenders)?;
 
     let names = Renamer {
         vcluster: &ctx.vcluster,
         namespace,
-        token_storage: ctx.token_storage,
+        token_storage: input.settings.token_storage,
     };
     let kube_env = kubernetes_env(&ctx.kube_service_ip);
     let translated: Vec<EphemeralContainer> = missing
@@ -201,18 +201,19 @@ mod tests {
 
     use super::super::testutil::*;
     use super::*;
-    use crate::engine::HostAccessPolicy;
     use crate::markers::{self, ANNOTATION_OWNER_REFERENCES, ANNOTATION_VIRTUAL_LABELS};
+    use crate::resources::pods::settings::HostAccessPolicy;
 
     #[test]
     fn ephemeral_containers_are_not_created_but_patched_in_translated() {
         let v = referencing_pod();
         assert_eq!(translate(&v).spec.unwrap().ephemeral_containers, None);
 
-        let ctx = ctx_with(HostAccessPolicy::Deny);
+        let (ctx, settings) = (ctx(), settings_with(HostAccessPolicy::Deny));
         let labels = ns_labels();
         let input = PodInputs {
             ctx: &ctx,
+            settings: &settings,
             namespace_labels: &labels,
             services: &[],
         };

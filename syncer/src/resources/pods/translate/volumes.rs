@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{
 
 use super::metadata::rewrite_field_ref;
 use super::tokens::{project_token, token_key};
-use crate::engine::TokenStorage;
 use crate::naming::{self, token_secret_name};
+use crate::resources::pods::settings::TokenStorage;
 
 /// Renames references to objects of one virtual namespace.
 pub(super) struct Renamer<'a> {
