@@ -16,8 +16,13 @@
 //! - [`admin`]: the `/livez`, `/readyz`, `/metrics` HTTP server.
 //! - [`naming`]: pure virtual -> host name translation (deterministic, injective, <= 63 chars).
 //! - [`markers`]: our label/annotation keys and "is this host object ours?".
-//! - [`engine`]: the generic two-way sync engine (fair queue, watches, pure plans, writes).
-//! - [`resources`]: one folder per synced kind (pure `translate.rs` + declaration).
+//! - [`engine`]: the generic two-way sync engine: the registry of kinds, fair queues, watches,
+//!   pure plans and the one executor of writes.
+//! - [`resources`]: one folder or file per synced kind (pure translation and plan, a
+//!   `register` that declares it) and the table of kinds.
+//! - [`dns`]: the cluster DNS served from the watch caches (pure catalog, hickory server).
+//! - [`cidr`]: `detect-service-cidr`, the host's service CIDR with namespaced permissions.
+//! - [`memory`]: glibc arenas and `malloc_trim` after bursts.
 //! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
 //! - [`error`]: the crate's typed errors.
 

@@ -89,7 +89,7 @@ impl SyncError {
     /// A fixed requeue instead of exponential backoff (conflicts and waits are not failures).
     pub fn fixed_requeue(&self) -> Option<Duration> {
         match self {
-            SyncError::Conflict { .. } => Some(Duration::from_secs(1)),
+            SyncError::Conflict { .. } => Some(super::RECHECK),
             SyncError::Translate(TranslateError::NotReady(_)) => Some(Duration::from_secs(2)),
             _ => None,
         }

@@ -4,8 +4,13 @@
 //! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues;
 //!   [`packed`]: the compact form big caches (pods) keep; [`lean`]: parsing without
 //!   `managedFields`.
-//! - [`plan`]: pure decisions (create / patch / delete / noop) and minimal patches.
-//! - [`apply`]: executes host writes (POST create, merge/strategic patch, UID-guarded delete).
+//! - [`registry`]: what kinds declare (watches, triggers, reconcilers); one watch per (cluster,
+//!   kind, selection); workers start once every cache has listed.
+//! - [`plan`]: pure decisions: a [`plan::Plan`] of actions, the lifecycle rules every kind
+//!   shares (foreign, orphan, stale uid, create pending), minimal patches.
+//! - [`execute`]: the one executor of planned writes on both clusters (counts, remembers
+//!   recent writes, maps answers to [`error::SyncError`]); [`apply`]: the field manager and
+//!   the recent-writes memory.
 //! - [`worker`]: runs a reconciler over a queue with metrics, backoff and tenant Events.
 //! - [`standard`]: the whole reconcile for kinds that are plain copies (ConfigMaps, Secrets).
 //! - [`events`], [`error`]: what the tenant sees when something is refused.
@@ -30,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use error::{SyncError, TranslateError};
 use events::Events;
+
+/// How soon a key is looked at again when a write is still on its way: a conflict, a stale
+/// copy being deleted, a create the cache does not show yet, a Service someone recreated first.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every reconciler shares: clients, the current translation context, metrics, events.
 pub struct Shared {

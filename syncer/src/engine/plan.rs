@@ -83,9 +83,7 @@ impl Plan {
     }
 }
 
-/// How soon a key is looked at again when a write is still on its way: a stale copy being
-/// deleted, a create the cache does not show yet, a special Service someone recreated first.
-pub const RECHECK: Duration = Duration::from_secs(1);
+pub use super::RECHECK;
 
 /// What the lifecycle rules need to know about a pair of objects.
 #[derive(Debug, Clone, Copy)]
