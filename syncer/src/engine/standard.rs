@@ -162,7 +162,7 @@ pub fn plan_copy<C: CopiedKind>(
         wanted,
     };
     if let Some(p) = plan::lifecycle::<C::K>(rules, tc, seen)? {
-        return Ok(p);
+        return Ok(p.counted_as(C::NAME));
     }
     let Some(v) = v else { return Ok(Plan::noop()) };
     let target = || Target::host::<C::K>(tc, host_name);
