@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::{Resource, ResourceExt};
 
 use super::sync::ServiceSync;
+use crate::engine::execute::Executor;
 use crate::engine::queue::Key;
 use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
 use crate::engine::standard;
@@ -74,13 +75,12 @@ pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
     });
 
     let sync = ServiceSync {
-        shared: reg.shared().clone(),
+        executor: Executor::new(reg.shared().clone()),
         virtual_services: reg.store(&v_services),
         host_services: reg.store(&h_services),
         host_endpoints: reg.store(&h_vc_endpoints),
         virtual_endpoints: reg.store(&v_endpoints),
         service_name,
-        recent: Default::default(),
         ip_refused_since: Default::default(),
     };
     reg.workers(Arc::new(sync), workers);

@@ -1,38 +1,36 @@
-//! The Service reconciler: one key = one virtual Service.
+//! The Service reconciler: one key = one virtual Service. It reads the caches, asks the pure
+//! [`plan`](super::plan) what to write and sends it through the [`Executor`]; it only finishes
+//! the two steps that depend on an API answer (see [`FollowUp`]):
 //!
-//! - Create the host copy asking for the virtual ClusterIP; only if the host refuses that IP
-//!   (taken on the host) let the host pick and recreate the virtual Service with the host's IP
-//!   (counted in `vnest_syncer_service_recreates_total`).
-//! - Keep owned spec fields in step; copy node ports, health-check node port and LoadBalancer
-//!   status back; delete both ways.
-//! - `default/kubernetes` is never copied: it is kept pointing at the vcluster's own host
-//!   Service (ClusterIP and endpoints), which is how pods reach the virtual API server.
+//! - a host create refused because the virtual ClusterIP is taken on the host: the time of the
+//!   first refusal is remembered per host name and the create planned again with how long the
+//!   host has been refusing it (the same IP again after a second during [`IP_RETRY_GRACE`], then
+//!   a create that lets the host pick, in the same reconcile);
+//! - a host copy with another ClusterIP than the virtual Service: the virtual Service is deleted
+//!   and created again with the host's IP (counted in `vnest_syncer_service_recreates_total`);
+//!   its new uid, known only from the create's answer, then goes into the host copy's marker.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Endpoints, ObjectReference, Service};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
 
+use super::plan::{self, FollowUp, IP_RETRY_GRACE, Seen, ServicePlan};
 use super::translate;
-use crate::engine::apply::{self, FIELD_MANAGER, RecentWrites};
+use crate::engine::TranslateCtx;
 use crate::engine::error::SyncError;
-use crate::engine::plan::{self, HostPatch, PatchKind};
+use crate::engine::execute::{Done, Executor};
+use crate::engine::plan::Plan;
 use crate::engine::queue::Key;
-use crate::engine::standard::is_ours;
 use crate::engine::worker::{Outcome, Reconciler};
-use crate::engine::{Shared, TranslateCtx};
-use crate::error::Cluster;
-use crate::{markers, naming};
+use crate::naming;
 
 pub struct ServiceSync {
-    pub shared: Arc<Shared>,
+    /// Sends every write (and remembers host creates the cache may not show yet).
+    pub executor: Executor,
     pub virtual_services: Store<Service>,
     pub host_services: Store<Service>,
     /// Endpoints of the vcluster's own host Service (for the virtual default/kubernetes).
@@ -40,290 +38,109 @@ pub struct ServiceSync {
     pub virtual_endpoints: Store<Endpoints>,
     /// The vcluster's host Service name.
     pub service_name: String,
-    pub recent: RecentWrites,
-    /// When the host first refused a Service's ClusterIP: a just-deleted host Service keeps its
-    /// IP reserved for a moment (released asynchronously), so the same IP is asked for again
-    /// during [`IP_RETRY_GRACE`] before the host may pick another one.
-    pub ip_refused_since: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
-}
-
-/// How long a refused ClusterIP is retried before falling back to a recreate.
-pub const IP_RETRY_GRACE: Duration = Duration::from_secs(15);
-
-fn pp() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    }
+    /// When the host first refused a Service's ClusterIP, by host name (until a create works).
+    pub ip_refused_since: Mutex<HashMap<String, Instant>>,
 }
 
 impl ServiceSync {
-    fn host_api(&self) -> Api<Service> {
-        Api::namespaced(self.shared.host.clone(), &self.shared.host_namespace)
-    }
-    fn virtual_api(&self, ns: &str) -> Api<Service> {
-        Api::namespaced(self.shared.virt.clone(), ns)
-    }
-    fn count(&self, op: &str) {
-        self.shared
-            .metrics
-            .host_writes
-            .with_label_values(&["services", op])
-            .inc();
-    }
-
-    /// Deletes virtual Service `v` and creates it again with the host's ClusterIP; then points
-    /// the host copy's markers at the new virtual UID.
-    async fn recreate_virtual(
-        &self,
-        tc: &TranslateCtx,
-        v: &Service,
-        h: &Service,
-        host_name: &str,
-    ) -> Result<(), SyncError> {
-        let (ns, name) = (v.namespace().unwrap_or_default(), v.name_any());
-        tracing::warn!(v.ns = %ns, v.name = %name, host.name = %host_name, "ClusterIP taken on the host: recreating the virtual Service with the host's IP");
-        self.shared.metrics.service_recreates.inc();
-        let api = self.virtual_api(&ns);
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: v.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(SyncError::from_kube(
-                    e,
-                    Cluster::Virtual,
-                    "delete",
-                    "Service",
-                    &name,
-                ));
-            }
-        }
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        let created = api
-            .create(&pp, &translate::recreated_virtual(v, h))
-            .await
-            .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "recreate", "Service", &name))?;
-        let body = json!({"metadata": {"annotations": {markers::ANNOTATION_OBJECT_UID: created.uid()}}});
-        apply::patch(
-            &self.host_api(),
-            Cluster::Host,
-            "Service",
-            host_name,
-            &HostPatch {
-                kind: PatchKind::Merge,
-                body,
-            },
-        )
-        .await?;
-        self.count("patch");
-        let _ = tc;
-        Ok(())
-    }
-
-    async fn create(&self, tc: &TranslateCtx, v: &Service, host_name: &str) -> Result<Outcome, SyncError> {
-        let api = self.host_api();
-        let ours = |o: &Service| is_ours(tc, "Service", o.meta());
-        tracing::info!(v.ns = ?v.namespace(), v.name = %v.name_any(), host.name = %host_name, "creating host service");
-        let created = match apply::create(
-            &api,
-            "Service",
-            host_name,
-            &translate::host_service(tc, v, true),
-            ours,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(SyncError::Rejected { message, .. }) if translate::is_ip_conflict(&message) => {
-                let waited = {
-                    let mut m = self
-                        .ip_refused_since
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    m.entry(host_name.to_owned())
-                        .or_insert_with(std::time::Instant::now)
-                        .elapsed()
-                };
-                if waited < IP_RETRY_GRACE {
-                    tracing::debug!(host.name = %host_name, %message, "ClusterIP not free on the host yet; retrying");
-                    return Ok(Outcome::requeue(Duration::from_secs(1)));
-                }
-                tracing::info!(host.name = %host_name, %message, "virtual ClusterIP unavailable on the host; letting the host choose");
-                apply::create(
-                    &api,
-                    "Service",
-                    host_name,
-                    &translate::host_service(tc, v, false),
-                    ours,
-                )
-                .await?
-            }
-            Err(e) => return Err(e),
-        };
-        self.recent.record(host_name);
-        self.count("create");
+    fn refusals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.ip_refused_since
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(host_name);
-        if translate::ip_mismatch(v, &created).is_some() {
-            self.recreate_virtual(tc, v, &created, host_name).await?;
-        }
-        Ok(Outcome::done())
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces a special virtual Service (one the syncer owns) with `desired`: the current
-    /// one is deleted (UID precondition) and `desired` created. `false`: someone recreated it
-    /// first (409), look again shortly.
-    async fn replace_special(&self, current: Option<&Service>, desired: &Service) -> Result<bool, SyncError> {
-        let (ns, name) = (desired.namespace().unwrap_or_default(), desired.name_any());
-        let api = self.virtual_api(&ns);
-        if let Some(uid) = current.and_then(|c| c.uid()) {
-            apply::delete(&api, Cluster::Virtual, "Service", &name, &uid, None).await?;
-        }
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match api.create(&pp, desired).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(SyncError::from_kube(
-                e,
-                Cluster::Virtual,
-                "create",
-                "Service",
-                &name,
-            )),
-        }
+    /// How long the host has been refusing the ClusterIP of `host_name` (this refusal included).
+    fn refused_for(&self, host_name: &str) -> Duration {
+        self.refusals()
+            .entry(host_name.to_owned())
+            .or_insert_with(Instant::now)
+            .elapsed()
     }
 
-    fn special_service(spec: Value) -> Result<Service, SyncError> {
-        serde_json::from_value(spec)
-            .map_err(|e| SyncError::Translate(crate::engine::error::TranslateError::Refused(e.to_string())))
+    /// Sends the actions of `plan` in order; the answer of the last one.
+    async fn run(&self, plan: &Plan) -> Result<Done, SyncError> {
+        let mut last = Done::Skipped;
+        for a in &plan.actions {
+            last = self.executor.run(a).await?;
+        }
+        Ok(last)
     }
 
-    /// Publishes virtual kube-system/kube-dns on the DNS Service's ClusterIP (the nameserver of
-    /// synced pods), so tools that look for the cluster DNS find it.
-    async fn reconcile_kube_dns(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
-        if tc.dns_nameserver == tc.kube_service_ip {
-            return Ok(Outcome::done()); // no separate DNS Service on the host: nothing to publish
+    /// Runs `sp` and its follow-up for virtual Service `v` and host copy `host_name`.
+    async fn execute(
+        &self,
+        tc: &TranslateCtx,
+        v: Option<&Service>,
+        host_name: &str,
+        sp: &ServicePlan,
+    ) -> Result<Outcome, SyncError> {
+        match sp.then {
+            FollowUp::Nothing => {
+                self.run(&sp.plan).await?;
+            }
+            FollowUp::Created { .. } => {
+                let created = self.run(&sp.plan).await?;
+                self.refusals().remove(host_name);
+                let recreate = v
+                    .zip(created.object::<Service>())
+                    .and_then(|(v, created)| plan::after_create(v, &created));
+                if let Some(recreate) = recreate {
+                    self.recreate(tc, host_name, &recreate.plan).await?;
+                }
+            }
+            FollowUp::Recreated => self.recreate(tc, host_name, &sp.plan).await?,
         }
-        let current = self
-            .virtual_services
-            .get(&ObjectRef::new("kube-dns").within("kube-system"));
-        if current.as_ref().and_then(|s| translate::cluster_ip(s)).as_deref()
-            == Some(tc.dns_nameserver.as_str())
-        {
-            return Ok(Outcome::done());
-        }
-        tracing::info!(ip = %tc.dns_nameserver, "publishing the virtual kube-system/kube-dns Service");
-        let desired = Self::special_service(json!({
-            "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                         "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "vnest-dns", "kubernetes.io/cluster-service": "true"}},
-            "spec": {"type": "ClusterIP", "clusterIP": tc.dns_nameserver, "clusterIPs": [tc.dns_nameserver],
-                     "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 1053},
-                               {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 1053}]}
-        }))?;
-        Ok(if self.replace_special(current.as_deref(), &desired).await? {
-            Outcome::done()
-        } else {
-            Outcome::requeue(Duration::from_secs(1))
+        Ok(Outcome {
+            requeue_after: sp.plan.requeue_after,
         })
     }
 
-    /// Keeps virtual default/kubernetes on the vcluster Service's ClusterIP and endpoints.
-    async fn reconcile_kubernetes(&self, tc: &TranslateCtx) -> Result<Outcome, SyncError> {
+    /// Runs a recreate of the virtual Service ([`plan::plan_recreate`]), then points host copy
+    /// `host_name` at the uid the new virtual Service got.
+    async fn recreate(&self, tc: &TranslateCtx, host_name: &str, recreate: &Plan) -> Result<(), SyncError> {
+        tracing::warn!(host.name = %host_name, "ClusterIP taken on the host: recreating the virtual Service with the host's IP");
+        self.executor.shared().metrics.service_recreates.inc();
+        let created = self.run(recreate).await?;
+        let Some(uid) = created.object::<Service>().and_then(|s| s.uid()) else {
+            // Cannot happen with a real API server; the host copy's stale uid marker then makes
+            // the next reconcile replace it.
+            return Err(SyncError::Cache {
+                kind: plan::KIND,
+                name: host_name.to_owned(),
+                message: "the recreated virtual Service came back without a uid".into(),
+            });
+        };
+        self.executor
+            .run(&plan::marker_patch(tc, host_name, &uid))
+            .await?;
+        Ok(())
+    }
+
+    /// The special Services: never copied, kept pointing at the vcluster.
+    async fn reconcile_special(&self, tc: &TranslateCtx, key: &Key) -> Result<Outcome, SyncError> {
         let current = self
             .virtual_services
-            .get(&ObjectRef::new("kubernetes").within("default"));
-        let ip_ok = current.as_ref().and_then(|s| translate::cluster_ip(s)).as_deref()
-            == Some(tc.kube_service_ip.as_str());
-        if !ip_ok {
-            tracing::info!(ip = %tc.kube_service_ip, "pointing the virtual default/kubernetes Service at the vcluster Service");
-            let desired = Self::special_service(json!({
-                "metadata": {"name": "kubernetes", "namespace": "default",
-                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                "spec": {"type": "ClusterIP", "clusterIP": tc.kube_service_ip, "clusterIPs": [tc.kube_service_ip],
-                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
-                         "sessionAffinity": "None"}
-            }))?;
-            if !self.replace_special(current.as_deref(), &desired).await? {
-                // The API server's own bootstrap controller may have recreated it first.
-                return Ok(Outcome::requeue(Duration::from_secs(1)));
-            }
-        }
-        // Endpoints: the ready addresses of the vcluster Service's https port on the host.
-        let host_eps = self
-            .host_endpoints
-            .get(&ObjectRef::new(&self.service_name).within(&self.shared.host_namespace));
-        let addresses: Vec<EndpointAddress> = host_eps
-            .iter()
-            .flat_map(|e| e.subsets.clone().unwrap_or_default())
-            .filter(|s| {
-                s.ports
-                    .iter()
-                    .flatten()
-                    .any(|p| p.name.as_deref() == Some("https"))
-            })
-            .flat_map(|s| s.addresses.unwrap_or_default())
-            .map(|a| EndpointAddress {
-                ip: a.ip,
-                ..EndpointAddress::default()
-            })
-            .collect();
-        let subsets = if addresses.is_empty() {
-            None
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let plan = if key.namespace == "kube-system" {
+            plan::plan_kube_dns(tc, current.as_deref())?
         } else {
-            Some(vec![EndpointSubset {
-                addresses: Some(addresses),
-                not_ready_addresses: None,
-                ports: Some(vec![EndpointPort {
-                    name: Some("https".into()),
-                    port: 6443,
-                    protocol: Some("TCP".into()),
-                    app_protocol: None,
-                }]),
-            }])
+            let host_eps = self
+                .host_endpoints
+                .get(&ObjectRef::new(&self.service_name).within(&self.executor.shared().host_namespace));
+            let current_eps = self
+                .virtual_endpoints
+                .get(&ObjectRef::new("kubernetes").within("default"));
+            plan::plan_kubernetes(
+                tc,
+                current.as_deref(),
+                host_eps.as_deref(),
+                current_eps.as_deref(),
+            )?
         };
-        let eps_api: Api<Endpoints> = Api::namespaced(self.shared.virt.clone(), "default");
-        let current_eps = self
-            .virtual_endpoints
-            .get(&ObjectRef::new("kubernetes").within("default"));
-        let current_subsets = current_eps.as_ref().and_then(|e| e.subsets.clone());
-        if current_eps.is_none() || current_subsets != subsets {
-            let body = Endpoints {
-                metadata: ObjectMeta {
-                    name: Some("kubernetes".into()),
-                    namespace: Some("default".into()),
-                    labels: Some(
-                        [(
-                            "endpointslice.kubernetes.io/skip-mirror".to_owned(),
-                            "true".to_owned(),
-                        )]
-                        .into(),
-                    ),
-                    ..ObjectMeta::default()
-                },
-                subsets,
-            };
-            let ssa = PatchParams::apply(FIELD_MANAGER).force();
-            eps_api
-                .patch("kubernetes", &ssa, &Patch::Apply(&body))
-                .await
-                .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "apply", "Endpoints", "kubernetes"))?;
-        }
-        Ok(Outcome::done())
+        self.executor.run_all(&plan.actions).await?;
+        Ok(Outcome {
+            requeue_after: plan.requeue_after,
+        })
     }
 }
 
@@ -333,13 +150,9 @@ impl Reconciler for ServiceSync {
     }
 
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
-        let tc = self.shared.translate_ctx()?;
+        let tc = self.executor.shared().translate_ctx()?;
         if translate::is_special(&key.namespace, &key.name) {
-            return if key.namespace == "kube-system" {
-                self.reconcile_kube_dns(&tc).await
-            } else {
-                self.reconcile_kubernetes(&tc).await
-            };
+            return self.reconcile_special(&tc, key).await;
         }
         let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
         let v = self
@@ -348,96 +161,33 @@ impl Reconciler for ServiceSync {
         let h = self
             .host_services
             .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
-        if let Some(h) = &h {
-            if !is_ours(&tc, "Service", h.meta()) {
-                return Err(SyncError::Foreign {
-                    kind: "Service",
-                    host_name,
-                });
-            }
-            self.recent.observed(&host_name);
+        if h.is_some() {
+            self.executor.observed(&host_name);
         }
-        let host_api = self.host_api();
-        match (v.as_deref(), h.as_deref()) {
-            (None, None) => Ok(Outcome::done()),
-            (None, Some(h)) => {
-                if h.meta().deletion_timestamp.is_none()
-                    && let Some(uid) = h.uid()
-                {
-                    tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "deleting host service");
-                    apply::delete(&host_api, Cluster::Host, "Service", &host_name, &uid, None).await?;
-                    self.count("delete");
+        let mut seen = Seen {
+            virtual_service: v.as_deref(),
+            host_service: h.as_deref(),
+            host_name: &host_name,
+            create_pending: self.executor.create_pending(&host_name),
+            ip_refused_for: None,
+        };
+        let sp = plan::plan_service(&tc, seen)?;
+        match self.execute(&tc, v.as_deref(), &host_name, &sp).await {
+            Err(SyncError::Rejected { message, .. })
+                if sp.then == (FollowUp::Created { asked_ip: true })
+                    && translate::is_ip_conflict(&message) =>
+            {
+                let waited = self.refused_for(&host_name);
+                if waited < IP_RETRY_GRACE {
+                    tracing::debug!(host.name = %host_name, %message, "ClusterIP not free on the host yet; retrying");
+                } else {
+                    tracing::info!(host.name = %host_name, %message, "virtual ClusterIP unavailable on the host; letting the host choose");
                 }
-                Ok(Outcome::done())
+                seen.ip_refused_for = Some(waited);
+                let sp = plan::plan_service(&tc, seen)?;
+                self.execute(&tc, v.as_deref(), &host_name, &sp).await
             }
-            (Some(_), None) if self.recent.pending(&host_name) => {
-                Ok(Outcome::requeue(Duration::from_secs(1)))
-            }
-            (Some(v), None) if v.meta().deletion_timestamp.is_none() => self.create(&tc, v, &host_name).await,
-            (Some(_), None) => Ok(Outcome::done()),
-            (Some(v), Some(h)) => {
-                if markers::source_of(h.meta()).map(|s| s.uid) != v.uid() {
-                    // A Service recreated under the same name: its host copy goes, a new one comes.
-                    if h.meta().deletion_timestamp.is_none()
-                        && let Some(uid) = h.uid()
-                    {
-                        apply::delete(&host_api, Cluster::Host, "Service", &host_name, &uid, None).await?;
-                        self.count("delete");
-                    }
-                    return Ok(Outcome::requeue(Duration::from_secs(1)));
-                }
-                if translate::ip_mismatch(v, h).is_some() {
-                    self.recreate_virtual(&tc, v, h, &host_name).await?;
-                    return Ok(Outcome::done());
-                }
-                let (labels, annotations) = plan::desired_metadata(
-                    &tc.vcluster,
-                    "Service",
-                    v.meta(),
-                    h.meta(),
-                    &Default::default(),
-                    &Default::default(),
-                    &[],
-                );
-                let meta = plan::metadata_patch(h.meta(), &labels, &annotations);
-                let spec = translate::update_spec_patch(&tc, v, h);
-                if meta.is_some() || spec.is_some() {
-                    let mut body = spec.unwrap_or_else(|| json!({}));
-                    let mut m = meta.unwrap_or_else(|| json!({}));
-                    m["resourceVersion"] = Value::from(h.resource_version().unwrap_or_default());
-                    body["metadata"] = m;
-                    tracing::info!(v.ns = %key.namespace, v.name = %key.name, host.name = %host_name, "patching host service");
-                    apply::patch(
-                        &host_api,
-                        Cluster::Host,
-                        "Service",
-                        &host_name,
-                        &HostPatch {
-                            kind: PatchKind::Merge,
-                            body,
-                        },
-                    )
-                    .await?;
-                    self.count("patch");
-                }
-                let vapi = self.virtual_api(&key.namespace);
-                if let Some(mut body) = translate::virtual_spec_patch(v, h) {
-                    body["metadata"] = json!({"resourceVersion": v.resource_version()});
-                    vapi.patch(&key.name, &pp(), &Patch::Merge(&body))
-                        .await
-                        .map_err(|e| {
-                            SyncError::from_kube(e, Cluster::Virtual, "patch", "Service", &key.name)
-                        })?;
-                }
-                if let Some(body) = translate::virtual_status_patch(v, h) {
-                    vapi.patch_status(&key.name, &pp(), &Patch::Merge(&body))
-                        .await
-                        .map_err(|e| {
-                            SyncError::from_kube(e, Cluster::Virtual, "patch status of", "Service", &key.name)
-                        })?;
-                }
-                Ok(Outcome::done())
-            }
+            other => other,
         }
     }
 
