@@ -282,15 +282,29 @@ impl Executor {
         {
             return Ok(Done::Skipped);
         }
-        tracing::info!(
-            cluster = t.cluster.as_str(),
-            kind = t.kind,
-            ns = t.namespace.as_deref().unwrap_or(""),
-            name = %t.name,
-            op,
-            reason = action.reason,
-            "writing"
-        );
+        // Info for what changes the host or removes a tenant object; the virtual side's
+        // routine writes (status, binds, event copies, tokens) are debug: thousands per burst.
+        if t.cluster == Cluster::Host || matches!(action.write, Write::Delete { .. }) {
+            tracing::info!(
+                cluster = t.cluster.as_str(),
+                kind = t.kind,
+                ns = t.namespace.as_deref().unwrap_or(""),
+                name = %t.name,
+                op,
+                reason = action.reason,
+                "writing"
+            );
+        } else {
+            tracing::debug!(
+                cluster = t.cluster.as_str(),
+                kind = t.kind,
+                ns = t.namespace.as_deref().unwrap_or(""),
+                name = %t.name,
+                op,
+                reason = action.reason,
+                "writing"
+            );
+        }
         let done = self.send(action).await?;
         match &action.write {
             Write::Create { .. } if t.cluster == Cluster::Host => self.created.record(&t.name),

@@ -17,14 +17,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::engine::Shared;
-use crate::engine::apply::FIELD_MANAGER;
 use crate::engine::error::SyncError;
+use crate::engine::execute::{Action, Executor, Ownership, Target, Write};
 use crate::engine::packed::Packed;
+use crate::engine::plan::{PatchKind, Plan, RECHECK};
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::error::Cluster;
@@ -216,8 +217,98 @@ fn fingerprint(e: &Event) -> String {
     naming::short_hash(&[&text])
 }
 
+/// `<host event uid> <fingerprint>`: the stamp a copy carries in [`ANNOTATION_HOST_EVENT`].
+fn stamp(e: &Event) -> String {
+    format!("{} {}", e.uid().unwrap_or_default(), fingerprint(e))
+}
+
+/// What is known of the virtual copy of a host event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    /// Copied as it is now (the stamp this process wrote or read back matches).
+    Current,
+    /// No current copy is known: POST one (the API server tells if the name is taken).
+    NotKnown,
+    /// A copy exists under the name (the POST was refused as a conflict): patch it.
+    Exists,
+}
+
+/// The virtual object a host event is about, and what is known of its copy.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyOf<'a> {
+    pub target: &'a VirtualTarget,
+    pub vcluster: &'a str,
+    pub copy: CopyState,
+}
+
+/// What an event reconcile observed.
+#[derive(Debug, Clone, Copy)]
+pub struct EventObserved<'a> {
+    pub event: &'a Event,
+    pub host_namespace: &'a str,
+    /// `None`: the object the event is about is not in our caches (or not ours).
+    pub target: Option<CopyOf<'a>>,
+    pub now: Timestamp,
+}
+
+/// The pure plan for one host event:
+/// - its object is not known: look again shortly while the event is young and about a kind
+///   we sync (the event and its object arrive on different watches), else drop it;
+/// - its copy is current: nothing;
+/// - otherwise create the copy, or patch what changes (count, times, message, series) when
+///   the copy exists.
+pub fn plan_event(seen: &EventObserved<'_>) -> Plan {
+    let e = seen.event;
+    let Some(CopyOf {
+        target,
+        vcluster,
+        copy,
+    }) = seen.target
+    else {
+        return if may_be_ahead_of_cache(e, seen.host_namespace, seen.now) {
+            Plan::wait(RECHECK)
+        } else {
+            Plan::noop()
+        };
+    };
+    let mut desired = virtual_event(e, target, seen.host_namespace);
+    let stamp = stamp(e);
+    desired.metadata.labels = Some(
+        [(
+            markers::LABEL_MANAGED_BY.to_owned(),
+            naming::safe_label_value(vcluster),
+        )]
+        .into(),
+    );
+    desired.metadata.annotations = Some([(ANNOTATION_HOST_EVENT.to_owned(), stamp.clone())].into());
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    let to = Target::virtual_object::<Event>(&target.namespace, &name);
+    match copy {
+        CopyState::Current => Plan::noop(),
+        // Ownership is only consulted on the host: a copy that exists is a conflict, then patched.
+        CopyState::NotKnown => Plan::one(Action::create(
+            to,
+            &desired,
+            Ownership::ManagedBy,
+            "host event about our object",
+        )),
+        CopyState::Exists => {
+            let body = serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_HOST_EVENT: stamp}},
+                "count": desired.count, "lastTimestamp": desired.last_timestamp,
+                "message": desired.message, "series": desired.series,
+            });
+            Plan::one(Action::new(
+                to,
+                Write::patch(PatchKind::Merge, body),
+                "host event changed",
+            ))
+        }
+    }
+}
+
 pub struct EventSync {
-    pub shared: Arc<Shared>,
+    pub executor: Executor,
     pub inbox: EventInbox,
     pub host_pods: Store<crate::resources::pods::CachedPod>,
     pub host_configmaps: Store<ConfigMap>,
@@ -231,6 +322,10 @@ pub struct EventSync {
 }
 
 impl EventSync {
+    fn shared(&self) -> &Shared {
+        self.executor.shared()
+    }
+
     /// Whether the virtual copy of `e` is known to be current (false until the copies were
     /// read back after a start).
     fn is_current(&self, e: &Event) -> bool {
@@ -285,7 +380,7 @@ impl EventSync {
     /// reads the store again (measured: 10k copies took 21 pages and 3.7 s on an idle box,
     /// one unpaged read 0.5-1 s).
     async fn copies_streamed(&self, selector: &str) -> Result<HashMap<String, String>, SyncError> {
-        let api: Api<kube::core::PartialObjectMeta<Event>> = Api::all(self.shared.virt.clone());
+        let api: Api<kube::core::PartialObjectMeta<Event>> = Api::all(self.shared().virt.clone());
         let config = watcher::Config::default().labels(selector).streaming_lists();
         let stream = watcher::watcher(api, config);
         futures::pin_mut!(stream);
@@ -306,7 +401,7 @@ impl EventSync {
 
     /// The copies' stamps, LIST page by page (API servers without streamed lists).
     async fn copies_paged(&self, selector: &str) -> Result<HashMap<String, String>, SyncError> {
-        let api: Api<Event> = Api::all(self.shared.virt.clone());
+        let api: Api<Event> = Api::all(self.shared().virt.clone());
         let mut lp = ListParams::default().labels(selector).limit(SEED_PAGE);
         let mut found = HashMap::new();
         loop {
@@ -325,11 +420,11 @@ impl EventSync {
 
     fn target(&self, e: &Event) -> Option<VirtualTarget> {
         let io = &e.involved_object;
-        if io.namespace.as_deref() != Some(self.shared.host_namespace.as_str()) {
+        if io.namespace.as_deref() != Some(self.shared().host_namespace.as_str()) {
             return None;
         }
         let name = io.name.clone()?;
-        let ns = &self.shared.host_namespace;
+        let ns = &self.shared().host_namespace;
         let (kind, meta) = match io.kind.as_deref()? {
             "Pod" => (
                 "Pod",
@@ -399,68 +494,55 @@ impl Reconciler for EventSync {
 impl EventSync {
     /// Copies one host event (or tells why not yet).
     async fn copy(&self, e: &Event) -> Result<Outcome, SyncError> {
-        let Some(target) = self.target(e) else {
-            // The event and its object arrive on different watches: a young event about a kind
-            // we sync may simply be ahead of our cache. Look again for a short while.
-            return Ok(
-                if may_be_ahead_of_cache(e, &self.shared.host_namespace, Timestamp::now()) {
-                    Outcome::requeue(std::time::Duration::from_secs(1))
-                } else {
-                    Outcome::done()
-                },
-            );
+        let found = match self.target(e) {
+            None => None,
+            Some(target) => {
+                let vcluster = self.shared().translate_ctx()?.vcluster;
+                self.seed(&vcluster).await?;
+                Some((target, vcluster))
+            }
         };
-        let vcluster = self.shared.translate_ctx()?.vcluster;
-        self.seed(&vcluster).await?;
         let uid = e.uid().unwrap_or_default();
         let print = fingerprint(e);
-        if self.copied_as(&uid, &print) {
-            return Ok(Outcome::done());
-        }
-        let mut desired = virtual_event(e, &target, &self.shared.host_namespace);
-        let stamp = format!("{uid} {print}");
-        desired.metadata.labels = Some(
-            [(
-                markers::LABEL_MANAGED_BY.to_owned(),
-                naming::safe_label_value(&vcluster),
-            )]
-            .into(),
-        );
-        desired.metadata.annotations = Some([(ANNOTATION_HOST_EVENT.to_owned(), stamp.clone())].into());
-        let name = desired.metadata.name.clone().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.shared.virt.clone(), &target.namespace);
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
+        let now = Timestamp::now();
+        let plan = |copy| {
+            plan_event(&EventObserved {
+                event: e,
+                host_namespace: &self.shared().host_namespace,
+                target: found.as_ref().map(|(target, vcluster)| CopyOf {
+                    target,
+                    vcluster,
+                    copy,
+                }),
+                now,
+            })
         };
-        match api.create(&pp, &desired).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                let body = serde_json::json!({
-                    "metadata": {"annotations": {ANNOTATION_HOST_EVENT: stamp}},
-                    "count": desired.count, "lastTimestamp": desired.last_timestamp,
-                    "message": desired.message, "series": desired.series,
-                });
-                let pp = PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PatchParams::default()
-                };
-                api.patch(&name, &pp, &Patch::Merge(&body))
-                    .await
-                    .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "patch", "Event", &name))?;
+        let known = if self.copied_as(&uid, &print) {
+            CopyState::Current
+        } else {
+            CopyState::NotKnown
+        };
+        let first = plan(known);
+        match self.executor.run_all(&first.actions).await {
+            Ok(()) => {}
+            // The POST found the name taken: the copy exists; patch it.
+            Err(SyncError::Conflict { .. }) => {
+                self.executor.run_all(&plan(CopyState::Exists).actions).await?;
             }
             // The virtual namespace is going away: nothing to tell anyone.
-            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => return Ok(Outcome::done()),
-            Err(e) => {
-                return Err(SyncError::from_kube(
-                    e,
-                    Cluster::Virtual,
-                    "create",
-                    "Event",
-                    &name,
-                ));
-            }
+            Err(SyncError::Rejected { code: 403 | 404, .. }) => return Ok(Outcome::done()),
+            Err(error) => return Err(error),
         }
+        if !first.actions.is_empty() {
+            self.remember_copy(uid, print);
+        }
+        Ok(Outcome {
+            requeue_after: first.requeue_after,
+        })
+    }
+
+    /// Notes that host event `uid` is copied with fingerprint `print`.
+    fn remember_copy(&self, uid: String, print: String) {
         let mut copied = self
             .copied
             .lock()
@@ -469,7 +551,6 @@ impl EventSync {
             copied.clear(); // bounded memory; worst case an event is re-patched once
         }
         copied.insert(uid, print);
-        Ok(Outcome::done())
     }
 }
 
@@ -487,7 +568,7 @@ pub fn register(
     use crate::engine::standard;
     use crate::resources::{configmaps::ConfigMaps, pods, secrets::Secrets};
     let sync = Arc::new(EventSync {
-        shared: reg.shared().clone(),
+        executor: Executor::new(reg.shared().clone()),
         inbox: EventInbox::default(),
         host_pods: reg.store(&pods::register::host_pods()),
         host_configmaps: reg.store(&standard::host_watch::<ConfigMaps>()),
@@ -620,6 +701,145 @@ mod tests {
         assert!(inbox.get("gone").is_none(), "not listed again: deleted meanwhile");
         assert!(inbox.get("kept").is_some());
         assert_eq!(inbox.len(), 1);
+    }
+
+    /// Host event `name` about host pod "x", created at `created`.
+    fn event_at(name: &str, kind: &str, count: i32, created: &str) -> Event {
+        let mut e = host_event(name, kind, count);
+        e.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().unwrap(),
+        ));
+        e
+    }
+
+    /// Virtual pod default/web-0, whose host copy is "x".
+    fn web_0() -> VirtualTarget {
+        VirtualTarget {
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: "web-0".into(),
+            uid: "v-uid".into(),
+            host_name: "x".into(),
+        }
+    }
+
+    /// The plan for `e` at 00:01:00 (`copy` None: its object is not in our caches).
+    fn plan_at(e: &Event, copy: Option<CopyState>) -> Plan {
+        let target = web_0();
+        plan_event(&EventObserved {
+            event: e,
+            host_namespace: "host",
+            target: copy.map(|copy| CopyOf {
+                target: &target,
+                vcluster: "vc",
+                copy,
+            }),
+            now: "2026-01-01T00:01:00Z".parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn event_plans() {
+        let young = "2026-01-01T00:00:50Z";
+        let old = "2026-01-01T00:00:00Z";
+        let cases = [
+            (
+                "object not in the caches yet, young event about a pod: look again",
+                event_at("e1", "Pod", 1, young),
+                None,
+                vec![],
+                Some(RECHECK),
+            ),
+            (
+                "object not in the caches, old event: drop it",
+                event_at("e1", "Pod", 1, old),
+                None,
+                vec![],
+                None,
+            ),
+            (
+                "a kind we do not sync: drop it",
+                event_at("e1", "Deployment", 1, young),
+                None,
+                vec![],
+                None,
+            ),
+            (
+                "copied as it is: nothing",
+                event_at("e1", "Pod", 1, old),
+                Some(CopyState::Current),
+                vec![],
+                None,
+            ),
+            (
+                "no current copy known: create one",
+                event_at("e1", "Pod", 1, old),
+                Some(CopyState::NotKnown),
+                vec!["create"],
+                None,
+            ),
+            (
+                "the copy exists: patch it",
+                event_at("e1", "Pod", 2, old),
+                Some(CopyState::Exists),
+                vec!["patch"],
+                None,
+            ),
+        ];
+        for (name, e, copy, ops, requeue) in cases {
+            let plan = plan_at(&e, copy);
+            assert_eq!((plan.ops(), plan.requeue_after), (ops, requeue), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_copy_is_created_on_the_virtual_object_with_our_label_and_stamp() {
+        let e = host_event("e1", "Pod", 1);
+        let plan = plan_at(&e, Some(CopyState::NotKnown));
+        let a = &plan.actions[0];
+        assert_eq!(a.target, Target::virtual_object::<Event>("default", "web-0.e1"));
+        let Write::Create { body, .. } = &a.write else {
+            panic!("a create")
+        };
+        assert_eq!(body["kind"], "Event");
+        assert_eq!(body["involvedObject"]["uid"], "v-uid");
+        assert_eq!(body["metadata"]["labels"][markers::LABEL_MANAGED_BY], "vc");
+        assert_eq!(
+            body["metadata"]["annotations"][ANNOTATION_HOST_EVENT],
+            format!("uid-e1 {}", fingerprint(&e))
+        );
+    }
+
+    #[test]
+    fn a_changed_event_patches_what_changes_and_a_new_stamp() {
+        let before = host_event("e1", "Pod", 1);
+        let after = host_event("e1", "Pod", 2);
+        assert_ne!(
+            fingerprint(&before),
+            fingerprint(&after),
+            "the count is fingerprinted"
+        );
+        assert_eq!(fingerprint(&after), fingerprint(&host_event("e1", "Pod", 2)));
+        let plan = plan_at(&after, Some(CopyState::Exists));
+        let Write::Patch {
+            subresource: None,
+            patch,
+        } = &plan.actions[0].write
+        else {
+            panic!("a patch of the copy")
+        };
+        assert_eq!(patch.kind, PatchKind::Merge);
+        assert_eq!(
+            patch.body,
+            serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_HOST_EVENT: stamp(&after)}},
+                "count": 2, "lastTimestamp": null, "message": null, "series": null,
+            })
+        );
+        assert_eq!(
+            plan.actions[0].target,
+            Target::virtual_object::<Event>("default", "web-0.e1")
+        );
     }
 
     #[test]

@@ -18,17 +18,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::Value;
 
-use crate::engine::Shared;
-use crate::engine::apply::{self, FIELD_MANAGER};
-use crate::engine::error::SyncError;
-use crate::engine::plan;
+use crate::engine::error::{SyncError, TranslateError};
+use crate::engine::execute::{Action, Executor, Ownership, Target, Write};
+use crate::engine::plan::{self, PatchKind, Plan};
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
-use crate::error::Cluster;
 use crate::markers::LABEL_VIRTUAL_NODE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -248,14 +245,123 @@ fn owned_status(n: &Node) -> Value {
     })
 }
 
+/// Whether the syncer made virtual node `n` (and may therefore change or delete it).
+fn is_ours(n: &Node) -> bool {
+    n.labels().contains_key(LABEL_VIRTUAL_NODE)
+}
+
+/// The host node a virtual node is made from, as the caches show it.
+#[derive(Debug, Clone, Copy)]
+pub enum HostNode<'a> {
+    /// Fake mode: host nodes are not read.
+    Fake,
+    /// Real mode, and the host node is not listed yet (its watch event queues the node again).
+    NotListed,
+    /// Real mode: the host node.
+    Real(&'a Node),
+}
+
+/// What a node reconcile observed.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeObserved<'a> {
+    pub name: &'a str,
+    /// Whether pods of ours run there ([`NodeUsage::in_use`]).
+    pub in_use: bool,
+    /// The virtual Node of that name, if any.
+    pub current: Option<&'a Node>,
+    pub host: HostNode<'a>,
+    /// Where the virtual nodes say their kubelet is; `None` while no address is configured and
+    /// the vcluster Service (whose IP it then is) is not known yet.
+    pub kubelet: Option<&'a KubeletEndpoint>,
+    pub version: &'a str,
+    pub now: Timestamp,
+}
+
+/// The pure plan for one virtual node:
+/// - nothing of ours runs there: delete the node if we made it (a tenant's node is left alone);
+/// - in use and missing: create it, then set its status (a subresource);
+/// - in use and ours: patch its labels and status when what we keep in step differs;
+/// - in use and not ours: leave it alone.
+pub fn plan_node(seen: &NodeObserved<'_>) -> Result<Plan, SyncError> {
+    let target = || Target::virtual_object::<Node>("", seen.name);
+    let ours = seen.current.filter(|n| is_ours(n));
+    if !seen.in_use {
+        return Ok(Plan::noop().then_maybe(
+            ours.and_then(|n| Action::delete(target(), &n.metadata, None, "nothing of ours runs there")),
+        ));
+    }
+    let host = match seen.host {
+        HostNode::Fake => None,
+        HostNode::NotListed => return Ok(Plan::noop()),
+        HostNode::Real(h) => Some(h),
+    };
+    let Some(kubelet) = seen.kubelet else {
+        return Err(SyncError::Translate(TranslateError::NotReady(
+            "the vcluster's owner object and Service on the host".into(),
+        )));
+    };
+    let desired = virtual_node(seen.name, host, kubelet, seen.version, seen.now);
+    // Status is a subresource: set it explicitly.
+    let status = || Write::status(serde_json::json!({"status": desired.status}));
+    let Some(current) = seen.current else {
+        // Ownership is only consulted on the host: on the virtual side a taken name is a
+        // conflict, and the next pass sees from the cache whose node it is.
+        return Ok(Plan::one(Action::create(
+            target(),
+            &desired,
+            Ownership::ManagedBy,
+            "pods of ours run on the node",
+        ))
+        .then(Action::new(target(), status(), "new virtual node")));
+    };
+    if ours.is_none() {
+        tracing::debug!(node = %seen.name, "a virtual node of that name exists and is not ours; leaving it");
+        return Ok(Plan::noop());
+    }
+    if owned_status(current) == owned_status(&desired) {
+        return Ok(Plan::noop());
+    }
+    let labels_patch = plan::merge_diff(
+        &serde_json::to_value(&current.metadata.labels).unwrap_or(Value::Null),
+        &serde_json::to_value(&desired.metadata.labels).unwrap_or(Value::Null),
+    );
+    Ok(Plan::noop()
+        .then_maybe(labels_patch.map(|labels| {
+            Action::new(
+                target(),
+                Write::patch(
+                    PatchKind::Merge,
+                    serde_json::json!({"metadata": {"labels": labels}}),
+                ),
+                "node labels changed",
+            )
+        }))
+        .then(Action::new(target(), status(), "node status changed")))
+}
+
 pub struct NodeSync {
-    pub shared: Arc<Shared>,
+    pub executor: Executor,
     pub usage: Arc<NodeUsage>,
     pub virtual_nodes: Store<Node>,
     /// Host nodes (real mode only).
     pub host_nodes: Option<Store<Node>>,
     pub kubelet: KubeletEndpoint,
     pub version: String,
+}
+
+impl NodeSync {
+    /// The kubelet endpoint the nodes advertise. No explicit address: the vcluster Service,
+    /// which fronts the syncer's port (`None` while it is not known).
+    fn kubelet_endpoint(&self) -> Option<KubeletEndpoint> {
+        if !self.kubelet.address.is_empty() {
+            return Some(self.kubelet.clone());
+        }
+        let tc = self.executor.shared().translate_ctx().ok()?;
+        Some(KubeletEndpoint {
+            address: tc.kube_service_ip,
+            port: self.kubelet.port,
+        })
+    }
 }
 
 impl Reconciler for NodeSync {
@@ -265,97 +371,29 @@ impl Reconciler for NodeSync {
 
     async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
         let name = &key.name;
-        let api: Api<Node> = Api::all(self.shared.virt.clone());
         let current = self.virtual_nodes.get(&ObjectRef::new(name));
-        let ours = current
+        let host = self
+            .host_nodes
             .as_ref()
-            .is_some_and(|n| n.labels().contains_key(LABEL_VIRTUAL_NODE));
-        if !self.usage.in_use(name) {
-            if let Some(n) = current.filter(|_| ours)
-                && n.metadata.deletion_timestamp.is_none()
-            {
-                tracing::info!(node = %name, "deleting virtual node (nothing of ours runs there)");
-                apply::delete(
-                    &api,
-                    Cluster::Virtual,
-                    "Node",
-                    name,
-                    &n.uid().unwrap_or_default(),
-                    None,
-                )
-                .await?;
-            }
-            return Ok(Outcome::done());
-        }
-        let host = match &self.host_nodes {
-            Some(store) => match store.get(&ObjectRef::new(name)) {
-                Some(h) => Some(h),
-                None => return Ok(Outcome::done()), // not listed yet; its watch event re-queues
+            .map(|store| store.get(&ObjectRef::new(name)));
+        let kubelet = self.kubelet_endpoint();
+        let plan = plan_node(&NodeObserved {
+            name,
+            in_use: self.usage.in_use(name),
+            current: current.as_deref(),
+            host: match &host {
+                None => HostNode::Fake,
+                Some(None) => HostNode::NotListed,
+                Some(Some(h)) => HostNode::Real(h),
             },
-            None => None,
-        };
-        // No explicit kubelet address: the vcluster Service, which fronts the syncer's port.
-        let kubelet = if self.kubelet.address.is_empty() {
-            KubeletEndpoint {
-                address: self.shared.translate_ctx()?.kube_service_ip,
-                port: self.kubelet.port,
-            }
-        } else {
-            self.kubelet.clone()
-        };
-        let desired = virtual_node(name, host.as_deref(), &kubelet, &self.version, Timestamp::now());
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        match current {
-            None => {
-                tracing::info!(node = %name, "creating virtual node");
-                let created = apply::create(&api, "Node", name, &desired, |n: &Node| {
-                    n.labels().contains_key(LABEL_VIRTUAL_NODE)
-                })
-                .await;
-                match created {
-                    Ok(_) => {}
-                    // A node of that name that is not ours (e.g. made by the tenant): leave it.
-                    Err(SyncError::Foreign { .. }) => return Ok(Outcome::done()),
-                    Err(e) => return Err(e),
-                }
-                // Status is a subresource: set it explicitly.
-                let body = serde_json::json!({"status": desired.status});
-                api.patch_status(name, &pp, &Patch::Merge(&body))
-                    .await
-                    .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "set status of", "Node", name))?;
-            }
-            Some(cur) if !ours => {
-                tracing::debug!(node = %name, "a virtual node of that name exists and is not ours; leaving it");
-                let _ = cur;
-            }
-            Some(cur) => {
-                if owned_status(&cur) != owned_status(&desired) {
-                    let labels_patch = plan::merge_diff(
-                        &serde_json::to_value(&cur.metadata.labels).unwrap_or(Value::Null),
-                        &serde_json::to_value(&desired.metadata.labels).unwrap_or(Value::Null),
-                    );
-                    if let Some(labels) = labels_patch {
-                        api.patch(
-                            name,
-                            &pp,
-                            &Patch::Merge(&serde_json::json!({"metadata": {"labels": labels}})),
-                        )
-                        .await
-                        .map_err(|e| SyncError::from_kube(e, Cluster::Virtual, "patch", "Node", name))?;
-                    }
-                    let body = serde_json::json!({"status": desired.status});
-                    api.patch_status(name, &pp, &Patch::Merge(&body))
-                        .await
-                        .map_err(|e| {
-                            SyncError::from_kube(e, Cluster::Virtual, "set status of", "Node", name)
-                        })?;
-                }
-            }
-        }
-        Ok(Outcome::done())
+            kubelet: kubelet.as_ref(),
+            version: &self.version,
+            now: Timestamp::now(),
+        })?;
+        self.executor.run_all(&plan.actions).await?;
+        Ok(Outcome {
+            requeue_after: plan.requeue_after,
+        })
     }
 
     fn tenant_object(&self, _key: &Key) -> Option<ObjectReference> {
@@ -393,7 +431,7 @@ pub fn register(
         reg.store(&h_nodes)
     });
     let sync = NodeSync {
-        shared: reg.shared().clone(),
+        executor: Executor::new(reg.shared().clone()),
         usage: reg.index::<NodeUsage>(),
         virtual_nodes: reg.store(&v_nodes),
         host_nodes,
@@ -438,6 +476,270 @@ mod tests {
         assert!(u.in_use("n1"), "the virtual side is untouched");
         assert!(u.in_use("n2"));
         assert!(!u.in_use("n3"), "gone from the relisted side");
+    }
+
+    const VERSION: &str = "v1.35.4";
+
+    fn endpoint() -> KubeletEndpoint {
+        KubeletEndpoint {
+            address: "10.96.0.10".into(),
+            port: 10250,
+        }
+    }
+
+    /// A node as the virtual cache shows it.
+    fn with_uid(mut n: Node) -> Node {
+        n.metadata.uid = Some(format!("uid-{}", n.name_any()));
+        n
+    }
+
+    /// Our fake node `name`, as we made it.
+    fn ours(name: &str) -> Node {
+        with_uid(virtual_node(
+            name,
+            None,
+            &endpoint(),
+            VERSION,
+            Timestamp::UNIX_EPOCH,
+        ))
+    }
+
+    /// A node the tenant made (no label of ours).
+    fn tenants(name: &str) -> Node {
+        with_uid(serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("node"))
+    }
+
+    fn terminating(mut n: Node) -> Node {
+        n.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        n
+    }
+
+    /// Host node `name` in zone `zone` with `cpu` CPUs.
+    fn host_node(name: &str, zone: &str, cpu: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "uid": "host-uid", "labels": {"topology.kubernetes.io/zone": zone}},
+            "status": {"capacity": {"cpu": cpu}, "allocatable": {"cpu": cpu},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("node")
+    }
+
+    /// What the caches show for node "n1".
+    struct Seen {
+        in_use: bool,
+        current: Option<Node>,
+        /// None: fake mode; Some(None): real mode, host node not listed yet.
+        host: Option<Option<Node>>,
+        kubelet: Option<KubeletEndpoint>,
+    }
+
+    impl Seen {
+        fn used(current: Option<Node>) -> Self {
+            Self {
+                in_use: true,
+                current,
+                host: None,
+                kubelet: Some(endpoint()),
+            }
+        }
+        fn unused(current: Option<Node>) -> Self {
+            Self {
+                in_use: false,
+                ..Self::used(current)
+            }
+        }
+        fn real(self, host: Option<Node>) -> Self {
+            Self {
+                host: Some(host),
+                ..self
+            }
+        }
+        fn plan(&self) -> Result<Plan, &'static str> {
+            plan_node(&NodeObserved {
+                name: "n1",
+                in_use: self.in_use,
+                current: self.current.as_ref(),
+                host: match &self.host {
+                    None => HostNode::Fake,
+                    Some(None) => HostNode::NotListed,
+                    Some(Some(h)) => HostNode::Real(h),
+                },
+                kubelet: self.kubelet.as_ref(),
+                version: VERSION,
+                // Heartbeats are not compared: a later pass sees the same node.
+                now: Timestamp::UNIX_EPOCH + std::time::Duration::from_secs(3600),
+            })
+            .map_err(|e| e.category())
+        }
+    }
+
+    #[test]
+    fn node_plans() {
+        let zone_b = {
+            let h = host_node("n1", "b", "4");
+            with_uid(virtual_node(
+                "n1",
+                Some(&h),
+                &endpoint(),
+                VERSION,
+                Timestamp::UNIX_EPOCH,
+            ))
+        };
+        let cases = [
+            (
+                "create a fake node",
+                Seen::used(None),
+                Ok(vec!["create", "patch"]),
+            ),
+            (
+                "create a real node from the host node",
+                Seen::used(None).real(Some(host_node("n1", "a", "4"))),
+                Ok(vec!["create", "patch"]),
+            ),
+            (
+                "resync of a node in step",
+                Seen::used(Some(ours("n1"))),
+                Ok(vec![]),
+            ),
+            (
+                "resync of a real node in step",
+                Seen::used(Some(zone_b.clone())).real(Some(host_node("n1", "b", "4"))),
+                Ok(vec![]),
+            ),
+            (
+                "host capacity changed: status only",
+                Seen::used(Some(zone_b.clone())).real(Some(host_node("n1", "b", "8"))),
+                Ok(vec!["patch"]),
+            ),
+            (
+                "host labels changed: labels, then status",
+                Seen::used(Some(zone_b)).real(Some(host_node("n1", "c", "4"))),
+                Ok(vec!["patch", "patch"]),
+            ),
+            (
+                "real mode, host node not listed yet: its watch event queues it again",
+                Seen::used(None).real(None),
+                Ok(vec![]),
+            ),
+            (
+                "a tenant's node is left alone",
+                Seen::used(Some(tenants("n1"))),
+                Ok(vec![]),
+            ),
+            (
+                "delete when unused",
+                Seen::unused(Some(ours("n1"))),
+                Ok(vec!["delete"]),
+            ),
+            (
+                "an unused node that is not ours is not deleted",
+                Seen::unused(Some(tenants("n1"))),
+                Ok(vec![]),
+            ),
+            (
+                "no second delete while it goes",
+                Seen::unused(Some(terminating(ours("n1")))),
+                Ok(vec![]),
+            ),
+            ("unused and gone", Seen::unused(None), Ok(vec![])),
+            (
+                "the kubelet address is not known yet: wait",
+                Seen {
+                    kubelet: None,
+                    ..Seen::used(None)
+                },
+                Err("waiting"),
+            ),
+            (
+                "deleting needs no kubelet address",
+                Seen {
+                    kubelet: None,
+                    ..Seen::unused(Some(ours("n1")))
+                },
+                Ok(vec!["delete"]),
+            ),
+        ];
+        for (name, seen, want) in cases {
+            let got = seen.plan().map(|p| {
+                assert_eq!(p.requeue_after, None, "{name}: nodes never requeue");
+                p.ops()
+            });
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_new_node_is_created_then_given_its_status() {
+        let plan = Seen::used(None)
+            .real(Some(host_node("n1", "a", "4")))
+            .plan()
+            .expect("a plan");
+        let [create, status] = &plan.actions[..] else {
+            panic!("two actions: {:?}", plan.ops())
+        };
+        assert_eq!(create.target, Target::virtual_object::<Node>("", "n1"));
+        let Write::Create { body, .. } = &create.write else {
+            panic!("a create first")
+        };
+        assert_eq!(body["kind"], "Node");
+        assert_eq!(body["metadata"]["labels"][LABEL_VIRTUAL_NODE], "real");
+        assert_eq!(body["metadata"]["labels"]["topology.kubernetes.io/zone"], "a");
+        let Write::Patch {
+            subresource: Some("status"),
+            patch,
+        } = &status.write
+        else {
+            panic!("then the status subresource")
+        };
+        assert_eq!(patch.kind, PatchKind::Merge);
+        assert_eq!(patch.body["status"]["capacity"]["cpu"], "4");
+        assert_eq!(patch.body["status"]["addresses"][0]["address"], "10.96.0.10");
+    }
+
+    #[test]
+    fn changed_labels_are_patched_on_the_node_and_the_rest_on_its_status() {
+        let before = host_node("n1", "b", "4");
+        let current = with_uid(virtual_node(
+            "n1",
+            Some(&before),
+            &endpoint(),
+            VERSION,
+            Timestamp::UNIX_EPOCH,
+        ));
+        let plan = Seen::used(Some(current))
+            .real(Some(host_node("n1", "c", "8")))
+            .plan()
+            .expect("a plan");
+        let patches: Vec<_> = plan
+            .actions
+            .iter()
+            .map(|a| match &a.write {
+                Write::Patch { subresource, patch } => (*subresource, patch.body.clone()),
+                other => panic!("only patches: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            patches[0],
+            (
+                None,
+                serde_json::json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "c"}}})
+            )
+        );
+        assert_eq!(patches[1].0, Some("status"));
+        assert_eq!(patches[1].1["status"]["capacity"]["cpu"], "8");
+    }
+
+    #[test]
+    fn an_unused_node_is_deleted_with_its_uid() {
+        let plan = Seen::unused(Some(ours("n1"))).plan().expect("a plan");
+        assert_eq!(
+            plan.actions[0].write,
+            Write::Delete {
+                uid: "uid-n1".into(),
+                grace_seconds: None
+            }
+        );
+        assert_eq!(plan.actions[0].target, Target::virtual_object::<Node>("", "n1"));
     }
 
     #[test]
