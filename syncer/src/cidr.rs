@@ -45,7 +45,7 @@ use kube::core::Status;
 use kube::{Api, Client, Config};
 
 use crate::config::IN_CLUSTER_NAMESPACE_FILE;
-use crate::engine::apply::FIELD_MANAGER;
+use crate::engine::execute::FIELD_MANAGER;
 use crate::markers::LABEL_PROBE_RUN;
 use crate::naming::parse_dns_label;
 

@@ -24,12 +24,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::apply::{DELETE_EXPECT_FOR, FIELD_MANAGER, RecentWrites};
 use super::error::SyncError;
 use super::plan::{HostPatch, PatchKind};
+use super::recent::{DELETE_EXPECT_FOR, RecentWrites};
 use super::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::markers;
+
+/// The field manager of every write the syncer makes.
+pub const FIELD_MANAGER: &str = "vnest-syncer";
 
 /// The object a write goes to.
 #[derive(Clone, PartialEq)]

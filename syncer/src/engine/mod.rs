@@ -9,13 +9,12 @@
 //! - [`plan`]: pure decisions: a [`plan::Plan`] of actions, the lifecycle rules every kind
 //!   shares (foreign, orphan, stale uid, create pending), minimal patches.
 //! - [`execute`]: the one executor of planned writes on both clusters (counts, remembers
-//!   recent writes, maps answers to [`error::SyncError`]); [`apply`]: the field manager and
-//!   the recent-writes memory.
+//!   recent writes, maps answers to [`error::SyncError`]); [`recent`]: the memory of writes
+//!   the caches may not show yet.
 //! - [`worker`]: runs a reconciler over a queue with metrics, backoff and tenant Events.
 //! - [`standard`]: the whole reconcile for kinds that are plain copies (ConfigMaps, Secrets).
 //! - [`events`], [`error`]: what the tenant sees when something is refused.
 
-pub mod apply;
 pub mod error;
 pub mod events;
 pub mod execute;
@@ -24,6 +23,7 @@ pub mod packed;
 pub mod plan;
 pub mod progress;
 pub mod queue;
+pub mod recent;
 pub mod registry;
 pub mod standard;
 pub mod watch;

@@ -1,22 +1,9 @@
-//! Executes host actions: create (POST), patch (merge or strategic), delete (UID precondition).
-//! Every write names our field manager; NotFound on delete counts as done.
+//! What this process wrote that the watch caches may not show yet (client-go's
+//! "expectations"): the executor's memory of creates and accepted DELETEs.
 
 use std::collections::HashMap;
-use std::fmt::Debug;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use super::error::SyncError;
-use super::plan::{HostPatch, PatchKind};
-use crate::error::Cluster;
-
-/// The field manager of every write the syncer makes.
-pub const FIELD_MANAGER: &str = "vnest-syncer";
 
 /// How long a create is remembered while the watch cache catches up with it.
 const EXPECT_FOR: Duration = Duration::from_secs(30);
@@ -88,94 +75,6 @@ impl RecentWrites {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().names.len()
-    }
-}
-
-/// POSTs `obj`. When the name is taken, one GET tells whether the object there is ours (the
-/// watch cache is lagging: a quiet conflict and requeue) or foreign (left untouched, reported).
-pub async fn create<K>(
-    api: &Api<K>,
-    kind: &'static str,
-    name: &str,
-    obj: &K,
-    is_ours: impl Fn(&K) -> bool,
-) -> Result<K, SyncError>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let pp = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&pp, obj).await {
-        Ok(created) => Ok(created),
-        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-            let existing = api
-                .get_opt(name)
-                .await
-                .map_err(|e| SyncError::from_kube(e, Cluster::Host, "get", kind, name))?;
-            match existing {
-                Some(o) if !is_ours(&o) => Err(SyncError::Foreign {
-                    kind,
-                    host_name: name.to_owned(),
-                }),
-                _ => Err(SyncError::Conflict {
-                    cluster: Cluster::Host,
-                    kind,
-                    name: name.to_owned(),
-                }),
-            }
-        }
-        Err(e) => Err(SyncError::from_kube(e, Cluster::Host, "create", kind, name)),
-    }
-}
-
-pub async fn patch<K>(
-    api: &Api<K>,
-    cluster: Cluster,
-    kind: &'static str,
-    name: &str,
-    p: &HostPatch,
-) -> Result<K, SyncError>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    let body = match p.kind {
-        PatchKind::Merge => Patch::Merge(&p.body),
-        PatchKind::Strategic => Patch::Strategic(&p.body),
-    };
-    api.patch(name, &pp, &body)
-        .await
-        .map_err(|e| SyncError::from_kube(e, cluster, "patch", kind, name))
-}
-
-pub async fn delete<K>(
-    api: &Api<K>,
-    cluster: Cluster,
-    kind: &'static str,
-    name: &str,
-    uid: &str,
-    grace_seconds: Option<i64>,
-) -> Result<(), SyncError>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
-        ..DeleteParams::background()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(SyncError::from_kube(e, cluster, "delete", kind, name)),
     }
 }
 
