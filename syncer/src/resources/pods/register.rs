@@ -34,40 +34,30 @@ pub fn host_pods() -> Watch<WatchedPod, CachedPod> {
 
 /// Declares the pod kind; `workers` reconciles in flight.
 pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize) {
-    let (v_pods, h_pods) = (virtual_pods(), host_pods());
-    let (v_cms, v_secrets) = (
-        standard::virtual_watch::<ConfigMaps>(),
-        standard::virtual_watch::<Secrets>(),
-    );
-    let h_secrets = standard::host_watch::<Secrets>();
-    let v_namespaces = Watch::<Namespace>::virtual_all("namespaces");
-    let v_services = Watch::<Service>::virtual_all("services");
-
-    let refs = reg.index::<RefIndex>();
-    let usage = reg.index::<NodeUsage>();
-    let (pod_q, cm_q, secret_q, node_q) = (
-        reg.queue("pods"),
-        reg.queue(ConfigMaps::NAME),
-        reg.queue(Secrets::NAME),
-        reg.queue("nodes"),
-    );
-
     let pod_sync = Arc::new(PodSync {
         executor: Executor::new(reg.shared().clone()),
         settings,
-        virtual_pods: reg.store(&v_pods),
-        host_pods: reg.store(&h_pods),
-        host_secrets: reg.store(&h_secrets),
-        virtual_namespaces: reg.store(&v_namespaces),
-        virtual_configmaps: reg.store(&v_cms),
-        virtual_secrets: reg.store(&v_secrets),
-        virtual_services: reg.store(&v_services),
+        virtual_pods: reg.store(&virtual_pods()),
+        host_pods: reg.store(&host_pods()),
+        host_secrets: reg.store(&standard::host_watch::<Secrets>()),
+        virtual_namespaces: reg.store(&Watch::<Namespace>::virtual_all("namespaces")),
+        virtual_configmaps: reg.store(&standard::virtual_watch::<ConfigMaps>()),
+        virtual_secrets: reg.store(&standard::virtual_watch::<Secrets>()),
+        virtual_services: reg.store(&Watch::<Service>::virtual_all("services")),
         first_seen: Mutex::new(HashMap::new()),
     });
+    wake_on_references(reg);
+    on_virtual_pods(reg, &pod_sync);
+    on_host_pods(reg, &pod_sync);
+    wake_on_token_secrets(reg);
+    wake_on_namespace_labels(reg, &pod_sync);
+    reg.workers(pod_sync, workers);
+}
 
-    // A ConfigMap/Secret that appears lets the pods waiting for it start.
-    let (q, index) = (pod_q.clone(), refs.clone());
-    reg.on(&v_cms, move |c| {
+/// A ConfigMap/Secret that appears lets the pods waiting for it start.
+fn wake_on_references(reg: &mut Registry) {
+    let (q, index) = (reg.queue("pods"), reg.index::<RefIndex>());
+    reg.on(&standard::virtual_watch::<ConfigMaps>(), move |c| {
         if let Change::Applied(o) = c {
             for k in index.users(
                 RefKind::ConfigMap,
@@ -78,85 +68,95 @@ pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize
             }
         }
     });
-    let (q, index) = (pod_q.clone(), refs.clone());
-    reg.on(&v_secrets, move |c| {
+    let (q, index) = (reg.queue("pods"), reg.index::<RefIndex>());
+    reg.on(&standard::virtual_watch::<Secrets>(), move |c| {
         if let Change::Applied(o) = c {
             for k in index.users(RefKind::Secret, &o.namespace().unwrap_or_default(), &o.name_any()) {
                 q.add(k);
             }
         }
     });
+}
 
-    // Virtual pods: the pod queue, what they mount, where they run.
-    {
-        let (q, refs, usage, ps) = (pod_q.clone(), refs.clone(), usage.clone(), pod_sync.clone());
-        let hs = pod_sync.host_pods.clone();
-        let nq = node_q.clone();
-        let ref_queue = move |changed: Vec<(RefKind, Key)>| {
-            for (kind, key) in changed {
-                match kind {
-                    RefKind::ConfigMap => cm_q.add(key),
-                    RefKind::Secret => secret_q.add(key),
+/// Virtual pods: the pod queue, what they mount (the ConfigMaps/Secrets queues), where they
+/// run (the nodes queue).
+fn on_virtual_pods(reg: &mut Registry, pod_sync: &Arc<PodSync>) {
+    let (q, cm_q, secret_q, nq) = (
+        reg.queue("pods"),
+        reg.queue(ConfigMaps::NAME),
+        reg.queue(Secrets::NAME),
+        reg.queue("nodes"),
+    );
+    let (refs, usage) = (reg.index::<RefIndex>(), reg.index::<NodeUsage>());
+    let (ps, hs) = (pod_sync.clone(), pod_sync.host_pods.clone());
+    let ref_queue = move |changed: Vec<(RefKind, Key)>| {
+        for (kind, key) in changed {
+            match kind {
+                RefKind::ConfigMap => cm_q.add(key),
+                RefKind::Secret => secret_q.add(key),
+            }
+        }
+    };
+    reg.on(&virtual_pods(), move |c| match c {
+        Change::Applied(p) => {
+            let key = key_of(p);
+            if p.meta().creation_timestamp.is_some() && node_of(p).is_none() {
+                ps.seen(&key);
+            }
+            q.add(key);
+            ref_queue(refs.apply(p));
+            queue_nodes(&nq, usage.set(false, p, node_of(p).as_deref()));
+        }
+        Change::Deleted(p) => {
+            q.add(key_of(p));
+            ref_queue(refs.delete(p));
+            queue_nodes(&nq, usage.set(false, p, None));
+        }
+        Change::Relisted(store) => {
+            let pods = store.state();
+            enqueue_all(&q, store, |p| Some(key_of(p)));
+            enqueue_all(&q, &hs, cached_host_pod_key);
+            // One parse per pod feeds both indexes.
+            let mut placed = Vec::new();
+            ref_queue(refs.rebuild(unpacked(&pods).inspect(|p| {
+                if let Some(node) = node_of(p) {
+                    placed.push((node, p.namespace().unwrap_or_default(), p.name_any()));
                 }
+            })));
+            queue_nodes(&nq, usage.rebuild(false, placed));
+        }
+    });
+}
+
+/// Host pods: back to the virtual key; where they run.
+fn on_host_pods(reg: &mut Registry, pod_sync: &Arc<PodSync>) {
+    let (q, nq, usage) = (reg.queue("pods"), reg.queue("nodes"), reg.index::<NodeUsage>());
+    let vs = pod_sync.virtual_pods.clone();
+    reg.on(&host_pods(), move |c| match c {
+        Change::Applied(p) => {
+            if let Some(k) = standard::host_key("Pod", p.meta()) {
+                q.add(k);
             }
-        };
-        reg.on(&v_pods, move |c| match c {
-            Change::Applied(p) => {
-                let key = key_of(p);
-                if p.meta().creation_timestamp.is_some() && node_of(p).is_none() {
-                    ps.seen(&key);
-                }
-                q.add(key);
-                ref_queue(refs.apply(p));
-                queue_nodes(&nq, usage.set(false, p, node_of(p).as_deref()));
+            queue_nodes(&nq, usage.set(true, p, node_of(p).as_deref()));
+        }
+        Change::Deleted(p) => {
+            if let Some(k) = standard::host_key("Pod", p.meta()) {
+                q.add(k);
             }
-            Change::Deleted(p) => {
-                q.add(key_of(p));
-                ref_queue(refs.delete(p));
-                queue_nodes(&nq, usage.set(false, p, None));
-            }
-            Change::Relisted(store) => {
-                let pods = store.state();
-                enqueue_all(&q, store, |p| Some(key_of(p)));
-                enqueue_all(&q, &hs, cached_host_pod_key);
-                // One parse per pod feeds both indexes.
-                let mut placed = Vec::new();
-                ref_queue(refs.rebuild(unpacked(&pods).inspect(|p| {
-                    if let Some(node) = node_of(p) {
-                        placed.push((node, p.namespace().unwrap_or_default(), p.name_any()));
-                    }
-                })));
-                queue_nodes(&nq, usage.rebuild(false, placed));
-            }
-        });
-    }
-    // Host pods: back to the virtual key; where they run.
-    {
-        let (q, nq, usage) = (pod_q.clone(), node_q, usage);
-        let vs = pod_sync.virtual_pods.clone();
-        reg.on(&h_pods, move |c| match c {
-            Change::Applied(p) => {
-                if let Some(k) = standard::host_key("Pod", p.meta()) {
-                    q.add(k);
-                }
-                queue_nodes(&nq, usage.set(true, p, node_of(p).as_deref()));
-            }
-            Change::Deleted(p) => {
-                if let Some(k) = standard::host_key("Pod", p.meta()) {
-                    q.add(k);
-                }
-                queue_nodes(&nq, usage.set(true, p, None));
-            }
-            Change::Relisted(store) => {
-                enqueue_all(&q, store, cached_host_pod_key);
-                enqueue_all(&q, &vs, |p| Some(key_of(p)));
-                queue_nodes(&nq, usage.rebuild(true, host_placements(&store.state())));
-            }
-        });
-    }
-    // Token Secrets belong to their pod.
-    let q = pod_q.clone();
-    reg.on(&h_secrets, move |c| match c {
+            queue_nodes(&nq, usage.set(true, p, None));
+        }
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, cached_host_pod_key);
+            enqueue_all(&q, &vs, |p| Some(key_of(p)));
+            queue_nodes(&nq, usage.rebuild(true, host_placements(&store.state())));
+        }
+    });
+}
+
+/// Token Secrets belong to their pod.
+fn wake_on_token_secrets(reg: &mut Registry) {
+    let q = reg.queue("pods");
+    reg.on(&standard::host_watch::<Secrets>(), move |c| match c {
         Change::Applied(s) | Change::Deleted(s) => {
             if let Some(k) = standard::host_key(TOKEN_SECRET_KIND, s.meta())
                 && s.annotations()
@@ -169,9 +169,12 @@ pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize
         }
         Change::Relisted(_) => {}
     });
-    // Namespace labels are copied onto pods: a label change re-checks the namespace's pods.
-    let (q, vs) = (pod_q, pod_sync.virtual_pods.clone());
-    reg.on(&v_namespaces, move |c| {
+}
+
+/// Namespace labels are copied onto pods: a label change re-checks the namespace's pods.
+fn wake_on_namespace_labels(reg: &mut Registry, pod_sync: &Arc<PodSync>) {
+    let (q, vs) = (reg.queue("pods"), pod_sync.virtual_pods.clone());
+    reg.on(&Watch::<Namespace>::virtual_all("namespaces"), move |c| {
         if let Change::Applied(ns) = c {
             let name = ns.name_any();
             for p in vs
@@ -183,7 +186,6 @@ pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize
             }
         }
     });
-    reg.workers(pod_sync, workers);
 }
 
 fn queue_nodes(queue: &FairQueue, nodes: Vec<String>) {
