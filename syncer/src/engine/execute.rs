@@ -25,11 +25,26 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::SyncError;
-use super::plan::{HostPatch, PatchKind};
+use super::ownership;
 use super::recent::{DELETE_EXPECT_FOR, RecentWrites};
 use super::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::markers;
+
+/// How a patch body is interpreted by the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 7386 JSON merge patch.
+    Merge,
+    /// Kubernetes strategic merge patch (lists merged by their patch merge key).
+    Strategic,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPatch {
+    pub kind: PatchKind,
+    pub body: Value,
+}
 
 /// The field manager of every write the syncer makes.
 pub const FIELD_MANAGER: &str = "vnest-syncer";
@@ -474,7 +489,7 @@ impl Executor {
             return false;
         };
         match ownership {
-            Ownership::CopyOf(kind) => super::standard::is_ours(&tc, kind, meta),
+            Ownership::CopyOf(kind) => ownership::is_ours(&tc, kind, meta),
             Ownership::ManagedBy => {
                 meta.labels
                     .as_ref()

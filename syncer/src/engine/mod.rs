@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod execute;
 pub mod lean;
+pub mod ownership;
 pub mod packed;
 pub mod plan;
 pub mod progress;

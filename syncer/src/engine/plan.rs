@@ -15,22 +15,10 @@ use serde_json::{Map, Value};
 use super::TranslateCtx;
 use super::error::SyncError;
 use super::execute::{Action, Target};
+use super::ownership;
 use crate::markers;
 
-/// How a patch body is interpreted by the API server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchKind {
-    /// RFC 7386 JSON merge patch.
-    Merge,
-    /// Kubernetes strategic merge patch (lists merged by their patch merge key).
-    Strategic,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostPatch {
-    pub kind: PatchKind,
-    pub body: Value,
-}
+pub use super::execute::{HostPatch, PatchKind};
 
 /// What a reconcile decided: the writes to make, in order, and when to look at the key again.
 /// An empty plan is the answer to every resync of an object already in step.
@@ -135,7 +123,7 @@ pub fn lifecycle<K: kube::Resource<DynamicType = ()>>(
     } = seen.pair;
     let target = || Target::host::<K>(tc, seen.host_name);
     if let Some(h) = h
-        && !super::standard::is_ours(tc, rules.kind, h)
+        && !ownership::is_ours(tc, rules.kind, h)
     {
         let needed = seen.wanted && v.is_some_and(|v| v.deletion_timestamp.is_none());
         if rules.quiet_foreign_when_unwanted && !needed {

@@ -18,13 +18,15 @@ use serde_json::Value;
 
 use super::error::SyncError;
 use super::execute::{Action, Executor, Ownership, Target, Write};
+use super::ownership::host_key;
 use super::plan::{self, Lifecycle, Observed, Pair, PatchKind, Plan};
 use super::queue::Key;
+
 use super::registry::{Registry, Watch, enqueue_all, key_of};
 use super::watch::Change;
 use super::worker::{Outcome, Reconciler};
 use super::{Shared, TranslateCtx};
-use crate::{markers, naming};
+use crate::naming;
 
 /// A kind copied virtual -> host as-is (plus markers).
 pub trait CopiedKind: Send + Sync + 'static {
@@ -97,24 +99,6 @@ pub fn register<C: CopiedKind>(reg: &mut Registry, kind: C, workers: usize) {
     });
     let copier = Copier::new(kind, reg.shared().clone(), virtual_store, host_store);
     reg.workers(Arc::new(copier), workers);
-}
-
-/// The key of the virtual object a host object of `kind` was made from.
-pub fn host_key(kind: &str, meta: &ObjectMeta) -> Option<Key> {
-    let kind_ok = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(markers::ANNOTATION_OBJECT_KIND))
-        .is_none_or(|k| k == kind);
-    let source = markers::source_of(meta)?;
-    kind_ok.then(|| Key::new(source.namespace.unwrap_or_default(), source.name))
-}
-
-/// Whether a host object found under our name really is our copy of `key`.
-pub fn is_ours(tc: &TranslateCtx, kind: &str, meta: &ObjectMeta) -> bool {
-    markers::is_managed(meta, &tc.vcluster, kind, &tc.host_namespace, |s| {
-        naming::host_name(&tc.vcluster, s.namespace.as_deref().unwrap_or_default(), &s.name)
-    })
 }
 
 /// Metadata of a host object to create from virtual `v`.

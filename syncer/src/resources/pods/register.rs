@@ -13,6 +13,7 @@ use super::refs::{RefIndex, RefKind};
 use super::sync::PodSync;
 use super::{CachedPod, WatchedPod, cache_host_pod, cache_virtual_pod};
 use crate::engine::execute::Executor;
+use crate::engine::ownership;
 use crate::engine::queue::{FairQueue, Key};
 use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
 use crate::engine::standard::{self, CopiedKind};
@@ -134,13 +135,13 @@ fn on_host_pods(reg: &mut Registry, pod_sync: &Arc<PodSync>) {
     let vs = pod_sync.virtual_pods.clone();
     reg.on(&host_pods(), move |c| match c {
         Change::Applied(p) => {
-            if let Some(k) = standard::host_key("Pod", p.meta()) {
+            if let Some(k) = ownership::host_key("Pod", p.meta()) {
                 q.add(k);
             }
             queue_nodes(&nq, usage.set(true, p, node_of(p).as_deref()));
         }
         Change::Deleted(p) => {
-            if let Some(k) = standard::host_key("Pod", p.meta()) {
+            if let Some(k) = ownership::host_key("Pod", p.meta()) {
                 q.add(k);
             }
             queue_nodes(&nq, usage.set(true, p, None));
@@ -158,7 +159,7 @@ fn wake_on_token_secrets(reg: &mut Registry) {
     let q = reg.queue("pods");
     reg.on(&standard::host_watch::<Secrets>(), move |c| match c {
         Change::Applied(s) | Change::Deleted(s) => {
-            if let Some(k) = standard::host_key(TOKEN_SECRET_KIND, s.meta())
+            if let Some(k) = ownership::host_key(TOKEN_SECRET_KIND, s.meta())
                 && s.annotations()
                     .get(markers::ANNOTATION_OBJECT_KIND)
                     .map(String::as_str)
@@ -214,7 +215,7 @@ fn unpacked(pods: &[Arc<CachedPod>]) -> impl Iterator<Item = Pod> + '_ {
 /// The virtual key a cached host pod belongs to (its markers are in the packed metadata).
 fn cached_host_pod_key(p: &CachedPod) -> Option<Key> {
     let meta = p.full_metadata().ok()?;
-    standard::host_key("Pod", &meta)
+    ownership::host_key("Pod", &meta)
 }
 
 /// Where cached host pods run (node, namespace, name), read from their bodies' `spec.nodeName`

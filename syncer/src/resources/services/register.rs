@@ -10,9 +10,9 @@ use kube::{Resource, ResourceExt};
 
 use super::sync::ServiceSync;
 use crate::engine::execute::Executor;
+use crate::engine::ownership;
 use crate::engine::queue::Key;
 use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
-use crate::engine::standard;
 use crate::engine::watch::Change;
 
 /// Declares the Service kind. `service_name` is the vcluster's host Service.
@@ -25,7 +25,7 @@ pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
     let h_vc_endpoints = Watch::<Endpoints>::host_named("vcluster-endpoints", service_name.clone());
     let v_endpoints = Watch::<Endpoints>::virtual_all("endpoints");
     let queue = reg.queue("services");
-    let host_key = |o: &Service| standard::host_key("Service", o.meta());
+    let host_key = |o: &Service| ownership::host_key("Service", o.meta());
 
     let (q, hs) = (queue.clone(), reg.store(&h_services));
     reg.on(&v_services, move |c| match c {
