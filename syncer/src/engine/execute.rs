@@ -302,26 +302,23 @@ impl Executor {
         }
         // Info for what changes the host or removes a tenant object; the virtual side's
         // routine writes (status, binds, event copies, tokens) are debug: thousands per burst.
+        macro_rules! log_write {
+            ($level:ident) => {
+                tracing::$level!(
+                    cluster = t.cluster.as_str(),
+                    kind = t.kind,
+                    ns = t.namespace.as_deref().unwrap_or(""),
+                    name = %t.name,
+                    op,
+                    reason = action.reason,
+                    "writing"
+                )
+            };
+        }
         if t.cluster == Cluster::Host || matches!(action.write, Write::Delete { .. }) {
-            tracing::info!(
-                cluster = t.cluster.as_str(),
-                kind = t.kind,
-                ns = t.namespace.as_deref().unwrap_or(""),
-                name = %t.name,
-                op,
-                reason = action.reason,
-                "writing"
-            );
+            log_write!(info);
         } else {
-            tracing::debug!(
-                cluster = t.cluster.as_str(),
-                kind = t.kind,
-                ns = t.namespace.as_deref().unwrap_or(""),
-                name = %t.name,
-                op,
-                reason = action.reason,
-                "writing"
-            );
+            log_write!(debug);
         }
         let done = self.send(action).await?;
         match &action.write {

@@ -61,6 +61,40 @@ pub fn enqueue_all<K: Resource<DynamicType = ()> + Clone>(
     }
 }
 
+/// Wires a kind whose virtual objects have host copies: a change on either side queues the
+/// virtual key (host objects map back through `host_key`), and a relist of either side
+/// re-checks every key of both.
+pub fn wire_pair<K>(
+    reg: &mut Registry,
+    virtual_watch: &Watch<K>,
+    host_watch: &Watch<K>,
+    queue: &FairQueue,
+    host_key: fn(&K) -> Option<Key>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (q, hs) = (queue.clone(), reg.store(host_watch));
+    reg.on(virtual_watch, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, |o| Some(key_of(o)));
+            enqueue_all(&q, &hs, host_key);
+        }
+    });
+    let (q, vs) = (queue.clone(), reg.store(virtual_watch));
+    reg.on(host_watch, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => {
+            if let Some(k) = host_key(o) {
+                q.add(k);
+            }
+        }
+        Change::Relisted(store) => {
+            enqueue_all(&q, store, host_key);
+            enqueue_all(&q, &vs, |o| Some(key_of(o)));
+        }
+    });
+}
+
 /// Which objects of a kind a watch sees.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Selection {
@@ -211,6 +245,30 @@ pub struct WatchOptions {
     pub virtual_streams: bool,
 }
 
+impl WatchOptions {
+    /// How a watch of `selection` on `cluster` lists and watches.
+    fn config(&self, cluster: Cluster, selection: &Selection) -> watcher::Config {
+        let config = match selection {
+            Selection::Owned => watcher::Config::default().labels(&self.owned_selector),
+            Selection::Named(object) => watcher::Config::default().fields(&format!("metadata.name={object}")),
+            Selection::All | Selection::Namespace => watcher::Config::default(),
+        };
+        let streams = match cluster {
+            Cluster::Host => self.host_streams,
+            Cluster::Virtual => self.virtual_streams,
+        };
+        if streams { config.streaming_lists() } else { config }
+    }
+}
+
+/// A watch task among the supervised tasks (its panic is the task's failure).
+fn supervise(tasks: &mut Tasks, name: &'static str, handle: tokio::task::JoinHandle<()>) {
+    tasks.spawn(async move {
+        let r = handle.await;
+        (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
+    });
+}
+
 /// A declared watch not started yet: its store, subscribers and readiness.
 struct Pending<K, C>
 where
@@ -259,23 +317,7 @@ where
             subscribers,
             ..
         } = *self;
-        let (config, streams) = match (&watch.selection, watch.cluster) {
-            (Selection::Owned, _) => (
-                watcher::Config::default().labels(&options.owned_selector),
-                options.host_streams,
-            ),
-            (Selection::Named(object), _) => (
-                watcher::Config::default().fields(&format!("metadata.name={object}")),
-                options.host_streams,
-            ),
-            (Selection::All | Selection::Namespace, Cluster::Host) => {
-                (watcher::Config::default(), options.host_streams)
-            }
-            (Selection::All | Selection::Namespace, Cluster::Virtual) => {
-                (watcher::Config::default(), options.virtual_streams)
-            }
-        };
-        let config = if streams { config.streaming_lists() } else { config };
+        let config = options.config(watch.cluster, &watch.selection);
         let name = watch.name;
         let handle = watch::spawn(
             (watch.api)(shared),
@@ -289,10 +331,7 @@ where
             shared.initial_sync.clone(),
             shared.cancel.clone(),
         );
-        tasks.spawn(async move {
-            let r = handle.await;
-            (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
-        });
+        supervise(tasks, name, handle);
     }
 
     fn as_any(&mut self) -> &mut dyn Any {
@@ -480,18 +519,7 @@ impl Registry {
         );
         let (watch, shared, options) = (watch.clone(), self.shared.clone(), self.options.clone());
         let start = move |tasks: &mut Tasks| {
-            let streams = match watch.cluster {
-                Cluster::Host => options.host_streams,
-                Cluster::Virtual => options.virtual_streams,
-            };
-            let mut config = match &watch.selection {
-                Selection::Owned => watcher::Config::default().labels(&options.owned_selector),
-                Selection::Named(o) => watcher::Config::default().fields(&format!("metadata.name={o}")),
-                Selection::All | Selection::Namespace => watcher::Config::default(),
-            };
-            if streams {
-                config = config.streaming_lists();
-            }
+            let config = options.config(watch.cluster, &watch.selection);
             let name = watch.name;
             let handle = watch::spawn_uncached(
                 (watch.api)(&shared),
@@ -504,10 +532,7 @@ impl Registry {
                 shared.initial_sync.clone(),
                 shared.cancel.clone(),
             );
-            tasks.spawn(async move {
-                let r = handle.await;
-                (name, r.map_err(|e| anyhow::anyhow!("watch task panicked: {e}")))
-            });
+            supervise(tasks, name, handle);
         };
         self.streams.push((id, Box::new(start)));
     }

@@ -22,8 +22,7 @@ use super::ownership::host_key;
 use super::plan::{self, Lifecycle, Observed, Pair, PatchKind, Plan};
 use super::queue::Key;
 
-use super::registry::{Registry, Watch, enqueue_all, key_of};
-use super::watch::Change;
+use super::registry::{Registry, Watch, wire_pair};
 use super::worker::{Outcome, Reconciler};
 use super::{Shared, TranslateCtx};
 use crate::naming;
@@ -76,27 +75,7 @@ pub fn register<C: CopiedKind>(reg: &mut Registry, kind: C, workers: usize) {
     let (v, h) = (virtual_watch::<C>(), host_watch::<C>());
     let queue = reg.queue(C::NAME);
     let (virtual_store, host_store) = (reg.store(&v), reg.store(&h));
-    let host_key = |o: &C::K| host_key(C::KIND, o.meta());
-    let (q, hs) = (queue.clone(), host_store.clone());
-    reg.on(&v, move |c| match c {
-        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
-        Change::Relisted(store) => {
-            enqueue_all(&q, store, |o| Some(key_of(o)));
-            enqueue_all(&q, &hs, host_key);
-        }
-    });
-    let (q, vs) = (queue, virtual_store.clone());
-    reg.on(&h, move |c| match c {
-        Change::Applied(o) | Change::Deleted(o) => {
-            if let Some(k) = host_key(o) {
-                q.add(k);
-            }
-        }
-        Change::Relisted(store) => {
-            enqueue_all(&q, store, host_key);
-            enqueue_all(&q, &vs, |o| Some(key_of(o)));
-        }
-    });
+    wire_pair(reg, &v, &h, &queue, |o| host_key(C::KIND, o.meta()));
     let copier = Copier::new(kind, reg.shared().clone(), virtual_store, host_store);
     reg.workers(Arc::new(copier), workers);
 }

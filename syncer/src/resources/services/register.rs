@@ -12,7 +12,7 @@ use super::sync::ServiceSync;
 use crate::engine::execute::Executor;
 use crate::engine::ownership;
 use crate::engine::queue::Key;
-use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
+use crate::engine::registry::{Registry, Watch, wire_pair};
 use crate::engine::watch::Change;
 
 /// Declares the Service kind. `service_name` is the vcluster's host Service.
@@ -25,27 +25,8 @@ pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
     let h_vc_endpoints = Watch::<Endpoints>::host_named("vcluster-endpoints", service_name.clone());
     let v_endpoints = Watch::<Endpoints>::virtual_all("endpoints");
     let queue = reg.queue("services");
-    let host_key = |o: &Service| ownership::host_key("Service", o.meta());
-
-    let (q, hs) = (queue.clone(), reg.store(&h_services));
-    reg.on(&v_services, move |c| match c {
-        Change::Applied(o) | Change::Deleted(o) => q.add(key_of(o)),
-        Change::Relisted(store) => {
-            enqueue_all(&q, store, |o| Some(key_of(o)));
-            enqueue_all(&q, &hs, host_key);
-        }
-    });
-    let (q, vs) = (queue.clone(), reg.store(&v_services));
-    reg.on(&h_services, move |c| match c {
-        Change::Applied(o) | Change::Deleted(o) => {
-            if let Some(k) = host_key(o) {
-                q.add(k);
-            }
-        }
-        Change::Relisted(store) => {
-            enqueue_all(&q, store, host_key);
-            enqueue_all(&q, &vs, |o| Some(key_of(o)));
-        }
+    wire_pair(reg, &v_services, &h_services, &queue, |o| {
+        ownership::host_key("Service", o.meta())
     });
     let kube_key = || Key::new("default", "kubernetes");
     let q = queue.clone();
