@@ -10,6 +10,7 @@ pub mod networkpolicies;
 pub mod nodes;
 pub mod pods;
 pub mod secrets;
+pub mod selectors;
 pub mod services;
 
 use std::sync::Arc;
