@@ -190,6 +190,23 @@ impl World {
         vnest::naming::host_name(&self.vcluster, namespace, name)
     }
 
+    /// Runs `hack/syncer.sh <args>` on this world's syncer (`restart`, `stop KILL`, ...). Only
+    /// for tests in a test binary of their own: cargo runs test binaries one at a time.
+    pub async fn syncer_script(&self, args: &[&str]) -> Result<()> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hack/syncer.sh");
+        let out = tokio::process::Command::new(script)
+            .args(args)
+            .env("STATE_DIR", self.env.get("STATE_DIR")?)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "hack/syncer.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Reads one counter of the syncer's /metrics (sum over series matching every `labels` pair).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         let text = http_get_text(self.env.get("SYNCER_METRICS_URL")?).await?;

@@ -5,7 +5,6 @@
 //! Its own test binary: it kills the shared syncer, and cargo runs test binaries one at a time.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -17,21 +16,6 @@ use vnest::markers;
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn syncer(w: &World, args: &[&str]) -> Result<()> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hack/syncer.sh");
-    let out = tokio::process::Command::new(script)
-        .args(args)
-        .env("STATE_DIR", w.env.get("STATE_DIR")?)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hack/syncer.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// Host writes (create/update/patch/delete) by the syncer's ServiceAccount in the audit log.
 fn audited_host_writes(w: &World) -> Result<usize> {
@@ -102,8 +86,8 @@ async fn killed_mid_work_then_restarted_converges_and_resync_writes_nothing() ->
         Ok((!host_pods_of(&w, &ns.name).await?.is_empty()).then_some(()))
     })
     .await?;
-    syncer(&w, &["stop", "KILL"]).await?;
-    syncer(&w, &["start"]).await?;
+    w.syncer_script(&["stop", "KILL"]).await?;
+    w.syncer_script(&["start"]).await?;
 
     let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
     wait_until("20 Running virtual pods", WAIT, || async {
@@ -171,7 +155,7 @@ async fn killed_mid_work_then_restarted_converges_and_resync_writes_nothing() ->
     })
     .await?;
     // Restart and let it resync everything.
-    syncer(&w, &["restart", "KILL"]).await?;
+    w.syncer_script(&["restart", "KILL"]).await?;
     let audited_before = audited_host_writes(&w)?;
     // The syncer's own "caught up" signal: every watch listed, every queue drained once.
     let resync_s = wait_until("the restarted syncer caught up", WAIT, || async {

@@ -159,6 +159,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             virtual_version,
             service_name: config.sync.service_name.clone(),
             networkpolicies: config.networkpolicies.clone(),
+            poddisruptionbudgets: config.poddisruptionbudgets.clone(),
             host_streams,
             virtual_streams,
         },

@@ -16,6 +16,7 @@ use crate::naming::parse_dns_label;
 use crate::resources::configmaps::ConfigMapArgs;
 use crate::resources::networkpolicies::NetworkPolicyArgs;
 use crate::resources::nodes::NodeArgs;
+use crate::resources::poddisruptionbudgets::PodDisruptionBudgetArgs;
 use crate::resources::pods::{PodArgs, PodSettings};
 use crate::resources::secrets::SecretArgs;
 
@@ -217,6 +218,9 @@ pub struct SyncerArgs {
     pub networkpolicies: NetworkPolicyArgs,
 
     #[command(flatten)]
+    pub poddisruptionbudgets: PodDisruptionBudgetArgs,
+
+    #[command(flatten)]
     pub dns: DnsArgs,
 }
 
@@ -305,6 +309,7 @@ pub struct SyncerConfig {
     pub secrets: SecretArgs,
     pub nodes: NodeArgs,
     pub networkpolicies: NetworkPolicyArgs,
+    pub poddisruptionbudgets: PodDisruptionBudgetArgs,
     pub dns: DnsSettings,
 }
 
@@ -350,6 +355,7 @@ impl SyncerArgs {
             secrets,
             nodes,
             networkpolicies,
+            poddisruptionbudgets,
             dns,
         } = self;
         let host_namespace = match host_namespace {
@@ -373,6 +379,7 @@ impl SyncerArgs {
             secrets,
             nodes,
             networkpolicies,
+            poddisruptionbudgets,
             dns,
             owner: Owner {
                 kind: owner_kind,
@@ -478,7 +485,8 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups:
+    /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups,
+    /// plus the flags added since (`--sync-poddisruptionbudgets`):
     /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
     /// interface of every deployment, so they must not change by accident.
     const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
@@ -512,6 +520,11 @@ mod tests {
         ("kubelet-port", "VNEST_KUBELET_PORT", "10250"),
         ("kubelet-address", "VNEST_KUBELET_ADDRESS", ""),
         ("sync-networkpolicies", "VNEST_SYNC_NETWORKPOLICIES", ""),
+        (
+            "sync-poddisruptionbudgets",
+            "VNEST_SYNC_PODDISRUPTIONBUDGETS",
+            "true",
+        ),
         ("dns-addr", "VNEST_DNS_ADDR", "0.0.0.0:1053"),
         ("dns-upstream", "VNEST_DNS_UPSTREAM", ""),
         ("dns-service-name", "VNEST_DNS_SERVICE_NAME", ""),
@@ -583,6 +596,7 @@ mod tests {
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cfg.pods.workload_service_account, "demo-workload");
         assert_eq!(cfg.sync.service_name, "demo");
+        assert!(cfg.poddisruptionbudgets.sync_poddisruptionbudgets);
         assert_eq!(
             cfg.pods.host_access,
             crate::resources::pods::HostAccessPolicy::Deny

@@ -8,8 +8,10 @@ pub mod endpoints;
 pub mod events;
 pub mod networkpolicies;
 pub mod nodes;
+pub mod poddisruptionbudgets;
 pub mod pods;
 pub mod secrets;
+pub mod selectors;
 pub mod services;
 
 use std::sync::Arc;
@@ -35,6 +37,7 @@ pub struct KindOptions {
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
     pub networkpolicies: networkpolicies::NetworkPolicyArgs,
+    pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -106,6 +109,11 @@ const KINDS: &[Kind] = &[
         name: "networkpolicies",
         enabled: |o| o.networkpolicies.sync_networkpolicies,
         register: |r, _, _| networkpolicies::register(r, 2),
+    },
+    Kind {
+        name: "poddisruptionbudgets",
+        enabled: |o| o.poddisruptionbudgets.sync_poddisruptionbudgets,
+        register: |r, _, _| poddisruptionbudgets::register(r, 2),
     },
 ];
 

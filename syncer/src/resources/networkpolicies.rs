@@ -2,7 +2,8 @@
 //! translated so that a tenant policy can only ever select pods of the same vcluster.
 //!
 //! - `podSelector` (the policy's own pods and pod peers): tenant label keys as on host pods,
-//!   plus `vnest.dev/managed-by=<vcluster>` and `vnest.dev/namespace=<virtual ns>`.
+//!   plus `vnest.dev/managed-by=<vcluster>` and `vnest.dev/namespace=<virtual ns>`
+//!   ([`namespace_pod_selector`], shared with PodDisruptionBudgets).
 //! - `namespaceSelector` peers: all vcluster pods live in ONE host namespace, so a namespace
 //!   selector becomes a pod selector on the per-namespace labels the syncer puts on every pod
 //!   (`vnest.dev/ns-<hash>` = the virtual namespace's label) plus the vcluster marker.
@@ -11,13 +12,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicySpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use super::selectors::{namespace_pod_selector, translate_selector, vcluster_markers};
 use crate::engine::TranslateCtx;
 use crate::engine::standard::CopiedKind;
-use crate::{markers, naming};
+use crate::markers;
 
 /// Flags of the NetworkPolicy kind.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,46 +31,6 @@ pub struct NetworkPolicyArgs {
 
 pub struct NetworkPolicies;
 
-/// Translates a selector over tenant keys with `key` and adds `extra` matchLabels.
-fn translate_selector(
-    sel: Option<&LabelSelector>,
-    key: impl Fn(&str) -> String,
-    extra: &BTreeMap<String, String>,
-) -> LabelSelector {
-    let sel = sel.cloned().unwrap_or_default();
-    let mut labels: BTreeMap<String, String> = sel
-        .match_labels
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (key(&k), v))
-        .collect();
-    labels.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let expressions: Vec<LabelSelectorRequirement> = sel
-        .match_expressions
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| LabelSelectorRequirement {
-            key: key(&e.key),
-            ..e
-        })
-        .collect();
-    LabelSelector {
-        match_labels: Some(labels),
-        match_expressions: (!expressions.is_empty()).then_some(expressions),
-    }
-}
-
-fn markers_for(vcluster: &str, namespace: Option<&str>) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::from([(
-        markers::LABEL_MANAGED_BY.to_owned(),
-        naming::safe_label_value(vcluster),
-    )]);
-    if let Some(ns) = namespace {
-        m.insert(markers::LABEL_NAMESPACE.to_owned(), naming::safe_label_value(ns));
-    }
-    m
-}
-
 /// One peer on the host: always a pod selector in the host namespace, never wider than this
 /// vcluster's pods.
 fn translate_peer(vc: &str, ns: &str, peer: &NetworkPolicyPeer) -> NetworkPolicyPeer {
@@ -78,13 +40,13 @@ fn translate_peer(vc: &str, ns: &str, peer: &NetworkPolicyPeer) -> NetworkPolicy
             ..NetworkPolicyPeer::default()
         };
     }
-    let pod_key = |k: &str| markers::host_label_key(vc, k);
     let selector = match (&peer.pod_selector, &peer.namespace_selector) {
         // Pods of the policy's own namespace.
-        (pod, None) => translate_selector(pod.as_ref(), pod_key, &markers_for(vc, Some(ns))),
+        (pod, None) => namespace_pod_selector(vc, ns, pod.as_ref()),
         // Pods (all, or selected) of the selected namespaces.
         (pod, Some(nsel)) => {
-            let mut s = translate_selector(pod.as_ref(), pod_key, &markers_for(vc, None));
+            let pod_key = |k: &str| markers::host_label_key(vc, k);
+            let mut s = translate_selector(pod.as_ref(), pod_key, &vcluster_markers(vc, None));
             let ns_part = translate_selector(
                 Some(nsel),
                 |k| markers::namespace_label_key(vc, k),
@@ -110,13 +72,8 @@ pub fn host_spec(tc: &TranslateCtx, v: &NetworkPolicy) -> NetworkPolicySpec {
     let ns = v.namespace().unwrap_or_default();
     let vc = tc.vcluster.as_str();
     let spec = v.spec.clone().unwrap_or_default();
-    let pod_key = |k: &str| markers::host_label_key(vc, k);
     NetworkPolicySpec {
-        pod_selector: Some(translate_selector(
-            spec.pod_selector.as_ref(),
-            pod_key,
-            &markers_for(vc, Some(&ns)),
-        )),
+        pod_selector: Some(namespace_pod_selector(vc, &ns, spec.pod_selector.as_ref())),
         policy_types: spec.policy_types,
         ingress: spec.ingress.map(|rules| {
             rules
