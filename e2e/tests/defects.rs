@@ -1,0 +1,149 @@
+//! Regression tests of issue 13, black-box through both API servers: readiness-gate
+//! conditions, node ports of LoadBalancer Services, host-side metadata, host names in tenant
+//! Events, reserved label keys. Each test makes its own virtual namespace.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use vnest_e2e::{Result, TestNs, World, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    Ok(serde_json::from_value(v)?)
+}
+
+fn simple_pod(name: &str) -> Result<Pod> {
+    obj(json!({"metadata": {"name": name, "labels": {"app": name}},
+               "spec": {"containers": [{"name": "main", "image": "nginx"}]}}))
+}
+
+/// The messages of the events of virtual namespace `ns` about `name` with `reason`.
+async fn event_messages(w: &World, ns: &str, name: &str, reason: &str) -> Result<Vec<String>> {
+    let api: Api<Event> = Api::namespaced(w.virt.clone(), ns);
+    let list = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.message)
+        .collect())
+}
+
+/// 4. A host refusal and a copied host event name the virtual objects, never host ones.
+#[tokio::test]
+async fn tenant_events_never_name_host_objects() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "defects-events").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+
+    // A copied host event: the test plays a host controller reporting on our host pod, naming
+    // it, a translated claim of the same namespace and another vcluster's object.
+    vpods
+        .create(&PostParams::default(), &simple_pod("named")?)
+        .await?;
+    let hname = w.host_name(&ns.name, "named");
+    let hp = wait_until("the host pod", WAIT, || async {
+        Ok(hpods.get_opt(&hname).await?)
+    })
+    .await?;
+    let claim = w.host_name(&ns.name, "data");
+    let foreign = vnest::naming::host_name("some-other-vcluster", "db", "db-0");
+    let hevents: Api<Event> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let host_event: Event = obj(json!({
+        "metadata": {"name": format!("{hname}.e2e"), "namespace": w.host_ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": hname, "namespace": w.host_ns,
+                           "uid": hp.metadata.uid},
+        "reason": "E2eHostReport", "type": "Warning", "count": 1,
+        "message": format!("pod {}/{hname} waits for persistentvolumeclaim \"{claim}\" held by {foreign}", w.host_ns),
+        "source": {"component": "e2e"},
+    }))?;
+    hevents.create(&PostParams::default(), &host_event).await?;
+    let copied = wait_until("the host event copied", WAIT, || async {
+        Ok(event_messages(&w, &ns.name, "named", "E2eHostReport")
+            .await?
+            .pop())
+    })
+    .await?;
+    assert_eq!(
+        copied,
+        format!(
+            "pod {}/named waits for persistentvolumeclaim \"data\" held by <host object>",
+            ns.name
+        )
+    );
+
+    // A host refusal (a host admission policy quoting the host pod's name).
+    let vap = format!("vnest-e2e-{}", ns.name);
+    let policies: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy> =
+        Api::all(w.host.clone());
+    let bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
+        Api::all(w.host.clone());
+    let label = format!("reject-{}", ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": vap},
+                "spec": {"failurePolicy": "Fail",
+                         "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
+                         "validations": [{"expression": format!("!has(object.metadata.labels) || !('{label}' in object.metadata.labels)"),
+                                          "messageExpression": "'pod ' + object.metadata.name + ' is not allowed here'"}]}
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": vap},
+                "spec": {"policyName": vap, "validationActions": ["Deny"],
+                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.host_ns}}}}
+            }))?,
+        )
+        .await?;
+    let mut refused = simple_pod("refused")?;
+    refused
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(label.clone(), "1".into());
+    // The policy takes effect asynchronously: dry-run a probe host pod until it is refused.
+    wait_until("the host policy in force", WAIT, || async {
+        let mut probe = simple_pod(&format!("probe-{}", ns.name))?;
+        probe
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(label.clone(), "1".into());
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        Ok(hpods.create(&dry, &probe).await.is_err().then_some(()))
+    })
+    .await?;
+    vpods.create(&PostParams::default(), &refused).await?;
+    let hrefused = w.host_name(&ns.name, "refused");
+    let warning = wait_until("a HostRejected Warning from the policy", WAIT, || async {
+        Ok(event_messages(&w, &ns.name, "refused", "HostRejected")
+            .await?
+            .into_iter()
+            .find(|m| m.contains("is not allowed here")))
+    })
+    .await;
+    bindings.delete(&vap, &DeleteParams::default()).await?;
+    policies.delete(&vap, &DeleteParams::default()).await?;
+    let warning = warning?;
+    assert!(warning.contains("pod refused is not allowed here"), "{warning}");
+    assert!(!warning.contains(&hrefused), "{warning}");
+    assert!(!warning.contains(&w.host_ns), "{warning}");
+    ns.delete().await?;
+    Ok(())
+}
