@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -144,6 +144,64 @@ async fn tenant_events_never_name_host_objects() -> Result<()> {
     assert!(warning.contains("pod refused is not allowed here"), "{warning}");
     assert!(!warning.contains(&hrefused), "{warning}");
     assert!(!warning.contains(&w.host_ns), "{warning}");
+    ns.delete().await?;
+    Ok(())
+}
+
+/// 2. A LoadBalancer Service with `externalTrafficPolicy: Local` gets the same node ports and
+/// health-check node port on both sides, without a refusal or a recreate.
+#[tokio::test]
+async fn local_load_balancer_services_have_equal_node_ports_on_both_sides() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "defects-lb").await?;
+    let vsvcs: Api<Service> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hsvcs: Api<Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let created = vsvcs
+        .create(
+            &PostParams::default(),
+            &obj(json!({
+                "metadata": {"name": "lb"},
+                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "selector": {"app": "lb"},
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080},
+                                   {"name": "dns", "port": 53, "protocol": "UDP"}]}
+            }))?,
+        )
+        .await?;
+    let ports = |s: &Service| {
+        let spec = s.spec.clone().unwrap_or_default();
+        let node_ports: Vec<Option<i32>> = spec.ports.iter().flatten().map(|p| p.node_port).collect();
+        (node_ports, spec.health_check_node_port)
+    };
+    let virtual_ports = ports(&created);
+    assert!(
+        virtual_ports.1.is_some(),
+        "the virtual API server allocates a health-check port"
+    );
+    let hname = w.host_name(&ns.name, "lb");
+    let host = wait_until("the host copy", WAIT, || async {
+        Ok(hsvcs.get_opt(&hname).await?)
+    })
+    .await?;
+    assert_eq!(
+        ports(&host),
+        virtual_ports,
+        "the host copy asked for the virtual ports"
+    );
+    // The syncer has acted on it (the host copy carries the virtual uid) and the virtual
+    // Service is still the same object with the same ports: no recreate, no refusal.
+    let current = vsvcs.get("lb").await?;
+    assert_eq!(current.metadata.uid, created.metadata.uid);
+    assert_eq!(ports(&current), virtual_ports);
+    let events: Api<Event> = Api::namespaced(w.virt.clone(), &ns.name);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default().fields("involvedObject.name=lb"))
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
     ns.delete().await?;
     Ok(())
 }

@@ -127,7 +127,7 @@ pub fn plan_service(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ServicePlan, Sy
             then: FollowUp::Created { asked_ip },
         });
     };
-    if translate::ip_mismatch(v, h).is_some() {
+    if translate::allocation_mismatch(v, h) {
         return Ok(plan_recreate(v, h));
     }
 
@@ -176,9 +176,7 @@ pub fn plan_service(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ServicePlan, Sy
 /// After the host copy `created` of `v` was created: the recreate of the virtual Service when
 /// the host gave it another ClusterIP, else nothing.
 pub fn after_create(v: &Service, created: &Service) -> Option<ServicePlan> {
-    translate::ip_mismatch(v, created)
-        .is_some()
-        .then(|| plan_recreate(v, created))
+    translate::allocation_mismatch(v, created).then(|| plan_recreate(v, created))
 }
 
 /// Deletes virtual Service `v` (uid precondition) and creates it again with the ClusterIP of its
