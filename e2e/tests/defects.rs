@@ -205,3 +205,86 @@ async fn local_load_balancer_services_have_equal_node_ports_on_both_sides() -> R
     ns.delete().await?;
     Ok(())
 }
+
+/// The condition `type_` of `p`: (status, reason).
+fn condition(p: &Pod, type_: &str) -> Option<(String, Option<String>)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// 1. A readiness-gate condition the tenant sets in the virtual cluster reaches the host pod
+/// and stays on the virtual pod; the pod is Ready on both sides.
+#[tokio::test]
+async fn readiness_gate_conditions_flow_to_the_host_and_stay() -> Result<()> {
+    const GATE: &str = "example.com/feature-ready";
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "defects-gates").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    vpods
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "gated"},
+                        "spec": {"readinessGates": [{"conditionType": GATE}],
+                                 "containers": [{"name": "main", "image": "nginx"}]}}))?,
+        )
+        .await?;
+    let hname = w.host_name(&ns.name, "gated");
+    wait_until("the virtual pod Running", WAIT, || async {
+        let p = vpods.get("gated").await?;
+        Ok((p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).then_some(()))
+    })
+    .await?;
+    // The tenant's controller sets the gate (as a controller does: a status patch).
+    let gate = json!({"status": {"conditions": [{"type": GATE, "status": "True", "reason": "TenantController",
+                                                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    vpods
+        .patch_status(
+            "gated",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&gate),
+        )
+        .await?;
+    let want = Some(("True".to_owned(), Some("TenantController".to_owned())));
+    wait_until("the gate condition on the host pod", WAIT, || async {
+        let p = hpods.get(&hname).await?;
+        Ok((condition(&p, GATE) == want).then_some(()))
+    })
+    .await?;
+    // The syncer has seen the host pod with it (its status flowed back at least once more):
+    // the virtual pod keeps the tenant's value and is Ready.
+    let ready = wait_until("the virtual pod Ready with the tenant's gate", WAIT, || async {
+        let p = vpods.get("gated").await?;
+        let ok =
+            condition(&p, "Ready").map(|c| c.0) == Some("True".to_owned()) && condition(&p, GATE) == want;
+        Ok(ok.then_some(p))
+    })
+    .await?;
+    let h = hpods.get(&hname).await?;
+    assert_eq!(condition(&h, "Ready").map(|c| c.0).as_deref(), Some("True"));
+    // A later change by the tenant flows down too (and is not reset on the virtual side).
+    let unset = json!({"status": {"conditions": [{"type": GATE, "status": "False", "reason": "TenantUnset",
+                                                   "lastTransitionTime": "2026-01-01T00:01:00Z"}]}});
+    vpods
+        .patch_status(
+            "gated",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&unset),
+        )
+        .await?;
+    let want = Some(("False".to_owned(), Some("TenantUnset".to_owned())));
+    wait_until("the unset gate on the host pod", WAIT, || async {
+        let p = hpods.get(&hname).await?;
+        Ok((condition(&p, GATE) == want).then_some(()))
+    })
+    .await?;
+    assert_eq!(condition(&vpods.get("gated").await?, GATE), want);
+    drop(ready);
+    ns.delete().await?;
+    Ok(())
+}
