@@ -288,3 +288,105 @@ async fn readiness_gate_conditions_flow_to_the_host_and_stay() -> Result<()> {
     ns.delete().await?;
     Ok(())
 }
+
+/// 3. Labels and annotations a host controller adds to a synced Pod or Service reach the
+/// virtual object, leave it when the host removes them, and never beat a tenant key.
+#[tokio::test]
+async fn host_added_metadata_is_mirrored_back() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "defects-meta").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let vsvcs: Api<Service> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hsvcs: Api<Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let mut p = simple_pod("meta")?;
+    p.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("owner".into(), "tenant".into());
+    vpods.create(&PostParams::default(), &p).await?;
+    vsvcs
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "meta"}, "spec": {"selector": {"app": "meta"}, "ports": [{"port": 80}]}}))?,
+        )
+        .await?;
+    let hpod = w.host_name(&ns.name, "meta");
+    wait_until("the host pod", WAIT, || async { Ok(hpods.get_opt(&hpod).await?) }).await?;
+    wait_until("the host Service", WAIT, || async {
+        Ok(hsvcs.get_opt(&hpod).await?)
+    })
+    .await?;
+    // The test as a host controller: a label, an annotation, and a key the tenant also has.
+    let add = json!({"metadata": {"labels": {"host.example.com/zone": "z1", "owner": "host"},
+                                  "annotations": {"host.example.com/scanned": "yes"}}});
+    let pp = PatchParams::default();
+    hpods.patch(&hpod, &pp, &Patch::Merge(&add)).await?;
+    hsvcs.patch(&hpod, &pp, &Patch::Merge(&add)).await?;
+    let label = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, k: &str| {
+        m.labels.as_ref().and_then(|l| l.get(k)).cloned()
+    };
+    let annotation = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, k: &str| {
+        m.annotations.as_ref().and_then(|l| l.get(k)).cloned()
+    };
+    wait_until(
+        "host-added metadata on the virtual pod and Service",
+        WAIT,
+        || async {
+            let p = vpods.get("meta").await?.metadata;
+            let s = vsvcs.get("meta").await?.metadata;
+            let ok = [&p, &s].iter().all(|m| {
+                label(m, "host.example.com/zone").as_deref() == Some("z1")
+                    && annotation(m, "host.example.com/scanned").as_deref() == Some("yes")
+            });
+            Ok(ok.then_some(()))
+        },
+    )
+    .await?;
+    let p = vpods.get("meta").await?.metadata;
+    assert_eq!(
+        label(&p, "owner").as_deref(),
+        Some("tenant"),
+        "the tenant's key wins"
+    );
+    assert!(
+        p.labels
+            .iter()
+            .flatten()
+            .all(|(k, _)| !k.starts_with("vnest.dev/")),
+        "no markers on the virtual pod: {:?}",
+        p.labels
+    );
+    // A key both sides set is the tenant's: its value is copied down over the host's.
+    wait_until("the tenant's owner label on the host pod", WAIT, || async {
+        let h = hpods.get(&hpod).await?.metadata;
+        Ok((label(&h, "owner").as_deref() == Some("tenant")).then_some(()))
+    })
+    .await?;
+    // The host removes its keys: they go on the virtual side too; the tenant's stay.
+    let remove = json!({"metadata": {"labels": {"host.example.com/zone": null},
+                                     "annotations": {"host.example.com/scanned": null}}});
+    hpods.patch(&hpod, &pp, &Patch::Merge(&remove)).await?;
+    hsvcs.patch(&hpod, &pp, &Patch::Merge(&remove)).await?;
+    wait_until(
+        "host-removed metadata gone from the virtual objects",
+        WAIT,
+        || async {
+            let p = vpods.get("meta").await?.metadata;
+            let s = vsvcs.get("meta").await?.metadata;
+            let ok = [&p, &s].iter().all(|m| {
+                label(m, "host.example.com/zone").is_none()
+                    && annotation(m, "host.example.com/scanned").is_none()
+            });
+            Ok(ok.then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        label(&vpods.get("meta").await?.metadata, "owner").as_deref(),
+        Some("tenant")
+    );
+    ns.delete().await?;
+    Ok(())
+}

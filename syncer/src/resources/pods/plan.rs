@@ -253,6 +253,13 @@ fn with_host_pod(
         plan =
             plan.then(Action::new(host(), write, "tenant-owned pod conditions changed").counted_as("pods"));
     }
+    if let Some(body) = plan::virtual_metadata_patch(&v.metadata, &h.metadata) {
+        plan = plan.then(Action::new(
+            virtual_target(v),
+            Write::patch(PatchKind::Merge, body),
+            "host-added labels/annotations flow back",
+        ));
+    }
     if let Some(node) = translate::binding_needed(v, h) {
         // The status follows in the same reconcile rather than one watch round-trip later.
         let bind = Write::Bind {
