@@ -80,7 +80,8 @@ async fn tenant_events_never_name_host_objects() -> Result<()> {
     );
 
     // A host refusal (a host admission policy quoting the host pod's name).
-    let vap = format!("vnest-e2e-{}", ns.name);
+    // Not named vnest-…: the words of the message are checked against the host namespace.
+    let vap = format!("e2e-reject-{}", ns.name);
     let policies: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy> =
         Api::all(w.host.clone());
     let bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
