@@ -127,7 +127,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         host_namespace: config.host_namespace.clone(),
         translate: ctx_rx,
         metrics: metrics.clone(),
-        events: Events::new(virt.0.clone()),
+        events: Events::new(virt.0.clone()).hiding_host_names(&config.name, &config.host_namespace),
         cancel: cancel.clone(),
         workers: config.sync.workers,
         initial_sync: initial_sync.clone(),

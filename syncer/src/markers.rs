@@ -98,6 +98,14 @@ pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
 /// Delete it to force a new detection (the host's range changed).
 pub const ANNOTATION_SERVICE_CIDR: &str = "vnest.dev/service-cidr";
 
+/// Annotation on a VIRTUAL object: the labels mirrored into it from its host copy (keys a host
+/// controller added), as a JSON object `{key: value as mirrored}`; absent when there are none.
+/// Written by [`mirror_back`]; what it lists is never copied down again.
+pub const ANNOTATION_HOST_LABELS: &str = "vnest.dev/host-labels";
+
+/// Like [`ANNOTATION_HOST_LABELS`], for annotations.
+pub const ANNOTATION_HOST_ANNOTATIONS: &str = "vnest.dev/host-annotations";
+
 /// Label on Service CIDR probe Services; its value is unique per detection run (used to find
 /// leftovers of a create whose answer was lost).
 pub const LABEL_PROBE_RUN: &str = "vnest.dev/cidr-probe-run";
@@ -403,6 +411,84 @@ fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 /// The annotation `key` of `meta`, if any.
 fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn host_added_keys_are_mirrored_back_without_fights() {
+        // (virtual, recorded, host-added) -> (desired virtual, record)
+        let cases = [
+            (
+                "added",
+                m(&[("app", "a")]),
+                m(&[]),
+                m(&[("team", "x")]),
+                m(&[("app", "a"), ("team", "x")]),
+                m(&[("team", "x")]),
+            ),
+            (
+                "changed on the host",
+                m(&[("team", "x")]),
+                m(&[("team", "x")]),
+                m(&[("team", "y")]),
+                m(&[("team", "y")]),
+                m(&[("team", "y")]),
+            ),
+            (
+                "removed on the host",
+                m(&[("app", "a"), ("team", "x")]),
+                m(&[("team", "x")]),
+                m(&[]),
+                m(&[("app", "a")]),
+                m(&[]),
+            ),
+            (
+                "the tenant's own key wins",
+                m(&[("team", "mine")]),
+                m(&[]),
+                m(&[("team", "x")]),
+                m(&[("team", "mine")]),
+                m(&[]),
+            ),
+            (
+                "the tenant changed a mirrored key",
+                m(&[("team", "mine")]),
+                m(&[("team", "x")]),
+                m(&[("team", "x")]),
+                m(&[("team", "mine")]),
+                m(&[]),
+            ),
+            (
+                "the tenant's key is never removed",
+                m(&[("app", "a")]),
+                m(&[]),
+                m(&[]),
+                m(&[("app", "a")]),
+                m(&[]),
+            ),
+        ];
+        for (name, v, rec, added, want, want_rec) in cases {
+            assert_eq!(mirror_back(&v, &rec, &added), (want, want_rec), "{name}");
+        }
+        // What is mirrored is not copied down again; what the tenant changed is.
+        assert_eq!(
+            without_host_origin(&m(&[("app", "a"), ("team", "x")]), &m(&[("team", "x")])),
+            m(&[("app", "a")])
+        );
+        // Host-added: neither copied from the virtual side nor ours.
+        let host = m(&[("app", "a"), ("team", "x"), (LABEL_MANAGED_BY, "vc")]);
+        assert_eq!(host_added(&host, Some(&"app".to_owned())), m(&[("team", "x")]));
+    }
 }
 
 #[cfg(test)]
@@ -830,4 +916,70 @@ mod tests {
             prop_assert_eq!(again, labels);
         }
     }
+}
+
+/// The host-origin entries recorded in annotation `key` of a virtual object (empty when absent
+/// or unreadable).
+pub fn host_origin(
+    virtual_annotations: Option<&BTreeMap<String, String>>,
+    key: &str,
+) -> BTreeMap<String, String> {
+    virtual_annotations
+        .and_then(|a| a.get(key))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// `virtual_` without the entries that came from the host and are still as mirrored (they
+/// are the host's: never copied down, or a host removal would be undone).
+pub fn without_host_origin(
+    virtual_: &BTreeMap<String, String>,
+    recorded: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    virtual_
+        .iter()
+        .filter(|(k, v)| recorded.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The entries of host map `host` a host controller added: not copied from the virtual object
+/// (`managed`, the host's managed list) and not in our domain.
+pub fn host_added(host: &BTreeMap<String, String>, managed: Option<&String>) -> BTreeMap<String, String> {
+    let managed = managed_list(managed);
+    host.iter()
+        .filter(|(k, _)| !managed.contains(*k) && !is_reserved_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Host-added entries mirrored into a virtual map (labels or annotations). Rules, per key:
+/// - the tenant's keys win: a key the virtual object has that is not recorded as mirrored, or
+///   whose value the tenant changed since, is left alone (and is no longer the host's);
+/// - a key the host added is set on the virtual side (and recorded with its value);
+/// - a recorded key the host removed is removed on the virtual side (only if still as
+///   mirrored); nothing else is ever removed.
+///
+/// Returns the desired virtual map and the new record.
+pub fn mirror_back(
+    virtual_: &BTreeMap<String, String>,
+    recorded: &BTreeMap<String, String>,
+    host_added: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut out = virtual_.clone();
+    let mut record = BTreeMap::new();
+    let mirrored = |k: &str| virtual_.get(k).is_some_and(|v| recorded.get(k) == Some(v));
+    for (k, _) in recorded.iter().filter(|(k, _)| mirrored(k)) {
+        if !host_added.contains_key(k) {
+            out.remove(k);
+        }
+    }
+    for (k, v) in host_added {
+        if virtual_.contains_key(k) && !mirrored(k) {
+            continue; // the tenant's
+        }
+        out.insert(k.clone(), v.clone());
+        record.insert(k.clone(), v.clone());
+    }
+    (out, record)
 }

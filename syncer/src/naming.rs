@@ -79,6 +79,30 @@ pub fn token_secret_name(vcluster: &str, namespace: &str, pod_name: &str) -> Str
     format!("{readable}{TOKEN_SECRET_INFIX}{hash}")
 }
 
+/// The virtual name behind `host`, if `host` is the [`host_name`] of an object of virtual
+/// namespace `namespace` of vcluster `vcluster` whose readable part was not cut and whose name
+/// needed no sanitising (checked by recomputing the name: never a guess).
+pub fn virtual_name_in(vcluster: &str, namespace: &str, host: &str) -> Option<String> {
+    let (readable, hash) = host.rsplit_once('-')?;
+    if hash.len() != HASH_LEN {
+        return None;
+    }
+    let name = readable.strip_suffix(&format!("-{}", sanitize(namespace)))?;
+    (!name.is_empty() && host_name(vcluster, namespace, name) == host).then(|| name.to_owned())
+}
+
+/// Whether `s` has the shape of a host name vnest makes (any vcluster, any kind):
+/// `<readable>-<10 lowercase hex>`, a DNS-1123 label. Used to redact host names in text shown
+/// to tenants when they cannot be mapped back.
+pub fn looks_like_host_name(s: &str) -> bool {
+    let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    is_dns1123_label(s)
+        && s.len() > HASH_LEN + 1
+        && s.rsplit_once('-').is_some_and(|(head, hash)| {
+            !head.is_empty() && hash.len() == HASH_LEN && hash.chars().all(is_hex)
+        })
+}
+
 /// First 10 lowercase hex characters of SHA-256 over `parts` joined by `'\0'`.
 ///
 /// `'\0'` cannot appear in Kubernetes names, namespaces or label keys, so the joined string is
@@ -250,6 +274,42 @@ mod tests {
         assert!(is_hex10(hash), "{host}");
         assert_eq!(hash, short_hash(&[vc, ns, name]));
         assert!(is_dns1123_label(&host), "{host}");
+    }
+
+    #[test]
+    fn host_names_map_back_to_virtual_names_when_they_can() {
+        for name in ["web-0", "a-x-b", "db", "x-default"] {
+            let host = host_name("vc", "default", name);
+            assert_eq!(
+                virtual_name_in("vc", "default", &host).as_deref(),
+                Some(name),
+                "{host}"
+            );
+            assert!(looks_like_host_name(&host));
+            assert_eq!(
+                virtual_name_in("other", "default", &host),
+                None,
+                "another vcluster's"
+            );
+            assert_eq!(
+                virtual_name_in("vc", "kube-system", &host),
+                None,
+                "another namespace's"
+            );
+        }
+        // Sanitised or cut names cannot be recovered (their host names are redacted instead).
+        let dotted = host_name("vc", "default", "a.b");
+        assert_eq!(virtual_name_in("vc", "default", &dotted), None);
+        assert!(looks_like_host_name(&dotted));
+        let long = "n".repeat(80);
+        assert_eq!(
+            virtual_name_in("vc", "default", &host_name("vc", "default", &long)),
+            None
+        );
+        for plain in ["web-0", "default", "deadbeef00", "x-deadbeef0", "web-DEADBEEF00"] {
+            assert!(!looks_like_host_name(plain), "{plain}");
+        }
+        assert!(looks_like_host_name("x-deadbeef00"));
     }
 
     #[test]

@@ -76,6 +76,22 @@ impl SyncError {
         }
     }
 
+    /// The host object name the error is about, if it is about one (to rewrite it out of what
+    /// the tenant reads).
+    pub fn host_name(&self) -> Option<&str> {
+        match self {
+            SyncError::Conflict { cluster, name, .. }
+            | SyncError::Rejected { cluster, name, .. }
+            | SyncError::Transient { cluster, name, .. }
+                if *cluster == Cluster::Host =>
+            {
+                Some(name)
+            }
+            SyncError::Foreign { host_name, .. } => Some(host_name),
+            _ => None,
+        }
+    }
+
     /// Whether the tenant should see it as a Warning Event.
     pub fn tenant_visible(&self) -> bool {
         matches!(

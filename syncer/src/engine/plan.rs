@@ -200,8 +200,19 @@ pub fn desired_metadata(
     excluded_annotations: &[&str],
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let empty = BTreeMap::new();
-    let v_labels = virtual_meta.labels.as_ref().unwrap_or(&empty);
-    let v_annotations = virtual_meta.annotations.as_ref().unwrap_or(&empty);
+    // What was mirrored from the host is the host's: never copied down (see `mirror_back`).
+    let host_labels =
+        markers::host_origin(virtual_meta.annotations.as_ref(), markers::ANNOTATION_HOST_LABELS);
+    let host_annotations = markers::host_origin(
+        virtual_meta.annotations.as_ref(),
+        markers::ANNOTATION_HOST_ANNOTATIONS,
+    );
+    let v_labels =
+        &markers::without_host_origin(virtual_meta.labels.as_ref().unwrap_or(&empty), &host_labels);
+    let v_annotations = &markers::without_host_origin(
+        virtual_meta.annotations.as_ref().unwrap_or(&empty),
+        &host_annotations,
+    );
     let h_labels = host_meta.labels.as_ref().unwrap_or(&empty);
     let h_annotations = host_meta.annotations.as_ref().unwrap_or(&empty);
 
@@ -229,6 +240,50 @@ pub fn source_from_virtual(meta: &ObjectMeta) -> Option<markers::Source> {
         name: meta.name.clone()?,
         uid: meta.uid.clone()?,
     })
+}
+
+/// Merge patch of the VIRTUAL object's labels/annotations that mirrors what host controllers
+/// added to its host copy ([`markers::mirror_back`], tracked in
+/// [`markers::ANNOTATION_HOST_LABELS`] / [`markers::ANNOTATION_HOST_ANNOTATIONS`]): `None`
+/// when there is nothing to mirror. Carries the virtual resourceVersion (a tenant write in
+/// between makes it a conflict, then it is planned again).
+pub fn virtual_metadata_patch(virtual_meta: &ObjectMeta, host_meta: &ObjectMeta) -> Option<Value> {
+    let empty = BTreeMap::new();
+    let v_labels = virtual_meta.labels.as_ref().unwrap_or(&empty);
+    let v_annotations = virtual_meta.annotations.as_ref().unwrap_or(&empty);
+    let h_labels = host_meta.labels.as_ref().unwrap_or(&empty);
+    let h_annotations = host_meta.annotations.as_ref().unwrap_or(&empty);
+    let added_labels = markers::host_added(h_labels, h_annotations.get(markers::ANNOTATION_MANAGED_LABELS));
+    let added_annotations = markers::host_added(
+        h_annotations,
+        h_annotations.get(markers::ANNOTATION_MANAGED_ANNOTATIONS),
+    );
+    let (labels, label_record) = markers::mirror_back(
+        v_labels,
+        &markers::host_origin(Some(v_annotations), markers::ANNOTATION_HOST_LABELS),
+        &added_labels,
+    );
+    let (mut annotations, annotation_record) = markers::mirror_back(
+        v_annotations,
+        &markers::host_origin(Some(v_annotations), markers::ANNOTATION_HOST_ANNOTATIONS),
+        &added_annotations,
+    );
+    let record =
+        |r: &BTreeMap<String, String>| (!r.is_empty()).then(|| serde_json::to_string(r).unwrap_or_default());
+    for (key, r) in [
+        (markers::ANNOTATION_HOST_LABELS, &label_record),
+        (markers::ANNOTATION_HOST_ANNOTATIONS, &annotation_record),
+    ] {
+        match record(r) {
+            Some(v) => annotations.insert(key.to_owned(), v),
+            None => annotations.remove(key),
+        };
+    }
+    let from = serde_json::json!({"labels": v_labels, "annotations": v_annotations});
+    let to = serde_json::json!({"labels": labels, "annotations": annotations});
+    let mut diff = merge_diff(&from, &to)?;
+    diff["resourceVersion"] = Value::from(virtual_meta.resource_version.clone().unwrap_or_default());
+    Some(serde_json::json!({"metadata": diff}))
 }
 
 /// Merge patch for labels/annotations only: `None` when the host already has them.

@@ -23,6 +23,7 @@ use kube::runtime::watcher;
 
 use crate::engine::Shared;
 use crate::engine::error::SyncError;
+use crate::engine::events::{HostNames, tenant_text};
 use crate::engine::execute::{Action, Executor, Ownership, Target, Write};
 use crate::engine::packed::Packed;
 use crate::engine::plan::{PatchKind, Plan, RECHECK};
@@ -148,15 +149,20 @@ pub struct VirtualTarget {
 }
 
 /// The virtual copy of host event `e` about `t` (pure).
-pub fn virtual_event(e: &Event, t: &VirtualTarget, host_namespace: &str) -> Event {
+/// Host names in the message become virtual names or are redacted ([`tenant_text`]).
+pub fn virtual_event(e: &Event, t: &VirtualTarget, vcluster: &str, host_namespace: &str) -> Event {
     let host_name = e.metadata.name.clone().unwrap_or_default();
     let suffix = host_name.rsplit_once('.').map_or(host_name.as_str(), |(_, s)| s);
     let rewrite = |s: &str| {
-        s.replace(
-            &format!("{host_namespace}/{}", t.host_name),
-            &format!("{}/{}", t.namespace, t.name),
+        tenant_text(
+            s,
+            &HostNames {
+                vcluster,
+                host_namespace,
+                virtual_namespace: &t.namespace,
+                known: vec![(&t.host_name, &t.name)],
+            },
         )
-        .replace(&t.host_name, &t.name)
     };
     Event {
         metadata: ObjectMeta {
@@ -271,7 +277,7 @@ pub fn plan_event(seen: &EventObserved<'_>) -> Plan {
             Plan::noop()
         };
     };
-    let mut desired = virtual_event(e, target, seen.host_namespace);
+    let mut desired = virtual_event(e, target, vcluster, seen.host_namespace);
     let stamp = stamp(e);
     desired.metadata.labels = Some(
         [(
@@ -848,7 +854,7 @@ mod tests {
             "metadata": {"name": "web-0-default-0123456789.18a3f", "namespace": "host-ns"},
             "involvedObject": {"kind": "Pod", "name": "web-0-default-0123456789", "namespace": "host-ns", "uid": "h-uid"},
             "reason": "Scheduled",
-            "message": "Successfully assigned host-ns/web-0-default-0123456789 to node-1",
+            "message": format!("Successfully assigned host-ns/web-0-default-0123456789 to node-1; persistentvolumeclaim \"{}\" not found; {} too", naming::host_name("vc", "default", "data-web-0"), naming::host_name("vc2", "x", "y")),
             "type": "Normal", "count": 1
         }))
         .expect("event");
@@ -859,14 +865,16 @@ mod tests {
             uid: "v-uid".into(),
             host_name: "web-0-default-0123456789".into(),
         };
-        let v = virtual_event(&e, &t, "host-ns");
+        let v = virtual_event(&e, &t, "vc", "host-ns");
         assert_eq!(v.metadata.name.as_deref(), Some("web-0.18a3f"));
         assert_eq!(v.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(v.involved_object.uid.as_deref(), Some("v-uid"));
         assert_eq!(v.involved_object.name.as_deref(), Some("web-0"));
         assert_eq!(
             v.message.as_deref(),
-            Some("Successfully assigned default/web-0 to node-1")
+            Some(
+                "Successfully assigned default/web-0 to node-1; persistentvolumeclaim \"data-web-0\" not found; <host object> too"
+            )
         );
     }
 }

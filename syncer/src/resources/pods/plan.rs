@@ -241,6 +241,25 @@ fn with_host_pod(
         };
         plan = plan.then(Action::new(host(), write, "ephemeral containers added").counted_as("pods"));
     }
+    if let Some(body) = translate::host_conditions_patch(v, h) {
+        // Readiness gates and other conditions the tenant's controllers own.
+        let write = Write::Patch {
+            subresource: Some("status"),
+            patch: plan::HostPatch {
+                kind: PatchKind::Strategic,
+                body,
+            },
+        };
+        plan =
+            plan.then(Action::new(host(), write, "tenant-owned pod conditions changed").counted_as("pods"));
+    }
+    if let Some(body) = plan::virtual_metadata_patch(&v.metadata, &h.metadata) {
+        plan = plan.then(Action::new(
+            virtual_target(v),
+            Write::patch(PatchKind::Merge, body),
+            "host-added labels/annotations flow back",
+        ));
+    }
     if let Some(node) = translate::binding_needed(v, h) {
         // The status follows in the same reconcile rather than one watch round-trip later.
         let bind = Write::Bind {

@@ -127,7 +127,7 @@ pub fn plan_service(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ServicePlan, Sy
             then: FollowUp::Created { asked_ip },
         });
     };
-    if translate::ip_mismatch(v, h).is_some() {
+    if translate::allocation_mismatch(v, h) {
         return Ok(plan_recreate(v, h));
     }
 
@@ -155,14 +155,24 @@ pub fn plan_service(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ServicePlan, Sy
         .counted_as(COUNTED_AS)
     });
     let virt = || Target::virtual_object::<Service>(&v.namespace().unwrap_or_default(), &v.name_any());
-    let spec_back = translate::virtual_spec_patch(v, h).map(|mut body| {
-        body["metadata"] = json!({"resourceVersion": v.resource_version()});
-        Action::new(
-            virt(),
-            Write::patch(PatchKind::Merge, body),
-            "host node ports flow back",
-        )
-    });
+    // One virtual patch (one resourceVersion): node ports and host-added metadata.
+    let meta_back = plan::virtual_metadata_patch(v.meta(), h.meta());
+    let spec_back = translate::virtual_spec_patch(v, h);
+    let reason = if spec_back.is_some() {
+        "host node ports flow back"
+    } else {
+        "host-added labels/annotations flow back"
+    };
+    let spec_back = match (spec_back, meta_back) {
+        (None, None) => None,
+        (spec, meta) => {
+            let mut body = spec.unwrap_or_else(|| json!({}));
+            body["metadata"] = meta
+                .map(|m| m["metadata"].clone())
+                .unwrap_or_else(|| json!({"resourceVersion": v.resource_version()}));
+            Some(Action::new(virt(), Write::patch(PatchKind::Merge, body), reason))
+        }
+    };
     let status_back = translate::virtual_status_patch(v, h)
         .map(|body| Action::new(virt(), Write::status(body), "host LoadBalancer status flows back"));
     Ok(ServicePlan::just(
@@ -176,9 +186,7 @@ pub fn plan_service(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ServicePlan, Sy
 /// After the host copy `created` of `v` was created: the recreate of the virtual Service when
 /// the host gave it another ClusterIP, else nothing.
 pub fn after_create(v: &Service, created: &Service) -> Option<ServicePlan> {
-    translate::ip_mismatch(v, created)
-        .is_some()
-        .then(|| plan_recreate(v, created))
+    translate::allocation_mismatch(v, created).then(|| plan_recreate(v, created))
 }
 
 /// Deletes virtual Service `v` (uid precondition) and creates it again with the ClusterIP of its

@@ -55,7 +55,10 @@ fn is_headless(svc: &Service) -> bool {
 
 /// Ports for the host: the virtual ports with node ports left to the host (matched by port
 /// number and protocol, the host's already-allocated node port is kept).
-fn host_ports(v: &[ServicePort], h: Option<&[ServicePort]>) -> Vec<ServicePort> {
+/// Ports of the host copy. Rule: a node port the host has already allocated stays; otherwise
+/// the host is asked for the virtual side's node port (`ask_virtual`), so both sides end up
+/// equal without changing anything the API server calls immutable.
+fn host_ports(v: &[ServicePort], h: Option<&[ServicePort]>, ask_virtual: bool) -> Vec<ServicePort> {
     v.iter()
         .map(|p| {
             let host_node_port = h.and_then(|hs| {
@@ -64,24 +67,46 @@ fn host_ports(v: &[ServicePort], h: Option<&[ServicePort]>) -> Vec<ServicePort> 
                     .and_then(|hp| hp.node_port)
             });
             ServicePort {
-                node_port: host_node_port,
+                node_port: host_node_port.or(if ask_virtual { p.node_port } else { None }),
                 ..p.clone()
             }
         })
         .collect()
 }
 
+/// Whether a Service of this spec keeps node ports / a health-check node port on the host.
+fn has_node_ports(s: &ServiceSpec) -> bool {
+    matches!(s.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+}
+
+/// The host copy's `healthCheckNodePort`: the host's once allocated (immutable), else the
+/// virtual side's (asked for, like the ClusterIP) when `ask_virtual`.
+fn host_health_check_port(vs: &ServiceSpec, hs: Option<&ServiceSpec>, ask_virtual: bool) -> Option<i32> {
+    let local =
+        vs.type_.as_deref() == Some("LoadBalancer") && vs.external_traffic_policy.as_deref() == Some("Local");
+    if !local {
+        return None;
+    }
+    hs.and_then(|h| h.health_check_node_port).or(if ask_virtual {
+        vs.health_check_node_port
+    } else {
+        None
+    })
+}
+
 /// The spec fields we own on the host, for a virtual Service and (if any) the current host one.
-fn owned_spec(tc: &TranslateCtx, v: &Service, h: Option<&Service>) -> ServiceSpec {
+fn owned_spec(tc: &TranslateCtx, v: &Service, h: Option<&Service>, ask_virtual: bool) -> ServiceSpec {
     let ns = v.namespace().unwrap_or_default();
     let vs = v.spec.clone().unwrap_or_default();
     let hs = h.and_then(|h| h.spec.as_ref());
+    let ask_virtual = ask_virtual && has_node_ports(&vs);
     ServiceSpec {
         type_: vs.type_.clone(),
         ports: vs
             .ports
             .as_deref()
-            .map(|p| host_ports(p, hs.and_then(|s| s.ports.as_deref()))),
+            .map(|p| host_ports(p, hs.and_then(|s| s.ports.as_deref()), ask_virtual)),
+        health_check_node_port: host_health_check_port(&vs, hs, ask_virtual),
         selector: host_selector(&tc.vcluster, &ns, vs.selector.as_ref()),
         session_affinity: vs.session_affinity.clone(),
         session_affinity_config: vs.session_affinity_config.clone(),
@@ -103,7 +128,7 @@ pub fn host_service(tc: &TranslateCtx, v: &Service, request_ip: bool) -> Service
     let ns = v.namespace().unwrap_or_default();
     let host_name = naming::host_name(&tc.vcluster, &ns, &v.name_any());
     let vs = v.spec.clone().unwrap_or_default();
-    let mut spec = owned_spec(tc, v, None);
+    let mut spec = owned_spec(tc, v, None, request_ip);
     if is_headless(v) {
         spec.cluster_ip = Some("None".into());
     } else if request_ip && let Some(ip) = cluster_ip(v) {
@@ -121,7 +146,7 @@ pub fn host_service(tc: &TranslateCtx, v: &Service, request_ip: bool) -> Service
 
 /// Merge patch of the host spec when a field we own differs (ports keep the host's node ports).
 pub fn update_spec_patch(tc: &TranslateCtx, v: &Service, h: &Service) -> Option<Value> {
-    let desired = serde_json::to_value(owned_spec(tc, v, Some(h))).ok()?;
+    let desired = serde_json::to_value(owned_spec(tc, v, Some(h), true)).ok()?;
     let current = {
         let hs = h.spec.clone().unwrap_or_default();
         let projected = ServiceSpec {
@@ -138,6 +163,7 @@ pub fn update_spec_patch(tc: &TranslateCtx, v: &Service, h: &Service) -> Option<
             load_balancer_class: hs.load_balancer_class,
             allocate_load_balancer_node_ports: hs.allocate_load_balancer_node_ports,
             traffic_distribution: hs.traffic_distribution,
+            health_check_node_port: hs.health_check_node_port,
             ..ServiceSpec::default()
         };
         serde_json::to_value(projected).ok()?
@@ -225,9 +251,8 @@ pub fn virtual_spec_patch(v: &Service, h: &Service) -> Option<Value> {
     if changed {
         patch.insert("ports".into(), serde_json::to_value(&ports).ok()?);
     }
-    if hs.health_check_node_port.is_some() && hs.health_check_node_port != vs.health_check_node_port {
-        patch.insert("healthCheckNodePort".into(), json!(hs.health_check_node_port));
-    }
+    // healthCheckNodePort is immutable once allocated: a difference is an
+    // [`allocation_mismatch`] (the virtual Service is recreated), never a patch.
     (!patch.is_empty()).then(|| json!({"spec": patch}))
 }
 
@@ -254,6 +279,15 @@ pub fn ip_mismatch(v: &Service, h: &Service) -> Option<String> {
     }
 }
 
+/// Whether the host copy `h` holds an allocation the virtual Service `v` cannot be patched to
+/// (immutable fields): another ClusterIP, or another healthCheckNodePort. Only a recreate of
+/// the virtual Service with the host's values makes them equal.
+pub fn allocation_mismatch(v: &Service, h: &Service) -> bool {
+    let hc = |s: &Service| s.spec.as_ref().and_then(|s| s.health_check_node_port);
+    let health_differs = matches!((hc(v), hc(h)), (Some(a), Some(b)) if a != b);
+    ip_mismatch(v, h).is_some() || health_differs
+}
+
 /// The virtual Service recreated with the host's ClusterIP (metadata kept, server fields
 /// cleared), for the rare case the host could not allocate the virtual IP.
 pub fn recreated_virtual(v: &Service, h: &Service) -> Service {
@@ -269,6 +303,18 @@ pub fn recreated_virtual(v: &Service, h: &Service) -> Service {
         spec.cluster_ip = hs.cluster_ip;
         spec.cluster_ips = hs.cluster_ips;
         spec.ip_families = hs.ip_families;
+        spec.health_check_node_port = hs.health_check_node_port.or(spec.health_check_node_port);
+        if let Some(ports) = spec.ports.as_mut() {
+            for p in ports {
+                let host = hs
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|hp| hp.port == p.port && hp.protocol == p.protocol)
+                    .and_then(|hp| hp.node_port);
+                p.node_port = host.or(p.node_port);
+            }
+        }
     }
     out
 }
@@ -276,10 +322,17 @@ pub fn recreated_virtual(v: &Service, h: &Service) -> Service {
 /// Whether an error from the host says the requested ClusterIP is unavailable there.
 pub fn is_ip_conflict(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    (m.contains("clusterip") || m.contains("cluster ip") || m.contains("spec.clusterips"))
+    let ip = (m.contains("clusterip") || m.contains("cluster ip") || m.contains("spec.clusterips"))
         && (m.contains("already allocated")
             || m.contains("not in the valid range")
-            || m.contains("not within"))
+            || m.contains("not within"));
+    // A node port or health-check node port the virtual side allocated that the host has
+    // given to another Service (or that is outside the host's node port range).
+    let port = (m.contains("nodeport") || m.contains("healthchecknodeport"))
+        && (m.contains("already allocated")
+            || m.contains("not in the valid range")
+            || m.contains("not within"));
+    ip || port
 }
 
 #[cfg(test)]
@@ -317,12 +370,76 @@ mod tests {
         );
         assert_eq!(
             spec.ports.unwrap()[0].node_port,
-            None,
-            "node ports are the host's to pick"
+            Some(30001),
+            "the host is asked for the virtual node port, like the ClusterIP"
         );
         assert_eq!(h.metadata.name, Some(naming::host_name("vc", "shop", "web")));
-        let fallback = host_service(&tc(), &web(), false);
-        assert_eq!(fallback.spec.unwrap().cluster_ip, None);
+        let fallback = host_service(&tc(), &web(), false).spec.unwrap();
+        assert_eq!(fallback.cluster_ip, None);
+        assert_eq!(
+            fallback.ports.unwrap()[0].node_port,
+            None,
+            "fallback: the host picks"
+        );
+    }
+
+    fn local_lb() -> Service {
+        let mut v = web();
+        let spec = v.spec.as_mut().unwrap();
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = Some(31500);
+        v
+    }
+
+    #[test]
+    fn node_ports_and_the_health_check_port_are_equal_on_both_sides_without_immutable_patches() {
+        let v = local_lb();
+        let h = host_service(&tc(), &v, true);
+        let hs = h.spec.clone().unwrap();
+        assert_eq!(
+            hs.health_check_node_port,
+            Some(31500),
+            "asked for, like the ClusterIP"
+        );
+        assert_eq!(hs.ports.unwrap()[0].node_port, Some(30001));
+        // The host gave what was asked: nothing to patch either way, nothing to recreate.
+        assert_eq!(update_spec_patch(&tc(), &v, &h), None);
+        assert_eq!(virtual_spec_patch(&v, &h), None);
+        assert!(!allocation_mismatch(&v, &h));
+        // The host holds another health-check port (a fallback create): never a patch of the
+        // immutable field; the virtual Service is recreated with the host's values.
+        let mut other = h.clone();
+        other.spec.as_mut().unwrap().health_check_node_port = Some(32000);
+        other.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(32001);
+        assert_eq!(
+            virtual_spec_patch(&v, &other).unwrap()["spec"].get("healthCheckNodePort"),
+            None
+        );
+        assert!(allocation_mismatch(&v, &other));
+        let r = recreated_virtual(&v, &other).spec.unwrap();
+        assert_eq!(
+            (r.health_check_node_port, r.ports.unwrap()[0].node_port),
+            (Some(32000), Some(32001))
+        );
+        // Cluster traffic policy: no health-check port is asked for.
+        let mut cluster = v.clone();
+        cluster.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+        cluster.spec.as_mut().unwrap().health_check_node_port = None;
+        assert_eq!(
+            host_service(&tc(), &cluster, true)
+                .spec
+                .unwrap()
+                .health_check_node_port,
+            None
+        );
+        // A ClusterIP Service never asks for node ports.
+        let mut plain = web();
+        plain.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        assert_eq!(
+            host_service(&tc(), &plain, true).spec.unwrap().ports.unwrap()[0].node_port,
+            None
+        );
     }
 
     #[test]
@@ -372,6 +489,12 @@ mod tests {
             "Service \"x\" is invalid: spec.clusterIPs: Invalid value: []string{\"10.96.0.1\"}: failed to allocate IP 10.96.0.1: provided IP is already allocated"
         ));
         assert!(!is_ip_conflict("spec.ports[0].port: Invalid value: 0"));
+        assert!(is_ip_conflict(
+            "Service \"x\" is invalid: spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"
+        ));
+        assert!(is_ip_conflict(
+            "spec.healthCheckNodePort: Invalid value: 31500: provided port is already allocated"
+        ));
         let v = web();
         let mut h = host_service(&tc(), &v, false);
         h.spec.as_mut().unwrap().cluster_ip = Some("10.96.9.9".into());

@@ -58,7 +58,7 @@ use crate::naming;
 pub use cache::trim_cached_host_pod;
 pub use metadata::DEFAULT_SERVICE_ACCOUNT;
 pub use references::{PodRefs, references, required_references};
-pub use status::{binding_needed, virtual_status};
+pub use status::{binding_needed, host_conditions_patch, virtual_status};
 pub use tokens::{
     DEFAULT_TOKEN_EXPIRATION_SECONDS, TokenRequestSpec, token_annotation, token_key, token_requests,
     uses_annotation_tokens,

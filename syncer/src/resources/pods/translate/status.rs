@@ -43,7 +43,7 @@ pub fn virtual_status(vpod: &Pod, hpod: &Pod) -> Option<PodStatus> {
 
     let mut status = current.clone();
     status.phase = non_empty_string(&host.phase);
-    status.conditions = merge_conditions(host.conditions.as_deref(), current.conditions.as_deref());
+    status.conditions = merge_conditions(vpod, host.conditions.as_deref(), current.conditions.as_deref());
     status.host_ip = non_empty_string(&host.host_ip);
     status.host_ips = host.host_ips.clone().and_then(non_empty_vec);
     status.pod_ip = non_empty_string(&host.pod_ip);
@@ -60,24 +60,77 @@ pub fn virtual_status(vpod: &Pod, hpod: &Pod) -> Option<PodStatus> {
     (!same).then_some(status)
 }
 
-/// Host conditions, then the virtual ones of types the host does not have.
+/// Pod condition types the kubelet (or the host control plane, e.g. `DisruptionTarget`) sets:
+/// they flow host -> virtual. Every other type, and every type listed in the virtual pod's
+/// `spec.readinessGates`, is the tenant's (its controllers set it in the virtual cluster): it
+/// flows virtual -> host and is never overwritten on the virtual side.
+pub const KUBELET_CONDITIONS: &[&str] = &[
+    "PodScheduled",
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+    "DisruptionTarget",
+    "PodResizePending",
+    "PodResizeInProgress",
+];
+
+/// Whether condition `type_` of virtual pod `vpod` is the tenant's (see [`KUBELET_CONDITIONS`]).
+pub fn tenant_owned_condition(vpod: &Pod, type_: &str) -> bool {
+    let gated = vpod
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == type_));
+    gated || !KUBELET_CONDITIONS.contains(&type_)
+}
+
+/// The virtual pod's conditions: the host's, except that a tenant-owned type the virtual pod
+/// has keeps the virtual value; types only the virtual pod has are kept.
 fn merge_conditions(
+    vpod: &Pod,
     host: Option<&[PodCondition]>,
     virtual_: Option<&[PodCondition]>,
 ) -> Option<Vec<PodCondition>> {
     let host = host.unwrap_or_default();
+    let virtual_ = virtual_.unwrap_or_default();
+    let of_virtual = |t: &str| virtual_.iter().find(|c| c.type_ == t);
     let host_types: BTreeSet<&str> = host.iter().map(|c| c.type_.as_str()).collect();
     let merged: Vec<PodCondition> = host
         .iter()
-        .chain(
-            virtual_
-                .unwrap_or_default()
-                .iter()
-                .filter(|c| !host_types.contains(c.type_.as_str())),
-        )
+        .map(|h| match of_virtual(&h.type_) {
+            Some(v) if tenant_owned_condition(vpod, &h.type_) => v,
+            _ => h,
+        })
+        .chain(virtual_.iter().filter(|c| !host_types.contains(c.type_.as_str())))
         .cloned()
         .collect();
     non_empty_vec(merged)
+}
+
+/// The tenant-owned conditions of `vpod` that the host pod lacks or has with another status,
+/// reason or message, as a strategic merge patch of the host pod's status (conditions merge
+/// by type): None when the host is current.
+pub fn host_conditions_patch(vpod: &Pod, hpod: &Pod) -> Option<serde_json::Value> {
+    let host = hpod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let changed: Vec<&PodCondition> = vpod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| tenant_owned_condition(vpod, &c.type_))
+        .filter(|c| {
+            !host.iter().any(|h| {
+                h.type_ == c.type_ && h.status == c.status && h.reason == c.reason && h.message == c.message
+            })
+        })
+        .collect();
+    (!changed.is_empty()).then(|| serde_json::json!({"status": {"conditions": changed}}))
 }
 
 fn non_empty_vec<T>(list: Vec<T>) -> Option<Vec<T>> {
@@ -183,6 +236,65 @@ mod tests {
             .map(|c| c["type"].as_str().unwrap())
             .collect();
         assert_eq!(types, vec!["Ready", "PodScheduled", "example.com/gate"]);
+    }
+
+    /// (condition type, status, reason) of `conditions`.
+    fn conds(conditions: Option<&Vec<PodCondition>>) -> Vec<(String, String, Option<String>)> {
+        conditions
+            .into_iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn tenant_owned_conditions_flow_down_and_kubelet_ones_flow_up() {
+        let cond = |t: &str, s: &str, r: Option<&str>| (t.to_owned(), s.to_owned(), r.map(str::to_owned));
+        // The gate is listed in readinessGates; "custom" is a type the kubelet never sets.
+        let v = vpod_with(json!({
+            "spec": {"containers": [{"name": "app", "image": "nginx:1"}],
+                     "readinessGates": [{"conditionType": "Ready"}, {"conditionType": "example.com/gate"}]},
+            "status": {"conditions": [
+                {"type": "example.com/gate", "status": "False", "reason": "Tenant"},
+                {"type": "ContainersReady", "status": "False"},
+                {"type": "custom", "status": "True", "reason": "Mine"}]},
+        }));
+        assert!(tenant_owned_condition(&v, "example.com/gate"));
+        assert!(tenant_owned_condition(&v, "custom"));
+        assert!(!tenant_owned_condition(&v, "ContainersReady"));
+        let mut h = as_stored(translate(&v));
+        h.status = Some(
+            serde_json::from_value(json!({"phase": "Running", "conditions": [
+                {"type": "ContainersReady", "status": "True"},
+                {"type": "example.com/gate", "status": "True"}]}))
+            .unwrap(),
+        );
+        // Virtual side: the kubelet's ContainersReady from the host, the tenant's gate kept.
+        let status = virtual_status(&v, &h).unwrap();
+        assert_eq!(
+            conds(status.conditions.as_ref()),
+            vec![
+                cond("ContainersReady", "True", None),
+                cond("example.com/gate", "False", Some("Tenant")),
+                cond("custom", "True", Some("Mine")),
+            ]
+        );
+        // Host side: the tenant-owned conditions that differ, merged by type.
+        let patch = host_conditions_patch(&v, &h).unwrap();
+        let sent: Vec<&str> = patch["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(sent, vec!["example.com/gate", "custom"]);
+        // Once the host has them: nothing more either way.
+        let mut h2 = h.clone();
+        h2.status.as_mut().unwrap().conditions = status.conditions.clone();
+        assert_eq!(host_conditions_patch(&v, &h2), None);
+        let mut v2 = v.clone();
+        v2.status = Some(status);
+        assert_eq!(virtual_status(&v2, &h2), None);
     }
 
     #[test]
