@@ -391,3 +391,81 @@ async fn host_added_metadata_is_mirrored_back() -> Result<()> {
     ns.delete().await?;
     Ok(())
 }
+
+/// 5. Kubernetes' own label keys on tenant pods (a StatefulSet's `statefulset.kubernetes.io/
+/// pod-name`, the recommended `app.kubernetes.io/name`) are renamed on the host, so a host
+/// object that is not vnest's cannot select tenant pods by them; the tenant's own Service with
+/// such a selector still selects its pod (its host copy's selector is renamed the same way).
+#[tokio::test]
+async fn kubernetes_label_keys_cannot_be_selected_from_the_host() -> Result<()> {
+    use k8s_openapi::api::core::v1::Endpoints;
+    use std::collections::BTreeSet;
+    use vnest_e2e::endpoint_ips;
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "defects-keys").await?;
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hsvcs: Api<Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let heps: Api<Endpoints> = Api::namespaced(w.host.clone(), &w.host_ns);
+    // A unique value, so the host Service below could only ever match this test's pod.
+    let pod_name = format!("web-{}", &ns.name[ns.name.len() - 6..]);
+    vpods
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": pod_name,
+                                     "labels": {"statefulset.kubernetes.io/pod-name": pod_name,
+                                                "app.kubernetes.io/name": "web"}},
+                        "spec": {"containers": [{"name": "main", "image": "nginx"}]}}))?,
+        )
+        .await?;
+    Api::<Service>::namespaced(w.virt.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "per-pod"},
+                        "spec": {"selector": {"statefulset.kubernetes.io/pod-name": pod_name},
+                                 "ports": [{"name": "http", "port": 80}]}}))?,
+        )
+        .await?;
+    // A host Service that is not vnest's, selecting on the same key and value.
+    let foreign = format!("foreign-{pod_name}");
+    hsvcs
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": foreign},
+                        "spec": {"selector": {"statefulset.kubernetes.io/pod-name": pod_name},
+                                 "ports": [{"name": "http", "port": 80}]}}))?,
+        )
+        .await?;
+    let hname = w.host_name(&ns.name, &pod_name);
+    let ip = wait_until("the host pod running with an IP", WAIT, || async {
+        Ok(hpods
+            .get_opt(&hname)
+            .await?
+            .and_then(|p| p.status.and_then(|s| s.pod_ip)))
+    })
+    .await?;
+    let hp = hpods.get(&hname).await?;
+    let labels = hp.metadata.labels.unwrap_or_default();
+    assert!(
+        !labels.contains_key("statefulset.kubernetes.io/pod-name")
+            && !labels.contains_key("app.kubernetes.io/name"),
+        "Kubernetes keys renamed on the host pod: {labels:?}"
+    );
+    // The tenant's own Service selects its pod on the host (positive control: the host's
+    // endpoints controller has seen the pod once this holds) ...
+    let per_pod = w.host_name(&ns.name, "per-pod");
+    wait_until("the tenant Service's host endpoints", WAIT, || async {
+        let ips: BTreeSet<String> = endpoint_ips(heps.get_opt(&per_pod).await?);
+        Ok(ips.contains(&ip).then_some(()))
+    })
+    .await?;
+    // ... and the same controller gave the foreign Service nothing.
+    let foreign_ips: BTreeSet<String> = endpoint_ips(heps.get_opt(&foreign).await?);
+    assert!(
+        !foreign_ips.contains(&ip),
+        "a host Service that is not vnest's selected a tenant pod: {foreign_ips:?}"
+    );
+    hsvcs.delete(&foreign, &DeleteParams::default()).await?;
+    ns.delete().await?;
+    Ok(())
+}

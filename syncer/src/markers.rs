@@ -130,11 +130,30 @@ pub fn selector(vcluster: &str) -> String {
 /// True iff `key` (a label or annotation key) is reserved for vnest: its prefix (the part
 /// before `/`) is [`DOMAIN`] or a subdomain of it. Keys without a prefix are never reserved.
 pub fn is_reserved_key(key: &str) -> bool {
+    in_domain(key, DOMAIN)
+}
+
+/// Kubernetes' own label domains. Host objects that are not vnest's select pods on such keys
+/// (a StatefulSet's per-pod Service on `statefulset.kubernetes.io/pod-name`, a host
+/// PodDisruptionBudget or NetworkPolicy on `app.kubernetes.io/name`, ...).
+pub const KUBERNETES_DOMAINS: &[&str] = &["kubernetes.io", "k8s.io"];
+
+/// True iff `key`'s prefix (the part before `/`) is `domain` or a subdomain of it.
+fn in_domain(key: &str, domain: &str) -> bool {
     let Some((prefix, _)) = key.split_once('/') else {
         return false;
     };
     let prefix = prefix.to_ascii_lowercase();
-    prefix == DOMAIN || prefix.strip_suffix(DOMAIN).is_some_and(|sub| sub.ends_with('.'))
+    prefix == domain || prefix.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.'))
+}
+
+/// True iff tenant label `key` is renamed on the host ([`host_label_key`]): a key of ours (a
+/// tenant must not forge our markers) or of Kubernetes' own domains ([`KUBERNETES_DOMAINS`]:
+/// host objects that are not vnest's must never select tenant pods by them). Selectors of the
+/// objects we sync (Services, NetworkPolicies, PodDisruptionBudgets, affinity and topology
+/// spread) go through the same rule, so the tenant's own selectors still match.
+pub fn is_translated_label_key(key: &str) -> bool {
+    is_reserved_key(key) || KUBERNETES_DOMAINS.iter().any(|d| in_domain(key, d))
 }
 
 /// Host label key carrying the virtual namespace's label `key` on pods of vcluster `vcluster`:
@@ -209,11 +228,12 @@ pub fn mark(meta: &mut ObjectMeta, vcluster: &str, kind: &str, source: &Source) 
 
 /// Host key of the tenant label `key` of vcluster `vcluster`.
 ///
-/// Rule: keys outside our domain are kept verbatim; reserved keys ([`is_reserved_key`]) become
-/// `vnest.dev/label-<short_hash(vcluster, key)>`, which cannot equal any of our marker keys.
+/// Rule: keys are kept verbatim, except those [`is_translated_label_key`] names (our domain and
+/// Kubernetes' own): they become `vnest.dev/label-<short_hash(vcluster, key)>`, which cannot
+/// equal any of our marker keys nor be selected by a host object that is not ours.
 /// Translating back needs the virtual key: see [`to_virtual_labels`].
 pub fn host_label_key(vcluster: &str, key: &str) -> String {
-    if is_reserved_key(key) {
+    if is_translated_label_key(key) {
         format!("{LABEL_RESERVED_KEY_PREFIX}{}", short_hash(&[vcluster, key]))
     } else {
         key.to_owned()
@@ -244,7 +264,7 @@ pub fn to_virtual_labels(
     let reverse: BTreeMap<String, &str> = virtual_hint
         .into_iter()
         .flat_map(BTreeMap::keys)
-        .filter(|key| is_reserved_key(key))
+        .filter(|key| is_translated_label_key(key))
         .map(|key| (host_label_key(vcluster, key), key.as_str()))
         .collect();
     host_labels
@@ -660,6 +680,41 @@ mod tests {
     #[case::bare_domain_as_name("vnest.dev", false)]
     fn reserved_keys(#[case] key: &str, #[case] reserved: bool) {
         assert_eq!(is_reserved_key(key), reserved);
+    }
+
+    #[rstest]
+    #[case::plain("app", false)]
+    #[case::other_domain("example.com/app", false)]
+    #[case::ours("vnest.dev/x", true)]
+    #[case::kubernetes("kubernetes.io/os", true)]
+    #[case::statefulset_pod_name("statefulset.kubernetes.io/pod-name", true)]
+    #[case::pod_index("apps.kubernetes.io/pod-index", true)]
+    #[case::recommended_app_label("app.kubernetes.io/name", true)]
+    #[case::k8s_io("k8s.io/x", true)]
+    #[case::k8s_io_subdomain("node.k8s.io/x", true)]
+    #[case::uppercase("Statefulset.Kubernetes.io/pod-name", true)]
+    #[case::look_alike("notkubernetes.io/x", false)]
+    #[case::look_alike_k8s("myk8s.io/x", false)]
+    #[case::domain_as_name("kubernetes.io", false)]
+    fn translated_label_keys(#[case] key: &str, #[case] translated: bool) {
+        assert_eq!(is_translated_label_key(key), translated);
+        assert_eq!(host_label_key(VC, key) != key, translated);
+    }
+
+    #[test]
+    fn kubernetes_keys_round_trip_with_hint() {
+        let labels: BTreeMap<String, String> = [
+            ("statefulset.kubernetes.io/pod-name", "web-0"),
+            ("apps.kubernetes.io/pod-index", "0"),
+            ("app", "web"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let host = to_host_labels(VC, &labels);
+        assert!(!host.contains_key("statefulset.kubernetes.io/pod-name"));
+        assert_eq!(host.get("app").map(String::as_str), Some("web"));
+        assert_eq!(to_virtual_labels(VC, &host, Some(&labels)), labels);
     }
 
     #[rstest]
