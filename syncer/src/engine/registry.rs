@@ -284,7 +284,8 @@ where
 
 /// What the registry does with any pending watch, whatever its types.
 trait Start: Send {
-    fn listed(&self) -> Ready;
+    /// True once the first list is in the store and every subscriber has handled it.
+    fn listed_flag(&self) -> tokio::sync::watch::Sender<bool>;
     fn start(self: Box<Self>, shared: &Shared, options: &WatchOptions, tasks: &mut Tasks);
     fn as_any(&mut self) -> &mut dyn Any;
 }
@@ -294,12 +295,9 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    /// Done once the first list is in the store *and* every subscriber has queued its keys.
-    fn listed(&self) -> Ready {
-        let mut rx = self.listed.subscribe();
-        Box::pin(async move {
-            let _ = rx.wait_for(|listed| *listed).await;
-        })
+    /// Set once the first list is in the store *and* every subscriber has queued its keys.
+    fn listed_flag(&self) -> tokio::sync::watch::Sender<bool> {
+        self.listed.clone()
     }
 
     fn start(mut self: Box<Self>, shared: &Shared, options: &WatchOptions, tasks: &mut Tasks) {
@@ -339,8 +337,17 @@ where
     }
 }
 
-/// Starts a kind's workers once every cache has listed.
-type SpawnWorkers = Box<dyn FnOnce(&mut JoinSet<()>, &Shared) + Send>;
+/// A kind's workers: the future that runs them, made once the caches they wait for listed.
+type RunWorkers = Box<dyn FnOnce(&Shared) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// One kind's workers and what they wait for.
+struct WorkerSet {
+    run: RunWorkers,
+    /// An optional kind's workers wait for the caches it declared itself (besides the
+    /// required ones): a cache that never lists (e.g. its permission is missing from the Role)
+    /// stops that kind only.
+    optional: Option<Vec<WatchId>>,
+}
 /// Opens a watch without a cache.
 type StartStream = Box<dyn FnOnce(&mut Tasks) + Send>;
 /// A long-lived task of a kind, started with the watches.
@@ -363,7 +370,13 @@ pub struct Registry {
     /// Declaration order, so watches open in a stable order.
     order: Vec<WatchId>,
     queues: BTreeMap<&'static str, FairQueue>,
-    with_workers: BTreeMap<&'static str, SpawnWorkers>,
+    with_workers: BTreeMap<&'static str, WorkerSet>,
+    /// The kind being declared (see [`Registry::begin_kind`]): the watches it declared so far,
+    /// and whether it is optional.
+    declaring: Vec<WatchId>,
+    declaring_optional: bool,
+    /// Watches some required kind declared: every worker waits for them.
+    required: std::collections::HashSet<WatchId>,
     indexes: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     tasks: Vec<(&'static str, KindTask)>,
     /// Watches without a cache (host events), started with the others.
@@ -381,10 +394,31 @@ impl Registry {
             order: Vec::new(),
             queues: BTreeMap::new(),
             with_workers: BTreeMap::new(),
+            declaring: Vec::new(),
+            declaring_optional: false,
+            required: std::collections::HashSet::new(),
             indexes: HashMap::new(),
             tasks: Vec::new(),
             streams: Vec::new(),
             mistakes: Vec::new(),
+        }
+    }
+
+    /// The declarations that follow are one kind's. An `optional` kind (its host permission
+    /// may be missing, e.g. a Role not updated yet) does not hold the other kinds back: the
+    /// caches only it declares are not part of the barrier every worker waits for, and its own
+    /// workers wait for them besides. A watch a required kind declares is required.
+    pub fn begin_kind(&mut self, optional: bool) {
+        self.declaring.clear();
+        self.declaring_optional = optional;
+    }
+
+    fn declared(&mut self, id: &WatchId) {
+        if !self.declaring.contains(id) {
+            self.declaring.push(id.clone());
+        }
+        if !self.declaring_optional {
+            self.required.insert(id.clone());
         }
     }
 
@@ -404,6 +438,7 @@ impl Registry {
         C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
         let id = watch.id();
+        self.declared(&id);
         assert!(
             !self.streams.iter().any(|(s, _)| *s == id),
             "watch {:?} of {} is declared both cached and uncached",
@@ -476,17 +511,22 @@ impl Registry {
     pub fn workers<R: Reconciler>(&mut self, reconciler: Arc<R>, n: usize) {
         let name = reconciler.name();
         let queue = self.queue(name);
-        let spawn: SpawnWorkers = Box::new(move |set: &mut JoinSet<()>, shared: &Shared| {
-            set.spawn(worker::run(
+        let run: RunWorkers = Box::new(move |shared: &Shared| {
+            Box::pin(worker::run(
                 reconciler,
                 queue,
                 n,
                 shared.events.clone(),
                 shared.metrics.clone(),
                 shared.cancel.clone(),
-            ));
+            ))
         });
-        if self.with_workers.insert(name, spawn).is_some() {
+        let optional = self.declaring_optional.then(|| self.declaring.clone());
+        if self
+            .with_workers
+            .insert(name, WorkerSet { run, optional })
+            .is_some()
+        {
             self.mistakes.push(RegistryError::QueueWithTwoWorkerSets(name));
         }
     }
@@ -547,7 +587,27 @@ impl Registry {
         if let Some(name) = self.queues.keys().find(|q| !self.with_workers.contains_key(*q)) {
             return Err(RegistryError::QueueWithoutWorkers(name));
         }
-        let readiness: Vec<Ready> = self.watches.values().map(|w| w.listed()).collect();
+        let listed: HashMap<WatchId, tokio::sync::watch::Sender<bool>> = self
+            .watches
+            .iter()
+            .map(|(id, w)| (id.clone(), w.listed_flag()))
+            .collect();
+        let wait_for = |ids: &mut dyn Iterator<Item = &WatchId>| -> Vec<Ready> {
+            ids.filter_map(|id| listed.get(id))
+                .map(|flag| {
+                    let mut rx = flag.subscribe();
+                    Box::pin(async move {
+                        let _ = rx.wait_for(|listed| *listed).await;
+                    }) as Ready
+                })
+                .collect()
+        };
+        let readiness = wait_for(&mut self.required.iter());
+        let mut worker_sets = Vec::new();
+        for (name, set) in std::mem::take(&mut self.with_workers) {
+            let own = set.optional.as_ref().map(|ids| wait_for(&mut ids.iter()));
+            worker_sets.push((name, set.run, own));
+        }
         for id in std::mem::take(&mut self.order) {
             if let Some(w) = self.watches.remove(&id) {
                 w.start(&self.shared, &self.options, tasks);
@@ -559,13 +619,30 @@ impl Registry {
         for (name, task) in self.tasks {
             tasks.spawn(async move { (name, task.await) });
         }
-        let (shared, with_workers) = (self.shared, self.with_workers);
+        let shared = self.shared;
         tasks.spawn(async move {
             futures::future::join_all(readiness).await;
             tracing::info!("all caches listed; starting workers");
             let mut workers = JoinSet::new();
-            for (_, spawn) in with_workers {
-                spawn(&mut workers, &shared);
+            for (name, run, own) in worker_sets {
+                let run = run(&shared);
+                match own {
+                    None => {
+                        workers.spawn(run);
+                    }
+                    Some(own) => {
+                        // An optional kind whose cache cannot list (its watch logs why)
+                        // waits here alone.
+                        workers.spawn(async move {
+                            futures::future::join_all(own).await;
+                            tracing::info!(
+                                kind = name,
+                                "caches of an optional kind listed; starting its workers"
+                            );
+                            run.await;
+                        });
+                    }
+                }
             }
             while workers.join_next().await.is_some() {}
             ("workers", Ok(()))
@@ -648,6 +725,31 @@ mod tests {
             (1, 1),
             "both readers see one store"
         );
+    }
+
+    #[tokio::test]
+    async fn only_an_optional_kinds_own_caches_stay_out_of_the_barrier() {
+        let mut reg = registry();
+        reg.begin_kind(false);
+        reg.store(&Watch::<Pod>::virtual_all("pods"));
+        reg.workers(Arc::new(Nop("pods")), 1);
+        reg.begin_kind(true);
+        let (own, shared) = (
+            Watch::<ConfigMap>::host_owned("configmaps"),
+            Watch::<Pod>::virtual_all("pods"),
+        );
+        reg.store(&own);
+        reg.store(&shared);
+        reg.workers(Arc::new(Nop("configmaps")), 1);
+        assert_eq!(reg.required.len(), 1, "only the required kind's watch");
+        assert!(reg.required.contains(&shared.id()));
+        let optional = reg.with_workers["configmaps"].optional.clone().expect("optional");
+        assert_eq!(optional, [own.id(), shared.id()], "it waits for all it declared");
+        assert!(reg.with_workers["pods"].optional.is_none());
+        // A watch an optional kind declared first becomes required once a required kind does.
+        reg.begin_kind(false);
+        reg.store(&own);
+        assert!(reg.required.contains(&own.id()));
     }
 
     #[tokio::test]

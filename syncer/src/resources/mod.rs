@@ -53,6 +53,9 @@ pub struct DnsStores {
 struct Kind {
     name: &'static str,
     enabled: fn(&KindOptions) -> bool,
+    /// Whether the kind may lack its host permission (a Role not updated yet): its caches then
+    /// hold back only its own workers, never the other kinds' (see `Registry::begin_kind`).
+    optional: bool,
     /// Declares the kind; its reconciles in flight derive from `--workers`.
     register: fn(&mut Registry, &KindOptions, usize),
 }
@@ -66,21 +69,25 @@ const KINDS: &[Kind] = &[
     Kind {
         name: "pods",
         enabled: always,
+        optional: false,
         register: |r, o, w| pods::register(r, o.pods.clone(), w),
     },
     Kind {
         name: "configmaps",
         enabled: always,
+        optional: false,
         register: |r, o, w| configmaps::register(r, o.configmaps.sync_all_configmaps, w.div_ceil(2)),
     },
     Kind {
         name: "secrets",
         enabled: always,
+        optional: false,
         register: |r, o, w| secrets::register(r, o.secrets.sync_all_secrets, w.div_ceil(2)),
     },
     Kind {
         name: "nodes",
         enabled: always,
+        optional: false,
         register: |r, o, _| {
             let kubelet = KubeletEndpoint {
                 address: o.nodes.kubelet_address.clone().unwrap_or_default(),
@@ -93,26 +100,31 @@ const KINDS: &[Kind] = &[
     Kind {
         name: "events",
         enabled: always,
+        optional: false,
         register: |r, o, w| events::register(r, o.vcluster.clone(), o.virtual_streams, w.div_ceil(4)),
     },
     Kind {
         name: "services",
         enabled: always,
+        optional: false,
         register: |r, o, w| services::register(r, o.service_name.clone(), w.div_ceil(2)),
     },
     Kind {
         name: "endpoints",
         enabled: always,
+        optional: false,
         register: |r, _, _| endpoints::register(r, 2),
     },
     Kind {
         name: "networkpolicies",
         enabled: |o| o.networkpolicies.sync_networkpolicies,
+        optional: true,
         register: |r, _, _| networkpolicies::register(r, 2),
     },
     Kind {
         name: "poddisruptionbudgets",
         enabled: |o| o.poddisruptionbudgets.sync_poddisruptionbudgets,
+        optional: true,
         register: |r, _, _| poddisruptionbudgets::register(r, 2),
     },
 ];
@@ -122,6 +134,7 @@ pub fn register_all(reg: &mut Registry, opts: &KindOptions) {
     let workers = reg.default_workers();
     for kind in KINDS.iter().filter(|k| (k.enabled)(opts)) {
         tracing::debug!(kind = kind.name, "registering");
+        reg.begin_kind(kind.optional);
         (kind.register)(reg, opts, workers);
     }
 }
@@ -137,6 +150,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Resul
         },
     );
     register_all(&mut reg, &opts);
+    reg.begin_kind(false); // what the DNS server reads is required
     let dns = DnsStores {
         services: reg.store(&Watch::<Service>::virtual_all("services")),
         endpoints: reg.store(&Watch::<Endpoints>::virtual_all("endpoints")),
