@@ -255,7 +255,14 @@ pub struct Executor {
     created: RecentWrites,
     /// Accepted DELETEs (by cluster, uid and grace) the caches may still show.
     deleted: RecentWrites,
+    /// Patches the API server refused as invalid (422), by target and body: the same patch
+    /// would be refused again (an immutable field does not become mutable), so it is not sent
+    /// again; a changed plan (the tenant edits the object) makes a new patch that is.
+    refused: RecentWrites,
 }
+
+/// How long a patch refused as invalid is not sent again.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Executor {
     pub fn new(shared: Arc<Shared>) -> Self {
@@ -263,6 +270,7 @@ impl Executor {
             shared,
             created: RecentWrites::default(),
             deleted: RecentWrites::remembering_for(DELETE_EXPECT_FOR),
+            refused: RecentWrites::remembering_for(REFUSED_FOR),
         }
     }
 
@@ -300,6 +308,13 @@ impl Executor {
         {
             return Ok(Done::Skipped);
         }
+        let refusal = patch_key(action);
+        if let Some(key) = &refusal
+            && self.refused.pending(key)
+        {
+            tracing::debug!(kind = t.kind, name = %t.name, "not sending again a patch the API server refused as invalid");
+            return Ok(Done::Skipped);
+        }
         // Info for what changes the host or removes a tenant object; the virtual side's
         // routine writes (status, binds, event copies, tokens) are debug: thousands per burst.
         macro_rules! log_write {
@@ -320,7 +335,15 @@ impl Executor {
         } else {
             log_write!(debug);
         }
-        let done = self.send(action).await?;
+        let done = match self.send(action).await {
+            Ok(done) => done,
+            Err(error) => {
+                if let (Some(key), SyncError::Rejected { code: 422, .. }) = (&refusal, &error) {
+                    self.refused.record(key);
+                }
+                return Err(error);
+            }
+        };
         match &action.write {
             Write::Create { .. } if t.cluster == Cluster::Host => self.created.record(&t.name),
             Write::Delete { uid, grace_seconds } => {
@@ -497,6 +520,25 @@ impl Executor {
     }
 }
 
+/// The identity of a patch (target and body) for the memory of refused patches; None for
+/// other writes.
+fn patch_key(action: &Action) -> Option<String> {
+    let Write::Patch { subresource, patch } = &action.write else {
+        return None;
+    };
+    let t = &action.target;
+    let body = serde_json::to_string(&patch.body).unwrap_or_default();
+    Some(format!(
+        "{}/{}/{}/{}/{}/{}",
+        t.cluster.as_str(),
+        t.kind,
+        t.namespace.as_deref().unwrap_or(""),
+        t.name,
+        subresource.unwrap_or(""),
+        crate::naming::short_hash(&[&body])
+    ))
+}
+
 fn delete_key(cluster: Cluster, uid: &str, grace: Option<i64>) -> String {
     format!("{}/{uid}/{grace:?}", cluster.as_str())
 }
@@ -552,6 +594,36 @@ mod tests {
             SyncError::from_kube(other, Cluster::Virtual, "update status of", "Pod", "web-0").category(),
             "rejected"
         );
+    }
+
+    #[test]
+    fn a_refused_patch_is_known_by_its_target_and_body() {
+        let tc = TranslateCtx::test();
+        let patch = |name: &str, body: Value| {
+            Action::new(
+                Target::host::<Pod>(&tc, name),
+                Write::patch(PatchKind::Merge, body),
+                "x",
+            )
+        };
+        let a = patch_key(&patch("p", serde_json::json!({"spec": {"x": 1}})));
+        assert!(a.is_some());
+        assert_eq!(a, patch_key(&patch("p", serde_json::json!({"spec": {"x": 1}}))));
+        assert_ne!(
+            a,
+            patch_key(&patch("p", serde_json::json!({"spec": {"x": 2}}))),
+            "a new plan is sent"
+        );
+        assert_ne!(a, patch_key(&patch("q", serde_json::json!({"spec": {"x": 1}}))));
+        let delete = Action::new(
+            Target::host::<Pod>(&tc, "p"),
+            Write::Delete {
+                uid: "u".into(),
+                grace_seconds: None,
+            },
+            "x",
+        );
+        assert_eq!(patch_key(&delete), None, "only patches are remembered as refused");
     }
 
     #[test]
