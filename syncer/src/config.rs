@@ -13,12 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::dns::{DnsArgs, DnsSettings};
 use crate::naming::parse_dns_label;
-use crate::resources::configmaps::ConfigMapArgs;
-use crate::resources::networkpolicies::NetworkPolicyArgs;
-use crate::resources::nodes::NodeArgs;
-use crate::resources::poddisruptionbudgets::PodDisruptionBudgetArgs;
-use crate::resources::pods::{PodArgs, PodSettings};
-use crate::resources::secrets::SecretArgs;
+use crate::resources::{KindArgs, KindSettings};
 
 /// Where a pod's ServiceAccount namespace is mounted (used when no host namespace is given).
 pub const IN_CLUSTER_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -203,22 +198,7 @@ pub struct SyncerArgs {
     pub initial_list: InitialList,
 
     #[command(flatten)]
-    pub pods: PodArgs,
-
-    #[command(flatten)]
-    pub configmaps: ConfigMapArgs,
-
-    #[command(flatten)]
-    pub secrets: SecretArgs,
-
-    #[command(flatten)]
-    pub nodes: NodeArgs,
-
-    #[command(flatten)]
-    pub networkpolicies: NetworkPolicyArgs,
-
-    #[command(flatten)]
-    pub poddisruptionbudgets: PodDisruptionBudgetArgs,
+    pub kinds: KindArgs,
 
     #[command(flatten)]
     pub dns: DnsArgs,
@@ -304,12 +284,8 @@ pub struct SyncerConfig {
     pub shutdown_timeout: Duration,
     pub worker_threads: usize,
     pub sync: SyncOptions,
-    pub pods: PodSettings,
-    pub configmaps: ConfigMapArgs,
-    pub secrets: SecretArgs,
-    pub nodes: NodeArgs,
-    pub networkpolicies: NetworkPolicyArgs,
-    pub poddisruptionbudgets: PodDisruptionBudgetArgs,
+    /// Every kind's settings.
+    pub kinds: KindSettings,
     pub dns: DnsSettings,
 }
 
@@ -350,12 +326,7 @@ impl SyncerArgs {
             workers,
             service_name,
             initial_list,
-            pods,
-            configmaps,
-            secrets,
-            nodes,
-            networkpolicies,
-            poddisruptionbudgets,
+            kinds,
             dns,
         } = self;
         let host_namespace = match host_namespace {
@@ -366,7 +337,7 @@ impl SyncerArgs {
             virtual_kubeconfig.unwrap_or_else(|| data_dir.join("server/cred/admin.kubeconfig"));
         let service_name = service_name.unwrap_or_else(|| name.clone());
         let dns = dns.into_settings(&service_name);
-        let pods = pods.into_settings(&name, &dns.cluster_domain);
+        let kinds = kinds.into_settings(&name, &dns.cluster_domain);
         let sync = SyncOptions {
             workers: usize::from(workers),
             service_name,
@@ -374,12 +345,7 @@ impl SyncerArgs {
         };
         Ok(SyncerConfig {
             sync,
-            pods,
-            configmaps,
-            secrets,
-            nodes,
-            networkpolicies,
-            poddisruptionbudgets,
+            kinds,
             dns,
             owner: Owner {
                 kind: owner_kind,
@@ -594,11 +560,11 @@ mod tests {
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
-        assert_eq!(cfg.pods.workload_service_account, "demo-workload");
+        assert_eq!(cfg.kinds.pods.workload_service_account, "demo-workload");
         assert_eq!(cfg.sync.service_name, "demo");
-        assert!(cfg.poddisruptionbudgets.sync_poddisruptionbudgets);
+        assert!(cfg.kinds.poddisruptionbudgets.sync_poddisruptionbudgets);
         assert_eq!(
-            cfg.pods.host_access,
+            cfg.kinds.pods.host_access,
             crate::resources::pods::HostAccessPolicy::Deny
         );
     }

@@ -24,20 +24,66 @@ use crate::engine::registry::{Registry, RegistryError, Tasks, Watch, WatchOption
 use crate::markers;
 use nodes::KubeletEndpoint;
 
-/// Options of the kinds (from the command line).
+/// The kinds' flags: one clap group per kind, declared by the kind, flattened here once (so
+/// the syncer's flags get a new kind's group from this one field).
+#[derive(Debug, clap::Args)]
+pub struct KindArgs {
+    #[command(flatten)]
+    pub pods: pods::PodArgs,
+    #[command(flatten)]
+    pub configmaps: configmaps::ConfigMapArgs,
+    #[command(flatten)]
+    pub secrets: secrets::SecretArgs,
+    #[command(flatten)]
+    pub nodes: nodes::NodeArgs,
+    #[command(flatten)]
+    pub networkpolicies: networkpolicies::NetworkPolicyArgs,
+    #[command(flatten)]
+    pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
+}
+
+/// The kinds' settings, validated once from [`KindArgs`].
 #[derive(Debug, Clone)]
-pub struct KindOptions {
-    pub vcluster: String,
+pub struct KindSettings {
     pub pods: pods::PodSettings,
     pub configmaps: configmaps::ConfigMapArgs,
     pub secrets: secrets::SecretArgs,
     /// Node mode and kubelet endpoint (a `None` address: the vcluster Service IP).
     pub nodes: nodes::NodeArgs,
+    pub networkpolicies: networkpolicies::NetworkPolicyArgs,
+    pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
+}
+
+impl KindArgs {
+    /// The settings of vcluster `vcluster`, whose DNS domain is `cluster_domain`.
+    pub fn into_settings(self, vcluster: &str, cluster_domain: &str) -> KindSettings {
+        let Self {
+            pods,
+            configmaps,
+            secrets,
+            nodes,
+            networkpolicies,
+            poddisruptionbudgets,
+        } = self;
+        KindSettings {
+            pods: pods.into_settings(vcluster, cluster_domain),
+            configmaps,
+            secrets,
+            nodes,
+            networkpolicies,
+            poddisruptionbudgets,
+        }
+    }
+}
+
+/// What the kinds are started with: their settings and facts found at startup.
+#[derive(Debug, Clone)]
+pub struct KindOptions {
+    pub vcluster: String,
+    pub kinds: KindSettings,
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
-    pub networkpolicies: networkpolicies::NetworkPolicyArgs,
-    pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -70,19 +116,19 @@ const KINDS: &[Kind] = &[
         name: "pods",
         enabled: always,
         optional: false,
-        register: |r, o, w| pods::register(r, o.pods.clone(), w),
+        register: |r, o, w| pods::register(r, o.kinds.pods.clone(), w),
     },
     Kind {
         name: "configmaps",
         enabled: always,
         optional: false,
-        register: |r, o, w| configmaps::register(r, o.configmaps.sync_all_configmaps, w.div_ceil(2)),
+        register: |r, o, w| configmaps::register(r, o.kinds.configmaps.sync_all_configmaps, w.div_ceil(2)),
     },
     Kind {
         name: "secrets",
         enabled: always,
         optional: false,
-        register: |r, o, w| secrets::register(r, o.secrets.sync_all_secrets, w.div_ceil(2)),
+        register: |r, o, w| secrets::register(r, o.kinds.secrets.sync_all_secrets, w.div_ceil(2)),
     },
     Kind {
         name: "nodes",
@@ -90,10 +136,10 @@ const KINDS: &[Kind] = &[
         optional: false,
         register: |r, o, _| {
             let kubelet = KubeletEndpoint {
-                address: o.nodes.kubelet_address.clone().unwrap_or_default(),
-                port: i32::from(o.nodes.kubelet_port),
+                address: o.kinds.nodes.kubelet_address.clone().unwrap_or_default(),
+                port: i32::from(o.kinds.nodes.kubelet_port),
             };
-            nodes::register(r, o.nodes.node_sync, kubelet, o.virtual_version.clone(), 2);
+            nodes::register(r, o.kinds.nodes.node_sync, kubelet, o.virtual_version.clone(), 2);
         },
     },
     // A restart re-checks every cached host event (cheap, but thousands at 10k pods).
@@ -117,13 +163,13 @@ const KINDS: &[Kind] = &[
     },
     Kind {
         name: "networkpolicies",
-        enabled: |o| o.networkpolicies.sync_networkpolicies,
+        enabled: |o| o.kinds.networkpolicies.sync_networkpolicies,
         optional: true,
         register: |r, _, _| networkpolicies::register(r, 2),
     },
     Kind {
         name: "poddisruptionbudgets",
-        enabled: |o| o.poddisruptionbudgets.sync_poddisruptionbudgets,
+        enabled: |o| o.kinds.poddisruptionbudgets.sync_poddisruptionbudgets,
         optional: true,
         register: |r, _, _| poddisruptionbudgets::register(r, 2),
     },
