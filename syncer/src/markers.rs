@@ -433,6 +433,72 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
+/// The host-origin entries recorded in annotation `key` of a virtual object (empty when absent
+/// or unreadable).
+pub fn host_origin(
+    virtual_annotations: Option<&BTreeMap<String, String>>,
+    key: &str,
+) -> BTreeMap<String, String> {
+    virtual_annotations
+        .and_then(|a| a.get(key))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// `virtual_` without the entries that came from the host and are still as mirrored (they
+/// are the host's: never copied down, or a host removal would be undone).
+pub fn without_host_origin(
+    virtual_: &BTreeMap<String, String>,
+    recorded: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    virtual_
+        .iter()
+        .filter(|(k, v)| recorded.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The entries of host map `host` a host controller added: not copied from the virtual object
+/// (`managed`, the host's managed list) and not in our domain.
+pub fn host_added(host: &BTreeMap<String, String>, managed: Option<&String>) -> BTreeMap<String, String> {
+    let managed = managed_list(managed);
+    host.iter()
+        .filter(|(k, _)| !managed.contains(*k) && !is_reserved_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Host-added entries mirrored into a virtual map (labels or annotations). Rules, per key:
+/// - the tenant's keys win: a key the virtual object has that is not recorded as mirrored, or
+///   whose value the tenant changed since, is left alone (and is no longer the host's);
+/// - a key the host added is set on the virtual side (and recorded with its value);
+/// - a recorded key the host removed is removed on the virtual side (only if still as
+///   mirrored); nothing else is ever removed.
+///
+/// Returns the desired virtual map and the new record.
+pub fn mirror_back(
+    virtual_: &BTreeMap<String, String>,
+    recorded: &BTreeMap<String, String>,
+    host_added: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut out = virtual_.clone();
+    let mut record = BTreeMap::new();
+    let mirrored = |k: &str| virtual_.get(k).is_some_and(|v| recorded.get(k) == Some(v));
+    for (k, _) in recorded.iter().filter(|(k, _)| mirrored(k)) {
+        if !host_added.contains_key(k) {
+            out.remove(k);
+        }
+    }
+    for (k, v) in host_added {
+        if virtual_.contains_key(k) && !mirrored(k) {
+            continue; // the tenant's
+        }
+        out.insert(k.clone(), v.clone());
+        record.insert(k.clone(), v.clone());
+    }
+    (out, record)
+}
+
 #[cfg(test)]
 mod mirror_tests {
     use super::*;
@@ -971,70 +1037,4 @@ mod tests {
             prop_assert_eq!(again, labels);
         }
     }
-}
-
-/// The host-origin entries recorded in annotation `key` of a virtual object (empty when absent
-/// or unreadable).
-pub fn host_origin(
-    virtual_annotations: Option<&BTreeMap<String, String>>,
-    key: &str,
-) -> BTreeMap<String, String> {
-    virtual_annotations
-        .and_then(|a| a.get(key))
-        .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_default()
-}
-
-/// `virtual_` without the entries that came from the host and are still as mirrored (they
-/// are the host's: never copied down, or a host removal would be undone).
-pub fn without_host_origin(
-    virtual_: &BTreeMap<String, String>,
-    recorded: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    virtual_
-        .iter()
-        .filter(|(k, v)| recorded.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// The entries of host map `host` a host controller added: not copied from the virtual object
-/// (`managed`, the host's managed list) and not in our domain.
-pub fn host_added(host: &BTreeMap<String, String>, managed: Option<&String>) -> BTreeMap<String, String> {
-    let managed = managed_list(managed);
-    host.iter()
-        .filter(|(k, _)| !managed.contains(*k) && !is_reserved_key(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// Host-added entries mirrored into a virtual map (labels or annotations). Rules, per key:
-/// - the tenant's keys win: a key the virtual object has that is not recorded as mirrored, or
-///   whose value the tenant changed since, is left alone (and is no longer the host's);
-/// - a key the host added is set on the virtual side (and recorded with its value);
-/// - a recorded key the host removed is removed on the virtual side (only if still as
-///   mirrored); nothing else is ever removed.
-///
-/// Returns the desired virtual map and the new record.
-pub fn mirror_back(
-    virtual_: &BTreeMap<String, String>,
-    recorded: &BTreeMap<String, String>,
-    host_added: &BTreeMap<String, String>,
-) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let mut out = virtual_.clone();
-    let mut record = BTreeMap::new();
-    let mirrored = |k: &str| virtual_.get(k).is_some_and(|v| recorded.get(k) == Some(v));
-    for (k, _) in recorded.iter().filter(|(k, _)| mirrored(k)) {
-        if !host_added.contains_key(k) {
-            out.remove(k);
-        }
-    }
-    for (k, v) in host_added {
-        if virtual_.contains_key(k) && !mirrored(k) {
-            continue; // the tenant's
-        }
-        out.insert(k.clone(), v.clone());
-        record.insert(k.clone(), v.clone());
-    }
-    (out, record)
 }
