@@ -153,6 +153,8 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         KindOptions {
             vcluster: config.name.clone(),
             kinds: config.kinds.clone(),
+            host_namespace: config.host_namespace.clone(),
+            data_dir: config.data_dir.clone(),
             virtual_version,
             service_name: config.sync.service_name.clone(),
             host_streams,

@@ -452,7 +452,7 @@ mod tests {
     }
 
     /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups,
-    /// plus the flags added since (`--sync-poddisruptionbudgets`):
+    /// plus the flags added since (`--sync-poddisruptionbudgets`, `--export-*`):
     /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
     /// interface of every deployment, so they must not change by accident.
     const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
@@ -491,6 +491,10 @@ mod tests {
             "VNEST_SYNC_PODDISRUPTIONBUDGETS",
             "true",
         ),
+        ("export-kubeconfig", "VNEST_EXPORT_KUBECONFIG", "true"),
+        ("export-secret-name", "VNEST_EXPORT_SECRET_NAME", ""),
+        ("export-server", "VNEST_EXPORT_SERVER", ""),
+        ("export-context", "VNEST_EXPORT_CONTEXT", ""),
         ("dns-addr", "VNEST_DNS_ADDR", "0.0.0.0:1053"),
         ("dns-upstream", "VNEST_DNS_UPSTREAM", ""),
         ("dns-service-name", "VNEST_DNS_SERVICE_NAME", ""),

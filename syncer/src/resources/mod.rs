@@ -6,6 +6,7 @@
 pub mod configmaps;
 pub mod endpoints;
 pub mod events;
+pub mod kubeconfig;
 pub mod networkpolicies;
 pub mod nodes;
 pub mod poddisruptionbudgets;
@@ -40,6 +41,8 @@ pub struct KindArgs {
     pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     #[command(flatten)]
     pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
+    #[command(flatten)]
+    pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
 /// The kinds' settings, validated once from [`KindArgs`].
@@ -52,6 +55,7 @@ pub struct KindSettings {
     pub nodes: nodes::NodeArgs,
     pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
+    pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
 impl KindArgs {
@@ -64,6 +68,7 @@ impl KindArgs {
             nodes,
             networkpolicies,
             poddisruptionbudgets,
+            kubeconfig,
         } = self;
         KindSettings {
             pods: pods.into_settings(vcluster, cluster_domain),
@@ -72,6 +77,7 @@ impl KindArgs {
             nodes,
             networkpolicies,
             poddisruptionbudgets,
+            kubeconfig,
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct KindOptions {
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
+    /// The host namespace and the k3s data dir (the kubeconfig export reads its credentials).
+    pub host_namespace: String,
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The caches the DNS server answers from.
@@ -172,6 +181,20 @@ const KINDS: &[Kind] = &[
         enabled: |o| o.kinds.poddisruptionbudgets.sync_poddisruptionbudgets,
         optional: true,
         register: |r, _, _| poddisruptionbudgets::register(r, 2),
+    },
+    Kind {
+        name: "kubeconfig",
+        enabled: |o| o.kinds.kubeconfig.export_kubeconfig,
+        optional: false,
+        register: |r, o, _| {
+            let export = kubeconfig::Export::from_args(
+                &o.kinds.kubeconfig,
+                &o.vcluster,
+                &o.service_name,
+                &o.host_namespace,
+            );
+            kubeconfig::register(r, export, kubeconfig::CredentialFiles::in_data_dir(&o.data_dir));
+        },
     },
 ];
 
