@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::dns::{DnsArgs, DnsSettings};
+use crate::kubelet::{KubeletArgs, KubeletSettings};
 use crate::naming::parse_dns_label;
 use crate::resources::configmaps::ConfigMapArgs;
 use crate::resources::networkpolicies::NetworkPolicyArgs;
@@ -218,6 +219,9 @@ pub struct SyncerArgs {
 
     #[command(flatten)]
     pub dns: DnsArgs,
+
+    #[command(flatten)]
+    pub kubelet: KubeletArgs,
 }
 
 /// Options every synced kind shares.
@@ -306,6 +310,7 @@ pub struct SyncerConfig {
     pub nodes: NodeArgs,
     pub networkpolicies: NetworkPolicyArgs,
     pub dns: DnsSettings,
+    pub kubelet: KubeletSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +356,7 @@ impl SyncerArgs {
             nodes,
             networkpolicies,
             dns,
+            kubelet,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -361,6 +367,7 @@ impl SyncerArgs {
         let service_name = service_name.unwrap_or_else(|| name.clone());
         let dns = dns.into_settings(&service_name);
         let pods = pods.into_settings(&name, &dns.cluster_domain);
+        let kubelet = kubelet.into_settings(&data_dir, nodes.kubelet_port, nodes.kubelet_address.clone());
         let sync = SyncOptions {
             workers: usize::from(workers),
             service_name,
@@ -374,6 +381,7 @@ impl SyncerArgs {
             nodes,
             networkpolicies,
             dns,
+            kubelet,
             owner: Owner {
                 kind: owner_kind,
                 name: owner_name.unwrap_or_else(|| name.clone()),
