@@ -455,7 +455,6 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
     // Paths outside the allowlist, pods of the host or of no vcluster: 404.
     for path in [
         "/metrics".to_owned(),
-        "/stats/summary".to_owned(),
         "/configz".to_owned(),
         "/run/x/y/z".to_owned(),
         format!(
@@ -473,6 +472,11 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
     ] {
         assert_eq!(curl(env, &path, &api).await?.0, 404, "{path}");
     }
+
+    // Node stats need a host permission the namespaced Role does not give: 403, saying so.
+    let (code, body) = curl(env, "/stats/summary", &api).await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("nodes/proxy"), "{body}");
 
     // No credential, a certificate of another CA: 401.
     assert_eq!(curl(env, &logs, &[]).await?.0, 401);

@@ -107,6 +107,10 @@ pub enum RouteError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// `/stats/summary` and `/metrics/resource` need the host node proxy (`nodes/proxy` on the
+    /// host), which the namespaced Role does not grant: answered 403 with a message.
+    #[error("needs the host node proxy permission")]
+    NeedsHostNodeProxy,
 }
 
 /// Query parameters of the kubelet's containerLogs that the host's `pods/log` takes as they are.
@@ -139,6 +143,7 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     };
     match segments.as_slice() {
         ["healthz"] => get_only(Route::Healthz),
+        ["stats", "summary"] | ["metrics", "resource"] => Err(RouteError::NeedsHostNodeProxy),
         ["pods"] | ["pods", ""] => get_only(Route::Pods),
         ["containerLogs", ns, pod, container] => {
             let pod = pod_ref(ns, pod, None)?;
@@ -356,7 +361,6 @@ mod tests {
             "",
             "/metrics",
             "/metrics/cadvisor",
-            "/stats/summary",
             "/logs/",
             "/configz",
             "/debug/pprof/",
@@ -379,6 +383,13 @@ mod tests {
             assert_eq!(
                 parse(&Method::GET, path, None),
                 Err(RouteError::NotFound),
+                "{path}"
+            );
+        }
+        for path in ["/stats/summary", "/metrics/resource"] {
+            assert_eq!(
+                parse(&Method::GET, path, None),
+                Err(RouteError::NeedsHostNodeProxy),
                 "{path}"
             );
         }

@@ -120,6 +120,11 @@ impl Handler {
             Err(RouteError::NotFound) => {
                 return (full(StatusCode::NOT_FOUND, "404 page not found\n"), "not_found");
             }
+            Err(RouteError::NeedsHostNodeProxy) => {
+                let msg = "node stats and resource metrics of a vcluster need the host's nodes/proxy \
+                           permission, which this vcluster is not granted\n";
+                return (full(StatusCode::FORBIDDEN, msg), "forbidden");
+            }
             Err(RouteError::MethodNotAllowed) => {
                 return (
                     full(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
