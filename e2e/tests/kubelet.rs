@@ -274,6 +274,37 @@ async fn exec_with_and_without_stdin_and_its_exit_code() -> Result<()> {
 }
 
 #[tokio::test]
+async fn exec_with_a_tty() -> Result<()> {
+    let f = fixture("kl-tty").await?;
+    // kubectl asks for a TTY only when its stdin is a terminal: `script` gives it one.
+    let line = format!(
+        "{} --kubeconfig {} -n {} exec -it {} -c main -- echo tty-ok",
+        f.k.bin.display(),
+        f.k.kubeconfig.display(),
+        f.ns.name,
+        f.pod
+    );
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tty-ok"), "{stdout}");
+    wait_streams_closed(&f.world, "exec").await?;
+    f.ns.delete().await
+}
+
+#[tokio::test]
 async fn cp_from_the_pod() -> Result<()> {
     let f = fixture("kl-cp").await?;
     // kwok runs exec'd commands on this machine: the "pod's" filesystem is ours.

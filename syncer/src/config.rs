@@ -523,6 +523,11 @@ mod tests {
         ("dns-addr", "VNEST_DNS_ADDR", "0.0.0.0:1053"),
         ("dns-upstream", "VNEST_DNS_UPSTREAM", ""),
         ("dns-service-name", "VNEST_DNS_SERVICE_NAME", ""),
+        ("kubelet-listen-addr", "VNEST_KUBELET_LISTEN_ADDR", ""),
+        ("kubelet-serving-ca-cert", "VNEST_KUBELET_SERVING_CA_CERT", ""),
+        ("kubelet-serving-ca-key", "VNEST_KUBELET_SERVING_CA_KEY", ""),
+        ("kubelet-client-ca", "VNEST_KUBELET_CLIENT_CA", ""),
+        ("kubelet-tls-san", "VNEST_KUBELET_TLS_SAN", ""),
     ];
 
     #[test]
