@@ -11,7 +11,9 @@
 //! - No credential, a certificate of another CA, or a rejected token: 401. Authenticated but not
 //!   authorized: 403.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::authorization::v1::{
@@ -19,6 +21,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::PostParams;
 use kube::{Api, Client};
+use sha2::{Digest, Sha256};
 
 /// Certificate users that are the virtual API server itself.
 pub const API_SERVER_USERS: &[&str] = &["system:kube-apiserver", "system:apiserver"];
@@ -175,13 +178,64 @@ pub enum AuthError {
     AccessReview(#[source] kube::Error),
 }
 
+/// How long a TokenReview answer is reused (the virtual API server's token cache is similar).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Most tokens remembered; the cache starts over when full.
+const TOKEN_CACHE_MAX: usize = 256;
+
+/// TokenReview answers by the SHA-256 of the token (the token itself is never kept).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (Instant, Step)>>,
+}
+
+impl TokenCache {
+    fn key(token: &Token) -> [u8; 32] {
+        Sha256::digest(token.0.as_bytes()).into()
+    }
+
+    /// The step a review of `token` gave less than [`TOKEN_CACHE_TTL`] before `now`.
+    pub fn get(&self, token: &Token, now: Instant) -> Option<Step> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(&Self::key(token))
+            .filter(|(at, _)| now.saturating_duration_since(*at) < TOKEN_CACHE_TTL)
+            .map(|(_, step)| step.clone())
+    }
+
+    pub fn put(&self, token: &Token, now: Instant, step: Step) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < TOKEN_CACHE_TTL);
+            if entries.len() >= TOKEN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(Self::key(token), (now, step));
+    }
+}
+
 /// Runs the steps, asking the virtual API server when a step needs it.
 #[derive(Clone)]
 pub struct Authorizer {
     pub virt: Client,
+    pub tokens: Arc<TokenCache>,
 }
 
 impl Authorizer {
+    pub fn new(virt: Client) -> Self {
+        Self {
+            virt,
+            tokens: Arc::default(),
+        }
+    }
+
     pub async fn authorize(&self, caller: Caller, verb: &str) -> Result<Outcome, AuthError> {
         let mut step = first_step(caller);
         loop {
@@ -190,19 +244,14 @@ impl Authorizer {
                 Step::Unauthorized => return Ok(Outcome::Unauthorized),
                 Step::Forbidden(user) => return Ok(Outcome::Forbidden(user)),
                 Step::ReviewToken(token) => {
-                    let review = TokenReview {
-                        spec: TokenReviewSpec {
-                            token: Some(token.0),
-                            audiences: None,
-                        },
-                        ..TokenReview::default()
-                    };
-                    let api: Api<TokenReview> = Api::all(self.virt.clone());
-                    let done = api
-                        .create(&PostParams::default(), &review)
-                        .await
-                        .map_err(AuthError::TokenReview)?;
-                    after_token_review(done.status.as_ref())
+                    let now = Instant::now();
+                    if let Some(step) = self.tokens.get(&token, now) {
+                        step
+                    } else {
+                        let step = self.review_token(&token).await?;
+                        self.tokens.put(&token, now, step.clone());
+                        step
+                    }
                 }
                 Step::ReviewAccess(user) => {
                     let api: Api<SubjectAccessReview> = Api::all(self.virt.clone());
@@ -214,6 +263,22 @@ impl Authorizer {
                 }
             };
         }
+    }
+
+    async fn review_token(&self, token: &Token) -> Result<Step, AuthError> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.0.clone()),
+                audiences: None,
+            },
+            ..TokenReview::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.virt.clone());
+        let done = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(AuthError::TokenReview)?;
+        Ok(after_token_review(done.status.as_ref()))
     }
 }
 
@@ -314,6 +379,24 @@ mod tests {
             after_access_review(user.clone(), None),
             Step::Forbidden(user.name)
         );
+    }
+
+    #[test]
+    fn token_reviews_are_remembered_briefly_by_hash() {
+        let cache = TokenCache::default();
+        let (t, now) = (Token("abc".into()), Instant::now());
+        assert_eq!(cache.get(&t, now), None);
+        cache.put(&t, now, Step::Unauthorized);
+        assert_eq!(
+            cache.get(&t, now + Duration::from_secs(1)),
+            Some(Step::Unauthorized)
+        );
+        assert_eq!(cache.get(&t, now + TOKEN_CACHE_TTL), None);
+        assert_eq!(cache.get(&Token("abd".into()), now), None);
+        for i in 0..(TOKEN_CACHE_MAX * 2) {
+            cache.put(&Token(i.to_string()), now, Step::Unauthorized);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= TOKEN_CACHE_MAX);
     }
 
     #[test]

@@ -207,7 +207,7 @@ pub async fn run(settings: KubeletSettings, deps: KubeletDeps) -> Result<(), Kub
             host_pods,
             cancel: cancel.clone(),
         },
-        authorizer: auth::Authorizer { virt },
+        authorizer: auth::Authorizer::new(virt),
         metrics,
     });
     server::serve(listener, config, client_ca, handler, cancel).await;

@@ -55,7 +55,11 @@ pub struct Handler {
 impl Handler {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnIdentity) -> Response<Body> {
         let parsed = route::parse(req.method(), req.uri().path(), req.uri().query());
-        let kind = parsed.as_ref().map_or("unknown", Route::kind);
+        let kind = match &parsed {
+            Ok(route) => route.kind(),
+            Err(RouteError::NeedsHostNodeProxy) => "stats",
+            Err(_) => "unknown",
+        };
         let (ns, name) = parsed
             .as_ref()
             .ok()
