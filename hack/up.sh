@@ -84,6 +84,9 @@ KWOK_PORT=$(free_port)
 VIRTUAL_API_PORT=$(free_port)
 SYNCER_ADMIN_PORT=$(free_port)
 SYNCER_DNS_PORT=$(free_port)
+SYNCER_KUBELET_PORT=$(free_port)
+# kwok forwards every port-forward to this address; the port-forward e2e test listens there.
+PORT_FORWARD_TARGET_PORT=$(free_port)
 # Names outside the cluster domain are forwarded upstream; locally that is a loopback port with
 # nothing behind it (answers SERVFAIL fast), so tests never send DNS off this machine.
 DNS_UPSTREAM=127.0.0.1:$(free_port)
@@ -162,6 +165,10 @@ mkdir -p "$H/kwok-exec"
 	echo "2026-01-01T00:00:00.000000000Z stdout F vnest simulated container log line 1"
 	echo "2026-01-01T00:00:01.000000000Z stdout F vnest simulated container log line 2"
 } >"$H/kwok-pod.log"
+cp "$H/kwok-pod.log" "$H/kwok-pod-previous.log"
+# Containers named "follow" get a log that kwok follows (tests append to it); "big" a 5 MiB log.
+echo "2026-01-01T00:00:00.000000000Z stdout F follow log start" >"$H/kwok-follow.log"
+awk 'BEGIN { for (i = 1; i <= 40000; i++) printf "2026-01-01T00:00:02.000000000Z stdout F big log line %06d %0100d\n", i, 0 }' >"$H/kwok-big.log"
 {
 	cat <<EOF
 apiVersion: config.kwok.x-k8s.io/v1alpha1
@@ -193,8 +200,15 @@ metadata:
   name: simulated-logs
 spec:
   logs:
+  - containers: [follow]
+    logsFile: $H/kwok-follow.log
+    follow: true
+  - containers: [big]
+    logsFile: $H/kwok-big.log
+    follow: false
   - containers: []
     logsFile: $H/kwok-pod.log
+    previousLogsFile: $H/kwok-pod-previous.log
     follow: false
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -206,6 +220,27 @@ spec:
   - containers: []
     local:
       workDir: $H/kwok-exec
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterAttach
+metadata:
+  name: simulated-attach
+spec:
+  attaches:
+  # kwok attaches from the end of the file, following: tests append to it.
+  - containers: []
+    logsFile: $H/kwok-follow.log
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata:
+  name: simulated-port-forward
+spec:
+  forwards:
+  - ports: []
+    target:
+      port: $PORT_FORWARD_TARGET_PORT
+      address: 127.0.0.1
 EOF
 } >"$H/kwok.yaml"
 # HOME is isolated: kwok also reads ~/.kwok/kwok.yaml when it exists.
@@ -397,7 +432,8 @@ SYNCER_ADMIN_ADDR=127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
-EXTRA_SYNCER_FLAGS=--sync-networkpolicies
+# The virtual nodes' kubelet is the syncer's kubelet endpoint on loopback (local world only).
+EXTRA_SYNCER_FLAGS="--sync-networkpolicies --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
 EOF
 STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
 
@@ -414,6 +450,10 @@ VCLUSTER_NAME=$VCLUSTER_NAME
 SYNCER_METRICS_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT/metrics
 SYNCER_ADMIN_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
+SYNCER_KUBELET_ADDR=127.0.0.1:$SYNCER_KUBELET_PORT
+KWOK_FOLLOW_LOG=$H/kwok-follow.log
+KWOK_EXEC_DIR=$H/kwok-exec
+PORT_FORWARD_TARGET=127.0.0.1:$PORT_FORWARD_TARGET_PORT
 LOG_DIR=$LOG_DIR
 KUBECTL=$KUBECTL
 VNEST_BIN=$VNEST
@@ -426,7 +466,7 @@ SERVICE_CIDR=$SERVICE_CIDR
 POD_CIDR=$POD_CIDR
 KWOK_ADDR=127.0.0.1:$KWOK_PORT
 HOST_AUDIT_LOG=$LOG_DIR/host-audit.log
-PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT ${VIRTUAL2_API_PORT:-}"
+PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT $SYNCER_KUBELET_PORT ${VIRTUAL2_API_PORT:-}"
 EOF
 trap - EXIT
 log "up in $((SECONDS - started_at)) s"

@@ -302,6 +302,12 @@ async fn syncer_reports_why_it_is_not_ready_and_stops_cleanly_on_sigterm() -> Re
             .args(["--host-kubeconfig", env.get("SYNCER_HOST_KUBECONFIG")?])
             .args(["--virtual-kubeconfig", &virtual_kubeconfig])
             .args([
+                "--data-dir",
+                env.get("VIRTUAL_DATA_DIR")?,
+                "--kubelet-listen-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
                 "--admin-addr",
                 &format!("127.0.0.1:{port}"),
                 "--shutdown-timeout",

@@ -147,20 +147,25 @@ async fn deployment_pods_run_with_host_ips_nodes_and_events() -> Result<()> {
         // The virtual node exists, fake, Ready.
         let n = nodes.get(&node).await?;
         assert!(n.labels().contains_key("vnest.dev/node"));
-        // Its kubelet address is the vcluster Service (the syncer), never the host kubelet.
-        let vc_ip = Api::<k8s_openapi::api::core::v1::Service>::namespaced(w.host.clone(), &w.host_ns)
-            .get(&w.vcluster)
-            .await?
-            .spec
-            .and_then(|s| s.cluster_ip);
-        let internal = n
-            .status
-            .and_then(|s| s.addresses)
+        // Its kubelet is the syncer's kubelet endpoint (in the local world on loopback, see
+        // hack/up.sh; in a pod the vcluster Service), never the host kubelet.
+        let kubelet = w.env.get("SYNCER_KUBELET_ADDR")?;
+        let (kubelet_ip, kubelet_port) = kubelet
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("SYNCER_KUBELET_ADDR {kubelet} is not host:port"))?;
+        let status = n.status.unwrap_or_default();
+        let internal = status
+            .addresses
             .unwrap_or_default()
             .into_iter()
             .find(|a| a.type_ == "InternalIP")
             .map(|a| a.address);
-        assert_eq!(internal, vc_ip);
+        assert_eq!(internal.as_deref(), Some(kubelet_ip));
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port.to_string());
+        assert_eq!(port.as_deref(), Some(kubelet_port));
     }
     // Only pods reached the host: no Deployment or ReplicaSet there.
     let host_rs: Api<ReplicaSet> = Api::namespaced(w.host.clone(), &w.host_ns);

@@ -145,6 +145,16 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
             "--dns-addr",
             "127.0.0.1:0",
         ])
+        .args([
+            "--data-dir",
+            &std::path::Path::new(kubeconfig2)
+                .ancestors()
+                .nth(3)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            "--kubelet-listen-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--node-sync", "real", "--pod-token-storage", "secret"])
         .stdout(Stdio::null())
         .stderr(log)

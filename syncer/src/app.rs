@@ -121,6 +121,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         virtual_streams,
         "how caches load (streamed initial lists or LISTs)"
     );
+    let translate_rx = ctx_rx.clone();
     let shared = Arc::new(Shared {
         host: host.0.clone(),
         virt: virt.0.clone(),
@@ -164,6 +165,31 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     )
     .context("declaring the synced kinds")?;
 
+    {
+        let deps = crate::kubelet::KubeletDeps {
+            host: host.0.clone(),
+            virt: virt.0.clone(),
+            vcluster: config.name.clone(),
+            host_namespace: config.host_namespace.clone(),
+            virtual_pods: dns_stores.virtual_pods.clone(),
+            host_pods: dns_stores.host_pods.clone(),
+            translate: translate_rx,
+            metrics: metrics.clone(),
+            cancel: cancel.clone(),
+        };
+        let settings = config.kubelet.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let result = crate::kubelet::run(settings, deps)
+                .await
+                .map_err(anyhow::Error::from);
+            // Serving ends only at shutdown; wait for it so the supervisor sees no early exit.
+            if result.is_ok() {
+                cancel.cancelled().await;
+            }
+            ("kubelet endpoint", result)
+        });
+    }
     let source = Arc::new(crate::dns::source::StoreSource {
         services: dns_stores.services,
         endpoints: dns_stores.endpoints,

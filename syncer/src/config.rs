@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::dns::{DnsArgs, DnsSettings};
+use crate::kubelet::{KubeletArgs, KubeletSettings};
 use crate::naming::parse_dns_label;
 use crate::resources::{KindArgs, KindSettings};
 
@@ -202,6 +203,9 @@ pub struct SyncerArgs {
 
     #[command(flatten)]
     pub dns: DnsArgs,
+
+    #[command(flatten)]
+    pub kubelet: KubeletArgs,
 }
 
 /// Options every synced kind shares.
@@ -287,6 +291,7 @@ pub struct SyncerConfig {
     /// Every kind's settings.
     pub kinds: KindSettings,
     pub dns: DnsSettings,
+    pub kubelet: KubeletSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +333,7 @@ impl SyncerArgs {
             initial_list,
             kinds,
             dns,
+            kubelet,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -338,6 +344,11 @@ impl SyncerArgs {
         let service_name = service_name.unwrap_or_else(|| name.clone());
         let dns = dns.into_settings(&service_name);
         let kinds = kinds.into_settings(&name, &dns.cluster_domain);
+        let kubelet = kubelet.into_settings(
+            &data_dir,
+            kinds.nodes.kubelet_port,
+            kinds.nodes.kubelet_address.clone(),
+        );
         let sync = SyncOptions {
             workers: usize::from(workers),
             service_name,
@@ -347,6 +358,7 @@ impl SyncerArgs {
             sync,
             kinds,
             dns,
+            kubelet,
             owner: Owner {
                 kind: owner_kind,
                 name: owner_name.unwrap_or_else(|| name.clone()),
@@ -498,6 +510,11 @@ mod tests {
         ("dns-addr", "VNEST_DNS_ADDR", "0.0.0.0:1053"),
         ("dns-upstream", "VNEST_DNS_UPSTREAM", ""),
         ("dns-service-name", "VNEST_DNS_SERVICE_NAME", ""),
+        ("kubelet-listen-addr", "VNEST_KUBELET_LISTEN_ADDR", ""),
+        ("kubelet-serving-ca-cert", "VNEST_KUBELET_SERVING_CA_CERT", ""),
+        ("kubelet-serving-ca-key", "VNEST_KUBELET_SERVING_CA_KEY", ""),
+        ("kubelet-client-ca", "VNEST_KUBELET_CLIENT_CA", ""),
+        ("kubelet-tls-san", "VNEST_KUBELET_TLS_SAN", ""),
     ];
 
     #[test]

@@ -20,6 +20,8 @@
 //!   pure plans and the one executor of writes.
 //! - [`resources`]: one folder or file per synced kind (pure translation and plan, a
 //!   `register` that declares it) and the table of kinds.
+//! - [`kubelet`]: the kubelet endpoint of the virtual nodes (logs, exec, attach, port-forward
+//!   through the host's pod subresources; TLS, client CA and TokenReview/SAR auth, allowlist).
 //! - [`dns`]: the cluster DNS served from the watch caches (pure catalog, hickory server).
 //! - [`cidr`]: `detect-service-cidr`, the host's service CIDR with namespaced permissions.
 //! - [`memory`]: glibc arenas and `malloc_trim` after bursts.
@@ -35,6 +37,7 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod kubelet;
 pub mod markers;
 pub mod memory;
 pub mod metrics;

@@ -57,6 +57,10 @@ pub struct Metrics {
     /// Bytes the allocator has handed out and not got back (glibc; 0 elsewhere), sampled every
     /// 10 s: the live heap, next to RSS.
     pub heap_allocated_bytes: prometheus::IntGauge,
+    /// Kubelet endpoint requests by path kind and result.
+    pub kubelet_requests: IntCounterVec,
+    /// Kubelet streams (logs, exec, attach, port-forward) open now, by path kind.
+    pub kubelet_streams_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -174,7 +178,22 @@ impl Metrics {
             "Bytes allocated and not freed (glibc mallinfo2; sampled every 10 s)",
         )?;
         registry.register(Box::new(heap_allocated_bytes.clone()))?;
-        for c in [&store_objects, &queue_depth] {
+        let kubelet_requests = IntCounterVec::new(
+            Opts::new(
+                "kubelet_requests_total",
+                "Kubelet endpoint requests by path kind (containerLogs, exec, ...) and result (ok, unauthorized, forbidden, not_found, ...)",
+            ),
+            &["path", "result"],
+        )?;
+        let kubelet_streams_open = IntGaugeVec::new(
+            Opts::new(
+                "kubelet_streams_open",
+                "Kubelet streams (logs, exec, attach, port-forward) open now",
+            ),
+            &["path"],
+        )?;
+        registry.register(Box::new(kubelet_requests.clone()))?;
+        for c in [&store_objects, &queue_depth, &kubelet_streams_open] {
             registry.register(Box::new(c.clone()))?;
         }
         for c in [&watch_errors, &store_loads, &reconciles, &host_writes] {
@@ -206,6 +225,8 @@ impl Metrics {
             service_recreates,
             initial_sync_seconds,
             heap_allocated_bytes,
+            kubelet_requests,
+            kubelet_streams_open,
         })
     }
 

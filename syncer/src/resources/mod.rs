@@ -98,10 +98,12 @@ pub struct KindOptions {
     pub data_dir: std::path::PathBuf,
 }
 
-/// The caches the DNS server answers from.
-pub struct DnsStores {
+/// The caches the DNS server answers from, and the pod caches the kubelet endpoint reads.
+pub struct Stores {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
+    pub virtual_pods: Store<pods::CachedPod>,
+    pub host_pods: Store<pods::CachedPod>,
 }
 
 /// One row of the table of kinds.
@@ -208,8 +210,9 @@ pub fn register_all(reg: &mut Registry, opts: &KindOptions) {
     }
 }
 
-/// Starts every enabled kind (its tasks join `tasks`). Returns the caches DNS answers from.
-pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Result<DnsStores, RegistryError> {
+/// Starts every enabled kind (its tasks join `tasks`). Returns the caches DNS and the kubelet
+/// endpoint answer from.
+pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Result<Stores, RegistryError> {
     let mut reg = Registry::new(
         shared,
         WatchOptions {
@@ -219,10 +222,12 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Resul
         },
     );
     register_all(&mut reg, &opts);
-    reg.begin_kind(false); // what the DNS server reads is required
-    let dns = DnsStores {
+    reg.begin_kind(false); // what the DNS server and the kubelet endpoint read is required
+    let dns = Stores {
         services: reg.store(&Watch::<Service>::virtual_all("services")),
         endpoints: reg.store(&Watch::<Endpoints>::virtual_all("endpoints")),
+        virtual_pods: reg.store(&pods::register::virtual_pods()),
+        host_pods: reg.store(&pods::register::host_pods()),
     };
     reg.start(tasks)?;
     Ok(dns)

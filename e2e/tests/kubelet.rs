@@ -1,0 +1,569 @@
+//! A tenant's everyday commands through the syncer's kubelet endpoint: `kubectl logs / exec /
+//! attach / port-forward / cp` against the VIRTUAL API server (the tenant's kubeconfig), which
+//! reaches "the kubelet" of the virtual node, i.e. the syncer, which serves them from the host's
+//! pod subresources (kwok simulates the host side: hack/up.sh). Also: callers the kubelet
+//! endpoint must refuse, and streams that must not leak when a client goes away.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use vnest_e2e::{Env, Result, TestNs, World, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// kubectl against the virtual API server with the tenant's kubeconfig.
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    ns: String,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["-n", &self.ns])
+            .args(args)
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Output> {
+        let out = tokio::time::timeout(WAIT, self.command(args).stdin(Stdio::null()).output()).await??;
+        Ok(out)
+    }
+
+    async fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    async fn with_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            stdin.write_all(&input).await?;
+            stdin.shutdown().await
+        });
+        let out = tokio::time::timeout(WAIT, child.wait_with_output()).await??;
+        writer.await??;
+        Ok(out)
+    }
+}
+
+struct Fixture {
+    world: World,
+    ns: TestNs,
+    k: Kubectl,
+    pod: String,
+}
+
+/// A namespace with one Running pod (containers `main`, `follow`, `big`) whose logs answer.
+async fn fixture(prefix: &str) -> Result<Fixture> {
+    let world = World::connect().await?;
+    let ns = TestNs::new(&world.virt, prefix).await?;
+    let pods: Api<Pod> = Api::namespaced(world.virt.clone(), &ns.name);
+    let pod = "app".to_owned();
+    let spec: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": pod},
+        "spec": {"containers": [
+            {"name": "main", "image": "busybox"},
+            {"name": "follow", "image": "busybox"},
+            {"name": "big", "image": "busybox"}
+        ]}
+    }))?;
+    pods.create(&PostParams::default(), &spec).await?;
+    let k = Kubectl {
+        bin: world.env.path("KUBECTL")?,
+        kubeconfig: world.env.path("VIRTUAL_KUBECONFIG")?,
+        ns: ns.name.clone(),
+    };
+    wait_until("the virtual pod Running", WAIT, || async {
+        let p = pods.get(&pod).await?;
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        Ok(running.then_some(()))
+    })
+    .await?;
+    // The virtual node appears with the pod; the first answered `kubectl logs` proves the path.
+    wait_until("kubectl logs answering", WAIT, || async {
+        Ok(k.ok(&["logs", &pod, "-c", "main"]).await.ok().map(|_| ()))
+    })
+    .await?;
+    Ok(Fixture { world, ns, k, pod })
+}
+
+async fn streams_open(world: &World, path: &str) -> Result<f64> {
+    world
+        .metric("vnest_syncer_kubelet_streams_open", &[("path", path)])
+        .await
+}
+
+async fn wait_streams_closed(world: &World, path: &str) -> Result<()> {
+    wait_until(&format!("{path} streams closed"), WAIT, || async {
+        Ok((streams_open(world, path).await? == 0.0).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn logs_whole_tail_timestamps_since_previous_limit_and_big() -> Result<()> {
+    let f = fixture("kl-logs").await?;
+    let (k, pod) = (&f.k, f.pod.as_str());
+
+    let whole = k.ok(&["logs", pod, "-c", "main"]).await?;
+    assert!(
+        whole.contains("log line 1") && whole.contains("log line 2"),
+        "{whole}"
+    );
+
+    let tail = k.ok(&["logs", pod, "-c", "main", "--tail=1"]).await?;
+    assert!(
+        !tail.contains("log line 1") && tail.contains("log line 2"),
+        "{tail}"
+    );
+
+    let stamped = k.ok(&["logs", pod, "-c", "main", "--timestamps"]).await?;
+    assert!(
+        stamped.lines().all(|l| l.starts_with("2026-01-01T00:00:0")),
+        "{stamped}"
+    );
+
+    let since = k.ok(&["logs", pod, "-c", "main", "--since=87600h"]).await?;
+    assert!(since.contains("log line 2"), "{since}");
+
+    let previous = k.ok(&["logs", pod, "-c", "main", "--previous"]).await?;
+    assert!(previous.contains("log line 1"), "{previous}");
+
+    let limited = k.ok(&["logs", pod, "-c", "main", "--limit-bytes=10"]).await?;
+    assert!(limited.len() <= 10, "{limited}");
+
+    let big = k.ok(&["logs", pod, "-c", "big"]).await?;
+    assert_eq!(big.lines().count(), 40_000);
+    assert!(big.len() > 4 << 20, "{} bytes", big.len());
+    assert!(big.lines().last().is_some_and(|l| l.contains("line 040000")));
+
+    // A container the pod does not have is refused by the virtual API server itself.
+    let out = k.run(&["logs", pod, "-c", "nope"]).await?;
+    assert!(!out.status.success());
+
+    let ok = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "containerLogs"), ("result", "ok")],
+        )
+        .await?;
+    assert!(ok >= 7.0, "{ok}");
+    f.ns.delete().await
+}
+
+#[tokio::test]
+async fn logs_follow_returns_appended_lines_and_a_disconnect_leaks_nothing() -> Result<()> {
+    let f = fixture("kl-follow").await?;
+    let log = f.world.env.path("KWOK_FOLLOW_LOG")?;
+    let mut child =
+        f.k.command(&["logs", "-f", &f.pod, "-c", "follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let marker = format!("appended while following {}", f.ns.name);
+    let seen = follow_until(&log, BufReader::new(stdout).lines(), &marker).await?;
+    assert!(seen.contains(&marker));
+    assert!(streams_open(&f.world, "containerLogs").await? >= 1.0);
+    // The client goes away mid-stream: the syncer's stream (and its host request) must end.
+    child.kill().await?;
+    wait_streams_closed(&f.world, "containerLogs").await?;
+    f.ns.delete().await
+}
+
+/// Appends `marker` lines to kwok's followed log file until a line of `lines` shows it
+/// (kwok starts reading at the end of the file, whenever its follower starts).
+async fn follow_until(
+    log: &std::path::Path,
+    mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    marker: &str,
+) -> Result<String> {
+    tokio::time::timeout(WAIT, async {
+        // Append until the follower shows it (kwok may start reading after the first append).
+        let mut appended = 0;
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line? {
+                    Some(l) if l.contains(marker) => return Ok::<_, anyhow::Error>(l),
+                    Some(_) => {}
+                    None => anyhow::bail!("kubectl logs -f ended"),
+                },
+                () = tokio::time::sleep(Duration::from_millis(500)), if appended < 100 => {
+                    let mut file = tokio::fs::OpenOptions::new().append(true).open(log).await?;
+                    file.write_all(format!("2026-01-01T00:00:03.000000000Z stdout F {marker}\n").as_bytes()).await?;
+                    appended += 1;
+                }
+            }
+        }
+    })
+    .await?
+}
+
+#[tokio::test]
+async fn exec_with_and_without_stdin_and_its_exit_code() -> Result<()> {
+    let f = fixture("kl-exec").await?;
+    let (k, pod) = (&f.k, f.pod.as_str());
+    let out = k
+        .ok(&["exec", pod, "-c", "main", "--", "echo", "hello from exec"])
+        .await?;
+    assert_eq!(out.trim(), "hello from exec");
+
+    // kwok runs the command locally and reports a failed command as an error carrying its
+    // status (kubectl then exits 1, exactly as directly against the host): the status must
+    // come through, with the output before it.
+    let out = k
+        .run(&[
+            "exec",
+            pod,
+            "-c",
+            "main",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ])
+        .await?;
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "out");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("err") && stderr.contains("exit status 7"),
+        "{stderr}"
+    );
+
+    // stdin: kwok does not pass the end of stdin on (not even directly on the host), so the
+    // command reads exactly what is sent.
+    let input: Vec<u8> = (0..(1u32 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    let size = input.len().to_string();
+    let out = k
+        .with_stdin(
+            &["exec", "-i", pod, "-c", "main", "--", "head", "-c", &size],
+            &input,
+        )
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input);
+
+    wait_streams_closed(&f.world, "exec").await?;
+    f.ns.delete().await
+}
+
+#[tokio::test]
+async fn exec_with_a_tty() -> Result<()> {
+    let f = fixture("kl-tty").await?;
+    // kubectl asks for a TTY only when its stdin is a terminal: `script` gives it one.
+    let line = format!(
+        "{} --kubeconfig {} -n {} exec -it {} -c main -- echo tty-ok",
+        f.k.bin.display(),
+        f.k.kubeconfig.display(),
+        f.ns.name,
+        f.pod
+    );
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tty-ok"), "{stdout}");
+    wait_streams_closed(&f.world, "exec").await?;
+    f.ns.delete().await
+}
+
+#[tokio::test]
+async fn cp_from_the_pod() -> Result<()> {
+    let f = fixture("kl-cp").await?;
+    // kwok runs exec'd commands on this machine: the "pod's" filesystem is ours.
+    let dir = f.world.env.path("KWOK_EXEC_DIR")?.join(&f.ns.name);
+    tokio::fs::create_dir_all(&dir).await?;
+    let local = std::env::temp_dir().join(format!("vnest-kl-cp-{}", f.ns.name));
+    tokio::fs::create_dir_all(&local).await?;
+    // Only pod -> local: `kubectl cp` to a pod runs `tar -x` on stdin, and kwok never passes the
+    // end of stdin on (it hangs the same way directly against the host).
+    let content: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    tokio::fs::write(dir.join("data.bin"), &content).await?;
+    let source = format!("{}:{}/data.bin", f.pod, dir.display());
+    f.k.ok(&[
+        "cp",
+        "-c",
+        "main",
+        &source,
+        &local.join("data.bin").display().to_string(),
+    ])
+    .await?;
+    assert!(tokio::fs::read(local.join("data.bin")).await? == content);
+
+    tokio::fs::write(dir.join("down.txt"), b"from the pod\n").await?;
+    let source = format!("{}:{}/down.txt", f.pod, dir.display());
+    f.k.ok(&[
+        "cp",
+        "-c",
+        "main",
+        &source,
+        &local.join("down.txt").display().to_string(),
+    ])
+    .await?;
+    assert_eq!(tokio::fs::read(local.join("down.txt")).await?, b"from the pod\n");
+
+    tokio::fs::remove_dir_all(&local).await?;
+    tokio::fs::remove_dir_all(&dir).await?;
+    f.ns.delete().await
+}
+
+/// An echo server on kwok's port-forward target (hack/up.sh), for the duration of the test.
+async fn echo_server(addr: &str) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    }))
+}
+
+#[tokio::test]
+async fn port_forward_moves_mebibytes_both_ways_on_two_connections() -> Result<()> {
+    let f = fixture("kl-pf").await?;
+    let echo = echo_server(f.world.env.get("PORT_FORWARD_TARGET")?).await?;
+    let mut child =
+        f.k.command(&["port-forward", &format!("pod/{}", f.pod), ":8080"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    // "Forwarding from 127.0.0.1:NNNNN -> 8080"
+    let port: u16 = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let port = rest.split_whitespace().next().unwrap_or_default();
+                return Ok::<_, anyhow::Error>(port.parse()?);
+            }
+        }
+        anyhow::bail!("kubectl port-forward ended without forwarding")
+    })
+    .await??;
+
+    const SIZE: usize = 4 << 20;
+    let transfer = |seed: u8| async move {
+        let data: Vec<u8> = (0..SIZE)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let (mut r, mut w) = conn.into_split();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
+        let mut back = vec![0u8; SIZE];
+        r.read_exact(&mut back).await?;
+        drop(writer.await??);
+        anyhow::ensure!(back == data, "echoed bytes differ");
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (a, b) = tokio::join!(transfer(1), transfer(2));
+        a.and(b)
+    })
+    .await??;
+    assert!(streams_open(&f.world, "portForward").await? >= 1.0);
+    child.kill().await?;
+    wait_streams_closed(&f.world, "portForward").await?;
+    echo.abort();
+    f.ns.delete().await
+}
+
+#[tokio::test]
+async fn attach_shows_the_container_output() -> Result<()> {
+    let f = fixture("kl-attach").await?;
+    let mut child =
+        f.k.command(&["attach", &f.pod, "-c", "main"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let marker = format!("attached output {}", f.ns.name);
+    let line = follow_until(
+        &f.world.env.path("KWOK_FOLLOW_LOG")?,
+        BufReader::new(stdout).lines(),
+        &marker,
+    )
+    .await?;
+    assert!(line.contains(&marker), "{line}");
+    child.kill().await?;
+    wait_streams_closed(&f.world, "attach").await?;
+    f.ns.delete().await
+}
+
+/// `curl` against the syncer's kubelet port directly: (HTTP status, body).
+async fn curl(env: &Env, path: &str, extra: &[&str]) -> Result<(u16, String)> {
+    let url = format!("https://{}{path}", env.get("SYNCER_KUBELET_ADDR")?);
+    let ca = env.path("VIRTUAL_DATA_DIR")?.join("server/tls/server-ca.crt");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca)
+        .args(extra)
+        .arg(&url)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+}
+
+#[tokio::test]
+async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
+    let f = fixture("kl-auth").await?;
+    let env = &f.world.env;
+    let tls = env.path("VIRTUAL_DATA_DIR")?.join("server/tls");
+    let cert = |name: &str| tls.join(name).display().to_string();
+    let logs = format!("/containerLogs/{}/{}/main", f.ns.name, f.pod);
+
+    // The virtual API server's own kubelet client certificate (the client CA): served.
+    let api = [
+        "--cert",
+        &cert("client-kube-apiserver.crt"),
+        "--key",
+        &cert("client-kube-apiserver.key"),
+    ];
+    let (code, body) = curl(env, &logs, &api).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("log line 2"), "{body}");
+    let (code, body) = curl(env, "/pods", &api).await?;
+    assert_eq!(code, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body)?;
+    let names: Vec<(String, String)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let m = &p["metadata"];
+            (
+                m["namespace"].as_str().unwrap_or("").to_owned(),
+                m["name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(names.contains(&(f.ns.name.clone(), f.pod.clone())), "{names:?}");
+    let host_ns = env.get("HOST_NAMESPACE")?;
+    assert!(names.iter().all(|(ns, _)| ns != host_ns), "{names:?}");
+    assert_eq!(curl(env, "/healthz", &api).await?.0, 200);
+
+    // Paths outside the allowlist, pods of the host or of no vcluster: 404.
+    for path in [
+        "/metrics".to_owned(),
+        "/configz".to_owned(),
+        "/run/x/y/z".to_owned(),
+        format!(
+            "/containerLogs/{}/{}-0/syncer",
+            env.get("HOST_NAMESPACE")?,
+            env.get("VCLUSTER_NAME")?
+        ),
+        format!(
+            "/containerLogs/{}/{}/main",
+            env.get("HOST_NAMESPACE")?,
+            f.world.host_name(&f.ns.name, &f.pod)
+        ),
+        format!("/containerLogs/{}/nope/main", f.ns.name),
+        format!("/containerLogs/{}/{}/nope", f.ns.name, f.pod),
+    ] {
+        assert_eq!(curl(env, &path, &api).await?.0, 404, "{path}");
+    }
+
+    // Node stats need a host permission the namespaced Role does not give: 403, saying so.
+    let (code, body) = curl(env, "/stats/summary", &api).await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("nodes/proxy"), "{body}");
+
+    // No credential, a certificate of another CA: 401.
+    assert_eq!(curl(env, &logs, &[]).await?.0, 401);
+    let host_pki = env.path("STATE_DIR")?.join("host/pki");
+    let other = [
+        "--cert",
+        &host_pki.join("admin.crt").display().to_string(),
+        "--key",
+        &host_pki.join("admin.key").display().to_string(),
+    ]
+    .map(|s| s.to_owned());
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    assert_eq!(curl(env, &logs, &other).await?.0, 401);
+    assert_eq!(
+        curl(env, &logs, &["-H", "Authorization: Bearer not-a-token"])
+            .await?
+            .0,
+        401
+    );
+
+    // A token the virtual API server accepts, without nodes/proxy: 403; with it: 200.
+    f.k.ok(&["create", "serviceaccount", "viewer"]).await?;
+    let token = f.k.ok(&["create", "token", "viewer"]).await?;
+    let header = format!("Authorization: Bearer {}", token.trim());
+    assert_eq!(curl(env, &logs, &["-H", &header]).await?.0, 403);
+    let role = format!("kl-node-proxy-{}", f.ns.name);
+    f.k.ok(&[
+        "create",
+        "clusterrole",
+        &role,
+        "--verb=get,create",
+        "--resource=nodes/proxy",
+    ])
+    .await?;
+    f.k.ok(&[
+        "create",
+        "clusterrolebinding",
+        &role,
+        &format!("--clusterrole={role}"),
+        &format!("--serviceaccount={}:viewer", f.ns.name),
+    ])
+    .await?;
+    wait_until("the token authorized for nodes/proxy", WAIT, || async {
+        Ok((curl(env, &logs, &["-H", &header]).await?.0 == 200).then_some(()))
+    })
+    .await?;
+    f.k.ok(&["delete", "clusterrolebinding", &role]).await?;
+    f.k.ok(&["delete", "clusterrole", &role]).await?;
+
+    let refused = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("result", "unauthorized")],
+        )
+        .await?;
+    assert!(refused >= 3.0, "{refused}");
+    f.ns.delete().await
+}

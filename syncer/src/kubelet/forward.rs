@@ -1,0 +1,321 @@
+//! I/O of the kubelet endpoint: find the host pod of a virtual pod (from the caches), stream
+//! its logs from the host's `pods/log`, and splice exec/attach/port-forward upgrades with the
+//! host's `pods/exec|attach|portforward`, byte for byte, whatever protocol the two ends speak.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus::IntGauge;
+use tokio_util::sync::CancellationToken;
+
+use super::route::{PodRef, Stream};
+use crate::resources::pods::CachedPod;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A whole body.
+pub fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(
+        http_body_util::Full::new(text.into())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// One open stream in the `streams open` gauge while it lives.
+pub struct StreamGuard(IntGauge);
+
+impl StreamGuard {
+    pub fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A response body that holds a [`StreamGuard`] until it is dropped (done or disconnected).
+struct Guarded {
+    inner: Body,
+    _guard: StreamGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The host pod a virtual pod runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPod {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Pure: whether `pod` has a container (or init or ephemeral container) named `name`.
+pub fn has_container(pod: &Pod, name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == name)
+        || spec.init_containers.iter().flatten().any(|c| c.name == name)
+        || spec.ephemeral_containers.iter().flatten().any(|c| c.name == name)
+}
+
+/// Everything the forwarding needs.
+#[derive(Clone)]
+pub struct Forwarder {
+    pub host: Client,
+    pub vcluster: String,
+    pub host_namespace: String,
+    pub virtual_pods: Store<CachedPod>,
+    pub host_pods: Store<CachedPod>,
+    pub cancel: CancellationToken,
+}
+
+impl Forwarder {
+    /// The host pod of a virtual pod of this vcluster, or `None` (the caller answers 404): the
+    /// virtual pod must exist (with that UID and container, when given), and its host copy must
+    /// be in our cache of host pods (which holds only pods marked as this vcluster's).
+    pub fn resolve(&self, pod: &PodRef, container: Option<&str>) -> Option<HostPod> {
+        let cached = self
+            .virtual_pods
+            .get(&ObjectRef::new(&pod.name).within(&pod.namespace))?;
+        let v = cached.unpack().ok()?;
+        if let Some(uid) = &pod.uid
+            && v.metadata.uid.as_deref() != Some(uid.as_str())
+        {
+            return None;
+        }
+        if let Some(c) = container
+            && !has_container(&v, c)
+        {
+            return None;
+        }
+        let name = crate::naming::host_name(&self.vcluster, &pod.namespace, &pod.name);
+        let host = self
+            .host_pods
+            .get(&ObjectRef::new(&name).within(&self.host_namespace))?;
+        // The host copy must be of this virtual pod (not of an older pod of the same name).
+        let source = host
+            .full_metadata()
+            .ok()
+            .and_then(|m| crate::markers::source_of(&m))?;
+        let same = source.name == pod.name
+            && source.namespace.as_deref() == Some(pod.namespace.as_str())
+            && (source.uid.is_empty() || v.metadata.uid.as_deref() == Some(source.uid.as_str()));
+        same.then(|| HostPod {
+            namespace: self.host_namespace.clone(),
+            name,
+        })
+    }
+
+    /// `/pods`: this vcluster's virtual pods that run on the host, as a PodList.
+    pub fn pods(&self) -> Response<Body> {
+        let items: Vec<Pod> = self
+            .virtual_pods
+            .state()
+            .iter()
+            .filter_map(|p| p.unpack().ok())
+            .filter(|p| {
+                let (ns, name) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref());
+                ns.zip(name).is_some_and(|(ns, name)| {
+                    let host = crate::naming::host_name(&self.vcluster, ns, name);
+                    self.host_pods
+                        .get(&ObjectRef::new(&host).within(&self.host_namespace))
+                        .is_some()
+                })
+            })
+            .collect();
+        let list = serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+        let mut resp = full(StatusCode::OK, list.to_string());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    /// Streams the host pod's log (`host_query` from the route) back as it comes.
+    pub async fn logs(
+        &self,
+        pod: &HostPod,
+        host_query: &str,
+        gauge: IntGauge,
+    ) -> Result<Response<Body>, kube::Error> {
+        let uri = format!(
+            "/api/v1/namespaces/{}/pods/{}/log?{host_query}",
+            pod.namespace, pod.name
+        );
+        let req = Request::get(uri)
+            .body(kube::client::Body::empty())
+            .map_err(kube::Error::HttpError)?;
+        let resp = self.host.send(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body: Body = Guarded {
+            inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            _guard: StreamGuard::new(gauge),
+        }
+        .boxed_unsync();
+        let mut out = Response::new(body);
+        *out.status_mut() = parts.status;
+        copy_headers(&parts.headers, out.headers_mut(), &[header::CONTENT_TYPE]);
+        Ok(out)
+    }
+
+    /// Sends the same upgrade request to the host's subresource; on `101` answers `101` with the
+    /// host's protocol headers and splices the two upgraded connections in a task.
+    pub async fn upgrade(
+        &self,
+        mut req: Request<hyper::body::Incoming>,
+        pod: &HostPod,
+        stream: Stream,
+        host_query: &str,
+        gauge: IntGauge,
+    ) -> Result<Response<Body>, kube::Error> {
+        let uri = format!(
+            "/api/v1/namespaces/{}/pods/{}/{}?{host_query}",
+            pod.namespace,
+            pod.name,
+            stream.subresource()
+        );
+        let mut host_req = Request::builder()
+            .method(req.method().clone())
+            .uri(uri)
+            .body(kube::client::Body::empty())
+            .map_err(kube::Error::HttpError)?;
+        copy_headers(req.headers(), host_req.headers_mut(), &upgrade_headers());
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let resp = self.host.send(host_req).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            let mut out = Response::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+            *out.status_mut() = parts.status;
+            copy_headers(&parts.headers, out.headers_mut(), &[header::CONTENT_TYPE]);
+            return Ok(out);
+        }
+        let mut out = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        copy_headers(resp.headers(), out.headers_mut(), &upgrade_headers());
+        let host_upgrade = hyper::upgrade::on(resp);
+        let cancel = self.cancel.clone();
+        let guard = StreamGuard::new(gauge);
+        let span = tracing::Span::current();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (client, host) = match tokio::try_join!(client_upgrade, host_upgrade) {
+                Ok(both) => both,
+                Err(error) => {
+                    tracing::debug!(parent: &span, %error, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut client, mut host) = (TokioIo::new(client), TokioIo::new(host));
+            tokio::select! {
+                () = cancel.cancelled() => tracing::debug!(parent: &span, "stream closed by shutdown"),
+                done = tokio::io::copy_bidirectional(&mut client, &mut host) => match done {
+                    Ok((up, down)) => tracing::debug!(parent: &span, up, down, "stream closed"),
+                    Err(error) => tracing::debug!(parent: &span, %error, "stream ended with an error"),
+                },
+            }
+            // Both upgraded connections are dropped (closed) here, whichever side went first.
+        });
+        Ok(out)
+    }
+}
+
+/// The headers an upgrade carries both ways (SPDY and WebSocket).
+fn upgrade_headers() -> Vec<HeaderName> {
+    vec![
+        header::CONNECTION,
+        header::UPGRADE,
+        HeaderName::from_static("x-stream-protocol-version"),
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_VERSION,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ]
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        for value in from.get_all(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Shared by the server's connections.
+pub type SharedForwarder = Arc<Forwarder>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_of_every_kind_count() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [{"name": "main"}],
+                "initContainers": [{"name": "init"}],
+                "ephemeralContainers": [{"name": "debugger"}]
+            }
+        }))
+        .unwrap();
+        for c in ["main", "init", "debugger"] {
+            assert!(has_container(&pod, c), "{c}");
+        }
+        assert!(!has_container(&pod, "other"));
+        assert!(!has_container(&Pod::default(), "main"));
+    }
+
+    #[test]
+    fn stream_guards_count_open_streams() {
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let a = StreamGuard::new(gauge.clone());
+        let b = StreamGuard::new(gauge.clone());
+        assert_eq!(gauge.get(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
+    }
+}
