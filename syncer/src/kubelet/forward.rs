@@ -82,6 +82,23 @@ impl http_body::Body for Guarded {
 pub struct HostPod {
     pub namespace: String,
     pub name: String,
+    /// The virtual pod it is the copy of (host names in refusals are rewritten to these).
+    pub virtual_namespace: String,
+    pub virtual_name: String,
+}
+
+/// Pure: a host refusal's text as the tenant may read it: the host pod's name becomes the
+/// virtual pod's, the host namespace the virtual one, other host names of ours are mapped back
+/// or redacted (see [`crate::engine::events::tenant_text`]).
+pub fn refusal_text(bytes: &[u8], pod: &HostPod, vcluster: &str, host_namespace: &str) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let names = crate::engine::events::HostNames {
+        vcluster,
+        host_namespace,
+        virtual_namespace: &pod.virtual_namespace,
+        known: vec![(pod.name.as_str(), pod.virtual_name.as_str())],
+    };
+    crate::engine::events::tenant_text(&text, &names)
 }
 
 /// Pure: whether `pod` has a container (or init or ephemeral container) named `name`.
@@ -139,6 +156,8 @@ impl Forwarder {
         same.then(|| HostPod {
             namespace: self.host_namespace.clone(),
             name,
+            virtual_namespace: pod.namespace.clone(),
+            virtual_name: pod.name.clone(),
         })
     }
 
@@ -183,6 +202,9 @@ impl Forwarder {
             .body(kube::client::Body::empty())
             .map_err(kube::Error::HttpError)?;
         let resp = self.host.send(req).await?;
+        if !resp.status().is_success() {
+            return Ok(self.refusal(pod, resp).await);
+        }
         let (parts, body) = resp.into_parts();
         let body: Body = Guarded {
             inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
@@ -193,6 +215,30 @@ impl Forwarder {
         *out.status_mut() = parts.status;
         copy_headers(&parts.headers, out.headers_mut(), &[header::CONTENT_TYPE]);
         Ok(out)
+    }
+
+    /// A host answer that is not the stream (a refusal, a pod that is not running): passed back
+    /// with its status and content type, its text rewritten so that it names the virtual pod
+    /// and never a host object (the same rule as tenant Events); at most 64 KiB of it.
+    async fn refusal(&self, pod: &HostPod, resp: Response<kube::client::Body>) -> Response<Body> {
+        const MAX: usize = 64 * 1024;
+        let (parts, mut body) = resp.into_parts();
+        let mut bytes = Vec::new();
+        while bytes.len() < MAX {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        bytes.truncate(MAX);
+        let text = refusal_text(&bytes, pod, &self.vcluster, &self.host_namespace);
+        let mut out = full(parts.status, text);
+        copy_headers(&parts.headers, out.headers_mut(), &[header::CONTENT_TYPE]);
+        out
     }
 
     /// Sends the same upgrade request to the host's subresource; on `101` answers `101` with the
@@ -220,11 +266,7 @@ impl Forwarder {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let resp = self.host.send(host_req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (parts, body) = resp.into_parts();
-            let mut out = Response::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
-            *out.status_mut() = parts.status;
-            copy_headers(&parts.headers, out.headers_mut(), &[header::CONTENT_TYPE]);
-            return Ok(out);
+            return Ok(self.refusal(pod, resp).await);
         }
         let mut out = Response::new(
             http_body_util::Empty::new()
@@ -289,6 +331,28 @@ pub type SharedForwarder = Arc<Forwarder>;
 #[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_refusal_names_the_virtual_pod_never_a_host_object() {
+        let host = crate::naming::host_name("vc", "team-a", "web-0");
+        let pod = HostPod {
+            namespace: "host-ns".into(),
+            name: host.clone(),
+            virtual_namespace: "team-a".into(),
+            virtual_name: "web-0".into(),
+        };
+        let other = crate::naming::host_name("other-vc", "db", "db-0");
+        let message = format!(
+            r#"{{"kind":"Status","message":"previous terminated container \"main\" in pod \"{host}\" not found in namespace host-ns, see {other}"}}"#
+        );
+        let text = refusal_text(message.as_bytes(), &pod, "vc", "host-ns");
+        assert!(text.contains(r#"in pod \"web-0\""#), "{text}");
+        assert!(text.contains("namespace team-a"), "{text}");
+        assert!(
+            !text.contains(&host) && !text.contains(&other) && !text.contains("host-ns"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn containers_of_every_kind_count() {
