@@ -190,6 +190,17 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             ("kubelet endpoint", result)
         });
     }
+    serve_dns(&config, dns_stores, &cancel, &mut tasks).await?;
+    supervise(tasks, cancel, config.shutdown_timeout).await
+}
+
+/// Starts the DNS server over the Service and Endpoints caches.
+async fn serve_dns(
+    config: &SyncerConfig,
+    dns_stores: resources::Stores,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+) -> anyhow::Result<()> {
     let source = Arc::new(crate::dns::source::StoreSource {
         services: dns_stores.services,
         endpoints: dns_stores.endpoints,
@@ -207,7 +218,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %dns_addr, domain = %config.dns.cluster_domain, "DNS server listening (UDP and TCP)");
     tasks.spawn(async move { ("dns server", serve_dns.await.map_err(anyhow::Error::from)) });
 
-    supervise(tasks, cancel, config.shutdown_timeout).await
+    Ok(())
 }
 
 /// Publishes the translation context whenever the anchor or the vcluster Service changes;
