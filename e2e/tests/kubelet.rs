@@ -277,8 +277,11 @@ async fn exec_with_and_without_stdin_and_its_exit_code() -> Result<()> {
 async fn exec_with_a_tty() -> Result<()> {
     let f = fixture("kl-tty").await?;
     // kubectl asks for a TTY only when its stdin is a terminal: `script` gives it one.
+    // The command outlives the session's setup (kubectl sends the terminal size on its own
+    // stream): a command that exits at once races kubectl's own TTY handling ("websocket: close
+    // sent", its output sometimes lost), with or without vnest in between.
     let line = format!(
-        "{} --kubeconfig {} -n {} exec -it {} -c main -- echo tty-ok",
+        "{} --kubeconfig {} -n {} exec -it {} -c main -- sh -c 'echo tty-ok; sleep 1'",
         f.k.bin.display(),
         f.k.kubeconfig.display(),
         f.ns.name,

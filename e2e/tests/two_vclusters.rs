@@ -190,7 +190,15 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
     let name1 = w.host_name(&ns1.name, "app");
     let name2 = vnest::naming::host_name(&vc2, &ns1.name, "app");
     assert_ne!(name1, name2, "two vclusters must never share a host name");
-    let (pods2, cms2, secrets2) = managed_by(&w, &vc2).await?;
+    // Each vcluster keeps its own kubeconfig export; the rest are vcluster 2's copies.
+    let export2 = format!("vc-{vc2}");
+    wait_until("vcluster 2's kubeconfig export", WAIT, || async {
+        let (_, _, s) = managed_by(&w, &vc2).await?;
+        Ok(s.iter().any(|s| s.name_any() == export2).then_some(()))
+    })
+    .await?;
+    let (pods2, cms2, mut secrets2) = managed_by(&w, &vc2).await?;
+    secrets2.retain(|s| s.name_any() != export2);
     assert_eq!(pods2.len(), 1, "exactly one host pod of vcluster 2");
     assert_eq!(pods2[0].name_any(), name2);
     assert_eq!(cms2.len(), 2, "cfg and kube-root-ca.crt of vcluster 2");
