@@ -31,11 +31,14 @@ fmt: ## format the Rust code
 tools: ## build the upstream control-plane binaries into the version-keyed cache
 	@hack/build-tools.sh
 
+# Where cargo puts release binaries (CARGO_TARGET_DIR when set, as cargo itself does).
+RELEASE_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release
+
 bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed), rewrite docs/performance.md; PODS=N (1000), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
 	@[ -f .e2e/env ] || hack/up.sh
 	@cargo build --quiet --release -p vnest --bin vnest -p vnest-e2e --bin bench
-	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest hack/syncer.sh restart
-	@VNEST_OVERRIDE=$(CURDIR)/target/release/vnest target/release/bench \
+	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest hack/syncer.sh restart
+	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest $(RELEASE_DIR)/bench \
 		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner) $(if $(NO_DOCS),--no-docs)
 
 build: ## build the vnest binary (debug)

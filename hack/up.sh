@@ -166,7 +166,8 @@ mkdir -p "$H/kwok-exec"
 	echo "2026-01-01T00:00:01.000000000Z stdout F vnest simulated container log line 2"
 } >"$H/kwok-pod.log"
 cp "$H/kwok-pod.log" "$H/kwok-pod-previous.log"
-# Containers named "follow" get a log that kwok follows (tests append to it); "big" a 5 MiB log.
+# Containers named "follow" get a log that kwok follows (tests append to it); "big" a 5 MiB log;
+# "huge" the log the bench writes to $H/kwok-huge.log before it reads it (64 MiB: not made here).
 echo "2026-01-01T00:00:00.000000000Z stdout F follow log start" >"$H/kwok-follow.log"
 awk 'BEGIN { for (i = 1; i <= 40000; i++) printf "2026-01-01T00:00:02.000000000Z stdout F big log line %06d %0100d\n", i, 0 }' >"$H/kwok-big.log"
 {
@@ -194,6 +195,41 @@ EOF
 	"$BIN/kwok-stages"
 	cat <<EOF
 ---
+# Not in kwok's defaults: a Running pod that got an ephemeral container (kubectl debug) without
+# a status for it gets every ephemeral container reported running, as a kubelet would report
+# it once started; kubectl debug waits for that.
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-ephemeral-containers-running
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '((.spec.ephemeralContainers // []) | length) > ((.status.ephemeralContainerStatuses // []) | length)'
+      operator: 'In'
+      values: ['true']
+  next:
+    statusTemplate: |
+      {{ \$now := Now }}
+      ephemeralContainerStatuses:
+      {{ range .spec.ephemeralContainers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        state:
+          running:
+            startedAt: {{ \$now | Quote }}
+      {{ end }}
+---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: ClusterLogs
 metadata:
@@ -205,6 +241,10 @@ spec:
     follow: true
   - containers: [big]
     logsFile: $H/kwok-big.log
+    follow: false
+  # Written by \`make bench\` (its size depends on the run); kwok opens it per request.
+  - containers: [huge]
+    logsFile: $H/kwok-huge.log
     follow: false
   - containers: []
     logsFile: $H/kwok-pod.log
@@ -452,6 +492,7 @@ SYNCER_ADMIN_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 SYNCER_KUBELET_ADDR=127.0.0.1:$SYNCER_KUBELET_PORT
 KWOK_FOLLOW_LOG=$H/kwok-follow.log
+KWOK_HUGE_LOG=$H/kwok-huge.log
 KWOK_EXEC_DIR=$H/kwok-exec
 PORT_FORWARD_TARGET=127.0.0.1:$PORT_FORWARD_TARGET_PORT
 LOG_DIR=$LOG_DIR

@@ -432,6 +432,72 @@ async fn attach_shows_the_container_output() -> Result<()> {
     f.ns.delete().await
 }
 
+/// `kubectl debug` adds an ephemeral container through the virtual API server (the syncer
+/// patches it onto the host pod), waits until the container runs (kwok reports it running: a
+/// Stage in hack/up.sh; the syncer copies the status back) and attaches to it.
+#[tokio::test]
+async fn debug_adds_an_ephemeral_container_and_attaches_to_it() -> Result<()> {
+    let f = fixture("kl-debug").await?;
+    let mut child =
+        f.k.command(&[
+            "debug",
+            &f.pod,
+            "--image=busybox",
+            "-c",
+            "dbg",
+            "--attach",
+            "--profile=general",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let marker = format!("debug container output {}", f.ns.name);
+    let line = follow_until(
+        &f.world.env.path("KWOK_FOLLOW_LOG")?,
+        BufReader::new(stdout).lines(),
+        &marker,
+    )
+    .await?;
+    assert!(line.contains(&marker), "{line}");
+
+    // The virtual pod shows the ephemeral container running, copied from the host pod.
+    let running = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.ephemeral_container_statuses.as_ref())
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|c| c.name == "dbg" && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            })
+    };
+    let virtual_pod = Api::<Pod>::namespaced(f.world.virt.clone(), &f.ns.name)
+        .get(&f.pod)
+        .await?;
+    assert!(running(&virtual_pod), "{:?}", virtual_pod.status);
+    let host_pods = Api::<Pod>::namespaced(f.world.host.clone(), &f.world.host_ns)
+        .list(&kube::api::ListParams::default().labels(&format!("vnest.dev/namespace={}", f.ns.name)))
+        .await?
+        .items;
+    assert_eq!(host_pods.len(), 1);
+    let host_pod = &host_pods[0];
+    assert!(running(host_pod), "{:?}", host_pod.status);
+    let ephemeral = host_pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_ref());
+    assert!(
+        ephemeral.is_some_and(|l| l
+            .iter()
+            .any(|c| c.name == "dbg" && c.image.as_deref() == Some("busybox"))),
+        "{ephemeral:?}"
+    );
+
+    child.kill().await?;
+    wait_streams_closed(&f.world, "attach").await?;
+    f.ns.delete().await
+}
+
 /// `curl` against the syncer's kubelet port directly: (HTTP status, body).
 async fn curl(env: &Env, path: &str, extra: &[&str]) -> Result<(u16, String)> {
     let url = format!("https://{}{path}", env.get("SYNCER_KUBELET_ADDR")?);

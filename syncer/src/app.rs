@@ -50,7 +50,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         owner = %format!("{}/{}", config.owner.kind.kind(), config.owner.name),
         "starting syncer"
     );
-    let host = HostClient::new(&config.host, config.host_rate, &metrics)
+    let (host, host_streams_client) = HostClient::with_streams(&config.host, config.host_rate, &metrics)
         .await
         .context("connecting to the host cluster")?;
     let Some(virt) = wait_for_virtual_client(&config, &metrics, &readiness, &cancel).await? else {
@@ -167,7 +167,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
 
     {
         let deps = crate::kubelet::KubeletDeps {
-            host: host.0.clone(),
+            host: host_streams_client,
             virt: virt.0.clone(),
             vcluster: config.name.clone(),
             host_namespace: config.host_namespace.clone(),

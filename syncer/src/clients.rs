@@ -29,8 +29,24 @@ pub struct VirtualClient(pub Client);
 
 impl HostClient {
     pub async fn new(access: &ClusterAccess, rate: RateLimit, metrics: &Metrics) -> Result<Self> {
+        Ok(Self::with_streams(access, rate, metrics).await?.0)
+    }
+
+    /// The host client, and a second one for the kubelet endpoint's streams (logs, exec,
+    /// attach, port-forward) on connections of its own with `TCP_NODELAY`: kube's connector
+    /// turns it off, and with Nagle's algorithm a small stream frame written behind another
+    /// waited for the host's delayed ACK (~40 ms, twice per port-forward connection). The two
+    /// share the rate limit and count their requests the same way.
+    pub async fn with_streams(
+        access: &ClusterAccess,
+        rate: RateLimit,
+        metrics: &Metrics,
+    ) -> Result<(Self, Client)> {
         let config = load_config(Cluster::Host, access).await?;
-        build(Cluster::Host, config, rate, metrics).map(Self)
+        let limit = RateLimitLayer::new(Cluster::Host, rate, metrics.clone());
+        let streams = build_nodelay(Cluster::Host, &config, &limit, metrics)?;
+        let main = build_limited(Cluster::Host, config, &limit, metrics)?;
+        Ok((Self(main), streams))
     }
 }
 
@@ -68,13 +84,61 @@ async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config>
 }
 
 fn build(cluster: Cluster, config: Config, rate: RateLimit, metrics: &Metrics) -> Result<Client> {
+    build_limited(
+        cluster,
+        config,
+        &RateLimitLayer::new(cluster, rate, metrics.clone()),
+        metrics,
+    )
+}
+
+fn build_limited(
+    cluster: Cluster,
+    config: Config,
+    limit: &RateLimitLayer,
+    metrics: &Metrics,
+) -> Result<Client> {
     let builder = ClientBuilder::try_from(config).map_err(|source| Error::Client { cluster, source })?;
     Ok(builder
         .with_layer(&MetricsLayer {
             cluster,
             metrics: metrics.clone(),
         })
-        .with_layer(&RateLimitLayer::new(cluster, rate, metrics.clone()))
+        .with_layer(limit)
+        .build())
+}
+
+/// A client like [`build_limited`]'s on connections with `TCP_NODELAY`, no read timeout and no
+/// retries (kube's own stack minus its timeouts, retry, gzip, extra-header and tracing layers;
+/// the syncer's kubeconfigs set no impersonation): for streams.
+fn build_nodelay(
+    cluster: Cluster,
+    config: &Config,
+    limit: &RateLimitLayer,
+    metrics: &Metrics,
+) -> Result<Client> {
+    use kube::client::ConfigExt as _;
+    let error = |source| Error::Client { cluster, source };
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config
+        .rustls_https_connector_with_connector(http)
+        .map_err(error)?;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, kube::client::Body>(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer().map_err(error)?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(ClientBuilder::new(service, config.default_namespace.clone())
+        .with_layer(&MetricsLayer {
+            cluster,
+            metrics: metrics.clone(),
+        })
+        .with_layer(limit)
         .build())
 }
 

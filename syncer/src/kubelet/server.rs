@@ -215,6 +215,11 @@ pub async fn serve(
                 }
             },
         };
+        // Small writes (response headers, then the first log bytes; stream frames) go out at
+        // once: with Nagle's algorithm each waited for the peer's delayed ACK (~40 ms).
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "TCP_NODELAY not set on a kubelet connection");
+        }
         let (acceptor, client_ca, handler, cancel) = (
             acceptor.clone(),
             client_ca.clone(),

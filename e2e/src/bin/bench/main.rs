@@ -11,6 +11,9 @@
 //! 5. Restart: SIGKILL with N pods synced; time to caught up; host writes meanwhile.
 //! 6. Fairness: a greedy namespace's burst vs a small namespace's pods one by one.
 //! 7. Services burst (ClusterIP equality, recreates) and DNS answer latency.
+//! 8. The kubelet endpoint's streams: `kubectl logs` of a 64 MiB log and a 64 MiB port-forward
+//!    upload through vnest vs directly against the host pod (MiB/s, ratio), and the added time
+//!    to first byte of a small log (8 MiB with `--quick`).
 //!
 //! Writes `.e2e/bench/latest.json`, and `report.md` + PNG charts into
 //! `.e2e/bench/results/<time>-<N>pods/`; prints a summary. A full run (every scenario, not
@@ -20,6 +23,7 @@
 #![recursion_limit = "256"]
 
 mod chart;
+mod kubelet;
 mod probe;
 mod report;
 mod scenarios;
@@ -53,7 +57,7 @@ struct Args {
 }
 
 /// Scenario groups `--only` can pick.
-const SCENARIOS: [&str; 4] = ["startup", "rate", "fairness", "services"];
+const SCENARIOS: [&str; 5] = ["startup", "rate", "fairness", "services", "kubelet"];
 
 impl Args {
     fn runs(&self, scenario: &str) -> bool {
@@ -74,7 +78,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services] [--kube-burner] [--no-docs]";
+const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services,kubelet] [--kube-burner] [--no-docs]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -161,7 +165,7 @@ async fn main() -> Result<()> {
     let mut rate_series = (Vec::new(), Vec::new());
     if a.runs("rate") {
         step(&format!(
-            "2/7 syncer-added latency: {} pods at {} pods/s",
+            "2/8 syncer-added latency: {} pods at {} pods/s",
             a.rate_pods, a.rate
         ));
         let hist = |name: &'static str| probe::syncer_histogram(&w, name, "pods");
@@ -194,7 +198,7 @@ async fn main() -> Result<()> {
     }
     if a.runs("fairness") {
         step(&format!(
-            "6/7 fairness: {} small pods one by one, alone, then beside a burst of {}",
+            "6/8 fairness: {} small pods one by one, alone, then beside a burst of {}",
             a.small, a.greedy
         ));
         let alone = scenarios::fairness_run(&w, 0, a.small).await?;
@@ -211,7 +215,7 @@ async fn main() -> Result<()> {
         );
     }
     if a.runs("services") {
-        step(&format!("7/7 {} Services and DNS", a.services));
+        step(&format!("7/8 {} Services and DNS", a.services));
         let services_json = services(&w, a.services).await?;
         result.insert(
             "dns_answer_p50_ms".into(),
@@ -222,6 +226,14 @@ async fn main() -> Result<()> {
             services_json["dns_answer_ms"]["p99"].clone(),
         );
         result.insert("networking".into(), services_json);
+    }
+    if a.runs("kubelet") {
+        let sizes = kubelet::Sizes::new(a.quick);
+        step(&format!(
+            "8/8 kubelet endpoint: {} MiB kubectl logs and port-forward, time to first byte, vnest vs direct",
+            sizes.mib()
+        ));
+        result.insert("kubelet".into(), kubelet::run(&w, sizes).await?);
     }
     if a.kube_burner {
         step("kube-burner podLatency on both sides (cross-check)");
@@ -378,7 +390,7 @@ async fn startup_cost_restart(
 ) -> Result<(serde_json::Map<String, Value>, Vec<f64>, Vec<f64>)> {
     let n = a.pods;
     let audit = AuditLog::new(w)?;
-    step(&format!("1/7 startup of {n} pods directly on the host"));
+    step(&format!("1/8 startup of {n} pods directly on the host"));
     let hns = TestNs::new(&w.host, "bench-direct").await?;
     let direct_t = Tracker::start(Api::namespaced(w.host.clone(), &hns.name), "app=bench", by_name).await?;
     let t = Instant::now();
@@ -391,7 +403,7 @@ async fn startup_cost_restart(
     hns.delete().await?;
     scenarios::wait_no_pods(&w.host, &hname, "app=bench").await?;
 
-    step(&format!("1/7 startup of {n} pods through vnest"));
+    step(&format!("1/8 startup of {n} pods through vnest"));
     let vns = TestNs::new(&w.virt, "bench-vnest").await?;
     let audit_create = audit.mark()?;
     let syncer_before = syncer_host_requests(w).await?;
@@ -417,7 +429,7 @@ async fn startup_cost_restart(
     eprintln!("[bench]   syncer during the burst: {diagnostics}");
 
     step(&format!(
-        "3/7 idle for {} s with {n} pods synced",
+        "3/8 idle for {} s with {n} pods synced",
         a.idle.as_secs()
     ));
     let audit_idle = audit.mark()?;
@@ -442,7 +454,7 @@ async fn startup_cost_restart(
     let idle_cpu_s = synced.cpu_s - cpu_idle_before;
 
     step(&format!(
-        "5/7 SIGKILL and restart of the syncer with {n} pods synced"
+        "5/8 SIGKILL and restart of the syncer with {n} pods synced"
     ));
     let before_kill = syncer.sample()?;
     let restart = scenarios::restart(w, &audit, syncer).await?;
@@ -452,7 +464,7 @@ async fn startup_cost_restart(
         restart.resync_s, restart.wall_s, restart.audit_writes, restart.syncer_writes
     );
 
-    step(&format!("1/7 deleting the {n} pods through vnest"));
+    step(&format!("1/8 deleting the {n} pods through vnest"));
     let audit_delete = audit.mark()?;
     let syncer_before_delete = syncer_host_requests(w).await?;
     let vname = vns.name.clone();

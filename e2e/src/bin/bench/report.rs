@@ -50,6 +50,14 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// " (--quick: smaller than the 64 MiB target size)" when the kubelet figures moved less.
+fn quick_note(r: &Value) -> &'static str {
+    match r["kubelet"]["mib"].as_u64() {
+        Some(mib) if mib < 64 => " (--quick: smaller than the 64 MiB of the goal)",
+        _ => "",
+    }
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -142,6 +150,7 @@ pub fn rows(r: &Value) -> Vec<Row> {
         met,
     };
     let le = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) <= t);
+    let ge = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) >= t);
     vec![
         row(
             "startup p50 / p90 / p99 direct (ms)",
@@ -324,6 +333,52 @@ pub fn rows(r: &Value) -> Vec<Row> {
             None,
         ),
         row(
+            &format!(
+                "kubectl logs of a {} MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct{}",
+                r["kubelet"]["mib"],
+                quick_note(r)
+            ),
+            format!(
+                "{} / {}; {}",
+                r["kubelet"]["logs"]["direct_mib_s"],
+                r["kubelet"]["logs"]["vnest_mib_s"],
+                r["kubelet"]["logs"]["ratio"]
+            ),
+            "≥ 0.8",
+            ge(&r["kubelet"]["logs"]["ratio"], 0.8),
+        ),
+        row(
+            &format!(
+                "port-forward upload of {} MiB: direct / vnest (MiB/s); ratio vnest ÷ direct{}",
+                r["kubelet"]["mib"],
+                quick_note(r)
+            ),
+            format!(
+                "{} / {}; {}",
+                r["kubelet"]["port_forward"]["direct_mib_s"],
+                r["kubelet"]["port_forward"]["vnest_mib_s"],
+                r["kubelet"]["port_forward"]["ratio"]
+            ),
+            "≥ 0.8",
+            ge(&r["kubelet"]["port_forward"]["ratio"], 0.8),
+        ),
+        row(
+            &format!(
+                "kubectl logs time to first byte p50 direct / vnest, {} requests each (ms); added",
+                r["kubelet"]["logs_ttfb_ms"]["direct"]["n"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            ),
+            format!(
+                "{} / {}; {}",
+                r["kubelet"]["logs_ttfb_ms"]["direct"]["p50"],
+                r["kubelet"]["logs_ttfb_ms"]["vnest"]["p50"],
+                r["kubelet"]["logs_ttfb_ms"]["added_p50"]
+            ),
+            "≤ 5",
+            le(&r["kubelet"]["logs_ttfb_ms"]["added_p50"], 5.0),
+        ),
+        row(
             "kube-burner podLatency Ready p99 direct / vnest (ms)",
             match &r["kube_burner"] {
                 Value::Null => "not run (--kube-burner)".into(),
@@ -413,6 +468,10 @@ mod tests {
                 "small_to_running_ms_loaded": {"p99": 9499.0}, "small_to_running_ms_alone": {"p99": 465.0}},
             "networking": {"services_same_cluster_ip": 200, "services_recreated": 0, "services_all_synced_s": 2.8},
             "dns_answer_p50_ms": 0.1, "dns_answer_p99_ms": 0.9,
+            "kubelet": {"mib": 64,
+                "logs": {"direct_mib_s": 120.5, "vnest_mib_s": 110.0, "ratio": 0.91, "runs": 3},
+                "port_forward": {"direct_mib_s": 80.0, "vnest_mib_s": 40.0, "ratio": 0.5, "runs": 3},
+                "logs_ttfb_ms": {"direct": {"p50": 3.1, "n": 20.0}, "vnest": {"p50": 5.2, "n": 20.0}, "added_p50": 2.1}},
         })
     }
 
@@ -449,6 +508,9 @@ mod tests {
             "| restart: host writes (audit log; syncer) | 0 (0) | 0 | ✅ met |",
             "| fairness: small ns create → host p99 loaded ÷ alone | 50.0 (1751.0 vs 35.0 ms) | ≤ 2 | ❌ missed |",
             "| Services: same ClusterIP / recreated / all synced (s) | 200 / 0 / 2.8 | — | — |",
+            "| kubectl logs of a 64 MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct | 120.5 / 110.0; 0.91 | ≥ 0.8 | ✅ met |",
+            "| port-forward upload of 64 MiB: direct / vnest (MiB/s); ratio vnest ÷ direct | 80.0 / 40.0; 0.5 | ≥ 0.8 | ❌ missed |",
+            "| kubectl logs time to first byte p50 direct / vnest, 20 requests each (ms); added | 3.1 / 5.2; 2.1 | ≤ 5 | ✅ met |",
             "| kube-burner podLatency Ready p99 direct / vnest (ms) | not run (--kube-burner) | — | — |",
             "![Pod startup CDF](performance-startup.png)",
             "![Syncer-added latency CDF](performance-sync-lag.png)",
@@ -463,6 +525,21 @@ mod tests {
         assert_eq!(header, 4);
         let table_rows = lines[header + 2..].iter().take_while(|l| l.starts_with('|'));
         assert_eq!(table_rows.count(), rows(&result()).len());
+    }
+
+    /// A --quick run says its kubelet figures moved less than the goal's 64 MiB; a run without
+    /// the scenario shows no verdict.
+    #[test]
+    fn kubelet_rows_of_a_quick_run_and_of_a_run_without_them() {
+        let mut r = result();
+        r["kubelet"]["mib"] = json!(8);
+        let md = table(&rows(&r));
+        assert!(md.contains(
+            "| kubectl logs of a 8 MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct (--quick: smaller than the 64 MiB of the goal) | 120.5 / 110.0; 0.91 | ≥ 0.8 | ✅ met |"
+        ), "{md}");
+        r.as_object_mut().unwrap().remove("kubelet");
+        let md = table(&rows(&r));
+        assert!(md.contains("| port-forward upload of null MiB: direct / vnest (MiB/s); ratio vnest ÷ direct | null / null; null | ≥ 0.8 | — |"), "{md}");
     }
 
     #[test]
