@@ -233,12 +233,7 @@ pub fn virtual_spec_patch(v: &Service, h: &Service) -> Option<Value> {
         .unwrap_or_default()
         .into_iter()
         .map(|p| {
-            let host = hs
-                .ports
-                .iter()
-                .flatten()
-                .find(|hp| hp.port == p.port && hp.protocol == p.protocol)
-                .and_then(|hp| hp.node_port);
+            let host = host_node_port(&hs, &p);
             if host.is_some() && host != p.node_port {
                 changed = true;
                 ServicePort { node_port: host, ..p }
@@ -300,19 +295,13 @@ pub fn recreated_virtual(v: &Service, h: &Service) -> Service {
     out.status = None;
     if let Some(spec) = out.spec.as_mut() {
         let hs = h.spec.clone().unwrap_or_default();
-        spec.cluster_ip = hs.cluster_ip;
-        spec.cluster_ips = hs.cluster_ips;
-        spec.ip_families = hs.ip_families;
+        spec.cluster_ip = hs.cluster_ip.clone();
+        spec.cluster_ips = hs.cluster_ips.clone();
+        spec.ip_families = hs.ip_families.clone();
         spec.health_check_node_port = hs.health_check_node_port.or(spec.health_check_node_port);
         if let Some(ports) = spec.ports.as_mut() {
             for p in ports {
-                let host = hs
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|hp| hp.port == p.port && hp.protocol == p.protocol)
-                    .and_then(|hp| hp.node_port);
-                p.node_port = host.or(p.node_port);
+                p.node_port = host_node_port(&hs, p).or(p.node_port);
             }
         }
     }
@@ -333,6 +322,15 @@ pub fn is_ip_conflict(message: &str) -> bool {
             || m.contains("not in the valid range")
             || m.contains("not within"));
     ip || port
+}
+
+/// The node port the host gave virtual port `p` (same port number and protocol), if any.
+fn host_node_port(hs: &ServiceSpec, p: &ServicePort) -> Option<i32> {
+    hs.ports
+        .iter()
+        .flatten()
+        .find(|hp| hp.port == p.port && hp.protocol == p.protocol)
+        .and_then(|hp| hp.node_port)
 }
 
 #[cfg(test)]
