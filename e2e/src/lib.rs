@@ -164,6 +164,76 @@ impl TestNs {
     }
 }
 
+/// A host ValidatingAdmissionPolicy (and its binding) that refuses to create pods labelled
+/// with a given key in the host namespace: a refusal by the host API server the tenant cannot
+/// see. Delete it with [`HostPodPolicy::delete`].
+pub struct HostPodPolicy {
+    name: String,
+    client: Client,
+}
+
+type Vap = k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+type VapBinding = k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+
+impl HostPodPolicy {
+    /// Installs policy `name` refusing host pods labelled `label` with the CEL message
+    /// `message_expression`, and waits until it is in force (it takes effect asynchronously:
+    /// a dry-run probe pod is created until it is refused).
+    pub async fn refuse_labelled(
+        w: &World,
+        name: &str,
+        label: &str,
+        message_expression: &str,
+    ) -> Result<Self> {
+        let policy: Vap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"failurePolicy": "Fail",
+                     "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
+                     "validations": [{"expression": format!("!has(object.metadata.labels) || !('{label}' in object.metadata.labels)"),
+                                      "messageExpression": message_expression}]}
+        }))?;
+        Api::<Vap>::all(w.host.clone())
+            .create(&PostParams::default(), &policy)
+            .await?;
+        let binding: VapBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"],
+                     "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.host_ns}}}}
+        }))?;
+        Api::<VapBinding>::all(w.host.clone())
+            .create(&PostParams::default(), &binding)
+            .await?;
+        let hpods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+        let probe: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("probe-{name}"), "labels": {label: "1"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))?;
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_until("the host policy in force", Duration::from_secs(60), || async {
+            Ok(hpods.create(&dry, &probe).await.is_err().then_some(()))
+        })
+        .await?;
+        Ok(Self {
+            name: name.to_owned(),
+            client: w.host.clone(),
+        })
+    }
+
+    /// Removes the binding and the policy.
+    pub async fn delete(self) -> Result<()> {
+        Api::<VapBinding>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        Api::<Vap>::all(self.client)
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}
+
 /// Everything a sync test needs: the env, admin clients for both sides, the host namespace.
 pub struct World {
     pub env: Env,

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use vnest_e2e::{Result, TestNs, World, wait_until};
+use vnest_e2e::{HostPodPolicy, Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -81,55 +81,20 @@ async fn tenant_events_never_name_host_objects() -> Result<()> {
 
     // A host refusal (a host admission policy quoting the host pod's name).
     // Not named vnest-…: the words of the message are checked against the host namespace.
-    let vap = format!("e2e-reject-{}", ns.name);
-    let policies: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy> =
-        Api::all(w.host.clone());
-    let bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
-        Api::all(w.host.clone());
     let label = format!("reject-{}", ns.name);
-    policies
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": vap},
-                "spec": {"failurePolicy": "Fail",
-                         "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
-                         "validations": [{"expression": format!("!has(object.metadata.labels) || !('{label}' in object.metadata.labels)"),
-                                          "messageExpression": "'pod ' + object.metadata.name + ' is not allowed here'"}]}
-            }))?,
-        )
-        .await?;
-    bindings
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": vap},
-                "spec": {"policyName": vap, "validationActions": ["Deny"],
-                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.host_ns}}}}
-            }))?,
-        )
-        .await?;
+    let policy = HostPodPolicy::refuse_labelled(
+        &w,
+        &format!("e2e-reject-{}", ns.name),
+        &label,
+        "'pod ' + object.metadata.name + ' is not allowed here'",
+    )
+    .await?;
     let mut refused = simple_pod("refused")?;
     refused
         .metadata
         .labels
         .get_or_insert_default()
         .insert(label.clone(), "1".into());
-    // The policy takes effect asynchronously: dry-run a probe host pod until it is refused.
-    wait_until("the host policy in force", WAIT, || async {
-        let mut probe = simple_pod(&format!("probe-{}", ns.name))?;
-        probe
-            .metadata
-            .labels
-            .get_or_insert_default()
-            .insert(label.clone(), "1".into());
-        let dry = PostParams {
-            dry_run: true,
-            ..PostParams::default()
-        };
-        Ok(hpods.create(&dry, &probe).await.is_err().then_some(()))
-    })
-    .await?;
     vpods.create(&PostParams::default(), &refused).await?;
     let hrefused = w.host_name(&ns.name, "refused");
     let warning = wait_until("a HostRejected Warning from the policy", WAIT, || async {
@@ -139,8 +104,7 @@ async fn tenant_events_never_name_host_objects() -> Result<()> {
             .find(|m| m.contains("is not allowed here")))
     })
     .await;
-    bindings.delete(&vap, &DeleteParams::default()).await?;
-    policies.delete(&vap, &DeleteParams::default()).await?;
+    policy.delete().await?;
     let warning = warning?;
     assert!(warning.contains("pod refused is not allowed here"), "{warning}");
     assert!(!warning.contains(&hrefused), "{warning}");

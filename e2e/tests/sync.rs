@@ -10,7 +10,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use vnest::markers;
-use vnest_e2e::{Result, TestNs, World, wait_until};
+use vnest_e2e::{HostPodPolicy, Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -593,53 +593,12 @@ async fn refused_and_rejected_pods_get_a_warning_and_nothing_half_done() -> Resu
     assert!(hpods.get_opt(&w.host_name(&ns.name, "hostnet")).await?.is_none());
 
     // 2. Rejected by the host API server (a host admission policy the tenant cannot see).
-    let vap = format!("vnest-e2e-reject-{}", ns.name);
-    let policies: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy> =
-        Api::all(w.host.clone());
-    policies
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": vap},
-                "spec": {"failurePolicy": "Fail",
-                         "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]},
-                         "validations": [{"expression": "!has(object.metadata.labels) || !('reject-me' in object.metadata.labels)",
-                                          "message": "pods labelled reject-me are not allowed here"}]}
-            }))?,
-        )
-        .await?;
-    let bindings: Api<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding> =
-        Api::all(w.host.clone());
-    bindings
-        .create(
-            &PostParams::default(),
-            &obj(json!({
-                "metadata": {"name": vap},
-                "spec": {"policyName": vap, "validationActions": ["Deny"],
-                         "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.host_ns}}}}
-            }))?,
-        )
-        .await?;
-    // The policy takes effect asynchronously: keep creating a probe host pod until refused.
-    wait_until("the host policy in force", WAIT, || async {
-        let probe: Pod = obj(
-            json!({"metadata": {"name": format!("probe-{}", ns.name), "labels": {"reject-me": "1"}},
-                                    "spec": {"containers": [{"name": "c", "image": "i"}]}}),
-        )?;
-        match hpods
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &probe,
-            )
-            .await
-        {
-            Err(_) => Ok(Some(())),
-            Ok(_) => Ok(None),
-        }
-    })
+    let policy = HostPodPolicy::refuse_labelled(
+        &w,
+        &format!("vnest-e2e-reject-{}", ns.name),
+        "reject-me",
+        "'pods labelled reject-me are not allowed here'",
+    )
     .await?;
     let mut rejected: Pod = simple_pod("rejected")?;
     rejected.labels_mut().insert("reject-me".into(), "yes".into());
@@ -657,8 +616,7 @@ async fn refused_and_rejected_pods_get_a_warning_and_nothing_half_done() -> Resu
         "{:?}",
         leftovers.items.iter().map(|s| s.name_any()).collect::<Vec<_>>()
     );
-    bindings.delete(&vap, &DeleteParams::default()).await?;
-    policies.delete(&vap, &DeleteParams::default()).await?;
+    policy.delete().await?;
 
     // 3. Names at the length limits work: 63-char namespace, 253-char pod name.
     let long_ns = TestNs::new(&w.virt, &"n".repeat(56)).await?;
