@@ -20,6 +20,7 @@ use kube::Resource;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
+use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -242,7 +243,7 @@ impl Done {
     /// The answered object as `K` (None for answers without one).
     pub fn object<K: DeserializeOwned>(&self) -> Option<K> {
         match self {
-            Done::Object(v) => serde_json::from_value(v.clone()).ok(),
+            Done::Object(v) => K::deserialize(v).ok(),
             Done::Sent | Done::Skipped => None,
         }
     }
@@ -470,7 +471,7 @@ impl Executor {
         body: &Value,
         ownership: Ownership,
     ) -> Result<Done, SyncError> {
-        let object: DynamicObject = serde_json::from_value(body.clone()).map_err(|e| SyncError::Cache {
+        let object = DynamicObject::deserialize(body).map_err(|e| SyncError::Cache {
             kind: t.kind,
             name: t.name.clone(),
             message: format!("planned object does not serialize: {e}"),
