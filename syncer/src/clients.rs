@@ -28,10 +28,6 @@ pub struct HostClient(pub Client);
 pub struct VirtualClient(pub Client);
 
 impl HostClient {
-    pub async fn new(access: &ClusterAccess, rate: RateLimit, metrics: &Metrics) -> Result<Self> {
-        Ok(Self::with_streams(access, rate, metrics).await?.0)
-    }
-
     /// The host client, and a second one for the kubelet endpoint's streams (logs, exec,
     /// attach, port-forward) on connections of its own with `TCP_NODELAY`: kube's connector
     /// turns it off, and with Nagle's algorithm a small stream frame written behind another
