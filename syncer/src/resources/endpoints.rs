@@ -106,9 +106,9 @@ impl CopiedKind for EndpointsKind {
 /// Declares the Endpoints kind: manual Endpoints copied; a Service gaining or losing its
 /// selector changes whether its Endpoints are copied.
 pub fn register(reg: &mut crate::engine::registry::Registry, workers: usize) {
-    use crate::engine::registry::{Watch, key_of};
+    use crate::engine::registry::key_of;
     use crate::engine::watch::Change;
-    let v_services = Watch::<Service>::virtual_all("services");
+    let v_services = crate::resources::services::register::virtual_services();
     let q = reg.queue(<EndpointsKind as CopiedKind>::NAME);
     reg.on(&v_services, move |c| {
         if let Change::Applied(o) | Change::Deleted(o) = c {

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::runtime::reflector::Store;
 
 use crate::engine::Shared;
-use crate::engine::registry::{Registry, RegistryError, Tasks, Watch, WatchOptions};
+use crate::engine::registry::{Registry, RegistryError, Tasks, WatchOptions};
 use crate::markers;
 use nodes::KubeletEndpoint;
 
@@ -224,8 +224,8 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Resul
     register_all(&mut reg, &opts);
     reg.begin_kind(false); // what the DNS server and the kubelet endpoint read is required
     let dns = Stores {
-        services: reg.store(&Watch::<Service>::virtual_all("services")),
-        endpoints: reg.store(&Watch::<Endpoints>::virtual_all("endpoints")),
+        services: reg.store(&services::register::virtual_services()),
+        endpoints: reg.store(&crate::engine::standard::virtual_watch::<endpoints::EndpointsKind>()),
         virtual_pods: reg.store(&pods::register::virtual_pods()),
         host_pods: reg.store(&pods::register::host_pods()),
     };

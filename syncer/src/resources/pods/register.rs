@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -33,6 +33,11 @@ pub fn host_pods() -> Watch<WatchedPod, CachedPod> {
     Watch::host_owned("pods").cached_as(cache_host_pod)
 }
 
+/// Every virtual Namespace (their labels are copied onto pods).
+fn virtual_namespaces() -> Watch<Namespace> {
+    Watch::virtual_all("namespaces")
+}
+
 /// Declares the pod kind; `workers` reconciles in flight.
 pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize) {
     let pod_sync = Arc::new(PodSync {
@@ -41,10 +46,10 @@ pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize
         virtual_pods: reg.store(&virtual_pods()),
         host_pods: reg.store(&host_pods()),
         host_secrets: reg.store(&standard::host_watch::<Secrets>()),
-        virtual_namespaces: reg.store(&Watch::<Namespace>::virtual_all("namespaces")),
+        virtual_namespaces: reg.store(&virtual_namespaces()),
         virtual_configmaps: reg.store(&standard::virtual_watch::<ConfigMaps>()),
         virtual_secrets: reg.store(&standard::virtual_watch::<Secrets>()),
-        virtual_services: reg.store(&Watch::<Service>::virtual_all("services")),
+        virtual_services: reg.store(&crate::resources::services::register::virtual_services()),
         first_seen: Mutex::new(HashMap::new()),
     });
     wake_on_references(reg);
@@ -175,7 +180,7 @@ fn wake_on_token_secrets(reg: &mut Registry) {
 /// Namespace labels are copied onto pods: a label change re-checks the namespace's pods.
 fn wake_on_namespace_labels(reg: &mut Registry, pod_sync: &Arc<PodSync>) {
     let (q, vs) = (reg.queue("pods"), pod_sync.virtual_pods.clone());
-    reg.on(&Watch::<Namespace>::virtual_all("namespaces"), move |c| {
+    reg.on(&virtual_namespaces(), move |c| {
         if let Change::Applied(ns) = c {
             let name = ns.name_any();
             for p in vs

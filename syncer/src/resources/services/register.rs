@@ -15,15 +15,18 @@ use crate::engine::queue::Key;
 use crate::engine::registry::{Registry, Watch, wire_pair};
 use crate::engine::watch::Change;
 
+/// Every virtual Service (the Service kind's, read by pods for service links, by Endpoints and
+/// by the DNS server).
+pub fn virtual_services() -> Watch<Service> {
+    Watch::virtual_all("services")
+}
+
 /// Declares the Service kind. `service_name` is the vcluster's host Service.
 pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
-    let (v_services, h_services) = (
-        Watch::<Service>::virtual_all("services"),
-        Watch::<Service>::host_owned("services"),
-    );
+    let (v_services, h_services) = (virtual_services(), Watch::<Service>::host_owned("services"));
     // Its own metric label: the watch of copied Endpoints is "endpoints".
     let h_vc_endpoints = Watch::<Endpoints>::host_named("vcluster-endpoints", service_name.clone());
-    let v_endpoints = Watch::<Endpoints>::virtual_all("endpoints");
+    let v_endpoints = crate::engine::standard::virtual_watch::<crate::resources::endpoints::EndpointsKind>();
     let queue = reg.queue("services");
     wire_pair(reg, &v_services, &h_services, &queue, |o| {
         ownership::host_key("Service", o.meta())
