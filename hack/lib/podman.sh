@@ -1,0 +1,25 @@
+# Podman on these machines: Debian's podman + runc, run as root. crun (podman's default runtime)
+# fails on hybrid cgroup hierarchies, and podman's default rlimits are refused by the kernel's
+# limits, so every run goes through `podman_run`. Sourced, not executed.
+
+# ensure_podman: installs Debian's podman and runc when missing (the project's scripts install
+# every Debian package they use).
+ensure_podman() {
+	command -v podman >/dev/null && [[ -x /usr/sbin/runc ]] && return 0
+	log "installing podman and runc from Debian's packages (apt-get)"
+	local sudo=
+	((EUID == 0)) || sudo=sudo
+	$sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq podman runc >/dev/null ||
+		die "could not install podman and runc with apt-get; install them and run this again"
+}
+
+# podman_run ARGS...: `podman run` with the runtime, cgroup manager and rlimits that work here.
+podman_run() {
+	local nofile nproc
+	nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+	# The shell's hard limits, capped: runc was refused an nproc of 65536 here (32768 works).
+	[[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
+	[[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs run \
+		--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" "$@"
+}
