@@ -15,7 +15,6 @@ type Config struct {
 	DataDir              string
 	WriteKubeconfig      string
 	WriteKubeconfigMode  os.FileMode
-	writeKubeconfigSet   bool // the path was given explicitly (a write error is then fatal)
 	ServiceCIDR          string
 	TLSSANs              []string
 	Disable              []string
@@ -33,9 +32,10 @@ type Config struct {
 	DisableScheduler     bool
 	DisableCloudCtrl     bool
 	DisableHelmCtrl      bool
-	APIServerArgs        []string // --kube-apiserver-arg, "key=value" each
-	ControllerMgrArgs    []string // --kube-controller-manager-arg, "key=value" each
-	Token, AgentToken    string   // accepted, unused (there is no agent to join)
+	APIServerArgs        []string        // --kube-apiserver-arg, "key=value" each
+	ControllerMgrArgs    []string        // --kube-controller-manager-arg, "key=value" each
+	Token, AgentToken    string          // accepted, unused (there is no agent to join)
+	set                  map[string]bool // flags given on the command line
 }
 
 type flagKind int
@@ -93,7 +93,7 @@ func repeatedFlag(dst func(*Config) *[]string) flagDef {
 // serverFlags lists every flag `k3s server` accepts here; anything else is an error.
 var serverFlags = map[string]flagDef{
 	"data-dir":                    stringFlag(func(c *Config) *string { return &c.DataDir }),
-	"write-kubeconfig":            {kindString, setWriteKubeconfig},
+	"write-kubeconfig":            stringFlag(func(c *Config) *string { return &c.WriteKubeconfig }),
 	"write-kubeconfig-mode":       {kindString, setWriteKubeconfigMode},
 	"service-cidr":                stringFlag(func(c *Config) *string { return &c.ServiceCIDR }),
 	"tls-san":                     listFlag(func(c *Config) *[]string { return &c.TLSSANs }),
@@ -116,11 +116,6 @@ var serverFlags = map[string]flagDef{
 	"kube-controller-manager-arg": repeatedFlag(func(c *Config) *[]string { return &c.ControllerMgrArgs }),
 	"token":                       stringFlag(func(c *Config) *string { return &c.Token }),
 	"agent-token":                 stringFlag(func(c *Config) *string { return &c.AgentToken }),
-}
-
-func setWriteKubeconfig(c *Config, v string) error {
-	c.WriteKubeconfig, c.writeKubeconfigSet = v, true
-	return nil
 }
 
 func setWriteKubeconfigMode(c *Config, v string) error {
@@ -148,7 +143,7 @@ var errHelp = errors.New("help requested")
 // dashes and their value as `--flag=value` or `--flag value`; booleans take no separate value
 // (`--flag` or `--flag=false`).
 func ParseServerFlags(args []string) (*Config, error) {
-	c := &Config{}
+	c := &Config{set: map[string]bool{}}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		if arg == "-h" || arg == "--help" {
@@ -176,6 +171,7 @@ func ParseServerFlags(args []string) (*Config, error) {
 		if err := def.set(c, value); err != nil {
 			return nil, fmt.Errorf("flag --%s: %w", name, err)
 		}
+		c.set[name] = true
 	}
 	if err := c.defaults(); err != nil {
 		return nil, err
@@ -195,7 +191,7 @@ func knownFlags() string {
 // defaults fills in what k3s defaults, and makes the data dir absolute (kubeconfigs and the
 // kine socket refer to it by absolute path).
 func (c *Config) defaults() error {
-	if c.DataDir == "" {
+	if !c.set["data-dir"] {
 		c.DataDir = "/var/lib/rancher/k3s"
 		if os.Geteuid() != 0 {
 			if home, err := os.UserHomeDir(); err == nil {
@@ -203,12 +199,15 @@ func (c *Config) defaults() error {
 			}
 		}
 	}
+	if c.DataDir == "" {
+		return errors.New("flag --data-dir: empty")
+	}
 	abs, err := filepath.Abs(c.DataDir)
 	if err != nil {
 		return fmt.Errorf("data dir %q: %w", c.DataDir, err)
 	}
 	c.DataDir = abs
-	if c.WriteKubeconfig == "" && !c.writeKubeconfigSet {
+	if !c.set["write-kubeconfig"] {
 		c.WriteKubeconfig = "/etc/rancher/k3s/k3s.yaml"
 		if os.Geteuid() != 0 {
 			if home, err := os.UserHomeDir(); err == nil {
@@ -219,7 +218,7 @@ func (c *Config) defaults() error {
 	if c.WriteKubeconfigMode == 0 {
 		c.WriteKubeconfigMode = 0o600
 	}
-	if c.ServiceCIDR == "" {
+	if !c.set["service-cidr"] {
 		c.ServiceCIDR = "10.43.0.0/16"
 	}
 	if c.HTTPSListenPort == 0 {

@@ -135,7 +135,7 @@ func writeKubeconfigs(c *Config, l Layout) error {
 		return nil
 	}
 	err := writeInlineKubeconfig(c, l, server)
-	if err != nil && c.writeKubeconfigSet {
+	if err != nil && c.set["write-kubeconfig"] {
 		return fmt.Errorf("--write-kubeconfig: %w", err)
 	}
 	if err != nil {
