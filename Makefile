@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down test test-unit test-e2e lint fmt tools build bench image
+.PHONY: help up down test test-unit test-e2e lint fmt tools build bench image k3s-image test-k3s-image
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,3 +46,11 @@ image: ## build the image vnest/vnest:<version> FROM scratch with podman (releas
 
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest
+
+k3s-image: ## build the test-only rancher/k3s stand-in image with podman (hack/k3s-standin)
+	@hack/k3s-standin/build-image.sh
+
+test-k3s-image: ## go test the k3s stand-in, then run its image the way the vnest pod does
+	@hack/build-tools.sh
+	@cd hack/k3s-standin && K3S_STANDIN_BIN_DIR=$$($(CURDIR)/hack/build-tools.sh --print-dir) go test -count=1 .
+	@hack/k3s-standin/test-image.sh

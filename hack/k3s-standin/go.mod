@@ -1,0 +1,3 @@
+module vnest.dev/k3s-standin
+
+go 1.26
