@@ -104,6 +104,16 @@ if ((unit_only == 0)); then
 	world_up=1
 	if run_step "local control planes up (hack/up.sh)" env QUIET_NEXT_STEPS=1 hack/up.sh; then
 		run_step "e2e and integration tests" cargo test --workspace --test "*" -- --test-threads=4
+		# The Role must be exactly what the syncer calls. A watch reaches the audit log when it
+		# ends, so the syncer stops first. Each exception says why the suite cannot provoke it.
+		STATE_DIR=$STATE_DIR hack/syncer.sh stop >/dev/null 2>&1
+		run_step "host Role = what the syncer called (role-audit over the host audit log)" \
+			cargo run --quiet -p vnest-e2e --bin role-audit -- \
+			--audit-log "$STATE_DIR/logs/host-audit.log" --role manifests/base/rbac.yaml \
+			--user "system:serviceaccount:$HOST_NAMESPACE:vnest" \
+			`# get: only when a create finds the name taken; the suite provokes it for Services and ConfigMaps` \
+			--expect-unused core/pods:get --expect-unused core/endpoints:get --expect-unused core/secrets:get \
+			--expect-unused networking.k8s.io/networkpolicies:get --expect-unused policy/poddisruptionbudgets:get
 	fi
 	stop_world
 fi

@@ -314,6 +314,20 @@ async fn configmaps_and_secrets_follow_their_pods() -> Result<()> {
     })
     .await?;
 
+    // A rotated Secret reaches its host copy too.
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "rotated"}})),
+        )
+        .await?;
+    wait_until("the host Secret updated", WAIT, || async {
+        let d = hsecrets.get(&hcreds).await?.data.unwrap_or_default();
+        Ok((d.get("password").map(|b| b.0.as_slice()) == Some(b"rotated".as_slice())).then_some(()))
+    })
+    .await?;
+
     // No user left: the host copies go.
     vpods.delete("user", &DeleteParams::default()).await?;
     wait_gone(&hcms, &hcfg).await?;
