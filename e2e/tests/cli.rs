@@ -383,3 +383,99 @@ async fn the_binary_renders_what_kubectl_kustomize_builds() -> Result<()> {
     assert_eq!(set(&ours), set(&theirs));
     Ok(())
 }
+
+/// `create` without `--no-connect`: applies, waits for the pod, the export Secret and the
+/// virtual API server, then connects. No syncer runs for a new vcluster in this world, so the
+/// test writes the export Secret as the syncer would (the world's credentials, owned by the
+/// StatefulSet); kwok forwards the pod's port 6443 to the world's virtual API server.
+#[tokio::test]
+async fn create_waits_for_the_vcluster_and_connects() -> Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Secret;
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.host, "cli-connect").await?;
+    let name = "third";
+    let pv = volume_for(&w, &ns.name, name).await?;
+    let out_path = w
+        .env
+        .path("STATE_DIR")?
+        .join(format!("kubeconfig-{}.yaml", ns.name));
+    let mut child = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
+        .args([
+            "create",
+            name,
+            "-n",
+            &ns.name,
+            "--timeout",
+            "90s",
+            "--kubeconfig-out",
+        ])
+        .arg(&out_path)
+        .env("KUBECONFIG", w.env.path("HOST_KUBECONFIG")?)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(w.host.clone(), &ns.name);
+    let sts = wait_until(
+        "create applies the StatefulSet",
+        Duration::from_secs(60),
+        || async { Ok(statefulsets.get_opt(name).await?) },
+    )
+    .await?;
+    // The syncer's part: the export Secret, owned by the StatefulSet.
+    let world_secret = Api::<Secret>::namespaced(w.host.clone(), &w.host_ns)
+        .get(&format!("vc-{}", w.vcluster))
+        .await?;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("vc-{name}"),
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
+                                          "uid": sts.uid().unwrap_or_default()}]},
+        "data": world_secret.data,
+    }))?;
+    Api::<Secret>::namespaced(w.host.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let path = out_path.clone();
+    wait_until(
+        "create connects and writes the kubeconfig",
+        Duration::from_secs(90),
+        || {
+            let path = path.clone();
+            async move { Ok(path.exists().then_some(())) }
+        },
+    )
+    .await?;
+    let client = vnest_e2e::client_from(&out_path).await?;
+    let names: Vec<String> = Api::<Namespace>::all(client)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    assert!(names.contains(&"kube-system".to_owned()), "{names:?}");
+    let _ = child.kill().await;
+    let _ = std::fs::remove_file(&out_path);
+
+    // delete: the export Secret goes with the StatefulSet, nothing is left.
+    let out = vnest(&w.env, &["delete", name, "-n", &ns.name, "--timeout", "120s"]).await?;
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    let left: Vec<String> = everything_in(&w, &ns.name)
+        .await?
+        .into_iter()
+        .filter(|o| {
+            !matches!(
+                o.as_str(),
+                "ConfigMap/kube-root-ca.crt" | "ServiceAccount/default"
+            )
+        })
+        .filter(|o| !o.starts_with("Event/"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Api::<PersistentVolume>::all(w.host.clone())
+        .delete(&pv, &DeleteParams::default())
+        .await?;
+    ns.delete().await?;
+    Ok(())
+}
