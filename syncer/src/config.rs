@@ -49,7 +49,11 @@ pub enum Command {
     /// Print the host objects `create` would apply (no cluster needed).
     Render(Box<crate::cli::RenderArgs>),
     /// Print the JSON schema of the configuration (`-f` files, `--set` keys).
-    Schema,
+    Schema {
+        /// Print the keys as a Markdown table instead.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Finds the host cluster's Service CIDR (namespaced permissions only) and prints it, e.g. for

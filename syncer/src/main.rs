@@ -55,8 +55,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Schema => {
-            vnest::cli::print_schema();
+        Command::Schema { markdown } => {
+            if markdown {
+                print!("{}", vnest::cli::config::keys_table());
+            } else {
+                vnest::cli::print_schema();
+            }
             Ok(())
         }
     }

@@ -202,6 +202,45 @@ pub fn schema_text() -> String {
     s
 }
 
+/// The configuration keys as a Markdown table (key, type, description), generated from the
+/// schema: `vnest schema --markdown`, kept in docs/reference.md by a test.
+pub fn keys_table() -> String {
+    fn walk(root: &Value, node: &Value, path: &str, out: &mut Vec<(String, String, String)>) {
+        match shape(root, node) {
+            Shape::Object(props) => {
+                for (k, child) in props {
+                    walk(root, &child, &join(path, &k), out);
+                }
+            }
+            leaf => {
+                let ty = match leaf {
+                    Shape::Bool => "boolean".to_owned(),
+                    Shape::Integer => "integer".to_owned(),
+                    Shape::String => "string".to_owned(),
+                    Shape::Enum(values) => values.join(" \\| "),
+                    Shape::Object(_) => unreachable!("handled above"),
+                };
+                let doc = node
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                out.push((path.to_owned(), ty, doc));
+            }
+        }
+    }
+    let root = schema();
+    let mut rows = Vec::new();
+    walk(&root, &root, "", &mut rows);
+    let mut s = String::from("| key | type | what |\n|---|---|---|\n");
+    for (k, t, d) in rows {
+        s.push_str(&format!("| `{k}` | {t} | {d} |\n"));
+    }
+    s
+}
+
 /// What one node of the schema accepts.
 #[derive(Debug, Clone, PartialEq)]
 enum Shape {
@@ -572,6 +611,18 @@ mod tests {
         assert!(
             committed == schema_text(),
             "vnest.schema.json differs from the code: run `cargo run --bin vnest -- schema > vnest.schema.json`"
+        );
+    }
+
+    #[test]
+    fn the_keys_table_in_the_reference_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/reference.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        let table = keys_table();
+        assert!(table.contains("| `sync.networkpolicies` | boolean |"), "{table}");
+        assert!(
+            doc.contains(&table),
+            "docs/reference.md lacks the current config keys table: paste `vnest schema --markdown`"
         );
     }
 
