@@ -324,3 +324,72 @@ fn the_isolated_overlay_follows_its_name_and_isolates() -> Result<()> {
     );
     Ok(())
 }
+
+/// The isolated overlay's AdmissionConfiguration is accepted by the real kube-apiserver (v1.35,
+/// from the tool cache): it loads PodSecurity with it (and refuses a broken copy), so k3s's
+/// embedded API server, started with it, enforces `baseline`.
+#[test]
+fn the_pod_security_admission_config_loads_in_a_real_api_server() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let objs = kustomize(&repo().join("manifests/overlays/isolated"))?;
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("the admission config");
+    let good = str_at(cm, "/data/admission.yaml").to_owned();
+    let dir = std::env::temp_dir().join(format!("vnest-admission-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("sa.key");
+    let out = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "openssl genrsa failed");
+    let apiserver = kubectl()?.with_file_name("kube-apiserver");
+    for (name, text, loads) in [
+        ("good", good.clone(), true),
+        (
+            "bad",
+            good.replace("enforce: baseline", "enforce: basline"),
+            false,
+        ),
+    ] {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, text)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = Command::new(&apiserver)
+            .args(["--etcd-servers=http://127.0.0.1:1", "--bind-address=127.0.0.1"])
+            .arg(format!("--secure-port={port}"))
+            .args([
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-account-issuer=https://x",
+            ])
+            .arg(format!("--service-account-key-file={}", key.display()))
+            .arg(format!("--service-account-signing-key-file={}", key.display()))
+            .arg(format!("--cert-dir={}", dir.display()))
+            .arg(format!("--admission-control-config-file={}", file.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut verdict = None;
+        for line in BufReader::new(stderr).lines() {
+            let line = line?;
+            if line.contains("validating admission controller(s) successfully") {
+                verdict = Some(line.contains("PodSecurity"));
+                break;
+            }
+            if line.contains("command failed") {
+                assert!(line.contains("PodSecurity"), "{name}: {line}");
+                verdict = Some(false);
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(verdict, Some(loads), "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -808,8 +808,27 @@ fn belongs(o: &DynamicObject, name: &str, namespace: &str, owners: &BTreeSet<Str
         || o.owner_references().iter().any(|r| owners.contains(&r.uid))
 }
 
-/// Every kind `delete` checks: the Role's listable resources and the kinds `create` applies.
-async fn kinds_to_check(client: &Client) -> Result<Vec<(ApiResource, ApiCapabilities)>, CliError> {
+/// Whether the vcluster was made with real node sync (`components/real-nodes`: its only
+/// cluster-scoped objects).
+fn uses_real_nodes(sts: &StatefulSet) -> bool {
+    sts.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.iter().find(|c| c.name == "syncer"))
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| {
+            env.iter()
+                .any(|e| e.name == "VNEST_NODE_SYNC" && e.value.as_deref() == Some("real"))
+        })
+}
+
+/// Every kind `delete` checks: the Role's listable resources and the kinds `create` applies
+/// (cluster-scoped kinds only when `cluster_scoped`: a namespace admin may not list them, and
+/// only `components/real-nodes` makes any).
+async fn kinds_to_check(
+    client: &Client,
+    cluster_scoped: bool,
+) -> Result<Vec<(ApiResource, ApiCapabilities)>, CliError> {
     let mut found: BTreeMap<String, (ApiResource, ApiCapabilities)> = BTreeMap::new();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (g, r) in role_listable() {
@@ -841,7 +860,10 @@ async fn kinds_to_check(client: &Client) -> Result<Vec<(ApiResource, ApiCapabili
         let (ar, caps) = apis.resolve(&gvk_of(&o)).await?;
         found.insert(format!("{}/{}", ar.group, ar.plural), (ar, caps));
     }
-    Ok(found.into_values().collect())
+    Ok(found
+        .into_values()
+        .filter(|(_, caps)| cluster_scoped || caps.scope == Scope::Namespaced)
+        .collect())
 }
 
 /// The objects of vcluster `name` still on the host (`kind/name`), and kinds that could not be
@@ -882,7 +904,7 @@ pub async fn delete(args: &DeleteArgs) -> Result<(), CliError> {
     let (client, _) = host_client(&args.host).await?;
     let (name, ns) = (&args.name, &args.namespace);
     let sts = find_vcluster(&client, name, ns).await?;
-    let kinds = kinds_to_check(&client).await?;
+    let kinds = kinds_to_check(&client, uses_real_nodes(&sts)).await?;
     let mut owners: BTreeSet<String> = sts.uid().into_iter().collect();
     let mut failures = Vec::new();
 
