@@ -286,9 +286,10 @@ async fn user_errors_are_one_line_and_fail() -> Result<()> {
             vec!["create", "x", "-n", "ns", "--overlay", "nope"],
             "is not an overlay: allowed values",
         ),
+        // (other tests may add vclusters to this namespace meanwhile)
         (
             vec!["connect", "nope", "-n", w.host_ns.as_str()],
-            "vclusters there: vnest",
+            "not found in namespace",
         ),
     ] {
         let out = vnest(&w.env, &args).await?;
@@ -296,6 +297,10 @@ async fn user_errors_are_one_line_and_fail() -> Result<()> {
         assert!(!out.status.success(), "{args:?}");
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
+        if args[0] == "connect" {
+            let listed = err.split("vclusters there: ").nth(1).unwrap_or_default();
+            assert!(listed.trim().split(", ").any(|n| n == w.vcluster), "{err}");
+        }
     }
     // No access to a namespace: the syncer's own identity may not list StatefulSets elsewhere.
     let out = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
@@ -424,9 +429,11 @@ async fn create_waits_for_the_vcluster_and_connects() -> Result<()> {
     )
     .await?;
     // The syncer's part: the export Secret, owned by the StatefulSet.
-    let world_secret = Api::<Secret>::namespaced(w.host.clone(), &w.host_ns)
-        .get(&format!("vc-{}", w.vcluster))
-        .await?;
+    let world_secrets = Api::<Secret>::namespaced(w.host.clone(), &w.host_ns);
+    let world_secret = wait_until("the world's export Secret", Duration::from_secs(60), || async {
+        Ok(world_secrets.get_opt(&format!("vc-{}", w.vcluster)).await?)
+    })
+    .await?;
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("vc-{name}"),
                      "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
