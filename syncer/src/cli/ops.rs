@@ -937,8 +937,10 @@ pub async fn delete(args: &DeleteArgs) -> Result<(), CliError> {
     failures.extend(unlisted);
     for (ar, o) in &left {
         owners.extend(o.uid());
-        // Objects with an owner go with it (garbage collector); the others are deleted here.
-        if !o.owner_references().is_empty() {
+        // Objects with an owner go with it (garbage collector), objects being deleted (the
+        // StatefulSet, in the foreground) are left alone; the others are deleted here.
+        if !o.owner_references().is_empty() || o.metadata.deletion_timestamp.is_some() || o.uid() == sts.uid()
+        {
             continue;
         }
         let api: Api<DynamicObject> = match o.namespace() {
