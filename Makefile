@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down test test-unit test-e2e lint fmt tools build bench
+.PHONY: help up down test test-unit test-e2e lint fmt tools build bench schema
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench: ## measure vnest vs direct on the host with a release syncer (starts `mak
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest hack/syncer.sh restart
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest $(RELEASE_DIR)/bench \
 		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner) $(if $(NO_DOCS),--no-docs)
+
+schema: ## regenerate vnest.schema.json from the configuration type (the keys table for docs/reference.md: vnest schema --markdown)
+	@cargo run --quiet --bin vnest -- schema > vnest.schema.json
 
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest

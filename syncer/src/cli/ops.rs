@@ -1001,6 +1001,35 @@ pub async fn delete(args: &DeleteArgs) -> Result<(), CliError> {
 mod tests {
     use super::*;
 
+    fn dynamic(v: Value) -> DynamicObject {
+        serde_json::from_value(v).expect("a valid object")
+    }
+
+    #[test]
+    fn what_belongs_to_a_vcluster() {
+        let owners: BTreeSet<String> = ["sts-uid".to_owned()].into();
+        let yes = [
+            serde_json::json!({"metadata": {"name": "a", "namespace": "ns", "labels": {"vnest.dev/vcluster": "demo"}}}),
+            serde_json::json!({"metadata": {"name": "b", "namespace": "ns", "labels": {"vnest.dev/managed-by": "demo"}}}),
+            serde_json::json!({"metadata": {"name": "c", "namespace": "ns", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "demo", "uid": "sts-uid"}]}}),
+            serde_json::json!({"metadata": {"name": "d", "labels": {"vnest.dev/vcluster": "demo", "vnest.dev/vcluster-namespace": "ns"}}}),
+        ];
+        for o in yes {
+            assert!(belongs(&dynamic(o.clone()), "demo", "ns", &owners), "{o}");
+        }
+        let no = [
+            serde_json::json!({"metadata": {"name": "e", "namespace": "ns", "labels": {"vnest.dev/vcluster": "other"}}}),
+            serde_json::json!({"metadata": {"name": "f", "namespace": "ns", "labels": {"vnest.dev/managed-by": "demo2"}}}),
+            // The same vcluster name in another namespace (cluster-scoped objects).
+            serde_json::json!({"metadata": {"name": "g", "labels": {"vnest.dev/vcluster": "demo", "vnest.dev/vcluster-namespace": "ns2"}}}),
+            serde_json::json!({"metadata": {"name": "h", "namespace": "ns"}}),
+        ];
+        for o in no {
+            assert!(!belongs(&dynamic(o.clone()), "demo", "ns", &owners), "{o}");
+        }
+    }
+
     #[test]
     fn ages_print_like_kubectl() {
         assert_eq!(format_age(5), "5s");
