@@ -91,7 +91,8 @@ fn every_overlay_builds_and_renders_the_same_without_kubectl() -> Result<()> {
     Ok(())
 }
 
-/// A copy of manifests/ with the overlay `vnest render --kustomization` prints for a config.
+/// A copy of manifests/ (returned: its root, removed by the caller) with the overlay
+/// `vnest render --kustomization` prints for a config in `<root>/overlays/.vnest-cli`.
 fn generated_overlay(config: &vnest::cli::config::VclusterConfig) -> Result<PathBuf> {
     let tmp = std::env::temp_dir().join(format!("vnest-manifests-{}-{}", std::process::id(), config.name));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -105,7 +106,7 @@ fn generated_overlay(config: &vnest::cli::config::VclusterConfig) -> Result<Path
     for (file, text) in render::overlay_files(config) {
         std::fs::write(dir.join(file), text)?;
     }
-    Ok(dir)
+    Ok(tmp)
 }
 
 #[test]
@@ -123,9 +124,10 @@ fn configs_render_as_kubectl_builds_their_overlay() -> Result<()> {
             ..ConfigInputs::default()
         }
         .resolve()?;
-        let dir = generated_overlay(&config)?;
-        let theirs = kustomize(&dir)?;
-        let _ = std::fs::remove_dir_all(dir.join("../.."));
+        let root = generated_overlay(&config)?;
+        let theirs = kustomize(&root.join(render::OVERLAY_DIR));
+        let _ = std::fs::remove_dir_all(&root);
+        let theirs = theirs?;
         assert_same(name, &theirs, &render::render(&config)?);
     }
     Ok(())
