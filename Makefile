@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down test test-unit test-e2e lint fmt tools build bench image k3s-image test-k3s-image
+.PHONY: help up down test test-unit test-e2e lint fmt tools build bench image k3s-image test-k3s-image schema
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: ## measure vnest vs direct on the host with a release syncer (starts `mak
 
 image: ## build the image vnest/vnest:<version> FROM scratch with podman (release binary) and its OCI archive under target/image/
 	@hack/image.sh
+
+schema: ## regenerate vnest.schema.json from the configuration type (the keys table for docs/reference.md: vnest schema --markdown)
+	@cargo run --quiet --bin vnest -- schema > vnest.schema.json
 
 build: ## build the vnest binary (debug)
 	@cargo build --bin vnest

@@ -277,6 +277,13 @@ metadata:
   name: simulated-port-forward
 spec:
   forwards:
+  # Port 6443 of any pod is the k3s API port of a vcluster pod: forwarded to this world's
+  # virtual API server, so "vnest connect" (a port-forward to <name>-0:6443) reaches it.
+  - ports: [6443]
+    target:
+      port: $VIRTUAL_API_PORT
+      address: 127.0.0.1
+  # Every other port: the target the kubelet port-forward tests listen on.
   - ports: []
     target:
       port: $PORT_FORWARD_TARGET_PORT

@@ -38,6 +38,22 @@ pub enum Command {
     DetectServiceCidr(DetectArgs),
     /// Print the version.
     Version,
+    /// Create a vcluster in a host namespace (server-side apply), wait for it, connect.
+    Create(Box<crate::cli::CreateArgs>),
+    /// Write a kubeconfig for a vcluster and forward its API server to this machine.
+    Connect(Box<crate::cli::ConnectArgs>),
+    /// List the vclusters of a namespace (or of all, -A).
+    List(crate::cli::ListArgs),
+    /// Delete a vcluster and wait until no host object of it remains.
+    Delete(crate::cli::DeleteArgs),
+    /// Print the host objects `create` would apply (no cluster needed).
+    Render(Box<crate::cli::RenderArgs>),
+    /// Print the JSON schema of the configuration (`-f` files, `--set` keys).
+    Schema {
+        /// Print the keys as a Markdown table instead.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Finds the host cluster's Service CIDR (namespaced permissions only) and prints it, e.g. for
@@ -431,7 +447,7 @@ mod tests {
         full.extend_from_slice(args);
         Cli::try_parse_from(full).map(|cli| match cli.command {
             Command::Syncer(a) => *a,
-            Command::DetectServiceCidr(_) | Command::Version => panic!("parsed the wrong subcommand"),
+            _ => panic!("parsed the wrong subcommand"),
         })
     }
 
@@ -618,7 +634,7 @@ mod tests {
         let argv = ["vnest", "detect-service-cidr"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::DetectServiceCidr(args) => args,
-            Command::Syncer(_) | Command::Version => panic!("parsed the wrong subcommand"),
+            _ => panic!("parsed the wrong subcommand"),
         })
     }
 

@@ -27,10 +27,13 @@
 //! - [`memory`]: glibc arenas and `malloc_trim` after bursts.
 //! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
 //! - [`error`]: the crate's typed errors.
+//! - [`cli`]: the `vnest` CLI (create, connect, list, delete, render, schema): one typed
+//!   configuration, the embedded manifests rendered by a small kustomize subset, kube-rs.
 
 pub mod admin;
 pub mod app;
 pub mod cidr;
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod dns;
