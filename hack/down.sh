@@ -9,6 +9,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/common.sh
 source "$repo/hack/lib/common.sh"
+# shellcheck source=lib/containers.sh
+source "$repo/hack/lib/containers.sh"
 
 STATE_DIR=${STATE_DIR:-$repo/.e2e}
 PID_DIR=$STATE_DIR/pids
@@ -20,6 +22,8 @@ if [[ ! -d $PID_DIR ]]; then
 fi
 
 ports=$(sed -n 's/^PORTS="\(.*\)"$/\1/p' "$STATE_DIR/env" 2>/dev/null || true)
+# Written by hack/up.sh before it starts the runner (its containers are named by their node).
+runner_node=$(cat "$STATE_DIR/runner-node" 2>/dev/null || true)
 names=()
 [[ -f $PID_DIR/order ]] && mapfile -t names < <(tac "$PID_DIR/order")
 
@@ -43,6 +47,9 @@ stop() {
 }
 
 for name in "${names[@]}"; do stop "$name"; done
+# The vcluster pod's containers (container mode): the runner leaves them running when it stops,
+# as a kubelet does; nothing of this world may outlive it.
+[[ -n $runner_node ]] && remove_runner_containers "$runner_node"
 
 # Verify: no recorded process alive, no port of ours listening.
 left=()

@@ -5,6 +5,11 @@
 #   hack/syncer.sh start            start it (waits for /readyz)
 #   hack/syncer.sh stop [SIGNAL]    stop it by recorded PID (default TERM; KILL for a crash)
 #   hack/syncer.sh restart [SIGNAL] stop, then start
+#
+# In container mode (the default world) the syncer is a container of the vcluster pod, and the
+# runner restarts it as a kubelet would (restartPolicy Always): `stop SIGNAL` sends the signal
+# to the container's process and waits until it has exited, `start` waits until the restarted
+# container answers /readyz. A stop is therefore always followed by a restart, as in a pod.
 # Inputs (environment): STATE_DIR (default <repo>/.e2e), VNEST_LOG (log filter).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +35,39 @@ refresh_token() {
 	"$kubectl" --kubeconfig "$host_kubeconfig" -n "$HOST_NAMESPACE" create token "$VCLUSTER_NAME" --duration 24h \
 		--bound-object-kind Pod --bound-object-name "$VCLUSTER_NAME-0" --bound-object-uid "$uid" >"$STATE_DIR/syncer/token.new"
 	mv "$STATE_DIR/syncer/token.new" "$STATE_DIR/syncer/token"
+}
+
+# The syncer container's podman id and its restart count (from the runner's labels).
+syncer_container() {
+	podman ps -q --filter "label=dev.vnest.runner.node=$RUNNER_NODE" \
+		--filter "label=dev.vnest.runner.pod-namespace=$HOST_NAMESPACE" \
+		--filter "label=dev.vnest.runner.pod-name=$SYNCER_CONTAINER_POD" \
+		--filter "label=dev.vnest.runner.container=syncer" | head -n 1
+}
+
+container_stop() {
+	local sig=${1:-TERM} id
+	id=$(syncer_container)
+	[[ -n $id ]] || { log "no running syncer container"; return 0; }
+	podman kill --signal "$sig" "$id" >/dev/null
+	local deadline=$((SECONDS + 15))
+	while [[ $(podman inspect --format '{{.State.Running}}' "$id" 2>/dev/null) == true ]]; do
+		((SECONDS < deadline)) || { podman kill --signal KILL "$id" >/dev/null 2>&1 || true; break; }
+		sleep 0.05
+	done
+	printf '%s\n' "$id" >"$STATE_DIR/syncer/stopped-container"
+	log "syncer container ${id:0:12} stopped with SIG$sig (the runner restarts it)"
+}
+
+container_start() {
+	local old
+	old=$(cat "$STATE_DIR/syncer/stopped-container" 2>/dev/null || true)
+	# A new container (the runner never restarts one in place), then its readiness.
+	wait_for "the runner restarted the syncer container" 60 - bash -c '
+		id=$(podman ps -q --filter "label=dev.vnest.runner.node=$1" --filter "label=dev.vnest.runner.pod-namespace=$2" \
+			--filter "label=dev.vnest.runner.pod-name=$3" --filter "label=dev.vnest.runner.container=syncer" | head -n 1)
+		[[ -n $id && $id != "$4" ]]' _ "$RUNNER_NODE" "$HOST_NAMESPACE" "$SYNCER_CONTAINER_POD" "$old"
+	wait_for "syncer container /readyz (both clusters reachable)" 60 - curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
 }
 
 start() {
@@ -58,6 +96,19 @@ stop() {
 	done
 	log "syncer (pid $pid) stopped with SIG$sig"
 }
+
+if [[ ${VNEST_RUNTIME:-processes} == containers ]]; then
+	if [[ -n ${VNEST_OVERRIDE:-} ]]; then
+		die "VNEST_OVERRIDE needs the process world (VNEST_RUNTIME=processes make up): the syncer here is a container of the image"
+	fi
+	case ${1:-} in
+	start) container_start ;;
+	stop) container_stop "${2:-TERM}" ;;
+	restart) container_stop "${2:-TERM}"; container_start ;;
+	*) die "usage: hack/syncer.sh start|stop [SIGNAL]|restart [SIGNAL]" ;;
+	esac
+	exit 0
+fi
 
 case ${1:-} in
 start) start ;;

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Brings up the local test world as plain loopback processes (no containers):
+# Brings up the local test world on 127.0.0.1:
 #
 #   host cluster:    kine(SQLite) + kube-apiserver + kube-controller-manager + kube-scheduler
 #                    + kwok (3 fake Ready nodes; pods become Running with IPs; logs/exec simulated)
-#   vcluster:        manifests/base applied with `kubectl apply -k` into one host namespace; its
-#                    StatefulSet pod runs on a kwok node, and these local processes stand in for
-#                    its two containers:
-#                      "k3s"    kine(SQLite) + kube-apiserver + kube-controller-manager, flags and
-#                               data-dir layout as the stock k3s server runs them in the pod
-#                      "syncer" target/debug/vnest syncer, with a token of the vcluster's host
-#                               ServiceAccount (never host admin credentials)
+#                    + hack/runner: one more host node whose pods really run, with podman
+#   vcluster:        manifests/base applied with `kubectl apply -k` into one host namespace. Its
+#                    StatefulSet pod lands on the runner's node, which runs its containers from
+#                    the pod spec: the init container and the syncer from the image `make image`
+#                    builds (here from the debug binary; VNEST_IMAGE_BINARY=release for the
+#                    release one), k3s from a locally built stand-in image (hack/k3s-standin).
+#
+# VNEST_RUNTIME=processes (or a machine where podman cannot run containers, said so when it
+# happens) keeps the old shape instead: the pod runs on a kwok node while local processes stand
+# in for its containers ("k3s": the stand-in's processes; "syncer": target/debug/vnest with the
+# token the pod would get). `make bench` uses it, to measure a release binary without an image.
 #
 # Writes $STATE_DIR/env (KEY=VALUE, absolute paths) and prints what to type next.
 # Idempotent: when everything is already running it says so and exits 0.
@@ -24,6 +28,10 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$repo/hack/lib/common.sh"
 # shellcheck source=lib/pki.sh
 source "$repo/hack/lib/pki.sh"
+# shellcheck source=lib/podman.sh
+source "$repo/hack/lib/podman.sh"
+# shellcheck source=lib/containers.sh
+source "$repo/hack/lib/containers.sh"
 
 STATE_DIR=${STATE_DIR:-$repo/.e2e}
 mkdir -p "$STATE_DIR"
@@ -72,9 +80,26 @@ step "1/7 tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubect
 BIN=$("$repo/hack/build-tools.sh" --print-dir)
 KUBECTL=$BIN/kubectl
 
-step "2/7 syncer: cargo build (vnest)"
-(cd "$repo" && cargo build --quiet --bin vnest)
-VNEST=${CARGO_TARGET_DIR:-$repo/target}/debug/vnest
+VNEST_RUNTIME=${VNEST_RUNTIME:-containers}
+[[ $VNEST_RUNTIME == containers || $VNEST_RUNTIME == processes ]] ||
+	die "VNEST_RUNTIME must be containers or processes, not '$VNEST_RUNTIME'"
+if [[ $VNEST_RUNTIME == containers ]]; then
+	reason=$(container_runtime_reason)
+	if [[ -n $reason ]]; then
+		log "WARNING: $reason: falling back to local processes for the vcluster pod's containers (VNEST_RUNTIME=processes)"
+		VNEST_RUNTIME=processes
+	fi
+fi
+step "2/7 syncer: cargo build (vnest$([[ $VNEST_RUNTIME == containers ]] && echo ', vnest-runner'; true)), images"
+DEBUG_DIR=${CARGO_TARGET_DIR:-$repo/target}/debug
+VNEST=$DEBUG_DIR/vnest
+if [[ $VNEST_RUNTIME == containers ]]; then
+	(cd "$repo" && cargo build --quiet --bin vnest --bin vnest-runner)
+	build_images "$VNEST"
+	log "images: $(podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '/(vnest|k3s):' | tr '\n' ' ')"
+else
+	(cd "$repo" && cargo build --quiet --bin vnest)
+fi
 
 # --- ports ---------------------------------------------------------------------------------------
 HOST_API_PORT=$(free_port)
@@ -82,6 +107,7 @@ HOST_KCM_PORT=$(free_port)
 HOST_SCHED_PORT=$(free_port)
 KWOK_PORT=$(free_port)
 VIRTUAL_API_PORT=$(free_port)
+RUNNER_NODE=vnest-runner-$HOST_API_PORT    # unique per world: podman's containers are machine-wide
 SYNCER_ADMIN_PORT=$(free_port)
 SYNCER_DNS_PORT=$(free_port)
 SYNCER_KUBELET_PORT=$(free_port)
@@ -316,6 +342,20 @@ EOF
 done | "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f - >/dev/null
 wait_for "3 host nodes Ready" 90 kwok "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready node --all --timeout=5s
 
+if [[ $VNEST_RUNTIME == containers ]]; then
+	# The node whose pods really run. Its kubelet endpoint is kwok's (host `kubectl logs` and
+	# port-forward of the vcluster pod go through kwok's rules to the containers' files and ports).
+	mkdir -p "$STATE_DIR/runner" "$LOG_DIR/containers"
+	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
+	nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
+	nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	start_proc runner "$DEBUG_DIR/vnest-runner" --kubeconfig "$HOST_KUBECONFIG" --node-name "$RUNNER_NODE" \
+		--api-port "$HOST_API_PORT" --kubelet-port "$KWOK_PORT" \
+		--state-dir "$STATE_DIR/runner" --log-dir "$LOG_DIR/containers" \
+		--max-backoff 2s --ulimit-nofile "$nofile" --ulimit-nproc "$nproc"
+	wait_for "runner node $RUNNER_NODE Ready" 60 runner "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready "node/$RUNNER_NODE" --timeout=5s
+fi
+
 # --- the vcluster's host objects ------------------------------------------------------------------
 step "4/7 vcluster '$VCLUSTER_NAME' in host namespace '$HOST_NAMESPACE' (kubectl apply -k)"
 K() { "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" "$@"; }
@@ -334,8 +374,11 @@ spec:
   hostPath: {path: $STATE_DIR/virtual}
   claimRef: {namespace: $HOST_NAMESPACE, name: data-$VCLUSTER_NAME-0}
 EOF
-mkdir -p "$STATE_DIR/overlay"
-cat >"$STATE_DIR/overlay/kustomization.yaml" <<EOF
+mkdir -p "$STATE_DIR/overlay" "$STATE_DIR/virtual"
+if [[ $VNEST_RUNTIME == containers ]]; then
+	write_local_overlay "$STATE_DIR/overlay"
+else
+	cat >"$STATE_DIR/overlay/kustomization.yaml" <<EOF
 # Generated by hack/up.sh: the overlay a user writes to put manifests/base into a namespace.
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -343,9 +386,20 @@ namespace: $HOST_NAMESPACE
 resources:
 - $(realpath --relative-to="$STATE_DIR/overlay" "$repo/manifests/base")
 EOF
+fi
 K apply -k "$STATE_DIR/overlay" >"$LOG_DIR/apply-k.log"
-wait_for "vcluster pod $VCLUSTER_NAME-0 Running on a kwok node" 90 - \
-	K -n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
+if [[ $VNEST_RUNTIME == containers ]]; then
+	# Its own containers: the init container detects the service CIDR, k3s starts, the syncer's
+	# readiness probe passes once both clusters answer.
+	for c in detect-service-cidr k3s syncer; do
+		ln -sf "containers/${HOST_NAMESPACE}_${VCLUSTER_NAME}-0_$c.log" "$LOG_DIR/$c.log"
+	done
+	wait_for "vcluster pod $VCLUSTER_NAME-0 Ready on the runner's node (containers from its spec)" 240 runner \
+		K -n "$HOST_NAMESPACE" wait --for=condition=Ready "pod/$VCLUSTER_NAME-0" --timeout=5s
+else
+	wait_for "vcluster pod $VCLUSTER_NAME-0 Running on a kwok node" 90 - \
+		K -n "$HOST_NAMESPACE" wait --for=jsonpath='{.status.phase}'=Running "pod/$VCLUSTER_NAME-0" --timeout=5s
+fi
 
 # The pod's ServiceAccount token (the syncer container's identity, bound to the pod).
 S=$STATE_DIR/syncer
@@ -373,11 +427,13 @@ contexts:
   context: {cluster: host, user: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
 current-context: $VCLUSTER_NAME@host
 EOF
-# The init container: find the host's service CIDR with that namespaced identity only.
-mkdir -p "$STATE_DIR/virtual"
-"$VNEST" detect-service-cidr --host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --namespace "$HOST_NAMESPACE" \
-	--service-name "$VCLUSTER_NAME" --output "$STATE_DIR/virtual/service-cidr" 2>"$LOG_DIR/detect-service-cidr.log" >/dev/null ||
-	{ tail -n 20 "$LOG_DIR/detect-service-cidr.log" >&2; die "service CIDR detection failed"; }
+# The init container: find the host's service CIDR with that namespaced identity only (in
+# container mode it has run already, from the image).
+if [[ $VNEST_RUNTIME == processes ]]; then
+	"$VNEST" detect-service-cidr --host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --namespace "$HOST_NAMESPACE" \
+		--service-name "$VCLUSTER_NAME" --output "$STATE_DIR/virtual/service-cidr" 2>"$LOG_DIR/detect-service-cidr.log" >/dev/null ||
+		{ tail -n 20 "$LOG_DIR/detect-service-cidr.log" >&2; die "service CIDR detection failed"; }
+fi
 VIRTUAL_SERVICE_CIDR=$(cat "$STATE_DIR/virtual/service-cidr")
 [[ $VIRTUAL_SERVICE_CIDR == "$SERVICE_CIDR" ]] ||
 	die "detected service CIDR $VIRTUAL_SERVICE_CIDR differs from the host's $SERVICE_CIDR"
@@ -457,8 +513,16 @@ start_virtual() {
 }
 
 V=$STATE_DIR/virtual
-start_virtual virtual "$V" "$VIRTUAL_API_PORT"
-VIRTUAL_KUBECONFIG=$V/server/cred/admin.kubeconfig
+if [[ $VNEST_RUNTIME == containers ]]; then
+	# The k3s container wrote its data dir into the claim's volume: the admin kubeconfig of
+	# --write-kubeconfig embeds its credentials, so it works from here as it is.
+	VIRTUAL_KUBECONFIG=$V/k3s-config/kube-config.yaml
+	wait_for "virtual API server (k3s container) answers" 60 runner \
+		"$KUBECTL" --kubeconfig "$VIRTUAL_KUBECONFIG" get --raw /readyz
+else
+	start_virtual virtual "$V" "$VIRTUAL_API_PORT"
+	VIRTUAL_KUBECONFIG=$V/server/cred/admin.kubeconfig
+fi
 if [[ ${SECOND_VCLUSTER:-1} == 1 ]]; then
 	# A second virtual control plane, for tests of two vclusters in one host namespace (the tests
 	# create its host owner objects and run its syncer themselves).
@@ -470,6 +534,9 @@ fi
 step "6/7 syncer (as ServiceAccount $HOST_NAMESPACE/$VCLUSTER_NAME)"
 cat >"$S/syncer.env" <<EOF
 # How the syncer is started (read by hack/syncer.sh to restart it the same way).
+VNEST_RUNTIME=$VNEST_RUNTIME
+RUNNER_NODE=$RUNNER_NODE
+SYNCER_CONTAINER_POD=$VCLUSTER_NAME-0
 VNEST=$VNEST
 VCLUSTER_NAME=$VCLUSTER_NAME
 HOST_NAMESPACE=$HOST_NAMESPACE
@@ -482,7 +549,11 @@ WORKLOAD_SA=$VCLUSTER_NAME-workload
 # The virtual nodes' kubelet is the syncer's kubelet endpoint on loopback (local world only).
 EXTRA_SYNCER_FLAGS="--sync-networkpolicies --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
 EOF
-STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
+if [[ $VNEST_RUNTIME == containers ]]; then
+	wait_for "syncer container /readyz (both clusters reachable)" 60 runner curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"
+else
+	STATE_DIR=$STATE_DIR "$repo/hack/syncer.sh" start
+fi
 
 # --- env file ----------------------------------------------------------------------------------------
 step "7/7 writing $ENV_FILE"
@@ -505,6 +576,8 @@ PORT_FORWARD_TARGET=127.0.0.1:$PORT_FORWARD_TARGET_PORT
 LOG_DIR=$LOG_DIR
 KUBECTL=$KUBECTL
 VNEST_BIN=$VNEST
+VNEST_RUNTIME=$VNEST_RUNTIME
+RUNNER_NODE=$RUNNER_NODE
 TOOLS_BIN_DIR=$BIN
 HOST_API_URL=https://127.0.0.1:$HOST_API_PORT
 VIRTUAL_API_URL=https://127.0.0.1:$VIRTUAL_API_PORT
