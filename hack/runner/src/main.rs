@@ -117,10 +117,11 @@ async fn main() -> anyhow::Result<()> {
         log_format,
     } = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
 
     let client = match kubeconfig {

@@ -85,6 +85,10 @@ impl PsEntry {
     pub fn running(&self) -> bool {
         self.state == "running"
     }
+    /// exited (podman reports "stopped" for a moment after some exits)
+    pub fn exited(&self) -> bool {
+        self.state == "exited" || self.state == "stopped"
+    }
     pub fn restart_count(&self) -> u32 {
         self.label(labels::RESTART).and_then(|r| r.parse().ok()).unwrap_or(0)
     }

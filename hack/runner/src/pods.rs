@@ -527,15 +527,16 @@ impl Worker {
         for c in spec.init_containers.iter().flatten() {
             let runs = by_name(&c.name);
             let newest = runs.last().copied();
-            let ok = newest.is_some_and(|e| e.state == "exited" && e.exit_code == 0) || (regular_exists && newest.is_none_or(|e| !e.running()));
+            let ok = newest.is_some_and(|e| e.exited() && e.exit_code == 0) || (regular_exists && newest.is_none_or(|e| !e.running()));
             if ok || !init_done {
                 let waiting = if init_done { None } else { Some(State::waiting("PodInitializing", None)) };
                 init_obs.push(self.observe(c, &runs, waiting));
                 continue;
             }
             init_done = false;
-            let restart_on_failure = policy != "Never";
-            self.drive_one(c, "init", &runs, restart_on_failure).await?;
+            // a failed init container is retried unless restartPolicy is Never
+            let restart = policy != "Never" && newest.is_some_and(|e| e.exit_code != 0);
+            self.drive_one(c, "init", &runs, restart).await?;
             let runs_after = self.ps().await?;
             let runs_after: Vec<&PsEntry> = {
                 let mut v: Vec<&PsEntry> = runs_after.iter().filter(|e| e.label(labels::CONTAINER) == Some(c.name.as_str())).collect();
@@ -589,7 +590,7 @@ impl Worker {
                 }
                 Ok(false)
             }
-            Some(e) if e.state == "exited" || e.state == "stopped" => {
+            Some(e) if e.exited() => {
                 if let Some((_, _, stop)) = self.slots.get_mut(&c.name).and_then(|s| s.probes.take()) {
                     stop.cancel();
                 }
@@ -812,7 +813,7 @@ impl Worker {
                 let previous = runs.len().checked_sub(2).map(|i| terminated(runs[i]));
                 if e.running() {
                     (State::Running { started_at: ts(e.started_at).unwrap_or_else(|| Time(Timestamp::now())) }, previous)
-                } else if e.state == "exited" || e.state == "stopped" {
+                } else if e.exited() {
                     let restart_pending = slot.and_then(|s| s.restart_after.as_ref()).is_some_and(|(id, _)| *id == e.id);
                     match (restart_pending, blocked) {
                         (_, Some((r, m))) => (State::Waiting { reason: r, message: Some(m) }, Some(terminated(e))),
@@ -850,6 +851,7 @@ impl Worker {
         let Some(mut patch) = status::patch_for(self.pod.status.as_ref(), &desired) else {
             return Ok(());
         };
+        debug!(patch = %patch, "status differs");
         // the UID makes the patch fail on a different pod of the same name
         patch["metadata"] = serde_json::json!({"uid": self.uid()});
         let updated = self
