@@ -452,31 +452,35 @@ impl Worker {
         let result = self.try_prepare_inputs().await;
         match result {
             Ok(()) => self.pod_blocked = None,
-            Err(msg) => {
+            Err((msg, not_yet_known)) => {
                 debug!(error = %msg, "volumes not ready");
                 self.pod_blocked = Some(("ContainerCreating".into(), msg.clone()));
-                self.event(EventType::Warning, "FailedMount", &msg, format!("MountVolume failed: {msg}")).await;
+                // a source that is only not synced yet is no failure
+                if !not_yet_known {
+                    self.event(EventType::Warning, "FailedMount", &msg, format!("MountVolume failed: {msg}")).await;
+                }
             }
         }
     }
 
-    async fn try_prepare_inputs(&mut self) -> Result<(), String> {
+    async fn try_prepare_inputs(&mut self) -> Result<(), (String, bool)> {
         if self.prepared.is_none() {
-            let p = volumes::prepare(&self.ctx.client, &self.ctx.state_dir, &self.pod).await.map_err(|e| e.to_string())?;
+            let p = volumes::prepare(&self.ctx.client, &self.ctx.state_dir, &self.pod).await.map_err(|e| (e.to_string(), false))?;
             self.prepared = Some(p);
         }
         let now = SystemTime::now();
         for (vol, path, audience, seconds) in volumes::token_requests(&self.pod) {
             let due = self.tokens.get(&(vol.clone(), path.clone())).is_none_or(|t| now >= t.refresh_at);
             if due {
-                let token = self.request_token(audience, seconds).await.map_err(|e| e.to_string())?;
+                let token = self.request_token(audience, seconds).await.map_err(|e| (e.to_string(), false))?;
                 info!(volume = %vol, refresh_in_s = token.refresh_at.duration_since(now).unwrap_or_default().as_secs(), "service account token issued");
                 self.tokens.insert((vol, path), token);
             }
         }
         let src = self.sources();
-        let prepared = self.prepared.as_ref().ok_or("volumes not prepared")?;
-        let changed = volumes::refresh_files(&self.pod, prepared, &src, &self.ctx.ip).map_err(|e| e.to_string())?;
+        let prepared = self.prepared.as_ref().ok_or(("volumes not prepared".to_owned(), true))?;
+        let changed = volumes::refresh_files(&self.pod, prepared, &src, &self.ctx.ip)
+            .map_err(|e| (e.to_string(), matches!(e, volumes::Error::NotYetKnown { .. })))?;
         if changed {
             debug!("volume files written");
         }
@@ -816,7 +820,7 @@ impl Worker {
                 } else if e.exited() {
                     let restart_pending = slot.and_then(|s| s.restart_after.as_ref()).is_some_and(|(id, _)| *id == e.id);
                     match (restart_pending, blocked) {
-                        (_, Some((r, m))) => (State::Waiting { reason: r, message: Some(m) }, Some(terminated(e))),
+                        (true, Some((r, m))) => (State::Waiting { reason: r, message: Some(m) }, Some(terminated(e))),
                         (true, None) => (
                             State::Waiting {
                                 reason: "CrashLoopBackOff".into(),
@@ -824,7 +828,7 @@ impl Worker {
                             },
                             Some(terminated(e)),
                         ),
-                        (false, None) => (terminated(e), previous),
+                        (false, _) => (terminated(e), previous),
                     }
                 } else {
                     (State::waiting("ContainerCreating", None), previous)
