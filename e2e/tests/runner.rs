@@ -32,7 +32,9 @@ fn podman() -> tokio::process::Command {
 
 async fn podman_out(args: &[&str]) -> Result<(bool, String)> {
     let out = podman().args(args).output().await.map_err(|e| {
-        anyhow::anyhow!("cannot run podman ({e}): this test needs podman and runc (apt-get install -y podman runc)")
+        anyhow::anyhow!(
+            "cannot run podman ({e}): this test needs podman and runc (apt-get install -y podman runc)"
+        )
     })?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -50,7 +52,11 @@ async fn ensure_image(work: &Path) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
         .unwrap_or(false);
-    anyhow::ensure!(is_static, "{} is missing or not static: apt-get install -y busybox-static", busybox.display());
+    anyhow::ensure!(
+        is_static,
+        "{} is missing or not static: apt-get install -y busybox-static",
+        busybox.display()
+    );
     let dir = work.join("image");
     std::fs::create_dir_all(&dir)?;
     std::fs::copy(busybox, dir.join("busybox"))?;
@@ -93,15 +99,37 @@ struct Cleanup(String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let out = std::process::Command::new("podman")
-            .args(["--runtime", "/usr/sbin/runc", "--cgroup-manager", "cgroupfs", "ps", "-aq", "--filter"])
+            .args([
+                "--runtime",
+                "/usr/sbin/runc",
+                "--cgroup-manager",
+                "cgroupfs",
+                "ps",
+                "-aq",
+                "--filter",
+            ])
             .arg(format!("label=dev.vnest.runner.node={}", self.0))
             .output();
         let ids: Vec<String> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_owned).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if !ids.is_empty() {
             let _ = std::process::Command::new("podman")
-                .args(["--runtime", "/usr/sbin/runc", "--cgroup-manager", "cgroupfs", "rm", "-f", "-t", "0"])
+                .args([
+                    "--runtime",
+                    "/usr/sbin/runc",
+                    "--cgroup-manager",
+                    "cgroupfs",
+                    "rm",
+                    "-f",
+                    "-t",
+                    "0",
+                ])
                 .args(&ids)
                 .output();
         }
@@ -136,7 +164,9 @@ impl Runner {
     }
 
     fn pid(&self) -> Result<u32> {
-        self.child.id().ok_or_else(|| anyhow::anyhow!("runner already exited"))
+        self.child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("runner already exited"))
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -151,7 +181,9 @@ impl Runner {
     /// SIGTERM (the runner leaves its containers running for the next one) and wait.
     async fn stop(mut self) -> Result<String> {
         let pid = self.pid()?;
-        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
         tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??;
         Ok(std::fs::read_to_string(&self.log)?)
     }
@@ -220,7 +252,12 @@ async fn exec(cid: &str, script: &str) -> Result<String> {
 /// podman containers of a pod UID: (id, name, state), state as in `podman ps --format json`.
 async fn containers_of(uid: &str) -> Result<Vec<(String, String, String)>> {
     let (ok, out) = podman_out(&[
-        "ps", "-a", "--filter", &format!("label=dev.vnest.runner.pod-uid={uid}"), "--format", "json",
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=dev.vnest.runner.pod-uid={uid}"),
+        "--format",
+        "json",
     ])
     .await?;
     anyhow::ensure!(ok, "podman ps failed: {out}");
@@ -229,13 +266,23 @@ async fn containers_of(uid: &str) -> Result<Vec<(String, String, String)>> {
         .iter()
         .map(|c| {
             let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-            (s("Id"), c["Names"][0].as_str().unwrap_or_default().to_owned(), s("State"))
+            (
+                s("Id"),
+                c["Names"][0].as_str().unwrap_or_default().to_owned(),
+                s("State"),
+            )
         })
         .collect())
 }
 
 fn container_status(p: &Pod, name: &str) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
-    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|s| s.name == name).cloned()
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -246,11 +293,16 @@ fn is_ready(p: &Pod) -> bool {
 }
 
 async fn ready_with_restarts(pods: &Api<Pod>, restarts: i32) -> Result<Pod> {
-    wait_until(&format!("pod Ready with restartCount {restarts}"), WAIT, || async {
-        let p = pods.get("web").await?;
-        let ok = is_ready(&p) && container_status(&p, "httpd").is_some_and(|s| s.restart_count == restarts && s.ready);
-        Ok(ok.then_some(p))
-    })
+    wait_until(
+        &format!("pod Ready with restartCount {restarts}"),
+        WAIT,
+        || async {
+            let p = pods.get("web").await?;
+            let ok = is_ready(&p)
+                && container_status(&p, "httpd").is_some_and(|s| s.restart_count == restarts && s.ready);
+            Ok(ok.then_some(p))
+        },
+    )
     .await
 }
 
@@ -291,34 +343,51 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     .await?;
     let n = nodes.get(&node).await?;
     let taints = n.spec.and_then(|s| s.taints).unwrap_or_default();
-    assert!(taints.iter().any(|t| t.key == "vnest.dev/runner" && t.effect == "NoSchedule"), "taint: {taints:?}");
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "vnest.dev/runner" && t.effect == "NoSchedule"),
+        "taint: {taints:?}"
+    );
 
     let ns = TestNs::new(&host, "runner").await?;
     let cms: Api<ConfigMap> = Api::namespaced(host.clone(), &ns.name);
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({
-        "metadata": {"name": "runner-config"}, "data": {"greeting": "hello-from-configmap"}
-    }))?)
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "runner-config"}, "data": {"greeting": "hello-from-configmap"}
+        }))?,
+    )
     .await?;
     let pods: Api<Pod> = Api::namespaced(host.clone(), &ns.name);
 
     // --- start to Ready ----------------------------------------------------------------------
     let created = Instant::now();
-    pods.create(&PostParams::default(), &pod_manifest(&ns.name, &node)?).await?;
+    pods.create(&PostParams::default(), &pod_manifest(&ns.name, &node)?)
+        .await?;
     let p = ready_with_restarts(&pods, 0).await?;
     let start_to_ready = created.elapsed();
     let st = p.status.clone().unwrap_or_default();
     assert_eq!(st.phase.as_deref(), Some("Running"));
     assert_eq!(st.pod_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(st.host_ip.as_deref(), Some("127.0.0.1"));
-    assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(node.as_str()));
+    assert_eq!(
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(node.as_str())
+    );
     let init = st.init_container_statuses.clone().unwrap_or_default();
     assert!(
-        init.first().and_then(|s| s.state.as_ref()?.terminated.as_ref()).is_some_and(|t| t.exit_code == 0),
+        init.first()
+            .and_then(|s| s.state.as_ref()?.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0),
         "init container: {init:?}"
     );
     for c in ["Initialized", "ContainersReady", "Ready", "PodScheduled"] {
         assert!(
-            st.conditions.iter().flatten().any(|x| x.type_ == c && x.status == "True" && x.last_transition_time.is_some()),
+            st.conditions
+                .iter()
+                .flatten()
+                .any(|x| x.type_ == c && x.status == "True" && x.last_transition_time.is_some()),
             "condition {c}: {:?}",
             st.conditions
         );
@@ -332,28 +401,61 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
         exec(&cid, "cat /work/args.txt").await?,
         format!("web {} {node} runner-e2e", ns.name)
     );
-    assert_eq!(exec(&cid, "cat /work/verbatim.txt").await?, "$(POD_NAME) $(cat /data/service-cidr)");
-    assert_eq!(exec(&cid, "cat /work/init.txt").await?, "init-ran-for-web");
-    assert_eq!(exec(&cid, "echo $GREETING; cat /etc/config/greeting").await?, "hello-from-configmap\nhello-from-configmap");
-    let port = env.get("HOST_API_URL")?.rsplit(':').next().unwrap_or_default().to_owned();
     assert_eq!(
-        exec(&cid, "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT:$KUBERNETES_SERVICE_PORT_HTTPS").await?,
+        exec(&cid, "cat /work/verbatim.txt").await?,
+        "$(POD_NAME) $(cat /data/service-cidr)"
+    );
+    assert_eq!(exec(&cid, "cat /work/init.txt").await?, "init-ran-for-web");
+    assert_eq!(
+        exec(&cid, "echo $GREETING; cat /etc/config/greeting").await?,
+        "hello-from-configmap\nhello-from-configmap"
+    );
+    let port = env
+        .get("HOST_API_URL")?
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        exec(
+            &cid,
+            "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT:$KUBERNETES_SERVICE_PORT_HTTPS"
+        )
+        .await?,
         format!("127.0.0.1:{port}:{port}")
     );
     // emptyDir: group fsGroup, group-writable, setgid
     assert_eq!(exec(&cid, "stat -c '%g %A' /work").await?, "65532 drwxrwsrwx");
-    assert!(exec(&cid, "touch /rootfs 2>&1 || echo refused").await?.contains("refused"), "root filesystem is writable");
+    assert!(
+        exec(&cid, "touch /rootfs 2>&1 || echo refused")
+            .await?
+            .contains("refused"),
+        "root filesystem is writable"
+    );
     let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
     assert_eq!(
-        exec(&cid, &format!("stat -c '%n %a %g' {sa_dir}/token {sa_dir}/ca.crt {sa_dir}/namespace")).await?,
+        exec(
+            &cid,
+            &format!("stat -c '%n %a %g' {sa_dir}/token {sa_dir}/ca.crt {sa_dir}/namespace")
+        )
+        .await?,
         format!("{sa_dir}/token 644 65532\n{sa_dir}/ca.crt 644 65532\n{sa_dir}/namespace 644 65532")
     );
     assert_eq!(exec(&cid, &format!("cat {sa_dir}/namespace")).await?, ns.name);
     let token = exec(&cid, &format!("cat {sa_dir}/token")).await?;
     let review = review_token(&host, &token).await?;
-    assert_eq!(review["user"]["username"], format!("system:serviceaccount:{}:default", ns.name));
-    assert_eq!(review["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "web");
-    assert_eq!(review["user"]["extra"]["authentication.kubernetes.io/pod-uid"][0], uid.as_str());
+    assert_eq!(
+        review["user"]["username"],
+        format!("system:serviceaccount:{}:default", ns.name)
+    );
+    assert_eq!(
+        review["user"]["extra"]["authentication.kubernetes.io/pod-name"][0],
+        "web"
+    );
+    assert_eq!(
+        review["user"]["extra"]["authentication.kubernetes.io/pod-uid"][0],
+        uid.as_str()
+    );
     let log_file = work.join("logs").join(format!("{}_web_httpd.log", ns.name));
     assert!(log_file.exists(), "{} missing", log_file.display());
 
@@ -376,16 +478,26 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     let rv_before = before.metadata.resource_version.clone();
     let runner = Runner::start(&env, &bin, &node, &work, 2).await?;
     wait_until("the new runner adopting the pod", WAIT, || async {
-        Ok(runner.log_text().contains("adopting existing containers").then_some(()))
+        Ok(runner
+            .log_text()
+            .contains("adopting existing containers")
+            .then_some(()))
     })
     .await?;
     // Give its probes a few periods: a no-op write would show up as a new resourceVersion.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let after = pods.get("web").await?;
-    assert_eq!(after.metadata.resource_version, rv_before, "the restarted runner wrote the pod");
+    assert_eq!(
+        after.metadata.resource_version, rv_before,
+        "the restarted runner wrote the pod"
+    );
     assert!(is_ready(&after));
     assert_eq!(running_id(&after)?, cid);
-    let running: Vec<_> = containers_of(&uid).await?.into_iter().filter(|c| c.2 == "running").collect();
+    let running: Vec<_> = containers_of(&uid)
+        .await?
+        .into_iter()
+        .filter(|c| c.2 == "running")
+        .collect();
     assert_eq!(running.len(), 1, "running containers of the pod: {running:?}");
 
     // --- a missing image: ErrImageNeverPull + Event -------------------------------------------
@@ -408,7 +520,10 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
         Ok(list
             .items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("ErrImageNeverPull") && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("no-image"))
+            .any(|e| {
+                e.reason.as_deref() == Some("ErrImageNeverPull")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("no-image")
+            })
             .then_some(()))
     })
     .await?;
@@ -421,7 +536,10 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     })
     .await?;
     assert_eq!(containers_of(&uid).await?, vec![], "containers left behind");
-    assert!(!work.join("state/pods").join(&uid).exists(), "pod directory left behind");
+    assert!(
+        !work.join("state/pods").join(&uid).exists(),
+        "pod directory left behind"
+    );
     let log = runner.stop().await?;
     assert!(log.contains("pod torn down"), "runner log: {log}");
 

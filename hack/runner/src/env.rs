@@ -169,7 +169,11 @@ pub fn parse_quantity(q: &str) -> Option<f64> {
 /// The container's environment in kubelet order: envFrom, then env (each value expanded with
 /// what is defined so far), then the API server variables the kubelet injects.
 /// Returns ordered (name, value) pairs; a later definition of a name replaces the earlier one.
-pub fn resolve(pod: &Pod, container: &Container, src: &EnvSources) -> Result<Vec<(String, String)>, EnvError> {
+pub fn resolve(
+    pod: &Pod,
+    container: &Container,
+    src: &EnvSources,
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         if let Some(slot) = env.iter_mut().find(|(n, _)| *n == k) {
@@ -186,7 +190,10 @@ pub fn resolve(pod: &Pod, container: &Container, src: &EnvSources) -> Result<Vec
         ("KUBERNETES_SERVICE_PORT", port.clone()),
         ("KUBERNETES_SERVICE_PORT_HTTPS", port.clone()),
         ("KUBERNETES_PORT", format!("tcp://{}:{port}", src.api_host)),
-        ("KUBERNETES_PORT_443_TCP", format!("tcp://{}:{port}", src.api_host)),
+        (
+            "KUBERNETES_PORT_443_TCP",
+            format!("tcp://{}:{port}", src.api_host),
+        ),
         ("KUBERNETES_PORT_443_TCP_PROTO", "tcp".into()),
         ("KUBERNETES_PORT_443_TCP_PORT", port.clone()),
         ("KUBERNETES_PORT_443_TCP_ADDR", src.api_host.clone()),
@@ -197,16 +204,30 @@ pub fn resolve(pod: &Pod, container: &Container, src: &EnvSources) -> Result<Vec
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
             match src.config_map_data.get(&r.name) {
-                Some(data) => data.iter().for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v.clone())),
+                Some(data) => data
+                    .iter()
+                    .for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
-                None => return Err(EnvError::EnvFrom { kind: "configmap", name: r.name.clone() }),
+                None => {
+                    return Err(EnvError::EnvFrom {
+                        kind: "configmap",
+                        name: r.name.clone(),
+                    });
+                }
             }
         }
         if let Some(r) = &from.secret_ref {
             match src.secret_data.get(&r.name) {
-                Some(data) => data.iter().for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v.clone())),
+                Some(data) => data
+                    .iter()
+                    .for_each(|(k, v)| set(&mut env, format!("{prefix}{k}"), v.clone())),
                 None if r.optional == Some(true) => {}
-                None => return Err(EnvError::EnvFrom { kind: "secret", name: r.name.clone() }),
+                None => {
+                    return Err(EnvError::EnvFrom {
+                        kind: "secret",
+                        name: r.name.clone(),
+                    });
+                }
             }
         }
     }
@@ -232,7 +253,10 @@ fn resolve_one(
     if let Some(f) = &from.field_ref {
         return field_ref(pod, &f.field_path, &src.host_ip)
             .map(Some)
-            .ok_or_else(|| EnvError::FieldPath { var: var.name.clone(), path: f.field_path.clone() });
+            .ok_or_else(|| EnvError::FieldPath {
+                var: var.name.clone(),
+                path: f.field_path.clone(),
+            });
     }
     if let Some(r) = &from.resource_field_ref {
         let c = r
@@ -240,20 +264,32 @@ fn resolve_one(
             .as_deref()
             .and_then(|n| pod.spec.as_ref()?.containers.iter().find(|c| c.name == n))
             .unwrap_or(container);
-        return Ok(Some(resource_field(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))));
+        return Ok(Some(resource_field(
+            c,
+            &r.resource,
+            r.divisor.as_ref().map(|d| d.0.as_str()),
+        )));
     }
     if let Some(r) = &from.config_map_key_ref {
         return match src.config_maps.get(&(r.name.clone(), r.key.clone())) {
             Some(v) => Ok(Some(v.clone())),
             None if r.optional == Some(true) => Ok(None),
-            None => Err(EnvError::ConfigMapKey { var: var.name.clone(), name: r.name.clone(), key: r.key.clone() }),
+            None => Err(EnvError::ConfigMapKey {
+                var: var.name.clone(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }),
         };
     }
     if let Some(r) = &from.secret_key_ref {
         return match src.secrets.get(&(r.name.clone(), r.key.clone())) {
             Some(v) => Ok(Some(v.clone())),
             None if r.optional == Some(true) => Ok(None),
-            None => Err(EnvError::SecretKey { var: var.name.clone(), name: r.name.clone(), key: r.key.clone() }),
+            None => Err(EnvError::SecretKey {
+                var: var.name.clone(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            }),
         };
     }
     Ok(None)
@@ -291,7 +327,12 @@ pub fn command_line(container: &Container, env: &[(String, String)]) -> (Option<
         .command
         .as_ref()
         .map(|c| c.iter().map(|s| expand(s, lookup)).collect());
-    let args = container.args.iter().flatten().map(|s| expand(s, lookup)).collect();
+    let args = container
+        .args
+        .iter()
+        .flatten()
+        .map(|s| expand(s, lookup))
+        .collect();
     (command, args)
 }
 
@@ -324,7 +365,10 @@ mod tests {
             ("$(", "$("),
             ("$()", "$()"),
             ("\"$(cat /data/service-cidr)\"", "\"$(cat /data/service-cidr)\""),
-            ("--tls-san=\"vnest.$POD_NAMESPACE\"", "--tls-san=\"vnest.$POD_NAMESPACE\""),
+            (
+                "--tls-san=\"vnest.$POD_NAMESPACE\"",
+                "--tls-san=\"vnest.$POD_NAMESPACE\"",
+            ),
             ("é$(A)ü", "éalphaü"),
             ("$é", "$é"),
         ];
@@ -401,7 +445,11 @@ mod tests {
         src.secrets.clear();
         assert_eq!(
             resolve(&p, c, &src).unwrap_err(),
-            EnvError::SecretKey { var: "SEC".into(), name: "s".into(), key: "k".into() }
+            EnvError::SecretKey {
+                var: "SEC".into(),
+                name: "s".into(),
+                key: "k".into()
+            }
         );
     }
 
@@ -422,7 +470,10 @@ mod tests {
     #[test]
     fn labels_format_like_the_downward_api() {
         let p = pod();
-        assert_eq!(field_ref(&p, "metadata.labels", "h").unwrap(), "app=\"x\"\nb=\"y\"");
+        assert_eq!(
+            field_ref(&p, "metadata.labels", "h").unwrap(),
+            "app=\"x\"\nb=\"y\""
+        );
         assert_eq!(field_ref(&p, "metadata.labels['nope']", "h"), None);
     }
 }

@@ -35,7 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 #[derive(Debug, Parser)]
-#[command(name = "vnest-runner", about = "Test-only kubelet: runs the pods of one host node with podman")]
+#[command(
+    name = "vnest-runner",
+    about = "Test-only kubelet: runs the pods of one host node with podman"
+)]
 struct Args {
     /// kubeconfig of the host cluster (default: KUBECONFIG / in-cluster inference)
     #[arg(long, env = "VNEST_RUNNER_KUBECONFIG")]
@@ -92,7 +95,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 5m, 500ms"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 10s, 5m, 500ms"))?;
     if v < 0.0 {
         return Err(format!("negative duration {s:?}"));
     }
@@ -121,12 +126,16 @@ async fn main() -> anyhow::Result<()> {
     if log_format == "json" {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
 
     let client = match kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
             kube::Client::try_from(cfg)?
         }
@@ -136,11 +145,23 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let state_dir = std::fs::canonicalize(&state_dir)?;
     let log_dir = std::fs::canonicalize(&log_dir)?;
-    let podman = podman::Podman { binary: podman, runtime: oci_runtime, ulimit_nofile, ulimit_nproc };
+    let podman = podman::Podman {
+        binary: podman,
+        runtime: oci_runtime,
+        ulimit_nofile,
+        ulimit_nproc,
+    };
     // Fail early and clearly when podman cannot run at all.
-    podman.ps(&[]).await.context("podman is not usable (install: apt-get install -y podman runc)")?;
+    podman
+        .ps(&[])
+        .await
+        .context("podman is not usable (install: apt-get install -y podman runc)")?;
 
-    let agent = node::NodeAgent { client: client.clone(), name: node_name.clone(), ip: node_ip.clone() };
+    let agent = node::NodeAgent {
+        client: client.clone(),
+        name: node_name.clone(),
+        ip: node_ip.clone(),
+    };
     agent.register().await.context("registering the node")?;
 
     let stop = CancellationToken::new();
@@ -190,7 +211,18 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Args::command().debug_assert();
-        let a = Args::try_parse_from(["r", "--api-port", "6443", "--state-dir", "/s", "--log-dir", "/l", "--max-backoff", "2s"]).unwrap();
+        let a = Args::try_parse_from([
+            "r",
+            "--api-port",
+            "6443",
+            "--state-dir",
+            "/s",
+            "--log-dir",
+            "/l",
+            "--max-backoff",
+            "2s",
+        ])
+        .unwrap();
         assert_eq!(a.max_backoff, Duration::from_secs(2));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));

@@ -57,7 +57,8 @@ fn machine_capacity() -> (String, String) {
 impl NodeAgent {
     fn status(&self) -> serde_json::Value {
         let (cpu, memory) = machine_capacity();
-        let resources = serde_json::json!({"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"});
+        let resources =
+            serde_json::json!({"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"});
         let t = now();
         let cond = |type_: &str, status: &str, reason: &str, message: &str| {
             serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
@@ -93,12 +94,20 @@ impl NodeAgent {
                 "kubernetes.io/arch": "amd64"}},
             "spec": {"taints": [{"key": RUNNER_LABEL, "value": "true", "effect": "NoSchedule"}]}
         }))
-        .map_err(|e| Error::Api { verb: "build", what: "node".into(), source: kube::Error::SerdeError(e) })?;
+        .map_err(|e| Error::Api {
+            verb: "build",
+            what: "node".into(),
+            source: kube::Error::SerdeError(e),
+        })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         nodes
             .patch(&self.name, &pp, &Patch::Apply(&node))
             .await
-            .map_err(|source| Error::Api { verb: "apply", what: format!("node {}", self.name), source })?;
+            .map_err(|source| Error::Api {
+                verb: "apply",
+                what: format!("node {}", self.name),
+                source,
+            })?;
         self.patch_status().await?;
         info!("node registered and Ready");
         Ok(())
@@ -107,9 +116,17 @@ impl NodeAgent {
     async fn patch_status(&self) -> Result<(), Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         nodes
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": self.status()})))
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"status": self.status()})),
+            )
             .await
-            .map_err(|source| Error::Api { verb: "patch status", what: format!("node {}", self.name), source })?;
+            .map_err(|source| Error::Api {
+                verb: "patch status",
+                what: format!("node {}", self.name),
+                source,
+            })?;
         Ok(())
     }
 
@@ -122,12 +139,20 @@ impl NodeAgent {
             "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
                      "renewTime": MicroTime(Timestamp::now())}
         }))
-        .map_err(|e| Error::Api { verb: "build", what: "lease".into(), source: kube::Error::SerdeError(e) })?;
+        .map_err(|e| Error::Api {
+            verb: "build",
+            what: "lease".into(),
+            source: kube::Error::SerdeError(e),
+        })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         leases
             .patch(&self.name, &pp, &Patch::Apply(&lease))
             .await
-            .map_err(|source| Error::Api { verb: "apply", what: format!("lease {}", self.name), source })?;
+            .map_err(|source| Error::Api {
+                verb: "apply",
+                what: format!("lease {}", self.name),
+                source,
+            })?;
         Ok(())
     }
 

@@ -90,7 +90,9 @@ impl PsEntry {
         self.state == "exited" || self.state == "stopped"
     }
     pub fn restart_count(&self) -> u32 {
-        self.label(labels::RESTART).and_then(|r| r.parse().ok()).unwrap_or(0)
+        self.label(labels::RESTART)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -147,12 +149,22 @@ impl Podman {
         c
     }
 
-    async fn output(&self, verb: &'static str, target: &str, mut c: Command, timeout: Duration) -> Result<Vec<u8>> {
+    async fn output(
+        &self,
+        verb: &'static str,
+        target: &str,
+        mut c: Command,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = c.spawn().map_err(|source| Error::Spawn { verb, source })?;
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
-            .map_err(|_| Error::Timeout { verb, target: target.to_owned(), after: timeout })?
+            .map_err(|_| Error::Timeout {
+                verb,
+                target: target.to_owned(),
+                after: timeout,
+            })?
             .map_err(|source| Error::Spawn { verb, source })?;
         if !out.status.success() {
             return Err(Error::Failed {
@@ -169,7 +181,10 @@ impl Podman {
     pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
         let mut c = self.cmd();
         c.args(["image", "inspect", "--format", "{{.Id}}", image]);
-        match self.output("image inspect", image, c, Duration::from_secs(30)).await {
+        match self
+            .output("image inspect", image, c, Duration::from_secs(30))
+            .await
+        {
             Ok(out) => Ok(Some(String::from_utf8_lossy(&out).trim().to_owned())),
             Err(Error::Failed { code: Some(125), .. }) => Ok(None),
             Err(e) => Err(e),
@@ -209,7 +224,8 @@ impl Podman {
         }
         for m in &spec.mounts {
             let ro = if m.read_only { ":ro" } else { "" };
-            c.arg("--volume").arg(format!("{}:{}{ro}", m.host.display(), m.container));
+            c.arg("--volume")
+                .arg(format!("{}:{}{ro}", m.host.display(), m.container));
         }
         if let Some(u) = &spec.user {
             c.arg("--user").arg(u);
@@ -243,10 +259,13 @@ impl Podman {
         }
         if let Some(ep) = &spec.entrypoint {
             // JSON form: each element one argv entry, no shell splitting.
-            c.arg("--entrypoint").arg(serde_json::Value::from(ep.clone()).to_string());
+            c.arg("--entrypoint")
+                .arg(serde_json::Value::from(ep.clone()).to_string());
         }
         c.arg(&spec.image).args(&spec.args);
-        let out = self.output("run", &spec.name, c, Duration::from_secs(120)).await?;
+        let out = self
+            .output("run", &spec.name, c, Duration::from_secs(120))
+            .await?;
         Ok(String::from_utf8_lossy(&out).trim().to_owned())
     }
 
@@ -254,7 +273,9 @@ impl Podman {
     pub async fn stop(&self, id: &str, grace: u64) -> Result<()> {
         let mut c = self.cmd();
         c.args(["stop", "--ignore", "-t"]).arg(grace.to_string()).arg(id);
-        self.output("stop", id, c, Duration::from_secs(grace + 60)).await.map(drop)
+        self.output("stop", id, c, Duration::from_secs(grace + 60))
+            .await
+            .map(drop)
     }
 
     /// `podman rm -f` (no error when it is already gone).
@@ -269,10 +290,16 @@ impl Podman {
         let mut c = self.cmd();
         c.arg("exec").arg(id).args(argv);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = c.spawn().map_err(|source| Error::Spawn { verb: "exec", source })?;
+        let child = c
+            .spawn()
+            .map_err(|source| Error::Spawn { verb: "exec", source })?;
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
-            .map_err(|_| Error::Timeout { verb: "exec", target: id.to_owned(), after: timeout })?
+            .map_err(|_| Error::Timeout {
+                verb: "exec",
+                target: id.to_owned(),
+                after: timeout,
+            })?
             .map_err(|source| Error::Spawn { verb: "exec", source })?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -15,16 +15,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccou
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn, Instrument};
+use tracing::{Instrument, debug, info, instrument, warn};
 
 use crate::env::{self, EnvSources};
-use crate::podman::{self, labels, Podman, PsEntry, RunSpec};
+use crate::podman::{self, Podman, PsEntry, RunSpec, labels};
 use crate::probes::{self, ProbeState};
 use crate::status::{self, Backoff, Observed, State};
 use crate::volumes::{self, ObjData, Prepared, Sources};
@@ -63,12 +63,22 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn recorder(client: &Client, node: &str) -> Recorder {
-        Recorder::new(client.clone(), Reporter { controller: "vnest-runner".into(), instance: Some(node.into()) })
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "vnest-runner".into(),
+                instance: Some(node.into()),
+            },
+        )
     }
 }
 
 fn pod_key(p: &Pod) -> String {
-    format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 struct WorkerHandle {
@@ -94,7 +104,9 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
             Some(Err(error)) => warn!(%error, "pod watch failed; retrying"),
             Some(Ok(Event::Init)) => listed.clear(),
             Some(Ok(Event::InitApply(p) | Event::Apply(p))) => {
-                let Some(uid) = p.metadata.uid.clone() else { continue };
+                let Some(uid) = p.metadata.uid.clone() else {
+                    continue;
+                };
                 listed.insert(uid.clone());
                 let p = Arc::new(p);
                 match workers.get(&uid) {
@@ -104,7 +116,11 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                     None => {
                         let (tx, rx) = watch::channel(Some(p.clone()));
                         let span = tracing::info_span!("pod", pod = %pod_key(&p), uid = %uid);
-                        let task = tokio::spawn(Worker::new(ctx.clone(), p, rx, stop.clone()).run().instrument(span));
+                        let task = tokio::spawn(
+                            Worker::new(ctx.clone(), p, rx, stop.clone())
+                                .run()
+                                .instrument(span),
+                        );
                         workers.insert(uid, WorkerHandle { tx, task });
                     }
                 }
@@ -138,7 +154,9 @@ async fn sweep_orphans(ctx: &Ctx, known: &BTreeSet<String>) -> Result<(), Error>
     let all = ctx.podman.ps(&[(labels::NODE, &ctx.node)]).await?;
     let mut gone = BTreeSet::new();
     for c in &all {
-        let Some(uid) = c.label(labels::POD_UID) else { continue };
+        let Some(uid) = c.label(labels::POD_UID) else {
+            continue;
+        };
         if !known.contains(uid) {
             info!(pod.uid = uid, container = %c.names.join(","), "removing container of a pod that is gone");
             ctx.podman.rm(&c.id).await?;
@@ -207,23 +225,51 @@ enum Next {
 }
 
 fn ts(secs: i64) -> Option<Time> {
-    (secs > 0).then(|| Timestamp::from_second(secs).ok().map(Time)).flatten()
+    (secs > 0)
+        .then(|| Timestamp::from_second(secs).ok().map(Time))
+        .flatten()
 }
 
 fn obj_data_cm(cm: &ConfigMap) -> ObjData {
-    let mut d: ObjData = cm.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
-    d.extend(cm.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+    let mut d: ObjData = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    d.extend(
+        cm.binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
+    );
     d
 }
 
 fn obj_data_secret(s: &Secret) -> ObjData {
-    s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
 }
 
 /// Watches one named object (kubelet's watch-based ConfigMap/Secret manager).
-fn watch_ref<K>(client: &Client, ns: &str, name: &str, extract: fn(&K) -> ObjData, notify: Arc<Notify>) -> RefWatch
+fn watch_ref<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    extract: fn(&K) -> ObjData,
+    notify: Arc<Notify>,
+) -> RefWatch
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
@@ -264,7 +310,12 @@ where
 }
 
 impl Worker {
-    fn new(ctx: Arc<Ctx>, pod: Arc<Pod>, rx: watch::Receiver<Option<Arc<Pod>>>, stop: CancellationToken) -> Self {
+    fn new(
+        ctx: Arc<Ctx>,
+        pod: Arc<Pod>,
+        rx: watch::Receiver<Option<Arc<Pod>>>,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             ctx,
             pod,
@@ -347,7 +398,10 @@ impl Worker {
                 Vec::new()
             }
         };
-        let stops = entries.iter().filter(|e| e.running()).map(|e| self.ctx.podman.stop(&e.id, grace));
+        let stops = entries
+            .iter()
+            .filter(|e| e.running())
+            .map(|e| self.ctx.podman.stop(&e.id, grace));
         for r in futures::future::join_all(stops).await {
             if let Err(error) = r {
                 warn!(%error, "stopping a container failed");
@@ -373,7 +427,13 @@ impl Worker {
         if !self.events_sent.insert((reason.to_owned(), key.to_owned())) {
             return;
         }
-        let ev = KubeEvent { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
         if let Err(error) = self.ctx.recorder.publish(&ev, &self.pod.object_ref(&())).await {
             warn!(%error, reason, "cannot publish event");
         }
@@ -387,19 +447,30 @@ impl Worker {
                 .pod
                 .metadata
                 .deletion_grace_period_seconds
-                .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                .or(self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds))
                 .unwrap_or(30);
             info!(grace, "pod is being deleted: stopping its containers");
             self.teardown(u64::try_from(grace).unwrap_or(0)).await;
             let dp = DeleteParams {
                 grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions { uid: Some(self.uid().to_owned()), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid().to_owned()),
+                    resource_version: None,
+                }),
                 ..DeleteParams::default()
             };
             return match self.pods_api().delete(self.name(), &dp).await {
                 Ok(_) => Ok(Next::Done),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Next::Done),
-                Err(source) => Err(Error::Api { verb: "delete", pod: pod_key(&self.pod), source }),
+                Err(source) => Err(Error::Api {
+                    verb: "delete",
+                    pod: pod_key(&self.pod),
+                    source,
+                }),
             };
         }
         let phase = self.pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -424,13 +495,15 @@ impl Worker {
         let ns = self.ns().to_owned();
         for name in cms {
             if !self.config_maps.contains_key(&name) {
-                let w = watch_ref::<ConfigMap>(&self.ctx.client, &ns, &name, obj_data_cm, self.notify.clone());
+                let w =
+                    watch_ref::<ConfigMap>(&self.ctx.client, &ns, &name, obj_data_cm, self.notify.clone());
                 self.config_maps.insert(name, w);
             }
         }
         for name in secrets {
             if !self.secrets.contains_key(&name) {
-                let w = watch_ref::<Secret>(&self.ctx.client, &ns, &name, obj_data_secret, self.notify.clone());
+                let w =
+                    watch_ref::<Secret>(&self.ctx.client, &ns, &name, obj_data_secret, self.notify.clone());
                 self.secrets.insert(name, w);
             }
         }
@@ -438,12 +511,18 @@ impl Worker {
 
     fn sources(&self) -> Sources {
         let known = |m: &BTreeMap<String, RefWatch>| -> BTreeMap<String, Option<ObjData>> {
-            m.iter().filter_map(|(k, w)| w.rx.borrow().clone().map(|v| (k.clone(), v))).collect()
+            m.iter()
+                .filter_map(|(k, w)| w.rx.borrow().clone().map(|v| (k.clone(), v)))
+                .collect()
         };
         Sources {
             config_maps: known(&self.config_maps),
             secrets: known(&self.secrets),
-            tokens: self.tokens.iter().map(|(k, t)| (k.clone(), t.value.clone())).collect(),
+            tokens: self
+                .tokens
+                .iter()
+                .map(|(k, t)| (k.clone(), t.value.clone()))
+                .collect(),
         }
     }
 
@@ -457,7 +536,13 @@ impl Worker {
                 self.pod_blocked = Some(("ContainerCreating".into(), msg.clone()));
                 // a source that is only not synced yet is no failure
                 if !not_yet_known {
-                    self.event(EventType::Warning, "FailedMount", &msg, format!("MountVolume failed: {msg}")).await;
+                    self.event(
+                        EventType::Warning,
+                        "FailedMount",
+                        &msg,
+                        format!("MountVolume failed: {msg}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -465,20 +550,31 @@ impl Worker {
 
     async fn try_prepare_inputs(&mut self) -> Result<(), (String, bool)> {
         if self.prepared.is_none() {
-            let p = volumes::prepare(&self.ctx.client, &self.ctx.state_dir, &self.pod).await.map_err(|e| (e.to_string(), false))?;
+            let p = volumes::prepare(&self.ctx.client, &self.ctx.state_dir, &self.pod)
+                .await
+                .map_err(|e| (e.to_string(), false))?;
             self.prepared = Some(p);
         }
         let now = SystemTime::now();
         for (vol, path, audience, seconds) in volumes::token_requests(&self.pod) {
-            let due = self.tokens.get(&(vol.clone(), path.clone())).is_none_or(|t| now >= t.refresh_at);
+            let due = self
+                .tokens
+                .get(&(vol.clone(), path.clone()))
+                .is_none_or(|t| now >= t.refresh_at);
             if due {
-                let token = self.request_token(audience, seconds).await.map_err(|e| (e.to_string(), false))?;
+                let token = self
+                    .request_token(audience, seconds)
+                    .await
+                    .map_err(|e| (e.to_string(), false))?;
                 info!(volume = %vol, refresh_in_s = token.refresh_at.duration_since(now).unwrap_or_default().as_secs(), "service account token issued");
                 self.tokens.insert((vol, path), token);
             }
         }
         let src = self.sources();
-        let prepared = self.prepared.as_ref().ok_or(("volumes not prepared".to_owned(), true))?;
+        let prepared = self
+            .prepared
+            .as_ref()
+            .ok_or(("volumes not prepared".to_owned(), true))?;
         let changed = volumes::refresh_files(&self.pod, prepared, &src, &self.ctx.ip)
             .map_err(|e| (e.to_string(), matches!(e, volumes::Error::NotYetKnown { .. })))?;
         if changed {
@@ -488,7 +584,12 @@ impl Worker {
     }
 
     async fn request_token(&self, audience: Option<String>, seconds: i64) -> Result<Token, Error> {
-        let sa = self.pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+        let sa = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
         let api: Api<ServiceAccount> = Api::namespaced(self.ctx.client.clone(), self.ns());
         let req: TokenRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -500,19 +601,34 @@ impl Worker {
         let resp: TokenRequest = api
             .create_subresource("token", &sa, &PostParams::default(), &req)
             .await
-            .map_err(|e| Error::Token { sa: sa.clone(), why: e.to_string() })?;
-        let status = resp.status.ok_or_else(|| Error::Token { sa: sa.clone(), why: "no status".into() })?;
+            .map_err(|e| Error::Token {
+                sa: sa.clone(),
+                why: e.to_string(),
+            })?;
+        let status = resp.status.ok_or_else(|| Error::Token {
+            sa: sa.clone(),
+            why: "no status".into(),
+        })?;
         let exp_secs = u64::try_from(status.expiration_timestamp.0.as_second()).unwrap_or(0);
         let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(exp_secs);
-        Ok(Token { value: status.token, refresh_at: volumes::token_refresh_at(issued, expires) })
+        Ok(Token {
+            value: status.token,
+            refresh_at: volumes::token_refresh_at(issued, expires),
+        })
     }
 
     /// Starts/restarts containers as needed; returns what was observed (init, regular).
-    async fn drive_containers(&mut self, entries: &[PsEntry]) -> Result<(Vec<Observed>, Vec<Observed>), Error> {
+    async fn drive_containers(
+        &mut self,
+        entries: &[PsEntry],
+    ) -> Result<(Vec<Observed>, Vec<Observed>), Error> {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
         let by_name = |name: &str| -> Vec<&PsEntry> {
-            let mut v: Vec<&PsEntry> = entries.iter().filter(|e| e.label(labels::CONTAINER) == Some(name)).collect();
+            let mut v: Vec<&PsEntry> = entries
+                .iter()
+                .filter(|e| e.label(labels::CONTAINER) == Some(name))
+                .collect();
             v.sort_by_key(|e| (e.restart_count(), e.created));
             v
         };
@@ -520,7 +636,10 @@ impl Worker {
             self.adopted = true;
             let running = entries.iter().filter(|e| e.running()).count();
             if !entries.is_empty() {
-                info!(containers = entries.len(), running, "adopting existing containers");
+                info!(
+                    containers = entries.len(),
+                    running, "adopting existing containers"
+                );
             }
         }
         let regular_exists = spec.containers.iter().any(|c| !by_name(&c.name).is_empty());
@@ -531,9 +650,14 @@ impl Worker {
         for c in spec.init_containers.iter().flatten() {
             let runs = by_name(&c.name);
             let newest = runs.last().copied();
-            let ok = newest.is_some_and(|e| e.exited() && e.exit_code == 0) || (regular_exists && newest.is_none_or(|e| !e.running()));
+            let ok = newest.is_some_and(|e| e.exited() && e.exit_code == 0)
+                || (regular_exists && newest.is_none_or(|e| !e.running()));
             if ok || !init_done {
-                let waiting = if init_done { None } else { Some(State::waiting("PodInitializing", None)) };
+                let waiting = if init_done {
+                    None
+                } else {
+                    Some(State::waiting("PodInitializing", None))
+                };
                 init_obs.push(self.observe(c, &runs, waiting));
                 continue;
             }
@@ -543,7 +667,10 @@ impl Worker {
             self.drive_one(c, "init", &runs, restart).await?;
             let runs_after = self.ps().await?;
             let runs_after: Vec<&PsEntry> = {
-                let mut v: Vec<&PsEntry> = runs_after.iter().filter(|e| e.label(labels::CONTAINER) == Some(c.name.as_str())).collect();
+                let mut v: Vec<&PsEntry> = runs_after
+                    .iter()
+                    .filter(|e| e.label(labels::CONTAINER) == Some(c.name.as_str()))
+                    .collect();
                 v.sort_by_key(|e| (e.restart_count(), e.created));
                 v
             };
@@ -552,7 +679,11 @@ impl Worker {
         let mut regular_obs = Vec::new();
         if !init_done {
             for c in &spec.containers {
-                regular_obs.push(self.observe(c, &by_name(&c.name), Some(State::waiting("PodInitializing", None))));
+                regular_obs.push(self.observe(
+                    c,
+                    &by_name(&c.name),
+                    Some(State::waiting("PodInitializing", None)),
+                ));
             }
             return Ok((init_obs, regular_obs));
         }
@@ -566,9 +697,16 @@ impl Worker {
             };
             changed |= self.drive_one(c, "regular", &runs, restart).await?;
         }
-        let entries = if changed { self.ps().await? } else { entries.to_vec() };
+        let entries = if changed {
+            self.ps().await?
+        } else {
+            entries.to_vec()
+        };
         for c in &spec.containers {
-            let mut runs: Vec<&PsEntry> = entries.iter().filter(|e| e.label(labels::CONTAINER) == Some(c.name.as_str())).collect();
+            let mut runs: Vec<&PsEntry> = entries
+                .iter()
+                .filter(|e| e.label(labels::CONTAINER) == Some(c.name.as_str()))
+                .collect();
             runs.sort_by_key(|e| (e.restart_count(), e.created));
             regular_obs.push(self.observe(c, &runs, None));
         }
@@ -578,18 +716,42 @@ impl Worker {
     /// Keeps one container going: start it when it never ran, restart it (with backoff) when it
     /// exited and `restart` says so, kill it when its liveness probe failed. Ok(true) when
     /// something was started or stopped.
-    async fn drive_one(&mut self, c: &Container, kind: &str, runs: &[&PsEntry], restart: bool) -> Result<bool, Error> {
+    async fn drive_one(
+        &mut self,
+        c: &Container,
+        kind: &str,
+        runs: &[&PsEntry],
+        restart: bool,
+    ) -> Result<bool, Error> {
         let newest = runs.last().copied();
         match newest {
             None => self.start(c, kind, 0).await,
             Some(e) if e.running() => {
                 self.ensure_probes(c, e);
-                let failed = self.slots.get(&c.name).and_then(|s| s.probes.as_ref()).is_some_and(|(_, rx, _)| rx.borrow().failed);
+                let failed = self
+                    .slots
+                    .get(&c.name)
+                    .and_then(|s| s.probes.as_ref())
+                    .is_some_and(|(_, rx, _)| rx.borrow().failed);
                 if failed {
-                    let grace = self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+                    let grace = self
+                        .pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30);
                     info!(container = %c.name, "liveness probe failed: restarting the container");
-                    self.event(EventType::Normal, "Killing", &format!("{}-{}", c.name, e.id), format!("Container {} failed liveness probe, will be restarted", c.name)).await;
-                    self.ctx.podman.stop(&e.id, u64::try_from(grace).unwrap_or(0)).await?;
+                    self.event(
+                        EventType::Normal,
+                        "Killing",
+                        &format!("{}-{}", c.name, e.id),
+                        format!("Container {} failed liveness probe, will be restarted", c.name),
+                    )
+                    .await;
+                    self.ctx
+                        .podman
+                        .stop(&e.id, u64::try_from(grace).unwrap_or(0))
+                        .await?;
                     return Ok(true);
                 }
                 Ok(false)
@@ -606,8 +768,13 @@ impl Worker {
                 let due = match &slot.restart_after {
                     Some((id, at)) if *id == e.id => *at,
                     _ => {
-                        let ran = Duration::from_secs(u64::try_from((e.exited_at - e.started_at).max(0)).unwrap_or(0));
-                        let delay = slot.backoff.get_or_insert_with(|| Backoff::new(Duration::from_secs(10).min(max), max)).on_exit(ran);
+                        let ran = Duration::from_secs(
+                            u64::try_from((e.exited_at - e.started_at).max(0)).unwrap_or(0),
+                        );
+                        let delay = slot
+                            .backoff
+                            .get_or_insert_with(|| Backoff::new(Duration::from_secs(10).min(max), max))
+                            .on_exit(ran);
                         let at = tokio::time::Instant::now() + delay;
                         slot.restart_after = Some((e.id.clone(), at));
                         if !delay.is_zero() {
@@ -650,7 +817,12 @@ impl Worker {
         let mut initial = ProbeState::initial(c);
         // An adopted container that the API already shows ready stays ready until a probe says otherwise.
         let cid = format!("podman://{}", e.id);
-        let was = self.pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|v| v.iter().find(|s| s.name == c.name));
+        let was = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|v| v.iter().find(|s| s.name == c.name));
         if let Some(was) = was
             && was.container_id.as_deref() == Some(cid.as_str())
         {
@@ -661,15 +833,26 @@ impl Worker {
         let stop = self.stop.child_token();
         if c.readiness_probe.is_some() || c.liveness_probe.is_some() || c.startup_probe.is_some() {
             tokio::spawn(
-                probes::run(self.ctx.podman.clone(), e.id.clone(), c.clone(), tx, self.notify.clone(), stop.clone())
-                    .instrument(tracing::info_span!("probes", container = %c.name)),
+                probes::run(
+                    self.ctx.podman.clone(),
+                    e.id.clone(),
+                    c.clone(),
+                    tx,
+                    self.notify.clone(),
+                    stop.clone(),
+                )
+                .instrument(tracing::info_span!("probes", container = %c.name)),
             );
         }
         slot.probes = Some((e.id.clone(), rx, stop));
     }
 
     fn env_sources(&self) -> EnvSources {
-        let to_str = |d: &ObjData| -> BTreeMap<String, String> { d.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect() };
+        let to_str = |d: &ObjData| -> BTreeMap<String, String> {
+            d.iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect()
+        };
         let mut src = EnvSources {
             api_host: self.ctx.api_host.clone(),
             api_port: self.ctx.api_port,
@@ -679,14 +862,16 @@ impl Worker {
         for (name, w) in &self.config_maps {
             if let Some(Some(d)) = w.rx.borrow().as_ref() {
                 let d = to_str(d);
-                src.config_maps.extend(d.iter().map(|(k, v)| ((name.clone(), k.clone()), v.clone())));
+                src.config_maps
+                    .extend(d.iter().map(|(k, v)| ((name.clone(), k.clone()), v.clone())));
                 src.config_map_data.insert(name.clone(), d);
             }
         }
         for (name, w) in &self.secrets {
             if let Some(Some(d)) = w.rx.borrow().as_ref() {
                 let d = to_str(d);
-                src.secrets.extend(d.iter().map(|(k, v)| ((name.clone(), k.clone()), v.clone())));
+                src.secrets
+                    .extend(d.iter().map(|(k, v)| ((name.clone(), k.clone()), v.clone())));
                 src.secret_data.insert(name.clone(), d);
             }
         }
@@ -705,9 +890,12 @@ impl Worker {
         }
         let image = c.image.clone().unwrap_or_default();
         let Some(_image_id) = self.ctx.podman.image_id(&image).await? else {
-            let msg = format!("Container image \"{image}\" is not present with pull policy of Never (vnest-runner never pulls: build or load the image into local podman storage)");
+            let msg = format!(
+                "Container image \"{image}\" is not present with pull policy of Never (vnest-runner never pulls: build or load the image into local podman storage)"
+            );
             self.block(c, "ErrImageNeverPull", msg.clone());
-            self.event(EventType::Warning, "ErrImageNeverPull", &c.name, msg).await;
+            self.event(EventType::Warning, "ErrImageNeverPull", &c.name, msg)
+                .await;
             return Ok(false);
         };
         let env = match env::resolve(&self.pod, c, &self.env_sources()) {
@@ -715,7 +903,13 @@ impl Worker {
             Err(err) => {
                 let msg = err.to_string();
                 self.block(c, "CreateContainerConfigError", msg.clone());
-                self.event(EventType::Warning, "Failed", &format!("{}-{msg}", c.name), format!("Error: {msg}")).await;
+                self.event(
+                    EventType::Warning,
+                    "Failed",
+                    &format!("{}-{msg}", c.name),
+                    format!("Error: {msg}"),
+                )
+                .await;
                 return Ok(false);
             }
         };
@@ -770,7 +964,10 @@ impl Worker {
             cap_add: caps.add.unwrap_or_default(),
             cap_drop: caps.drop.unwrap_or_default(),
             workdir: c.working_dir.clone(),
-            log_path: self.ctx.log_dir.join(format!("{}_{}_{}.log", self.ns(), self.name(), c.name)),
+            log_path: self
+                .ctx
+                .log_dir
+                .join(format!("{}_{}_{}.log", self.ns(), self.name(), c.name)),
             tty: c.tty == Some(true),
             stdin: c.stdin == Some(true),
         };
@@ -788,7 +985,8 @@ impl Worker {
                 let msg = err.to_string();
                 warn!(container = %c.name, error = %msg, "container failed to start");
                 self.block(c, "CreateContainerError", msg.clone());
-                self.event(EventType::Warning, "Failed", &format!("{}-start", c.name), msg).await;
+                self.event(EventType::Warning, "Failed", &format!("{}-start", c.name), msg)
+                    .await;
                 Ok(false)
             }
         }
@@ -798,7 +996,10 @@ impl Worker {
     fn observe(&self, c: &Container, runs: &[&PsEntry], force: Option<State>) -> Observed {
         let slot = self.slots.get(&c.name);
         let newest = runs.last().copied();
-        let probe = slot.and_then(|s| s.probes.as_ref()).filter(|(id, _, _)| newest.is_some_and(|e| e.id == *id)).map(|(_, rx, _)| *rx.borrow());
+        let probe = slot
+            .and_then(|s| s.probes.as_ref())
+            .filter(|(id, _, _)| newest.is_some_and(|e| e.id == *id))
+            .map(|(_, rx, _)| *rx.borrow());
         let terminated = |e: &PsEntry| State::Terminated {
             exit_code: e.exit_code,
             reason: status::terminated_reason(e.exit_code).into(),
@@ -806,25 +1007,53 @@ impl Worker {
             finished_at: ts(e.exited_at),
             container_id: Some(format!("podman://{}", e.id)),
         };
-        let blocked = self.pod_blocked.clone().or_else(|| slot.and_then(|s| s.blocked.clone()));
+        let blocked = self
+            .pod_blocked
+            .clone()
+            .or_else(|| slot.and_then(|s| s.blocked.clone()));
         let (state, last_state) = match (force, newest) {
             (Some(s), _) => (s, None),
             (None, None) => match blocked {
-                Some((r, m)) => (State::Waiting { reason: r, message: Some(m) }, None),
+                Some((r, m)) => (
+                    State::Waiting {
+                        reason: r,
+                        message: Some(m),
+                    },
+                    None,
+                ),
                 None => (State::waiting("ContainerCreating", None), None),
             },
             (None, Some(e)) => {
                 let previous = runs.len().checked_sub(2).map(|i| terminated(runs[i]));
                 if e.running() {
-                    (State::Running { started_at: ts(e.started_at).unwrap_or_else(|| Time(Timestamp::now())) }, previous)
+                    (
+                        State::Running {
+                            started_at: ts(e.started_at).unwrap_or_else(|| Time(Timestamp::now())),
+                        },
+                        previous,
+                    )
                 } else if e.exited() {
-                    let restart_pending = slot.and_then(|s| s.restart_after.as_ref()).is_some_and(|(id, _)| *id == e.id);
+                    let restart_pending = slot
+                        .and_then(|s| s.restart_after.as_ref())
+                        .is_some_and(|(id, _)| *id == e.id);
                     match (restart_pending, blocked) {
-                        (true, Some((r, m))) => (State::Waiting { reason: r, message: Some(m) }, Some(terminated(e))),
+                        (true, Some((r, m))) => (
+                            State::Waiting {
+                                reason: r,
+                                message: Some(m),
+                            },
+                            Some(terminated(e)),
+                        ),
                         (true, None) => (
                             State::Waiting {
                                 reason: "CrashLoopBackOff".into(),
-                                message: Some(format!("back-off restarting failed container={} pod={}_{}({})", c.name, self.name(), self.ns(), self.uid())),
+                                message: Some(format!(
+                                    "back-off restarting failed container={} pod={}_{}({})",
+                                    c.name,
+                                    self.name(),
+                                    self.ns(),
+                                    self.uid()
+                                )),
                             },
                             Some(terminated(e)),
                         ),
@@ -862,10 +1091,18 @@ impl Worker {
             .pods_api()
             .patch_status(self.name(), &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::Api { verb: "patch status", pod: pod_key(&self.pod), source })?;
+            .map_err(|source| Error::Api {
+                verb: "patch status",
+                pod: pod_key(&self.pod),
+                source,
+            })?;
         info!(
             phase = desired.phase.as_deref().unwrap_or(""),
-            ready = desired.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
+            ready = desired
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
             "pod status updated"
         );
         self.pod = Arc::new(updated);
@@ -876,10 +1113,17 @@ impl Worker {
 /// Whether `a` is an older version of the same pod than `b` (kine/etcd resource versions are
 /// integers; anything else counts as not older).
 fn is_older(a: &Pod, b: &Pod) -> bool {
-    let rv = |p: &Pod| p.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let rv = |p: &Pod| {
+        p.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     a.metadata.uid == b.metadata.uid && matches!((rv(a), rv(b)), (Some(x), Some(y)) if x < y)
 }
 
 fn all_containers(p: &Pod) -> impl Iterator<Item = &Container> {
-    p.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+    p.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
 }

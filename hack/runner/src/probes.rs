@@ -29,7 +29,11 @@ pub struct ProbeState {
 
 impl ProbeState {
     pub fn initial(c: &Container) -> Self {
-        Self { started: c.startup_probe.is_none(), ready: c.readiness_probe.is_none(), failed: false }
+        Self {
+            started: c.startup_probe.is_none(),
+            ready: c.readiness_probe.is_none(),
+            failed: false,
+        }
     }
 }
 
@@ -52,7 +56,8 @@ struct Timing {
 }
 
 fn timing(p: &Probe) -> Timing {
-    let secs = |v: Option<i32>, d: i32| Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0));
+    let secs =
+        |v: Option<i32>, d: i32| Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0));
     Timing {
         initial_delay: secs(p.initial_delay_seconds, 0),
         period: secs(p.period_seconds, 10).max(Duration::from_secs(1)),
@@ -80,21 +85,49 @@ fn port_of(c: &Container, port: &IntOrString) -> Result<u16, Error> {
 }
 
 /// Runs one probe once: Ok(()) on success.
-pub async fn probe_once(podman: &Podman, container_id: &str, c: &Container, p: &Probe, timeout: Duration) -> Result<(), Error> {
+pub async fn probe_once(
+    podman: &Podman,
+    container_id: &str,
+    c: &Container,
+    p: &Probe,
+    timeout: Duration,
+) -> Result<(), Error> {
     if let Some(h) = &p.http_get {
-        let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+        let host = h
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
         let port = port_of(c, &h.port)?;
-        let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-        let https = h.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-        let headers: Vec<(String, String)> = h.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
+        let path = h
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let https = h
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+        let headers: Vec<(String, String)> = h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect();
         return tokio::time::timeout(timeout, http_get(&host, port, &path, https, &headers))
             .await
             .map_err(|_| Error::Failed(format!("timeout after {timeout:?}")))?;
     }
     if let Some(t) = &p.tcp_socket {
-        let host = t.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+        let host = t
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".into());
         let port = port_of(c, &t.port)?;
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Error::Failed(format!("dial tcp {host}:{port}: {e}"))),
             Err(_) => Err(Error::Failed(format!("dial tcp {host}:{port}: timeout"))),
@@ -102,7 +135,8 @@ pub async fn probe_once(podman: &Podman, container_id: &str, c: &Container, p: &
     }
     if let Some(g) = &p.grpc {
         let port = u16::try_from(g.port).map_err(|_| Error::Failed("invalid port".into()))?;
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+        {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Error::Failed(format!("grpc (tcp) 127.0.0.1:{port} unreachable"))),
         };
@@ -118,7 +152,13 @@ pub async fn probe_once(podman: &Podman, container_id: &str, c: &Container, p: &
     Err(Error::NoHandler)
 }
 
-async fn http_get(host: &str, port: u16, path: &str, https: bool, headers: &[(String, String)]) -> Result<(), Error> {
+async fn http_get(
+    host: &str,
+    port: u16,
+    path: &str,
+    https: bool,
+    headers: &[(String, String)],
+) -> Result<(), Error> {
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Failed(format!("dial {host}:{port}: {e}")))?;
@@ -126,7 +166,10 @@ async fn http_get(host: &str, port: u16, path: &str, https: bool, headers: &[(St
         let connector = tokio_rustls::TlsConnector::from(Arc::new(insecure_tls()?));
         let name = rustls_pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| Error::Failed(format!("server name {host}: {e}")))?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| Error::Failed(format!("tls: {e}")))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Failed(format!("tls: {e}")))?;
         request(tls, host, port, path, headers).await?
     } else {
         request(tcp, host, port, path, headers).await?
@@ -134,19 +177,34 @@ async fn http_get(host: &str, port: u16, path: &str, https: bool, headers: &[(St
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(Error::Failed(format!("HTTP probe failed with statuscode: {code}")))
+        Err(Error::Failed(format!(
+            "HTTP probe failed with statuscode: {code}"
+        )))
     }
 }
 
-async fn request<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<u16, Error> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.35\r\nAccept: */*\r\nConnection: close\r\n");
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<u16, Error> {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.35\r\nAccept: */*\r\nConnection: close\r\n"
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| Error::Failed(format!("write: {e}")))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| Error::Failed(format!("write: {e}")))?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).await.map_err(|e| Error::Failed(format!("read: {e}")))?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| Error::Failed(format!("read: {e}")))?;
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
@@ -234,7 +292,12 @@ async fn probe_loop(
     on: impl Fn(bool) -> bool,
 ) {
     let t = timing(&probe);
-    let mut counter = Counter { success: t.success, failure: t.failure, ok_run: 0, fail_run: 0 };
+    let mut counter = Counter {
+        success: t.success,
+        failure: t.failure,
+        ok_run: 0,
+        fail_run: 0,
+    };
     tokio::select! {
         _ = stop.cancelled() => return,
         _ = tokio::time::sleep_until(started_at + t.initial_delay) => {}
@@ -280,15 +343,24 @@ pub async fn run(
     };
     if let Some(p) = c.startup_probe.clone() {
         let passed = std::sync::atomic::AtomicBool::new(false);
-        probe_loop(&podman, &container_id, &c, p, "startup", started_at, &stop, |ok| {
-            if ok {
-                passed.store(true, std::sync::atomic::Ordering::Relaxed);
-                set(&|s| s.started = true);
-            } else {
-                set(&|s| s.failed = true);
-            }
-            true
-        })
+        probe_loop(
+            &podman,
+            &container_id,
+            &c,
+            p,
+            "startup",
+            started_at,
+            &stop,
+            |ok| {
+                if ok {
+                    passed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    set(&|s| s.started = true);
+                } else {
+                    set(&|s| s.failed = true);
+                }
+                true
+            },
+        )
         .await;
         if !passed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -296,21 +368,39 @@ pub async fn run(
     }
     let readiness = async {
         if let Some(p) = c.readiness_probe.clone() {
-            probe_loop(&podman, &container_id, &c, p, "readiness", started_at, &stop, |ok| {
-                set(&|s| s.ready = ok);
-                false
-            })
+            probe_loop(
+                &podman,
+                &container_id,
+                &c,
+                p,
+                "readiness",
+                started_at,
+                &stop,
+                |ok| {
+                    set(&|s| s.ready = ok);
+                    false
+                },
+            )
             .await;
         }
     };
     let liveness = async {
         if let Some(p) = c.liveness_probe.clone() {
-            probe_loop(&podman, &container_id, &c, p, "liveness", started_at, &stop, |ok| {
-                if !ok {
-                    set(&|s| s.failed = true);
-                }
-                !ok
-            })
+            probe_loop(
+                &podman,
+                &container_id,
+                &c,
+                p,
+                "liveness",
+                started_at,
+                &stop,
+                |ok| {
+                    if !ok {
+                        set(&|s| s.failed = true);
+                    }
+                    !ok
+                },
+            )
             .await;
         }
     };
@@ -323,7 +413,12 @@ mod tests {
 
     #[test]
     fn thresholds_need_consecutive_results() {
-        let mut c = Counter { success: 2, failure: 3, ok_run: 0, fail_run: 0 };
+        let mut c = Counter {
+            success: 2,
+            failure: 3,
+            ok_run: 0,
+            fail_run: 0,
+        };
         assert_eq!(c.record(true), None);
         assert_eq!(c.record(true), Some(true));
         assert_eq!(c.record(false), None);
@@ -336,7 +431,8 @@ mod tests {
     #[test]
     fn named_ports_resolve_from_container_ports() {
         let c: Container = serde_json::from_value(serde_json::json!({
-            "name": "c", "ports": [{"name": "admin", "containerPort": 8080}]})).unwrap();
+            "name": "c", "ports": [{"name": "admin", "containerPort": 8080}]}))
+        .unwrap();
         assert_eq!(port_of(&c, &IntOrString::String("admin".into())).unwrap(), 8080);
         assert_eq!(port_of(&c, &IntOrString::Int(81)).unwrap(), 81);
         assert!(port_of(&c, &IntOrString::String("nope".into())).is_err());

@@ -28,26 +28,51 @@ pub struct Observed {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: Time },
-    Terminated { exit_code: i32, reason: String, started_at: Option<Time>, finished_at: Option<Time>, container_id: Option<String> },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Time,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        started_at: Option<Time>,
+        finished_at: Option<Time>,
+        container_id: Option<String>,
+    },
 }
 
 impl State {
     pub fn waiting(reason: &str, message: Option<String>) -> Self {
-        State::Waiting { reason: reason.to_owned(), message }
+        State::Waiting {
+            reason: reason.to_owned(),
+            message,
+        }
     }
     fn to_api(&self) -> ContainerState {
         match self {
             State::Waiting { reason, message } => ContainerState {
-                waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.clone()),
+                    message: message.clone(),
+                }),
                 ..Default::default()
             },
             State::Running { started_at } => ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(started_at.clone()) }),
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started_at.clone()),
+                }),
                 ..Default::default()
             },
-            State::Terminated { exit_code, reason, started_at, finished_at, container_id } => ContainerState {
+            State::Terminated {
+                exit_code,
+                reason,
+                started_at,
+                finished_at,
+                container_id,
+            } => ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: *exit_code,
                     reason: Some(reason.clone()),
@@ -87,10 +112,18 @@ fn api_status(o: &Observed) -> ContainerStatus {
 
 /// The pod phase, as kubelet's getPhase computes it.
 pub fn phase(restart_policy: &str, init: &[Observed], regular: &[Observed]) -> &'static str {
-    let init_done = init.iter().all(|o| o.state.succeeded() || (o.last_state.as_ref().is_some_and(State::succeeded) && !matches!(o.state, State::Running { .. })));
+    let init_done = init.iter().all(|o| {
+        o.state.succeeded()
+            || (o.last_state.as_ref().is_some_and(State::succeeded)
+                && !matches!(o.state, State::Running { .. }))
+    });
     if !init_done {
         // A failed init container with restartPolicy Never fails the pod.
-        if restart_policy == "Never" && init.iter().any(|o| matches!(o.state, State::Terminated { exit_code, .. } if exit_code != 0)) {
+        if restart_policy == "Never"
+            && init
+                .iter()
+                .any(|o| matches!(o.state, State::Terminated { exit_code, .. } if exit_code != 0))
+        {
             return "Failed";
         }
         return "Pending";
@@ -128,7 +161,14 @@ pub fn phase(restart_policy: &str, init: &[Observed], regular: &[Observed]) -> &
 }
 
 /// One condition, keeping the previous transition time when its status did not change.
-fn condition(prev: &PodStatus, type_: &str, ok: bool, reason: Option<String>, message: Option<String>, now: &Time) -> PodCondition {
+fn condition(
+    prev: &PodStatus,
+    type_: &str,
+    ok: bool,
+    reason: Option<String>,
+    message: Option<String>,
+    now: &Time,
+) -> PodCondition {
     let status = if ok { "True" } else { "False" };
     let old = prev.conditions.iter().flatten().find(|c| c.type_ == type_);
     let transition = match old {
@@ -154,7 +194,11 @@ pub fn compute(pod: &Pod, init: &[Observed], regular: &[Observed], ip: &str, now
     let restart_policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
     let phase = phase(restart_policy, init, regular);
 
-    let incomplete_init: Vec<&str> = init.iter().filter(|o| !o.state.succeeded() && !o.last_state.as_ref().is_some_and(State::succeeded)).map(|o| o.name.as_str()).collect();
+    let incomplete_init: Vec<&str> = init
+        .iter()
+        .filter(|o| !o.state.succeeded() && !o.last_state.as_ref().is_some_and(State::succeeded))
+        .map(|o| o.name.as_str())
+        .collect();
     let initialized = incomplete_init.is_empty() || phase == "Running" || phase == "Succeeded";
     let unready: Vec<&str> = regular
         .iter()
@@ -166,25 +210,63 @@ pub fn compute(pod: &Pod, init: &[Observed], regular: &[Observed], ip: &str, now
         .and_then(|s| s.readiness_gates.as_ref())
         .into_iter()
         .flatten()
-        .all(|g| prev.conditions.iter().flatten().any(|c| c.type_ == g.condition_type && c.status == "True"));
+        .all(|g| {
+            prev.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == g.condition_type && c.status == "True")
+        });
     let any_started = init.iter().chain(regular).any(|o| o.container_id.is_some());
 
     let unready_msg = format!("containers with unready status: [{}]", unready.join(" "));
     let mut conditions = vec![
-        condition(&prev, "PodReadyToStartContainers", any_started || phase != "Pending", None, None, now),
+        condition(
+            &prev,
+            "PodReadyToStartContainers",
+            any_started || phase != "Pending",
+            None,
+            None,
+            now,
+        ),
         condition(
             &prev,
             "Initialized",
             initialized,
             Some("ContainersNotInitialized".into()),
-            Some(format!("containers with incomplete status: [{}]", incomplete_init.join(" "))),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete_init.join(" ")
+            )),
             now,
         ),
-        condition(&prev, "Ready", containers_ready && gates_ok, Some(if containers_ready { "ReadinessGatesNotReady".into() } else { "ContainersNotReady".into() }), Some(unready_msg.clone()), now),
-        condition(&prev, "ContainersReady", containers_ready, Some("ContainersNotReady".into()), Some(unready_msg), now),
+        condition(
+            &prev,
+            "Ready",
+            containers_ready && gates_ok,
+            Some(if containers_ready {
+                "ReadinessGatesNotReady".into()
+            } else {
+                "ContainersNotReady".into()
+            }),
+            Some(unready_msg.clone()),
+            now,
+        ),
+        condition(
+            &prev,
+            "ContainersReady",
+            containers_ready,
+            Some("ContainersNotReady".into()),
+            Some(unready_msg),
+            now,
+        ),
     ];
     // The scheduler's condition is kept as it is (the runner only adds it when missing).
-    match prev.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled") {
+    match prev
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled")
+    {
         Some(c) => conditions.push(c.clone()),
         None => conditions.push(condition(&prev, "PodScheduled", true, None, None, now)),
     }
@@ -197,7 +279,11 @@ pub fn compute(pod: &Pod, init: &[Observed], regular: &[Observed], ip: &str, now
         pod_ip: Some(ip.to_owned()),
         pod_ips: Some(vec![PodIP { ip: ip.to_owned() }]),
         start_time: prev.start_time.clone().or_else(|| Some(now.clone())),
-        init_container_statuses: if init.is_empty() { None } else { Some(init.iter().map(api_status).collect()) },
+        init_container_statuses: if init.is_empty() {
+            None
+        } else {
+            Some(init.iter().map(api_status).collect())
+        },
         container_statuses: Some(regular.iter().map(api_status).collect()),
         ..Default::default()
     }
@@ -207,7 +293,9 @@ pub fn compute(pod: &Pod, init: &[Observed], regular: &[Observed], ip: &str, now
 /// already has the desired value (no no-op writes).
 pub fn patch_for(current: Option<&PodStatus>, desired: &PodStatus) -> Option<serde_json::Value> {
     let want = serde_json::to_value(desired).ok()?;
-    let have = current.and_then(|c| serde_json::to_value(c).ok()).unwrap_or_default();
+    let have = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or_default();
     let want_obj = want.as_object()?;
     let changed = want_obj.iter().any(|(k, v)| have.get(k) != Some(v));
     changed.then(|| serde_json::json!({ "status": want }))
@@ -225,7 +313,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: std::time::Duration, max: std::time::Duration) -> Self {
-        Self { initial, max, next: None }
+        Self {
+            initial,
+            max,
+            next: None,
+        }
     }
 
     /// A container exited after running `ran_for`: how long to wait before restarting it.
@@ -272,7 +364,17 @@ mod tests {
     }
 
     fn exited(name: &str, code: i32) -> Observed {
-        obs(name, State::Terminated { exit_code: code, reason: terminated_reason(code).into(), started_at: Some(t(1)), finished_at: Some(t(2)), container_id: None }, false)
+        obs(
+            name,
+            State::Terminated {
+                exit_code: code,
+                reason: terminated_reason(code).into(),
+                started_at: Some(t(1)),
+                finished_at: Some(t(2)),
+                container_id: None,
+            },
+            false,
+        )
     }
 
     fn pod() -> Pod {
@@ -286,17 +388,32 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a PodStatus, type_: &str) -> &'a PodCondition {
-        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == type_).unwrap()
+        s.conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap()
     }
 
     #[test]
     fn phases_follow_get_phase() {
         let waiting = obs("a", State::waiting("ContainerCreating", None), false);
-        assert_eq!(phase("Always", &[], &[waiting.clone()]), "Pending");
+        assert_eq!(phase("Always", &[], std::slice::from_ref(&waiting)), "Pending");
         assert_eq!(phase("Always", &[], &[running("a", false)]), "Running");
-        assert_eq!(phase("Always", &[exited("i", 0)], &[running("a", true)]), "Running");
-        assert_eq!(phase("Always", &[obs("i", State::Running { started_at: t(1) }, false)], &[waiting.clone()]), "Pending");
-        assert_eq!(phase("Never", &[exited("i", 1)], &[waiting.clone()]), "Failed");
+        assert_eq!(
+            phase("Always", &[exited("i", 0)], &[running("a", true)]),
+            "Running"
+        );
+        assert_eq!(
+            phase(
+                "Always",
+                &[obs("i", State::Running { started_at: t(1) }, false)],
+                std::slice::from_ref(&waiting)
+            ),
+            "Pending"
+        );
+        assert_eq!(phase("Never", &[exited("i", 1)], std::slice::from_ref(&waiting)), "Failed");
         assert_eq!(phase("Always", &[], &[exited("a", 1)]), "Running");
         assert_eq!(phase("Never", &[], &[exited("a", 0)]), "Succeeded");
         assert_eq!(phase("Never", &[], &[exited("a", 0), exited("b", 2)]), "Failed");
@@ -310,20 +427,38 @@ mod tests {
     #[test]
     fn ready_conditions_track_readiness_and_keep_transition_times() {
         let p = pod();
-        let s1 = compute(&p, &[exited("init", 0)], &[running("a", false)], "127.0.0.1", &t(100));
+        let s1 = compute(
+            &p,
+            &[exited("init", 0)],
+            &[running("a", false)],
+            "127.0.0.1",
+            &t(100),
+        );
         assert_eq!(s1.phase.as_deref(), Some("Running"));
         assert_eq!(cond(&s1, "Initialized").status, "True");
         assert_eq!(cond(&s1, "Ready").status, "False");
         assert_eq!(cond(&s1, "Ready").reason.as_deref(), Some("ContainersNotReady"));
-        assert_eq!(cond(&s1, "ContainersReady").message.as_deref(), Some("containers with unready status: [a]"));
+        assert_eq!(
+            cond(&s1, "ContainersReady").message.as_deref(),
+            Some("containers with unready status: [a]")
+        );
         // the scheduler's condition is kept verbatim
-        assert_eq!(cond(&s1, "PodScheduled").last_transition_time, Some(t(1767225600)));
+        assert_eq!(
+            cond(&s1, "PodScheduled").last_transition_time,
+            Some(t(1767225600))
+        );
         assert_eq!(s1.pod_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(s1.start_time, Some(t(100)));
 
         let mut p2 = p.clone();
         p2.status = Some(s1.clone());
-        let s2 = compute(&p2, &[exited("init", 0)], &[running("a", true)], "127.0.0.1", &t(200));
+        let s2 = compute(
+            &p2,
+            &[exited("init", 0)],
+            &[running("a", true)],
+            "127.0.0.1",
+            &t(200),
+        );
         assert_eq!(cond(&s2, "Ready").status, "True");
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(t(200)));
         assert_eq!(cond(&s2, "Initialized").last_transition_time, Some(t(100)));
@@ -338,9 +473,18 @@ mod tests {
     fn incomplete_init_containers_are_named() {
         let p = pod();
         let init = [obs("init", State::Running { started_at: t(1) }, false)];
-        let s = compute(&p, &init, &[obs("a", State::waiting("PodInitializing", None), false)], "127.0.0.1", &t(5));
+        let s = compute(
+            &p,
+            &init,
+            &[obs("a", State::waiting("PodInitializing", None), false)],
+            "127.0.0.1",
+            &t(5),
+        );
         assert_eq!(s.phase.as_deref(), Some("Pending"));
-        assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [init]"));
+        assert_eq!(
+            cond(&s, "Initialized").message.as_deref(),
+            Some("containers with incomplete status: [init]")
+        );
     }
 
     #[test]
@@ -364,6 +508,9 @@ mod tests {
         assert_eq!(b.on_exit(short), Duration::from_secs(10));
         // a test-only small cap
         let mut b = Backoff::new(Duration::from_secs(10), Duration::from_secs(2));
-        assert_eq!([b.on_exit(short), b.on_exit(short), b.on_exit(short)].map(|d| d.as_secs()), [0, 2, 2]);
+        assert_eq!(
+            [b.on_exit(short), b.on_exit(short), b.on_exit(short)].map(|d| d.as_secs()),
+            [0, 2, 2]
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! - `persistentVolumeClaim`: the bound PV's `hostPath.path` / `local.path`
 //! - `hostPath`: the path itself
 //! - `configMap`, `secret`, `downwardAPI`, `projected` (ServiceAccount tokens by TokenRequest):
-//!   files written under `<state>/pods/<uid>/volumes/<kind>/<name>`, each atomically (temp file
-//!   + rename in the same directory), rewritten when their source changes; mounted read-only
-//!   as the kubelet does.
+//!   files written under `<state>/pods/<uid>/volumes/<kind>/<name>`, each atomically (a temp
+//!   file renamed in the same directory), rewritten when their source changes; mounted
+//!   read-only as the kubelet does.
 //!
 //! [`files_of`] (which files a projected-style volume holds) is pure; the rest does the I/O.
 
@@ -36,17 +36,36 @@ pub struct Sources {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("volume {volume}: {kind} {name} not found")]
-    Missing { volume: String, kind: &'static str, name: String },
+    Missing {
+        volume: String,
+        kind: &'static str,
+        name: String,
+    },
     #[error("volume {volume}: waiting for {kind} {name}")]
-    NotYetKnown { volume: String, kind: &'static str, name: String },
+    NotYetKnown {
+        volume: String,
+        kind: &'static str,
+        name: String,
+    },
     #[error("volume {volume}: key {key} not in {kind} {name}")]
-    MissingKey { volume: String, kind: &'static str, name: String, key: String },
-    #[error("volume {volume}: unsupported volume type (the runner supports emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)")]
+    MissingKey {
+        volume: String,
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "volume {volume}: unsupported volume type (the runner supports emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI, projected)"
+    )]
     Unsupported { volume: String },
     #[error("volume {volume}: unsupported downward API field {path}")]
     FieldPath { volume: String, path: String },
     #[error("volume {volume}: claim {claim}: {why}")]
-    Claim { volume: String, claim: String, why: String },
+    Claim {
+        volume: String,
+        claim: String,
+        why: String,
+    },
     #[error("volume {volume}: invalid path {path}")]
     BadPath { volume: String, path: String },
     #[error("volumeMount {mount}: no volume of that name")]
@@ -63,7 +82,11 @@ pub enum Error {
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_owned(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// One file of a projected-style volume.
@@ -82,7 +105,10 @@ pub const DEFAULT_MODE: u32 = 0o644;
 /// A relative path inside a volume: no absolute paths, no `..` (as API validation requires).
 fn safe_rel(volume: &str, p: &str) -> Result<String> {
     if p.is_empty() || p.starts_with('/') || p.split('/').any(|s| s == "..") {
-        return Err(Error::BadPath { volume: volume.into(), path: p.into() });
+        return Err(Error::BadPath {
+            volume: volume.into(),
+            path: p.into(),
+        });
     }
     Ok(p.to_owned())
 }
@@ -97,9 +123,21 @@ fn key_files(
     default_mode: u32,
 ) -> Result<Vec<File>> {
     let data = match data {
-        None => return Err(Error::NotYetKnown { volume: volume.into(), kind, name: name.into() }),
+        None => {
+            return Err(Error::NotYetKnown {
+                volume: volume.into(),
+                kind,
+                name: name.into(),
+            });
+        }
         Some(None) if optional => return Ok(Vec::new()),
-        Some(None) => return Err(Error::Missing { volume: volume.into(), kind, name: name.into() }),
+        Some(None) => {
+            return Err(Error::Missing {
+                volume: volume.into(),
+                kind,
+                name: name.into(),
+            });
+        }
         Some(Some(d)) => d,
     };
     match items {
@@ -113,12 +151,24 @@ fn key_files(
                     token: false,
                 })),
                 None if optional => None,
-                None => Some(Err(Error::MissingKey { volume: volume.into(), kind, name: name.into(), key: it.key.clone() })),
+                None => Some(Err(Error::MissingKey {
+                    volume: volume.into(),
+                    kind,
+                    name: name.into(),
+                    key: it.key.clone(),
+                })),
             })
             .collect(),
         None => data
             .iter()
-            .map(|(k, v)| Ok(File { path: safe_rel(volume, k)?, data: v.clone(), mode: default_mode, token: false }))
+            .map(|(k, v)| {
+                Ok(File {
+                    path: safe_rel(volume, k)?,
+                    data: v.clone(),
+                    mode: default_mode,
+                    token: false,
+                })
+            })
             .collect(),
     }
 }
@@ -134,13 +184,16 @@ fn downward_files(
         .iter()
         .map(|it| {
             let value = if let Some(f) = &it.field_ref {
-                env::field_ref(pod, &f.field_path, host_ip)
-                    .ok_or_else(|| Error::FieldPath { volume: volume.into(), path: f.field_path.clone() })?
+                env::field_ref(pod, &f.field_path, host_ip).ok_or_else(|| Error::FieldPath {
+                    volume: volume.into(),
+                    path: f.field_path.clone(),
+                })?
             } else if let Some(r) = &it.resource_field_ref {
-                let c = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.containers.iter().find(|c| Some(&c.name) == r.container_name.as_ref()));
+                let c = pod.spec.as_ref().and_then(|s| {
+                    s.containers
+                        .iter()
+                        .find(|c| Some(&c.name) == r.container_name.as_ref())
+                });
                 match c {
                     Some(c) => env::resource_field(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str())),
                     None => String::from("0"),
@@ -163,16 +216,38 @@ pub fn files_of(pod: &Pod, v: &Volume, src: &Sources, host_ip: &str) -> Option<R
     let name = v.name.as_str();
     if let Some(cm) = &v.config_map {
         let mode = cm.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
-        return Some(key_files(name, "configmap", &cm.name, src.config_maps.get(&cm.name), cm.items.as_ref(), cm.optional == Some(true), mode));
+        return Some(key_files(
+            name,
+            "configmap",
+            &cm.name,
+            src.config_maps.get(&cm.name),
+            cm.items.as_ref(),
+            cm.optional == Some(true),
+            mode,
+        ));
     }
     if let Some(s) = &v.secret {
         let mode = s.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
         let sname = s.secret_name.clone().unwrap_or_default();
-        return Some(key_files(name, "secret", &sname, src.secrets.get(&sname), s.items.as_ref(), s.optional == Some(true), mode));
+        return Some(key_files(
+            name,
+            "secret",
+            &sname,
+            src.secrets.get(&sname),
+            s.items.as_ref(),
+            s.optional == Some(true),
+            mode,
+        ));
     }
     if let Some(d) = &v.downward_api {
         let mode = d.default_mode.map_or(DEFAULT_MODE, |m| m as u32);
-        return Some(downward_files(pod, name, d.items.as_deref().unwrap_or_default(), mode, host_ip));
+        return Some(downward_files(
+            pod,
+            name,
+            d.items.as_deref().unwrap_or_default(),
+            mode,
+            host_ip,
+        ));
     }
     let p = v.projected.as_ref()?;
     Some(projected_files(pod, name, p, src, host_ip))
@@ -189,15 +264,40 @@ fn projected_files(
     let mut out = Vec::new();
     for s in p.sources.iter().flatten() {
         let files = if let Some(cm) = &s.config_map {
-            key_files(name, "configmap", &cm.name, src.config_maps.get(&cm.name), cm.items.as_ref(), cm.optional == Some(true), mode)
+            key_files(
+                name,
+                "configmap",
+                &cm.name,
+                src.config_maps.get(&cm.name),
+                cm.items.as_ref(),
+                cm.optional == Some(true),
+                mode,
+            )
         } else if let Some(sec) = &s.secret {
-            key_files(name, "secret", &sec.name, src.secrets.get(&sec.name), sec.items.as_ref(), sec.optional == Some(true), mode)
+            key_files(
+                name,
+                "secret",
+                &sec.name,
+                src.secrets.get(&sec.name),
+                sec.items.as_ref(),
+                sec.optional == Some(true),
+                mode,
+            )
         } else if let Some(d) = &s.downward_api {
             downward_files(pod, name, d.items.as_deref().unwrap_or_default(), mode, host_ip)
         } else if let Some(t) = &s.service_account_token {
             match src.tokens.get(&(name.to_owned(), t.path.clone())) {
-                Some(tok) => Ok(vec![File { path: safe_rel(name, &t.path)?, data: tok.clone().into_bytes(), mode, token: true }]),
-                None => Err(Error::NotYetKnown { volume: name.into(), kind: "serviceaccount token", name: t.path.clone() }),
+                Some(tok) => Ok(vec![File {
+                    path: safe_rel(name, &t.path)?,
+                    data: tok.clone().into_bytes(),
+                    mode,
+                    token: true,
+                }]),
+                None => Err(Error::NotYetKnown {
+                    volume: name.into(),
+                    kind: "serviceaccount token",
+                    name: t.path.clone(),
+                }),
             }
         } else {
             Ok(Vec::new())
@@ -235,7 +335,12 @@ pub fn token_requests(pod: &Pod) -> Vec<(String, String, Option<String>, i64)> {
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
             if let Some(t) = &s.service_account_token {
-                out.push((v.name.clone(), t.path.clone(), t.audience.clone().filter(|a| !a.is_empty()), t.expiration_seconds.unwrap_or(3600)));
+                out.push((
+                    v.name.clone(),
+                    t.path.clone(),
+                    t.audience.clone().filter(|a| !a.is_empty()),
+                    t.expiration_seconds.unwrap_or(3600),
+                ));
             }
         }
     }
@@ -287,13 +392,21 @@ pub fn owner_of(pod: &Pod) -> Owner {
     let users: Vec<Option<i64>> = spec
         .into_iter()
         .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
-        .map(|c| c.security_context.as_ref().and_then(|sc| sc.run_as_user).or(psc.and_then(|p| p.run_as_user)))
+        .map(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|sc| sc.run_as_user)
+                .or(psc.and_then(|p| p.run_as_user))
+        })
         .collect();
     let uniform_user = match users.first() {
         Some(Some(u)) if *u != 0 && users.iter().all(|x| *x == Some(*u)) => u32::try_from(*u).ok(),
         _ => None,
     };
-    Owner { fs_group, uniform_user }
+    Owner {
+        fs_group,
+        uniform_user,
+    }
 }
 
 /// Gives `dir` (recursively) to group `gid`, group-writable, setgid on directories, as the
@@ -312,8 +425,13 @@ fn set_volume_ownership(dir: &Path, gid: u32) -> Result<()> {
             continue;
         }
         std::os::unix::fs::chown(&p, None, Some(gid)).map_err(io("chown", &p))?;
-        let mode = if m.is_dir() { m.mode() | 0o2070 } else { m.mode() | 0o060 };
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(io("chmod", &p))?;
+        let mode = if m.is_dir() {
+            m.mode() | 0o2070
+        } else {
+            m.mode() | 0o060
+        };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(io("chmod", &p))?;
         if m.is_dir() {
             for e in std::fs::read_dir(&p).map_err(io("read dir", &p))? {
                 stack.push(e.map_err(io("read dir", &p))?.path());
@@ -346,7 +464,10 @@ pub fn write_files(dir: &Path, files: &[File], owner: Owner) -> Result<bool> {
         if same {
             continue;
         }
-        let tmp = parent.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+        let tmp = parent.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ));
         std::fs::write(&tmp, &f.data).map_err(io("write", &tmp))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", &tmp))?;
         if uid.is_some() || gid.is_some() {
@@ -373,16 +494,26 @@ pub fn write_files(dir: &Path, files: &[File], owner: Owner) -> Result<bool> {
 /// Resolves a PVC to its PV's directory (hostPath or local).
 pub async fn claim_path(client: &kube::Client, ns: &str, volume: &str, claim: &str) -> Result<PathBuf> {
     use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-    let err = |why: String| Error::Claim { volume: volume.into(), claim: claim.into(), why };
+    let err = |why: String| Error::Claim {
+        volume: volume.into(),
+        claim: claim.into(),
+        why,
+    };
     let pvcs: kube::Api<PersistentVolumeClaim> = kube::Api::namespaced(client.clone(), ns);
-    let pvc = pvcs.get(claim).await.map_err(|e| err(format!("get claim: {e}")))?;
+    let pvc = pvcs
+        .get(claim)
+        .await
+        .map_err(|e| err(format!("get claim: {e}")))?;
     let pv_name = pvc
         .spec
         .and_then(|s| s.volume_name)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| err("not bound yet".into()))?;
     let pvs: kube::Api<PersistentVolume> = kube::Api::all(client.clone());
-    let pv = pvs.get(&pv_name).await.map_err(|e| err(format!("get volume {pv_name}: {e}")))?;
+    let pv = pvs
+        .get(&pv_name)
+        .await
+        .map_err(|e| err(format!("get volume {pv_name}: {e}")))?;
     let spec = pv.spec.unwrap_or_default();
     spec.host_path
         .map(|h| PathBuf::from(h.path))
@@ -399,11 +530,15 @@ pub async fn prepare(client: &kube::Client, state_dir: &Path, pod: &Pod) -> Resu
     let owner = owner_of(pod);
     let mut out = Prepared::new();
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let base = pod_dir(state_dir, uid).join("volumes").join(kind_dir(v)).join(&v.name);
+        let base = pod_dir(state_dir, uid)
+            .join("volumes")
+            .join(kind_dir(v))
+            .join(&v.name);
         if v.empty_dir.is_some() {
             if !base.exists() {
                 std::fs::create_dir_all(&base).map_err(io("mkdir", &base))?;
-                std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod", &base))?;
+                std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777))
+                    .map_err(io("chmod", &base))?;
             }
             if let Some(g) = owner.fs_group {
                 set_volume_ownership(&base, g)?;
@@ -422,10 +557,16 @@ pub async fn prepare(client: &kube::Client, state_dir: &Path, pod: &Pod) -> Resu
                 std::fs::create_dir_all(&dir).map_err(io("mkdir", &dir))?;
             }
             out.insert(v.name.clone(), (dir, false));
-        } else if v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() || v.projected.is_some() {
+        } else if v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+            || v.projected.is_some()
+        {
             out.insert(v.name.clone(), (base, true));
         } else {
-            return Err(Error::Unsupported { volume: v.name.clone() });
+            return Err(Error::Unsupported {
+                volume: v.name.clone(),
+            });
         }
     }
     Ok(out)
@@ -436,24 +577,34 @@ pub fn refresh_files(pod: &Pod, prepared: &Prepared, src: &Sources, host_ip: &st
     let owner = owner_of(pod);
     let mut changed = false;
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-        let Some(files) = files_of(pod, v, src, host_ip) else { continue };
+        let Some(files) = files_of(pod, v, src, host_ip) else {
+            continue;
+        };
         let files = files?;
-        let Some((dir, _)) = prepared.get(&v.name) else { continue };
+        let Some((dir, _)) = prepared.get(&v.name) else {
+            continue;
+        };
         changed |= write_files(dir, &files, owner)?;
     }
     Ok(changed)
 }
 
 /// The bind mounts of one container (subPath honoured: created when missing, as the kubelet).
-pub fn mounts_for(container: &Container, prepared: &Prepared, env: &[(String, String)]) -> Result<Vec<Mount>> {
+pub fn mounts_for(
+    container: &Container,
+    prepared: &Prepared,
+    env: &[(String, String)],
+) -> Result<Vec<Mount>> {
     let mut out = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let (dir, ro) = prepared.get(&m.name).ok_or_else(|| Error::NoSuchVolume { mount: m.name.clone() })?;
+        let (dir, ro) = prepared.get(&m.name).ok_or_else(|| Error::NoSuchVolume {
+            mount: m.name.clone(),
+        })?;
         let sub = match (&m.sub_path, &m.sub_path_expr) {
             (Some(s), _) if !s.is_empty() => Some(s.clone()),
-            (_, Some(e)) if !e.is_empty() => {
-                Some(env::expand(e, |n| env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())))
-            }
+            (_, Some(e)) if !e.is_empty() => Some(env::expand(e, |n| {
+                env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+            })),
             _ => None,
         };
         let host = match sub {
@@ -467,7 +618,11 @@ pub fn mounts_for(container: &Container, prepared: &Prepared, env: &[(String, St
             }
             None => dir.clone(),
         };
-        out.push(Mount { host, container: m.mount_path.clone(), read_only: *ro || m.read_only == Some(true) });
+        out.push(Mount {
+            host,
+            container: m.mount_path.clone(),
+            read_only: *ro || m.read_only == Some(true),
+        });
     }
     Ok(out)
 }
@@ -492,33 +647,78 @@ mod tests {
     }
 
     fn vol<'a>(p: &'a Pod, name: &str) -> &'a Volume {
-        p.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap()
+        p.spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap()
     }
 
     #[test]
     fn projected_service_account_volume() {
         let p = pod();
         let mut src = Sources::default();
-        src.config_maps.insert("kube-root-ca.crt".into(), Some([("ca.crt".to_owned(), b"CA".to_vec())].into()));
+        src.config_maps.insert(
+            "kube-root-ca.crt".into(),
+            Some([("ca.crt".to_owned(), b"CA".to_vec())].into()),
+        );
         // no token yet: not ready
-        assert!(matches!(files_of(&p, vol(&p, "kube-api-access-x"), &src, "h"), Some(Err(Error::NotYetKnown { .. }))));
-        src.tokens.insert(("kube-api-access-x".into(), "token".into()), "jwt".into());
-        let files = files_of(&p, vol(&p, "kube-api-access-x"), &src, "h").unwrap().unwrap();
-        let names: Vec<(&str, &[u8], u32, bool)> = files.iter().map(|f| (f.path.as_str(), f.data.as_slice(), f.mode, f.token)).collect();
-        assert_eq!(names, [("token", &b"jwt"[..], 0o644, true), ("ca.crt", b"CA", 0o644, false), ("namespace", b"ns", 0o644, false)]);
-        assert_eq!(token_requests(&p), [("kube-api-access-x".to_owned(), "token".to_owned(), None, 3607)]);
+        assert!(matches!(
+            files_of(&p, vol(&p, "kube-api-access-x"), &src, "h"),
+            Some(Err(Error::NotYetKnown { .. }))
+        ));
+        src.tokens
+            .insert(("kube-api-access-x".into(), "token".into()), "jwt".into());
+        let files = files_of(&p, vol(&p, "kube-api-access-x"), &src, "h")
+            .unwrap()
+            .unwrap();
+        let names: Vec<(&str, &[u8], u32, bool)> = files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice(), f.mode, f.token))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("token", &b"jwt"[..], 0o644, true),
+                ("ca.crt", b"CA", 0o644, false),
+                ("namespace", b"ns", 0o644, false)
+            ]
+        );
+        assert_eq!(
+            token_requests(&p),
+            [("kube-api-access-x".to_owned(), "token".to_owned(), None, 3607)]
+        );
     }
 
     #[test]
     fn config_map_modes_and_optional_secrets() {
         let p = pod();
         let mut src = Sources::default();
-        assert!(matches!(files_of(&p, vol(&p, "cfg"), &src, "h"), Some(Err(Error::NotYetKnown { .. }))));
+        assert!(matches!(
+            files_of(&p, vol(&p, "cfg"), &src, "h"),
+            Some(Err(Error::NotYetKnown { .. }))
+        ));
         src.config_maps.insert("cm".into(), None);
-        assert!(matches!(files_of(&p, vol(&p, "cfg"), &src, "h"), Some(Err(Error::Missing { .. }))));
-        src.config_maps.insert("cm".into(), Some([("k".to_owned(), b"v".to_vec())].into()));
+        assert!(matches!(
+            files_of(&p, vol(&p, "cfg"), &src, "h"),
+            Some(Err(Error::Missing { .. }))
+        ));
+        src.config_maps
+            .insert("cm".into(), Some([("k".to_owned(), b"v".to_vec())].into()));
         let f = files_of(&p, vol(&p, "cfg"), &src, "h").unwrap().unwrap();
-        assert_eq!(f, [File { path: "k".into(), data: b"v".to_vec(), mode: 0o400, token: false }]);
+        assert_eq!(
+            f,
+            [File {
+                path: "k".into(),
+                data: b"v".to_vec(),
+                mode: 0o400,
+                token: false
+            }]
+        );
         src.secrets.insert("nope".into(), None);
         assert_eq!(files_of(&p, vol(&p, "opt"), &src, "h").unwrap().unwrap(), []);
     }
@@ -526,21 +726,35 @@ mod tests {
     #[test]
     fn tokens_refresh_at_eighty_percent_or_daily() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(token_refresh_at(t0, t0 + Duration::from_secs(3600)), t0 + Duration::from_secs(2880));
-        assert_eq!(token_refresh_at(t0, t0 + Duration::from_secs(365 * 86400)), t0 + Duration::from_secs(86400));
+        assert_eq!(
+            token_refresh_at(t0, t0 + Duration::from_secs(3600)),
+            t0 + Duration::from_secs(2880)
+        );
+        assert_eq!(
+            token_refresh_at(t0, t0 + Duration::from_secs(365 * 86400)),
+            t0 + Duration::from_secs(86400)
+        );
     }
 
     #[test]
     fn writes_atomically_and_removes_stale_files() {
         let dir = std::env::temp_dir().join(format!("vnest-runner-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let f = |p: &str, d: &str| File { path: p.into(), data: d.as_bytes().to_vec(), mode: 0o640, token: false };
+        let f = |p: &str, d: &str| File {
+            path: p.into(),
+            data: d.as_bytes().to_vec(),
+            mode: 0o640,
+            token: false,
+        };
         assert!(write_files(&dir, &[f("a", "1"), f("b", "2")], Owner::default()).unwrap());
         assert!(!write_files(&dir, &[f("a", "1"), f("b", "2")], Owner::default()).unwrap());
         assert!(write_files(&dir, &[f("a", "3")], Owner::default()).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
         assert!(!dir.join("b").exists());
-        assert_eq!(std::fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
