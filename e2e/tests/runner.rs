@@ -215,7 +215,7 @@ fn pod_manifest(ns: &str, node: &str) -> Result<Pod> {
                 // (the shell then sees the single-quoted text literally).
                 "args": ["echo \"$(POD_NAME) $(POD_NAMESPACE) $(NODE) $(APP)\" > /work/args.txt; \
                           echo '$$(POD_NAME) $(cat /data/service-cidr)' > /work/verbatim.txt; \
-                          mkdir -p /work/www; echo ok > /work/www/index.html; touch /work/alive; \
+                          mkdir -p /work/www; echo ok > /work/www/index.html; touch /work/alive; echo persisted > /data/from-pod; \
                           httpd -f -p 127.0.0.1:$(PORT) -h /work/www & \
                           trap 'kill $!; exit 0' TERM; wait"],
                 "env": [
@@ -224,6 +224,7 @@ fn pod_manifest(ns: &str, node: &str) -> Result<Pod> {
                     {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                     {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "runner-config", "key": "greeting"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "runner-secret", "key": "password"}}},
                     {"name": "PORT", "value": "18491"}
                 ],
                 "ports": [{"name": "http", "containerPort": 18491}],
@@ -232,12 +233,17 @@ fn pod_manifest(ns: &str, node: &str) -> Result<Pod> {
                 "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false},
                 "volumeMounts": [
                     {"name": "work", "mountPath": "/work"},
-                    {"name": "config", "mountPath": "/etc/config"}
+                    {"name": "config", "mountPath": "/etc/config"},
+                    {"name": "secret", "mountPath": "/etc/secret"},
+                    {"name": "data", "mountPath": "/data", "subPath": "sub"}
                 ]
             }],
             "volumes": [
                 {"name": "work", "emptyDir": {}},
-                {"name": "config", "configMap": {"name": "runner-config"}}
+                {"name": "config", "configMap": {"name": "runner-config"}},
+                {"name": "secret", "secret": {"secretName": "runner-secret", "defaultMode": 0o400,
+                                               "items": [{"key": "password", "path": "pw"}]}},
+                {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}
             ]
         }
     }))?)
@@ -359,6 +365,41 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
         }))?,
     )
     .await?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(host.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "runner-secret"}, "stringData": {"password": "s3cret"}}),
+            )?,
+        )
+        .await?;
+    // A claim bound to a hostPath volume, as hack/up.sh gives the vcluster's StatefulSet.
+    let pv_dir = work.join("pv");
+    std::fs::create_dir_all(&pv_dir)?;
+    let pv_name = format!("{}-data", ns.name);
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(host.clone());
+    pvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": pv_dir},
+                     "claimRef": {"namespace": ns.name, "name": "data"}}
+        }))?,
+    )
+    .await?;
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(host.clone(), &ns.name);
+    pvcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": pv_name,
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))?,
+    )
+    .await?;
     let pods: Api<Pod> = Api::namespaced(host.clone(), &ns.name);
 
     // --- start to Ready ----------------------------------------------------------------------
@@ -431,6 +472,28 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
             .await?
             .contains("refused"),
         "root filesystem is writable"
+    );
+    // secret: env + file (defaultMode 0400 plus group read for fsGroup, as the kubelet)
+    assert_eq!(
+        exec(
+            &cid,
+            "echo $PASSWORD; cat /etc/secret/pw; echo; stat -c '%a %g' /etc/secret/pw"
+        )
+        .await?,
+        "s3cret\ns3cret\n440 65532"
+    );
+    assert!(
+        exec(&cid, "touch /etc/secret/x 2>&1 || echo refused")
+            .await?
+            .contains("refused"),
+        "secret volume is writable"
+    );
+    // PVC (hostPath PV) with subPath: written in the pod, on the host, group fsGroup
+    let on_host = pv_dir.join("sub/from-pod");
+    assert_eq!(std::fs::read_to_string(&on_host)?.trim(), "persisted");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(pv_dir.join("sub"))?),
+        65532
     );
     let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
     assert_eq!(
@@ -549,6 +612,7 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
         rss_kib as f64 / 1024.0
     );
     nodes.delete(&node, &DeleteParams::default()).await?;
+    pvs.delete(&pv_name, &DeleteParams::default()).await?;
     ns.delete().await?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())

@@ -55,14 +55,28 @@ fn machine_capacity() -> (String, String) {
 }
 
 impl NodeAgent {
-    fn status(&self) -> serde_json::Value {
+    /// The node status; conditions keep `current`'s transition times when their status holds.
+    fn status(&self, current: Option<&Node>) -> serde_json::Value {
         let (cpu, memory) = machine_capacity();
         let resources =
             serde_json::json!({"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"});
         let t = now();
         let cond = |type_: &str, status: &str, reason: &str, message: &str| {
+            let since = current
+                .and_then(|n| {
+                    n.status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .find(|c| c.type_ == type_)
+                        .cloned()
+                })
+                .filter(|c| c.status == status)
+                .and_then(|c| c.last_transition_time)
+                .unwrap_or_else(|| t.clone());
             serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
-                               "lastHeartbeatTime": t, "lastTransitionTime": t})
+                               "lastHeartbeatTime": t, "lastTransitionTime": since})
         };
         serde_json::json!({
             "capacity": resources,
@@ -100,7 +114,7 @@ impl NodeAgent {
             source: kube::Error::SerdeError(e),
         })?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        nodes
+        let applied = nodes
             .patch(&self.name, &pp, &Patch::Apply(&node))
             .await
             .map_err(|source| Error::Api {
@@ -108,18 +122,18 @@ impl NodeAgent {
                 what: format!("node {}", self.name),
                 source,
             })?;
-        self.patch_status().await?;
+        self.patch_status(Some(&applied)).await?;
         info!("node registered and Ready");
         Ok(())
     }
 
-    async fn patch_status(&self) -> Result<(), Error> {
+    async fn patch_status(&self, current: Option<&Node>) -> Result<(), Error> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         nodes
             .patch_status(
                 &self.name,
                 &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"status": self.status()})),
+                &Patch::Merge(serde_json::json!({"status": self.status(current)})),
             )
             .await
             .map_err(|source| Error::Api {
@@ -182,7 +196,7 @@ impl NodeAgent {
                 _ = status_tick.tick() => {
                     // Re-registering also restores the node if someone deleted it.
                     let r = match nodes.get_opt(&self.name).await {
-                        Ok(Some(_)) => self.patch_status().await,
+                        Ok(Some(n)) => self.patch_status(Some(&n)).await,
                         Ok(None) => { uid.clear(); self.register().await }
                         Err(source) => Err(Error::Api { verb: "get", what: format!("node {}", self.name), source }),
                     };

@@ -413,7 +413,10 @@ mod tests {
             ),
             "Pending"
         );
-        assert_eq!(phase("Never", &[exited("i", 1)], std::slice::from_ref(&waiting)), "Failed");
+        assert_eq!(
+            phase("Never", &[exited("i", 1)], std::slice::from_ref(&waiting)),
+            "Failed"
+        );
         assert_eq!(phase("Always", &[], &[exited("a", 1)]), "Running");
         assert_eq!(phase("Never", &[], &[exited("a", 0)]), "Succeeded");
         assert_eq!(phase("Never", &[], &[exited("a", 0), exited("b", 2)]), "Failed");

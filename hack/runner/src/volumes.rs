@@ -456,7 +456,13 @@ pub fn write_files(dir: &Path, files: &[File], owner: Owner) -> Result<bool> {
         // become 0600 and theirs (kubelet: projected token file permissions).
         let (uid, gid, mode) = match (f.token, owner.fs_group, owner.uniform_user) {
             (true, None, Some(u)) => (Some(u), None, 0o600),
-            (_, Some(g), _) => (None, Some(g), f.mode),
+            // kubelet SetVolumeOwnership on a read-only volume: group gets read (and exec
+            // when the owner has it)
+            (_, Some(g), _) => (
+                None,
+                Some(g),
+                f.mode | 0o440 | if f.mode & 0o100 != 0 { 0o010 } else { 0 },
+            ),
             _ => (None, None, f.mode),
         };
         let same = std::fs::read(&path).is_ok_and(|old| old == f.data)
@@ -612,7 +618,15 @@ pub fn mounts_for(
                 let rel = safe_rel(&m.name, &s)?;
                 let p = dir.join(rel);
                 if !p.exists() {
+                    // Like the kubelet: the new subPath directory gets the mode and owner of
+                    // the volume root, so an fsGroup can write to it.
+                    use std::os::unix::fs::MetadataExt;
                     std::fs::create_dir_all(&p).map_err(io("mkdir", &p))?;
+                    let root = std::fs::metadata(dir).map_err(io("stat", dir))?;
+                    std::os::unix::fs::chown(&p, Some(root.uid()), Some(root.gid()))
+                        .map_err(io("chown", &p))?;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(root.mode() & 0o7777))
+                        .map_err(io("chmod", &p))?;
                 }
                 p
             }
