@@ -193,7 +193,8 @@ impl Runner {
     }
 }
 
-fn pod_manifest(ns: &str, node: &str) -> Result<Pod> {
+/// `port`: the pod shares the host network, so its HTTP port is a free one of this machine.
+fn pod_manifest(ns: &str, node: &str, port: u16) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": "web", "namespace": ns, "labels": {"app": "runner-e2e"}},
         "spec": {
@@ -225,9 +226,9 @@ fn pod_manifest(ns: &str, node: &str) -> Result<Pod> {
                     {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "runner-config", "key": "greeting"}}},
                     {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "runner-secret", "key": "password"}}},
-                    {"name": "PORT", "value": "18491"}
+                    {"name": "PORT", "value": port.to_string()}
                 ],
-                "ports": [{"name": "http", "containerPort": 18491}],
+                "ports": [{"name": "http", "containerPort": port}],
                 "readinessProbe": {"httpGet": {"path": "/index.html", "port": "http"}, "periodSeconds": 1},
                 "livenessProbe": {"exec": {"command": ["cat", "/work/alive"]}, "periodSeconds": 1, "failureThreshold": 2},
                 "securityContext": {"readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false},
@@ -404,7 +405,8 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
 
     // --- start to Ready ----------------------------------------------------------------------
     let created = Instant::now();
-    pods.create(&PostParams::default(), &pod_manifest(&ns.name, &node)?)
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    pods.create(&PostParams::default(), &pod_manifest(&ns.name, &node, http_port)?)
         .await?;
     let p = ready_with_restarts(&pods, 0).await?;
     let start_to_ready = created.elapsed();
