@@ -224,12 +224,6 @@ enum Next {
     Done,
 }
 
-fn ts(secs: i64) -> Option<Time> {
-    (secs > 0)
-        .then(|| Timestamp::from_second(secs).ok().map(Time))
-        .flatten()
-}
-
 fn obj_data_cm(cm: &ConfigMap) -> ObjData {
     let mut d: ObjData = cm
         .data
@@ -996,86 +990,22 @@ impl Worker {
     fn observe(&self, c: &Container, runs: &[&PsEntry], force: Option<State>) -> Observed {
         let slot = self.slots.get(&c.name);
         let newest = runs.last().copied();
-        let probe = slot
-            .and_then(|s| s.probes.as_ref())
-            .filter(|(id, _, _)| newest.is_some_and(|e| e.id == *id))
-            .map(|(_, rx, _)| *rx.borrow());
-        let terminated = |e: &PsEntry| State::Terminated {
-            exit_code: e.exit_code,
-            reason: status::terminated_reason(e.exit_code).into(),
-            started_at: ts(e.started_at),
-            finished_at: ts(e.exited_at),
-            container_id: Some(format!("podman://{}", e.id)),
+        let facts = status::Facts {
+            force,
+            probe: slot
+                .and_then(|s| s.probes.as_ref())
+                .filter(|(id, _, _)| newest.is_some_and(|e| e.id == *id))
+                .map(|(_, rx, _)| *rx.borrow()),
+            restart_pending: slot
+                .and_then(|s| s.restart_after.as_ref())
+                .is_some_and(|(id, _)| newest.is_some_and(|e| e.id == *id)),
+            blocked: self
+                .pod_blocked
+                .clone()
+                .or_else(|| slot.and_then(|s| s.blocked.clone())),
+            pod: format!("{}_{}({})", self.name(), self.ns(), self.uid()),
         };
-        let blocked = self
-            .pod_blocked
-            .clone()
-            .or_else(|| slot.and_then(|s| s.blocked.clone()));
-        let (state, last_state) = match (force, newest) {
-            (Some(s), _) => (s, None),
-            (None, None) => match blocked {
-                Some((r, m)) => (
-                    State::Waiting {
-                        reason: r,
-                        message: Some(m),
-                    },
-                    None,
-                ),
-                None => (State::waiting("ContainerCreating", None), None),
-            },
-            (None, Some(e)) => {
-                let previous = runs.len().checked_sub(2).map(|i| terminated(runs[i]));
-                if e.running() {
-                    (
-                        State::Running {
-                            started_at: ts(e.started_at).unwrap_or_else(|| Time(Timestamp::now())),
-                        },
-                        previous,
-                    )
-                } else if e.exited() {
-                    let restart_pending = slot
-                        .and_then(|s| s.restart_after.as_ref())
-                        .is_some_and(|(id, _)| *id == e.id);
-                    match (restart_pending, blocked) {
-                        (true, Some((r, m))) => (
-                            State::Waiting {
-                                reason: r,
-                                message: Some(m),
-                            },
-                            Some(terminated(e)),
-                        ),
-                        (true, None) => (
-                            State::Waiting {
-                                reason: "CrashLoopBackOff".into(),
-                                message: Some(format!(
-                                    "back-off restarting failed container={} pod={}_{}({})",
-                                    c.name,
-                                    self.name(),
-                                    self.ns(),
-                                    self.uid()
-                                )),
-                            },
-                            Some(terminated(e)),
-                        ),
-                        (false, _) => (terminated(e), previous),
-                    }
-                } else {
-                    (State::waiting("ContainerCreating", None), previous)
-                }
-            }
-        };
-        let ps = probe.unwrap_or_else(|| ProbeState::initial(c));
-        Observed {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            image_id: newest.map(|e| e.image_id.clone()).unwrap_or_default(),
-            container_id: newest.map(|e| format!("podman://{}", e.id)),
-            state,
-            last_state,
-            restart_count: newest.map(PsEntry::restart_count).unwrap_or(0),
-            ready: ps.ready && !ps.failed,
-            started: ps.started,
-        }
+        status::observe(c, runs, facts, &Time(Timestamp::now()))
     }
 
     /// Patches the pod status when it differs from what the API shows.

@@ -2,11 +2,16 @@
 //! containers (`pkg/kubelet/kubelet_pods.go` getPhase / generateAPIPodStatus,
 //! `pkg/kubelet/status/generate.go`). No clock: `now` is a parameter.
 
+use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
     HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::podman::PsEntry;
+use crate::probes::ProbeState;
 
 /// What the runner knows about one container of the pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +112,95 @@ fn api_status(o: &Observed) -> ContainerStatus {
         state: Some(o.state.to_api()),
         last_state: Some(o.last_state.as_ref().map(State::to_api).unwrap_or_default()),
         ..Default::default()
+    }
+}
+
+/// What the pod worker knows about a container besides its podman runs.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// a state imposed by the pod (e.g. PodInitializing while init containers run)
+    pub force: Option<State>,
+    /// probe results of the newest run (None: no probes started for it)
+    pub probe: Option<ProbeState>,
+    /// the newest run exited and waits for its backoff to restart
+    pub restart_pending: bool,
+    /// why it cannot start: (reason, message)
+    pub blocked: Option<(String, String)>,
+    /// `<name>_<namespace>(<uid>)` for messages
+    pub pod: String,
+}
+
+fn ts(secs: i64) -> Option<Time> {
+    (secs > 0)
+        .then(|| Timestamp::from_second(secs).ok().map(Time))
+        .flatten()
+}
+
+fn terminated(e: &PsEntry) -> State {
+    State::Terminated {
+        exit_code: e.exit_code,
+        reason: terminated_reason(e.exit_code).into(),
+        started_at: ts(e.started_at),
+        finished_at: ts(e.exited_at),
+        container_id: Some(format!("podman://{}", e.id)),
+    }
+}
+
+/// A container's status from its podman runs (oldest first) and what the worker knows.
+pub fn observe(c: &Container, runs: &[&PsEntry], facts: Facts, now: &Time) -> Observed {
+    let newest = runs.last().copied();
+    let waiting = |(reason, message): (String, String)| State::Waiting {
+        reason,
+        message: Some(message),
+    };
+    let (state, last_state) = match (facts.force, newest) {
+        (Some(s), _) => (s, None),
+        (None, None) => (
+            facts
+                .blocked
+                .map_or_else(|| State::waiting("ContainerCreating", None), waiting),
+            None,
+        ),
+        (None, Some(e)) => {
+            let previous = runs.len().checked_sub(2).map(|i| terminated(runs[i]));
+            if e.running() {
+                (
+                    State::Running {
+                        started_at: ts(e.started_at).unwrap_or_else(|| now.clone()),
+                    },
+                    previous,
+                )
+            } else if e.exited() {
+                match (facts.restart_pending, facts.blocked) {
+                    (true, Some(b)) => (waiting(b), Some(terminated(e))),
+                    (true, None) => (
+                        State::Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: Some(format!(
+                                "back-off restarting failed container={} pod={}",
+                                c.name, facts.pod
+                            )),
+                        },
+                        Some(terminated(e)),
+                    ),
+                    (false, _) => (terminated(e), previous),
+                }
+            } else {
+                (State::waiting("ContainerCreating", None), previous)
+            }
+        }
+    };
+    let ps = facts.probe.unwrap_or_else(|| ProbeState::initial(c));
+    Observed {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: newest.map(|e| e.image_id.clone()).unwrap_or_default(),
+        container_id: newest.map(|e| format!("podman://{}", e.id)),
+        state,
+        last_state,
+        restart_count: newest.map(PsEntry::restart_count).unwrap_or(0),
+        ready: ps.ready && !ps.failed,
+        started: ps.started,
     }
 }
 
@@ -394,6 +488,88 @@ mod tests {
             .iter()
             .find(|c| c.type_ == type_)
             .unwrap()
+    }
+
+    fn run(id: &str, state: &str, code: i32, restart: u32) -> PsEntry {
+        serde_json::from_value(serde_json::json!({
+            "Id": id, "ImageID": "sha", "State": state, "ExitCode": code,
+            "StartedAt": 100 + i64::from(restart) * 10, "ExitedAt": if state == "exited" { 105 + i64::from(restart) * 10 } else { 0 },
+            "Labels": {"dev.vnest.runner.restart-count": restart.to_string()}
+        }))
+        .unwrap()
+    }
+
+    fn container(readiness: bool) -> Container {
+        let mut c = serde_json::json!({"name": "c", "image": "img"});
+        if readiness {
+            c["readinessProbe"] = serde_json::json!({"tcpSocket": {"port": 1}});
+        }
+        serde_json::from_value(c).unwrap()
+    }
+
+    #[test]
+    fn observed_states_from_podman_runs() {
+        let now = t(1000);
+        let c = container(true);
+        // never ran, blocked: the reason shows
+        let blocked = Facts {
+            blocked: Some(("ErrImageNeverPull".into(), "no image".into())),
+            ..Facts::default()
+        };
+        let o = observe(&c, &[], blocked.clone(), &now);
+        assert_eq!(
+            o.state,
+            State::Waiting {
+                reason: "ErrImageNeverPull".into(),
+                message: Some("no image".into())
+            }
+        );
+        assert_eq!((o.container_id, o.restart_count, o.ready), (None, 0, false));
+        // running second run: previous run is lastState; not ready before the readiness probe passes
+        let (a, b) = (run("a", "exited", 137, 0), run("b", "running", 0, 1));
+        let o = observe(&c, &[&a, &b], Facts::default(), &now);
+        assert_eq!(o.state, State::Running { started_at: t(110) });
+        assert!(matches!(
+            o.last_state,
+            Some(State::Terminated { exit_code: 137, .. })
+        ));
+        assert_eq!(
+            (o.restart_count, o.ready, o.container_id.as_deref()),
+            (1, false, Some("podman://b"))
+        );
+        let ready = Facts {
+            probe: Some(ProbeState {
+                started: true,
+                ready: true,
+                failed: false,
+            }),
+            ..Facts::default()
+        };
+        assert!(observe(&c, &[&a, &b], ready, &now).ready);
+        // exited and waiting for its backoff: CrashLoopBackOff with the exit as lastState
+        let pending = Facts {
+            restart_pending: true,
+            pod: "p_ns(u)".into(),
+            ..Facts::default()
+        };
+        let o = observe(&c, &[&a], pending, &now);
+        assert_eq!(
+            o.state,
+            State::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: Some("back-off restarting failed container=c pod=p_ns(u)".into())
+            }
+        );
+        assert!(
+            matches!(o.last_state, Some(State::Terminated { exit_code: 137, ref reason, .. }) if reason == "Error")
+        );
+        // exited for good (restartPolicy Never), even while a volume source is still syncing
+        let o = observe(&c, &[&run("z", "exited", 0, 0)], blocked, &now);
+        assert!(
+            matches!(o.state, State::Terminated { exit_code: 0, ref reason, .. } if reason == "Completed")
+        );
+        // no readiness probe: ready as soon as it runs
+        assert!(observe(&container(false), &[&b], Facts::default(), &now).ready);
     }
 
     #[test]
