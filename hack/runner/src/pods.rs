@@ -769,7 +769,15 @@ impl Worker {
                             .backoff
                             .get_or_insert_with(|| Backoff::new(Duration::from_secs(10).min(max), max))
                             .on_exit(ran);
-                        let at = tokio::time::Instant::now() + delay;
+                        // counted from the exit, as the kubelet does (not from when it was seen)
+                        let now_unix = SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs();
+                        let since_exit = Duration::from_secs(
+                            now_unix.saturating_sub(u64::try_from(e.exited_at).unwrap_or(0)),
+                        );
+                        let at = tokio::time::Instant::now() + delay.saturating_sub(since_exit);
                         slot.restart_after = Some((e.id.clone(), at));
                         if !delay.is_zero() {
                             let notify = self.notify.clone();
