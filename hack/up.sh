@@ -205,7 +205,9 @@ options:
   nodeIP: 127.0.0.1
   nodePort: $KWOK_PORT
   serverAddress: 127.0.0.1:$KWOK_PORT
-  manageAllNodes: true
+  # Only the fake nodes below (annotated): the runner's node (hack/runner) is a real one.
+  manageAllNodes: false
+  manageNodesWithAnnotationSelector: kwok.x-k8s.io/node=fake
   nodeLeaseDurationSeconds: 40
   # A --config file is not defaulted by kwok: every option it needs is spelled out.
   enableDebuggingHandlers: true
