@@ -34,8 +34,8 @@ tools: ## build the upstream control-plane binaries into the version-keyed cache
 # Where cargo puts release binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 RELEASE_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release
 
-bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` if needed), rewrite docs/performance.md; PODS=N (1000), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
-	@[ -f .e2e/env ] || hack/up.sh
+bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` in process mode if needed), rewrite docs/performance.md; PODS=N (1000), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
+	@[ -f .e2e/env ] || VNEST_RUNTIME=processes hack/up.sh
 	@cargo build --quiet --release -p vnest --bin vnest -p vnest-e2e --bin bench
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest hack/syncer.sh restart
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest $(RELEASE_DIR)/bench \

@@ -38,7 +38,7 @@ async fn host_has_three_ready_kwok_nodes() -> Result<()> {
     let env = Env::load()?;
     let nodes: Api<Node> = Api::all(env.host_admin().await?);
     let ready = wait_until("3 Ready nodes", Duration::from_secs(60), || async {
-        let list = nodes.list(&ListParams::default()).await?;
+        let list = nodes.list(&ListParams::default().labels("type=kwok")).await?;
         let ready: Vec<String> = list
             .items
             .iter()
@@ -54,6 +54,26 @@ async fn host_has_three_ready_kwok_nodes() -> Result<()> {
     })
     .await?;
     assert_eq!(ready, ["kwok-node-0", "kwok-node-1", "kwok-node-2"]);
+    // In container mode one more node runs the vcluster pod's containers: Ready, and tainted so
+    // that no tenant pod is ever placed there.
+    if env.get("VNEST_RUNTIME")? == "containers" {
+        let runner = nodes.get(env.get("RUNNER_NODE")?).await?;
+        let spec = runner.spec.unwrap_or_default();
+        let taints = spec.taints.unwrap_or_default();
+        assert!(
+            taints
+                .iter()
+                .any(|t| t.key == "vnest.dev/runner" && t.effect == "NoSchedule"),
+            "{taints:?}"
+        );
+        let conditions = runner.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            "{conditions:?}"
+        );
+    }
     Ok(())
 }
 

@@ -55,6 +55,9 @@ struct Args {
     /// KUBERNETES_SERVICE_PORT given to containers
     #[arg(long, env = "VNEST_RUNNER_API_PORT")]
     api_port: u16,
+    /// port advertised as the node's kubelet endpoint (the runner serves none; 0 = none)
+    #[arg(long, env = "VNEST_RUNNER_KUBELET_PORT", default_value_t = 0)]
+    kubelet_port: u16,
     /// per-pod directories (emptyDir, configMap/secret/projected files)
     #[arg(long, env = "VNEST_RUNNER_STATE_DIR")]
     state_dir: PathBuf,
@@ -112,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         node_ip,
         api_host,
         api_port,
+        kubelet_port,
         state_dir,
         log_dir,
         podman,
@@ -161,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
         name: node_name.clone(),
         ip: node_ip.clone(),
+        kubelet_port,
     };
     agent.register().await.context("registering the node")?;
 

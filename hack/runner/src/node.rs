@@ -34,6 +34,10 @@ pub struct NodeAgent {
     pub client: Client,
     pub name: String,
     pub ip: String,
+    /// The port advertised as this node's kubelet endpoint (0: none). The runner serves no
+    /// kubelet API itself; the local world points it at kwok's server, whose rules answer host
+    /// `kubectl logs` and port-forward of these pods from the containers' log files and ports.
+    pub kubelet_port: u16,
 }
 
 fn now() -> Time {
@@ -82,6 +86,7 @@ impl NodeAgent {
             "capacity": resources,
             "allocatable": resources,
             "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "conditions": [
                 cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "runner has sufficient memory available"),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "runner has no disk pressure"),

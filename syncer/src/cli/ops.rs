@@ -822,16 +822,28 @@ fn uses_real_nodes(sts: &StatefulSet) -> bool {
         })
 }
 
-/// Every kind `delete` checks: the Role's listable resources and the kinds `create` applies
-/// (cluster-scoped kinds only when `cluster_scoped`: a namespace admin may not list them, and
-/// only `components/real-nodes` makes any).
+/// Kinds the host's controllers make for a vcluster's objects and remove after them (garbage
+/// collection of dependents) that the syncer's Role does not cover: EndpointSlices of its
+/// Services, the StatefulSet's revisions and data claim. `delete` waits for them too.
+const DEPENDENT_KINDS: [(&str, &str); 3] = [
+    ("discovery.k8s.io", "endpointslices"),
+    ("apps", "controllerrevisions"),
+    ("", "persistentvolumeclaims"),
+];
+
+/// Every kind `delete` checks: the Role's listable resources, the dependents the host makes
+/// for them, and the kinds `create` applies (cluster-scoped kinds only when `cluster_scoped`: a
+/// namespace admin may not list them, and only `components/real-nodes` makes any).
 async fn kinds_to_check(
     client: &Client,
     cluster_scoped: bool,
 ) -> Result<Vec<(ApiResource, ApiCapabilities)>, CliError> {
     let mut found: BTreeMap<String, (ApiResource, ApiCapabilities)> = BTreeMap::new();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (g, r) in role_listable() {
+    let dependents = DEPENDENT_KINDS
+        .iter()
+        .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()));
+    for (g, r) in role_listable().into_iter().chain(dependents) {
         groups.entry(g).or_default().push(r);
     }
     for (g, resources) in groups {
