@@ -351,8 +351,12 @@ if [[ $VNEST_RUNTIME == containers ]]; then
 	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
 	nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
 	nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	# Its pods share this machine's network: they report its own address (Endpoints refuse
+	# loopback ones), and listen on loopback only (the local overlay's bind addresses).
+	pod_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n 1)
+	[[ -n $pod_ip ]] || { pod_ip=127.0.0.1; log "WARNING: no non-loopback IPv4 address here: the vcluster pod reports 127.0.0.1, which Endpoints refuse (the vcluster Service gets no endpoints)"; }
 	start_proc runner "$DEBUG_DIR/vnest-runner" --kubeconfig "$HOST_KUBECONFIG" --node-name "$RUNNER_NODE" \
-		--api-port "$HOST_API_PORT" --kubelet-port "$KWOK_PORT" \
+		--pod-ip "$pod_ip" --api-port "$HOST_API_PORT" --kubelet-port "$KWOK_PORT" \
 		--state-dir "$STATE_DIR/runner" --log-dir "$LOG_DIR/containers" \
 		--max-backoff 2s --ulimit-nofile "$nofile" --ulimit-nproc "$nproc"
 	wait_for "runner node $RUNNER_NODE Ready" 60 runner "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready "node/$RUNNER_NODE" --timeout=5s

@@ -49,6 +49,11 @@ struct Args {
     /// the node's InternalIP, also every pod's IP (pods share the host network)
     #[arg(long, env = "VNEST_RUNNER_NODE_IP", default_value = "127.0.0.1")]
     node_ip: String,
+    /// the address its pods report (podIP = hostIP: they share the host network) [default: --node-ip].
+    /// Endpoints refuse loopback addresses, so the local world gives this machine's own address
+    /// here while the node keeps 127.0.0.1 (where kwok serves its kubelet API)
+    #[arg(long, env = "VNEST_RUNNER_POD_IP")]
+    pod_ip: Option<String>,
     /// KUBERNETES_SERVICE_HOST given to containers (the host API server; Service IPs are not routable here)
     #[arg(long, env = "VNEST_RUNNER_API_HOST", default_value = "127.0.0.1")]
     api_host: String,
@@ -113,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig,
         node_name,
         node_ip,
+        pod_ip,
         api_host,
         api_port,
         kubelet_port,
@@ -175,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         client,
         podman,
         node: node_name.clone(),
-        ip: node_ip,
+        ip: pod_ip.unwrap_or(node_ip),
         api_host,
         api_port,
         state_dir,
