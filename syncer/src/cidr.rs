@@ -765,6 +765,8 @@ pub async fn run_detect(args: DetectArgs) -> anyhow::Result<()> {
         }
         None => Config::incluster().context("loading the in-cluster config for the host cluster")?,
     };
+    let mut config = config;
+    crate::clients::set_user_agent(&mut config, "detect-service-cidr");
     let client = Client::try_from(config).context("building the host client")?;
     let namespace = match args.namespace {
         Some(namespace) => namespace,

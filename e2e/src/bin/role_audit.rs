@@ -10,8 +10,13 @@
 //! GROUP/RESOURCE:VERB` with its reason next to it in hack/test.sh, so every exception is written
 //! down and still checked (it fails when it does get used, and can then be removed).
 //!
+//! Only requests whose `userAgent` starts with one of `--user-agent` count (default: the
+//! syncer's and the init container's, `vnest-syncer/` and `vnest-detect-service-cidr/`): tests
+//! also act as that ServiceAccount, e.g. to show a user the refusal of a namespace it may not
+//! read.
+//!
 //! Usage: role-audit --audit-log FILE --role manifests/base/rbac.yaml --user system:serviceaccount:NS:vnest
-//!        [--expect-unused GROUP/RESOURCE:VERB ...]
+//!        [--user-agent PREFIX ...] [--expect-unused GROUP/RESOURCE:VERB ...]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -133,6 +138,8 @@ struct AuditEvent {
     response_status: Option<ResponseStatus>,
     #[serde(default, rename = "requestURI")]
     request_uri: String,
+    #[serde(default, rename = "userAgent")]
+    user_agent: String,
 }
 
 /// What one user did: each permission used with its request count, and the requests denied.
@@ -144,7 +151,7 @@ struct Usage {
 
 /// Reads audit events (one JSON object per line) of `user`. Requests without a resource
 /// (discovery, /version) need no Role and are skipped.
-fn usage(lines: impl Iterator<Item = String>, user: &str) -> Result<Usage> {
+fn usage(lines: impl Iterator<Item = String>, user: &str, agents: &[String]) -> Result<Usage> {
     let mut usage = Usage::default();
     for (n, line) in lines.enumerate() {
         if line.trim().is_empty() || !line.contains(user) {
@@ -152,7 +159,7 @@ fn usage(lines: impl Iterator<Item = String>, user: &str) -> Result<Usage> {
         }
         let event: AuditEvent =
             serde_json::from_str(&line).with_context(|| format!("audit line {}", n + 1))?;
-        if event.user.username != user {
+        if event.user.username != user || !agents.iter().any(|a| event.user_agent.starts_with(a.as_str())) {
             continue;
         }
         let code = event.response_status.unwrap_or_default().code;
@@ -219,6 +226,7 @@ struct Args {
     audit_log: String,
     role: String,
     user: String,
+    agents: Vec<String>,
     expect_unused: BTreeSet<Grant>,
 }
 
@@ -226,12 +234,14 @@ fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut audit_log, mut role, mut user) = (None, None, None);
     let mut expect_unused = BTreeSet::new();
+    let mut agents = Vec::new();
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--audit-log" => audit_log = Some(value()?),
             "--role" => role = Some(value()?),
             "--user" => user = Some(value()?),
+            "--user-agent" => agents.push(value()?),
             "--expect-unused" => {
                 expect_unused.insert(value()?.parse()?);
             }
@@ -242,6 +252,11 @@ fn parse_args() -> Result<Args> {
         audit_log: audit_log.context("--audit-log is required")?,
         role: role.context("--role is required")?,
         user: user.context("--user is required")?,
+        agents: if agents.is_empty() {
+            vec!["vnest-syncer/".into(), "vnest-detect-service-cidr/".into()]
+        } else {
+            agents
+        },
         expect_unused,
     })
 }
@@ -250,7 +265,7 @@ fn run() -> Result<bool> {
     let args = parse_args()?;
     let grants = role_grants(&std::fs::read_to_string(&args.role).with_context(|| args.role.clone())?)?;
     let log = std::fs::read_to_string(&args.audit_log).with_context(|| args.audit_log.clone())?;
-    let usage = usage(log.lines().map(str::to_owned), &args.user)?;
+    let usage = usage(log.lines().map(str::to_owned), &args.user, &args.agents)?;
     if usage.used.is_empty() {
         bail!(
             "no request of {} in {}: wrong user or audit log",
@@ -319,9 +334,22 @@ metadata: {name: vnest}
 
     fn line(user: &str, verb: &str, resource: &str, sub: &str, code: u16) -> String {
         serde_json::json!({"user": {"username": user}, "verb": verb, "requestURI": format!("/api/v1/{resource}"),
+            "userAgent": "vnest-syncer/0.1.0",
             "objectRef": {"resource": resource, "subresource": sub, "apiGroup": ""},
             "responseStatus": {"code": code}})
         .to_string()
+    }
+
+    fn agents() -> Vec<String> {
+        vec!["vnest-syncer/".into()]
+    }
+
+    #[test]
+    fn another_program_with_the_same_identity_does_not_count() {
+        let me = "u";
+        let other = line(me, "delete", "pods", "", 403).replace("vnest-syncer/0.1.0", "kubectl/v1.35");
+        let usage = usage([other].into_iter(), me, &agents()).unwrap();
+        assert!(usage.denied.is_empty() && usage.used.is_empty());
     }
 
     #[test]
@@ -346,7 +374,7 @@ metadata: {name: vnest}
             line(me, "delete", "pods", "", 403),
             line("someone-else", "patch", "pods", "", 200),
         ];
-        let usage = usage(lines.into_iter(), me).unwrap();
+        let usage = usage(lines.into_iter(), me, &agents()).unwrap();
         assert_eq!(usage.denied.len(), 1);
         let grants = role_grants(ROLE).unwrap();
         let (never, stale) = unused(&grants, &usage, &BTreeSet::new());
@@ -358,7 +386,7 @@ metadata: {name: vnest}
     #[test]
     fn a_watch_covers_its_list_fallback() {
         let me = "u";
-        let usage = usage([line(me, "watch", "pods", "", 200)].into_iter(), me).unwrap();
+        let usage = usage([line(me, "watch", "pods", "", 200)].into_iter(), me, &agents()).unwrap();
         let role = "kind: Role\nrules:\n- apiGroups: ['']\n  resources: [pods]\n  verbs: [list, watch]\n";
         let (never, _) = unused(&role_grants(role).unwrap(), &usage, &BTreeSet::new());
         assert!(never.is_empty(), "{never:?}");
@@ -367,7 +395,7 @@ metadata: {name: vnest}
     #[test]
     fn an_exception_that_gets_used_is_stale() {
         let me = "u";
-        let usage = usage([line(me, "get", "pods", "", 200)].into_iter(), me).unwrap();
+        let usage = usage([line(me, "get", "pods", "", 200)].into_iter(), me, &agents()).unwrap();
         let grants = role_grants(ROLE).unwrap();
         let expect: BTreeSet<Grant> = ["core/pods:get".parse().unwrap()].into();
         let (_, stale) = unused(&grants, &usage, &expect);

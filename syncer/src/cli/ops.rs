@@ -119,6 +119,8 @@ pub async fn host_client(host: &HostArgs) -> Result<(Client, String), CliError> 
         None => kube::Config::infer().await.map_err(|e| client_err(&e))?,
     };
     let default_ns = config.default_namespace.clone();
+    let mut config = config;
+    crate::clients::set_user_agent(&mut config, "cli");
     let client = Client::try_from(config).map_err(|e| CliError::Client(e.to_string()))?;
     Ok((client, default_ns))
 }
