@@ -142,6 +142,7 @@ fn build_nodelay(
         .build::<_, kube::client::Body>(https);
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .layer(config.extra_headers_layer().map_err(error)?)
         .option_layer(config.auth_layer().map_err(error)?)
         .map_err(tower::BoxError::from)
         .service(hyper);
