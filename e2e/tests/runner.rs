@@ -537,6 +537,19 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     let log_file = work.join("logs").join(format!("{}_web_httpd.log", ns.name));
     assert!(log_file.exists(), "{} missing", log_file.display());
 
+    // --- a changed ConfigMap reaches the mounted file (env stays as at start, as in Kubernetes)
+    cms.patch(
+        "runner-config",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"greeting": "updated"}})),
+    )
+    .await?;
+    wait_until("the updated configMap file", WAIT, || async {
+        Ok((exec(&cid, "cat /etc/config/greeting").await? == "updated").then_some(()))
+    })
+    .await?;
+    assert_eq!(exec(&cid, "echo $GREETING").await?, "hello-from-configmap");
+
     // --- a killed container restarts ----------------------------------------------------------
     let (ok, out) = podman_out(&["kill", "-s", "KILL", &cid]).await?;
     anyhow::ensure!(ok, "podman kill: {out}");
