@@ -401,6 +401,13 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
         }))?,
     )
     .await?;
+    // The scheduler holds a pod back while its claim is unbound: wait, so the timing below is
+    // the runner's and not the PV controller's.
+    wait_until("claim Bound", WAIT, || async {
+        let pvc = pvcs.get("data").await?;
+        Ok((pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound")).then_some(()))
+    })
+    .await?;
     let pods: Api<Pod> = Api::namespaced(host.clone(), &ns.name);
 
     // --- start to Ready ----------------------------------------------------------------------
@@ -408,6 +415,12 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     pods.create(&PostParams::default(), &pod_manifest(&ns.name, &node, http_port)?)
         .await?;
+    wait_until("pod scheduled", WAIT, || async {
+        let p = pods.get("web").await?;
+        Ok(p.spec.and_then(|s| s.node_name).map(|_| ()))
+    })
+    .await?;
+    let scheduled = created.elapsed();
     let p = ready_with_restarts(&pods, 0).await?;
     let start_to_ready = created.elapsed();
     let st = p.status.clone().unwrap_or_default();
@@ -524,6 +537,19 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     let log_file = work.join("logs").join(format!("{}_web_httpd.log", ns.name));
     assert!(log_file.exists(), "{} missing", log_file.display());
 
+    // --- a changed ConfigMap reaches the mounted file (env stays as at start, as in Kubernetes)
+    cms.patch(
+        "runner-config",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"greeting": "updated"}})),
+    )
+    .await?;
+    wait_until("the updated configMap file", WAIT, || async {
+        Ok((exec(&cid, "cat /etc/config/greeting").await? == "updated").then_some(()))
+    })
+    .await?;
+    assert_eq!(exec(&cid, "echo $GREETING").await?, "hello-from-configmap");
+
     // --- a killed container restarts ----------------------------------------------------------
     let (ok, out) = podman_out(&["kill", "-s", "KILL", &cid]).await?;
     anyhow::ensure!(ok, "podman kill: {out}");
@@ -609,9 +635,11 @@ async fn runner_runs_pods_with_podman() -> Result<()> {
     assert!(log.contains("pod torn down"), "runner log: {log}");
 
     println!(
-        "runner e2e: pod start to Ready {:.2} s; runner RSS {:.1} MiB (debug build)",
+        "runner e2e: pod create to Ready {:.2} s (scheduled after {:.2} s); runner RSS {:.1} MiB with one pod ({})",
         start_to_ready.as_secs_f64(),
-        rss_kib as f64 / 1024.0
+        scheduled.as_secs_f64(),
+        rss_kib as f64 / 1024.0,
+        bin.display()
     );
     nodes.delete(&node, &DeleteParams::default()).await?;
     pvs.delete(&pv_name, &DeleteParams::default()).await?;

@@ -476,4 +476,29 @@ mod tests {
         );
         assert_eq!(field_ref(&p, "metadata.labels['nope']", "h"), None);
     }
+
+    /// The vcluster StatefulSet's k3s container: its shell substitution must reach the shell.
+    #[test]
+    fn the_vcluster_statefulset_args_stay_verbatim() {
+        let sts: k8s_openapi::api::apps::v1::StatefulSet =
+            serde_yaml::from_str(include_str!("../../../manifests/base/statefulset.yaml")).unwrap();
+        let template = sts.spec.unwrap().template;
+        let pod = Pod {
+            metadata: serde_json::from_value(serde_json::json!({"name": "vnest-0", "namespace": "team-a"}))
+                .unwrap(),
+            spec: template.spec,
+            status: None,
+        };
+        let spec = pod.spec.as_ref().unwrap();
+        let k3s = spec.containers.iter().find(|c| c.name == "k3s").unwrap();
+        let env = resolve(&pod, k3s, &sources()).unwrap();
+        assert!(env.contains(&("POD_NAMESPACE".to_owned(), "team-a".to_owned())));
+        let (cmd, args) = command_line(k3s, &env);
+        assert_eq!(cmd.unwrap(), ["/bin/sh", "-c"]);
+        assert_eq!(args, k3s.args.clone().unwrap());
+        assert!(args[0].contains("--service-cidr=\"$(cat /data/service-cidr)\""));
+        let syncer = spec.containers.iter().find(|c| c.name == "syncer").unwrap();
+        let env: BTreeMap<_, _> = resolve(&pod, syncer, &sources()).unwrap().into_iter().collect();
+        assert_eq!(env["VNEST_HOST_NAMESPACE"], "team-a");
+    }
 }

@@ -285,6 +285,18 @@ impl Podman {
         self.output("rm", id, c, Duration::from_secs(60)).await.map(drop)
     }
 
+    /// `podman events` for container deaths, as JSON lines on the child's stdout.
+    pub fn died_events(&self) -> Result<tokio::process::Child> {
+        let mut c = self.cmd();
+        c.args(["events", "--filter", "event=died", "--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        c.spawn().map_err(|source| Error::Spawn {
+            verb: "events",
+            source,
+        })
+    }
+
     /// `podman exec`: the exit code (within `timeout`) and the combined output.
     pub async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<(i32, String)> {
         let mut c = self.cmd();

@@ -29,8 +29,9 @@ use crate::probes::{self, ProbeState};
 use crate::status::{self, Backoff, Observed, State};
 use crate::volumes::{self, ObjData, Prepared, Sources};
 
-/// How often a worker looks at its containers in podman (exits, probe verdicts come sooner).
-const PODMAN_RESYNC: Duration = Duration::from_secs(2);
+/// How often a worker looks at its containers in podman anyway (exits arrive as podman events,
+/// probe verdicts and object changes as notifications).
+const PODMAN_RESYNC: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,6 +85,45 @@ fn pod_key(p: &Pod) -> String {
 struct WorkerHandle {
     tx: watch::Sender<Option<Arc<Pod>>>,
     task: tokio::task::JoinHandle<()>,
+    /// wakes the worker (a container of the pod died)
+    notify: Arc<Notify>,
+}
+
+/// Follows `podman events` (container deaths) and sends the pod UID of each: exits are seen
+/// at once instead of at the next podman resync. Restarts the event stream when it ends.
+async fn container_deaths(podman: Podman, tx: tokio::sync::mpsc::Sender<String>, stop: CancellationToken) {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        match podman.died_events() {
+            Ok(mut child) => {
+                if let Some(out) = child.stdout.take() {
+                    let mut lines = tokio::io::BufReader::new(out).lines();
+                    loop {
+                        let line = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            l = lines.next_line() => l,
+                        };
+                        let Ok(Some(line)) = line else { break };
+                        let uid = serde_json::from_str::<serde_json::Value>(&line)
+                            .ok()
+                            .and_then(|v| v["Attributes"][labels::POD_UID].as_str().map(str::to_owned));
+                        if let Some(uid) = uid
+                            && tx.send(uid).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                let _ = child.kill().await;
+                debug!("podman events ended; restarting it");
+            }
+            Err(error) => warn!(%error, "cannot follow podman events (exits are seen at the next resync)"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Watches the node's pods until `stop` and runs a worker per pod.
@@ -93,9 +133,17 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
+    let (died_tx, mut died) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(container_deaths(ctx.podman.clone(), died_tx, stop.clone()));
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => break,
+            Some(uid) = died.recv() => {
+                if let Some(w) = workers.get(&uid) {
+                    w.notify.notify_one();
+                }
+                continue;
+            }
             ev = stream.next() => ev,
         };
         workers.retain(|_, w| !w.task.is_finished());
@@ -115,13 +163,14 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                     }
                     None => {
                         let (tx, rx) = watch::channel(Some(p.clone()));
+                        let notify = Arc::new(Notify::new());
                         let span = tracing::info_span!("pod", pod = %pod_key(&p), uid = %uid);
                         let task = tokio::spawn(
-                            Worker::new(ctx.clone(), p, rx, stop.clone())
+                            Worker::new(ctx.clone(), p, rx, notify.clone(), stop.clone())
                                 .run()
                                 .instrument(span),
                         );
-                        workers.insert(uid, WorkerHandle { tx, task });
+                        workers.insert(uid, WorkerHandle { tx, task, notify });
                     }
                 }
             }
@@ -308,6 +357,7 @@ impl Worker {
         ctx: Arc<Ctx>,
         pod: Arc<Pod>,
         rx: watch::Receiver<Option<Arc<Pod>>>,
+        notify: Arc<Notify>,
         stop: CancellationToken,
     ) -> Self {
         Self {
@@ -315,7 +365,7 @@ impl Worker {
             pod,
             rx,
             stop,
-            notify: Arc::new(Notify::new()),
+            notify,
             prepared: None,
             config_maps: BTreeMap::new(),
             secrets: BTreeMap::new(),
