@@ -101,6 +101,11 @@ impl IpCidr {
         v6 == net_v6 && bits & !host_mask(self.prefix, width(v6)) == net
     }
 
+    /// Whether every address of `other` is in this network (same family, equal or longer prefix).
+    pub fn covers(&self, other: &IpCidr) -> bool {
+        self.is_ipv6() == other.is_ipv6() && self.prefix <= other.prefix && self.contains(other.addr)
+    }
+
     /// The network address (first address).
     pub fn first(&self) -> IpAddr {
         self.addr

@@ -514,6 +514,7 @@ mod tests {
         ("kubelet-port", "VNEST_KUBELET_PORT", "10250"),
         ("kubelet-address", "VNEST_KUBELET_ADDRESS", ""),
         ("sync-networkpolicies", "VNEST_SYNC_NETWORKPOLICIES", ""),
+        ("networkpolicy-deny-cidrs", "VNEST_NETWORKPOLICY_DENY_CIDRS", ""),
         (
             "sync-poddisruptionbudgets",
             "VNEST_SYNC_PODDISRUPTIONBUDGETS",

@@ -176,7 +176,7 @@ const KINDS: &[Kind] = &[
         name: "networkpolicies",
         enabled: |o| o.kinds.networkpolicies.sync_networkpolicies,
         optional: true,
-        register: |r, _, _| networkpolicies::register(r, 2),
+        register: |r, o, _| networkpolicies::register(r, &o.kinds.networkpolicies, 2),
     },
     Kind {
         name: "poddisruptionbudgets",

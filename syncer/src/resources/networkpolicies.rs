@@ -7,16 +7,23 @@
 //! - `namespaceSelector` peers: all vcluster pods live in ONE host namespace, so a namespace
 //!   selector becomes a pod selector on the per-namespace labels the syncer puts on every pod
 //!   (`vnest.dev/ns-<hash>` = the virtual namespace's label) plus the vcluster marker.
-//! - `ipBlock` peers and ports are copied.
+//! - `ipBlock` peers and ports are copied, minus the `--networkpolicy-deny-cidrs` networks
+//!   (the `isolated` component denies the private ranges): a peer inside one is dropped, a peer
+//!   containing one gets it as an `except`. Policies only ever add what is allowed, so without
+//!   this a tenant policy would reopen what the host's own policy closes.
+//! - With deny networks, a rule with no peers ("everyone") becomes "this vcluster's pods and
+//!   addresses outside the deny networks"; a rule whose peers were all dropped is dropped (an
+//!   empty peer list would mean everyone).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicySpec};
+use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::selectors::{namespace_pod_selector, translate_selector, vcluster_markers};
+use crate::cidr::IpCidr;
 use crate::engine::TranslateCtx;
 use crate::engine::standard::CopiedKind;
 use crate::markers;
@@ -27,9 +34,84 @@ pub struct NetworkPolicyArgs {
     /// Copy virtual NetworkPolicies to the host (selectors confined to this vcluster).
     #[arg(long, env = "VNEST_SYNC_NETWORKPOLICIES")]
     pub sync_networkpolicies: bool,
+
+    /// Networks a tenant policy may never open (comma-separated CIDRs): removed from its
+    /// `ipBlock` peers, and "everyone" becomes this vcluster's pods plus addresses outside them.
+    /// The `isolated` component sets the private ranges its host policy closes.
+    #[arg(long, env = "VNEST_NETWORKPOLICY_DENY_CIDRS", value_delimiter = ',')]
+    pub networkpolicy_deny_cidrs: Vec<IpCidr>,
 }
 
-pub struct NetworkPolicies;
+pub struct NetworkPolicies {
+    deny: Vec<IpCidr>,
+}
+
+/// `block` minus the `deny` networks: `None` when it lies inside one of them, else with every
+/// deny network it contains added to its `except` list (pure).
+fn clip_ip_block(block: &IPBlock, deny: &[IpCidr]) -> Option<IPBlock> {
+    let Ok(cidr) = block.cidr.parse::<IpCidr>() else {
+        // Not a network address: the host refuses it with a clear message, copied as an Event.
+        return Some(block.clone());
+    };
+    if deny.iter().any(|d| d.covers(&cidr)) {
+        return None;
+    }
+    let mut except = block.except.clone().unwrap_or_default();
+    for d in deny.iter().filter(|d| cidr.covers(d)) {
+        let d = d.to_string();
+        if !except.contains(&d) {
+            except.push(d);
+        }
+    }
+    Some(IPBlock {
+        cidr: block.cidr.clone(),
+        except: (!except.is_empty()).then_some(except),
+    })
+}
+
+/// "Everyone" for a tenant under deny networks: this vcluster's pods, and every address outside
+/// the deny networks of each family that has one.
+fn everyone_allowed(vc: &str, deny: &[IpCidr]) -> Vec<NetworkPolicyPeer> {
+    let mut peers = vec![NetworkPolicyPeer {
+        pod_selector: Some(translate_selector(None, |k| k.to_owned(), &vcluster_markers(vc, None))),
+        ..NetworkPolicyPeer::default()
+    }];
+    for (all, v6) in [("0.0.0.0/0", false), ("::/0", true)] {
+        if deny.iter().any(|d| d.is_ipv6() == v6) {
+            let block = IPBlock { cidr: all.into(), except: None };
+            peers.extend(clip_ip_block(&block, deny).map(|b| NetworkPolicyPeer {
+                ip_block: Some(b),
+                ..NetworkPolicyPeer::default()
+            }));
+        }
+    }
+    peers
+}
+
+/// The host peers of one rule: `None` drops the rule (its peers were all denied).
+fn translate_peers(
+    vc: &str,
+    ns: &str,
+    peers: Option<Vec<NetworkPolicyPeer>>,
+    deny: &[IpCidr],
+) -> Option<Option<Vec<NetworkPolicyPeer>>> {
+    if peers.as_ref().is_none_or(Vec::is_empty) {
+        // "Everyone": kept as written unless deny networks narrow it.
+        return Some(if deny.is_empty() { peers } else { Some(everyone_allowed(vc, deny)) });
+    }
+    let peers = peers.unwrap_or_default();
+    let host: Vec<NetworkPolicyPeer> = peers
+        .iter()
+        .filter_map(|p| match &p.ip_block {
+            Some(block) => clip_ip_block(block, deny).map(|b| NetworkPolicyPeer {
+                ip_block: Some(b),
+                ..NetworkPolicyPeer::default()
+            }),
+            None => Some(translate_peer(vc, ns, p)),
+        })
+        .collect();
+    (!host.is_empty()).then_some(Some(host))
+}
 
 /// One peer on the host: always a pod selector in the host namespace, never wider than this
 /// vcluster's pods.
@@ -67,8 +149,8 @@ fn translate_peer(vc: &str, ns: &str, peer: &NetworkPolicyPeer) -> NetworkPolicy
     }
 }
 
-/// The host spec for virtual policy `v` (pure).
-pub fn host_spec(tc: &TranslateCtx, v: &NetworkPolicy) -> NetworkPolicySpec {
+/// The host spec for virtual policy `v` under the `deny` networks (pure).
+pub fn host_spec(tc: &TranslateCtx, deny: &[IpCidr], v: &NetworkPolicy) -> NetworkPolicySpec {
     let ns = v.namespace().unwrap_or_default();
     let vc = tc.vcluster.as_str();
     let spec = v.spec.clone().unwrap_or_default();
@@ -78,21 +160,18 @@ pub fn host_spec(tc: &TranslateCtx, v: &NetworkPolicy) -> NetworkPolicySpec {
         ingress: spec.ingress.map(|rules| {
             rules
                 .into_iter()
-                .map(|mut r| {
-                    r.from = r
-                        .from
-                        .map(|peers| peers.iter().map(|p| translate_peer(vc, &ns, p)).collect());
-                    r
+                .filter_map(|mut r| {
+                    r.from = translate_peers(vc, &ns, r.from.take(), deny)?;
+                    Some(r)
                 })
                 .collect()
         }),
         egress: spec.egress.map(|rules| {
             rules
                 .into_iter()
-                .map(|mut r| {
-                    r.to =
-                        r.to.map(|peers| peers.iter().map(|p| translate_peer(vc, &ns, p)).collect());
-                    r
+                .filter_map(|mut r| {
+                    r.to = translate_peers(vc, &ns, r.to.take(), deny)?;
+                    Some(r)
                 })
                 .collect()
         }),
@@ -109,13 +188,13 @@ impl CopiedKind for NetworkPolicies {
     }
 
     fn desired_fields(&self, tc: &TranslateCtx, v: &NetworkPolicy) -> Value {
-        json!({ "spec": host_spec(tc, v) })
+        json!({ "spec": host_spec(tc, &self.deny, v) })
     }
 
     fn host_object(&self, tc: &TranslateCtx, meta: ObjectMeta, v: &NetworkPolicy) -> NetworkPolicy {
         NetworkPolicy {
             metadata: meta,
-            spec: Some(host_spec(tc, v)),
+            spec: Some(host_spec(tc, &self.deny, v)),
         }
     }
 
@@ -125,8 +204,11 @@ impl CopiedKind for NetworkPolicies {
 }
 
 /// Declares the NetworkPolicy kind (only with `--sync-networkpolicies`).
-pub fn register(reg: &mut crate::engine::registry::Registry, workers: usize) {
-    crate::engine::standard::register(reg, NetworkPolicies, workers);
+pub fn register(reg: &mut crate::engine::registry::Registry, args: &NetworkPolicyArgs, workers: usize) {
+    let kind = NetworkPolicies {
+        deny: args.networkpolicy_deny_cidrs.clone(),
+    };
+    crate::engine::standard::register(reg, kind, workers);
 }
 
 #[cfg(test)]
@@ -153,7 +235,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let s = host_spec(&tc(), &v);
+        let s = host_spec(&tc(), &[], &v);
         let own = s.pod_selector.unwrap().match_labels.unwrap();
         assert_eq!(own.get(markers::LABEL_MANAGED_BY).map(String::as_str), Some("vc"));
         assert_eq!(
@@ -190,5 +272,60 @@ mod tests {
             egress[0].to.clone().unwrap()[0].ip_block.clone().unwrap().cidr,
             "192.0.2.0/24"
         );
+    }
+
+    fn private() -> Vec<IpCidr> {
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect()
+    }
+
+    fn egress_to(to: Value) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": to}, {"to": [{"podSelector": {}}]}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tenant_cannot_open_a_denied_network() {
+        // Inside a denied network: the peer goes, and with it the rule (never an empty list).
+        let s = host_spec(&tc(), &private(), &egress_to(json!([{"ipBlock": {"cidr": "10.1.0.0/16"}}])));
+        let egress = s.egress.unwrap();
+        assert_eq!(egress.len(), 1, "only the pod rule is left: {egress:?}");
+        assert!(egress[0].to.as_ref().unwrap()[0].pod_selector.is_some());
+        // Containing denied networks: they become exceptions, the tenant's own ones kept.
+        let s = host_spec(
+            &tc(),
+            &private(),
+            &egress_to(json!([{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["203.0.113.0/24"]}}])),
+        );
+        let block = s.egress.unwrap()[0].to.clone().unwrap()[0].ip_block.clone().unwrap();
+        assert_eq!(
+            block.except.unwrap(),
+            ["203.0.113.0/24", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        );
+        // Disjoint: unchanged.
+        let s = host_spec(&tc(), &private(), &egress_to(json!([{"ipBlock": {"cidr": "198.51.100.0/24"}}])));
+        let block = s.egress.unwrap()[0].to.clone().unwrap()[0].ip_block.clone().unwrap();
+        assert_eq!((block.cidr.as_str(), block.except), ("198.51.100.0/24", None));
+    }
+
+    #[test]
+    fn everyone_means_this_vclusters_pods_and_the_outside_under_deny_networks() {
+        let s = host_spec(&tc(), &private(), &egress_to(json!([])));
+        let peers = s.egress.unwrap()[0].to.clone().unwrap();
+        let pods = peers[0].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(pods.get(markers::LABEL_MANAGED_BY).map(String::as_str), Some("vc"));
+        assert!(!pods.contains_key(markers::LABEL_NAMESPACE), "every namespace of the vcluster");
+        let block = peers[1].ip_block.clone().unwrap();
+        assert_eq!(block.cidr, "0.0.0.0/0");
+        assert_eq!(block.except.unwrap().len(), 3);
+        assert_eq!(peers.len(), 2, "no IPv6 peer without an IPv6 deny network");
+        // Without deny networks "everyone" stays as the tenant wrote it.
+        let s = host_spec(&tc(), &[], &egress_to(json!([])));
+        assert_eq!(s.egress.unwrap()[0].to, Some(vec![]));
     }
 }
