@@ -41,6 +41,8 @@ VCLUSTER_NAME=vnest                      # the name manifests/base gives the vcl
 SERVICE_CIDR=10.96.0.0/12                # host service CIDR; the vcluster uses the same
 FIRST_SERVICE_IP=10.96.0.1
 POD_CIDR=10.244.0.0/16                   # kwok hands pod IPs out of this range
+# No tenant NetworkPolicy may open these (as with the isolated component).
+PRIVATE_CIDRS=10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16
 NODES=(kwok-node-0 kwok-node-1 kwok-node-2)
 PID_DIR=$STATE_DIR/pids
 LOG_DIR=$STATE_DIR/logs
@@ -553,7 +555,7 @@ SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
 # The virtual nodes' kubelet is the syncer's kubelet endpoint on loopback (local world only).
-EXTRA_SYNCER_FLAGS="--sync-networkpolicies --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
+EXTRA_SYNCER_FLAGS="--sync-networkpolicies --networkpolicy-deny-cidrs $PRIVATE_CIDRS --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
 EOF
 if [[ $VNEST_RUNTIME == containers ]]; then
 	wait_for "syncer container /readyz (both clusters reachable)" 60 runner curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"

@@ -113,3 +113,55 @@ async fn policies_are_copied_confined_to_the_vcluster() -> Result<()> {
     .await?;
     ns.delete().await
 }
+
+/// The local world runs the syncer with the private ranges as `--networkpolicy-deny-cidrs` (as
+/// the isolated component does): no tenant policy can open them again.
+#[tokio::test]
+async fn a_tenant_policy_cannot_reopen_denied_networks() -> Result<()> {
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "netpol-deny").await?;
+    let api: Api<NetworkPolicy> = Api::namespaced(w.virt.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": "wide-open"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}]},
+                                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]},
+                                {}]}
+        }))?,
+    )
+    .await?;
+    let hapi: Api<NetworkPolicy> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hname = w.host_name(&ns.name, "wide-open");
+    let h = wait_until("the host policy", WAIT, || async {
+        Ok(hapi.get_opt(&hname).await?)
+    })
+    .await?;
+    let egress = h.spec.unwrap_or_default().egress.unwrap_or_default();
+    assert_eq!(egress.len(), 2, "the rule inside 10.0.0.0/8 is gone: {egress:?}");
+    let everything = egress[0].to.clone().unwrap_or_default()[0]
+        .ip_block
+        .clone()
+        .expect("an ipBlock peer");
+    assert_eq!(everything.cidr, "0.0.0.0/0");
+    let except = everything.except.unwrap_or_default();
+    assert!(
+        except.iter().any(|c| c == "10.0.0.0/8") && except.iter().any(|c| c == "192.168.0.0/16"),
+        "{except:?}"
+    );
+    let everyone = egress[1].to.clone().unwrap_or_default();
+    assert!(!everyone.is_empty(), "'everyone' is never copied as everyone");
+    let pods = everyone[0]
+        .pod_selector
+        .clone()
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    assert_eq!(pods.get(markers::LABEL_MANAGED_BY), Some(&w.vcluster));
+    assert!(everyone[1..].iter().all(|p| p.ip_block.as_ref().is_some_and(|b| {
+        b.except
+            .as_ref()
+            .is_some_and(|e| e.iter().any(|c| c == "10.0.0.0/8"))
+    })));
+    ns.delete().await
+}

@@ -79,6 +79,9 @@ patches:
       value: {name: VNEST_SYNC_NETWORKPOLICIES, value: "true"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
+      value: {name: VNEST_NETWORKPOLICY_DENY_CIDRS, value: "$PRIVATE_CIDRS"}
+    - op: add
+      path: /spec/template/spec/containers/1/env/-
       value: {name: VNEST_LOG, value: "${VNEST_LOG:-info}"}
 EOF
 }

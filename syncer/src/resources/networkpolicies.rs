@@ -73,12 +73,19 @@ fn clip_ip_block(block: &IPBlock, deny: &[IpCidr]) -> Option<IPBlock> {
 /// the deny networks of each family that has one.
 fn everyone_allowed(vc: &str, deny: &[IpCidr]) -> Vec<NetworkPolicyPeer> {
     let mut peers = vec![NetworkPolicyPeer {
-        pod_selector: Some(translate_selector(None, |k| k.to_owned(), &vcluster_markers(vc, None))),
+        pod_selector: Some(translate_selector(
+            None,
+            |k| k.to_owned(),
+            &vcluster_markers(vc, None),
+        )),
         ..NetworkPolicyPeer::default()
     }];
     for (all, v6) in [("0.0.0.0/0", false), ("::/0", true)] {
         if deny.iter().any(|d| d.is_ipv6() == v6) {
-            let block = IPBlock { cidr: all.into(), except: None };
+            let block = IPBlock {
+                cidr: all.into(),
+                except: None,
+            };
             peers.extend(clip_ip_block(&block, deny).map(|b| NetworkPolicyPeer {
                 ip_block: Some(b),
                 ..NetworkPolicyPeer::default()
@@ -97,7 +104,11 @@ fn translate_peers(
 ) -> Option<Option<Vec<NetworkPolicyPeer>>> {
     if peers.as_ref().is_none_or(Vec::is_empty) {
         // "Everyone": kept as written unless deny networks narrow it.
-        return Some(if deny.is_empty() { peers } else { Some(everyone_allowed(vc, deny)) });
+        return Some(if deny.is_empty() {
+            peers
+        } else {
+            Some(everyone_allowed(vc, deny))
+        });
     }
     let peers = peers.unwrap_or_default();
     let host: Vec<NetworkPolicyPeer> = peers
@@ -292,7 +303,11 @@ mod tests {
     #[test]
     fn a_tenant_cannot_open_a_denied_network() {
         // Inside a denied network: the peer goes, and with it the rule (never an empty list).
-        let s = host_spec(&tc(), &private(), &egress_to(json!([{"ipBlock": {"cidr": "10.1.0.0/16"}}])));
+        let s = host_spec(
+            &tc(),
+            &private(),
+            &egress_to(json!([{"ipBlock": {"cidr": "10.1.0.0/16"}}])),
+        );
         let egress = s.egress.unwrap();
         assert_eq!(egress.len(), 1, "only the pod rule is left: {egress:?}");
         assert!(egress[0].to.as_ref().unwrap()[0].pod_selector.is_some());
@@ -302,14 +317,24 @@ mod tests {
             &private(),
             &egress_to(json!([{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["203.0.113.0/24"]}}])),
         );
-        let block = s.egress.unwrap()[0].to.clone().unwrap()[0].ip_block.clone().unwrap();
+        let block = s.egress.unwrap()[0].to.clone().unwrap()[0]
+            .ip_block
+            .clone()
+            .unwrap();
         assert_eq!(
             block.except.unwrap(),
             ["203.0.113.0/24", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
         );
         // Disjoint: unchanged.
-        let s = host_spec(&tc(), &private(), &egress_to(json!([{"ipBlock": {"cidr": "198.51.100.0/24"}}])));
-        let block = s.egress.unwrap()[0].to.clone().unwrap()[0].ip_block.clone().unwrap();
+        let s = host_spec(
+            &tc(),
+            &private(),
+            &egress_to(json!([{"ipBlock": {"cidr": "198.51.100.0/24"}}])),
+        );
+        let block = s.egress.unwrap()[0].to.clone().unwrap()[0]
+            .ip_block
+            .clone()
+            .unwrap();
         assert_eq!((block.cidr.as_str(), block.except), ("198.51.100.0/24", None));
     }
 
@@ -318,8 +343,14 @@ mod tests {
         let s = host_spec(&tc(), &private(), &egress_to(json!([])));
         let peers = s.egress.unwrap()[0].to.clone().unwrap();
         let pods = peers[0].pod_selector.clone().unwrap().match_labels.unwrap();
-        assert_eq!(pods.get(markers::LABEL_MANAGED_BY).map(String::as_str), Some("vc"));
-        assert!(!pods.contains_key(markers::LABEL_NAMESPACE), "every namespace of the vcluster");
+        assert_eq!(
+            pods.get(markers::LABEL_MANAGED_BY).map(String::as_str),
+            Some("vc")
+        );
+        assert!(
+            !pods.contains_key(markers::LABEL_NAMESPACE),
+            "every namespace of the vcluster"
+        );
         let block = peers[1].ip_block.clone().unwrap();
         assert_eq!(block.cidr, "0.0.0.0/0");
         assert_eq!(block.except.unwrap().len(), 3);
