@@ -494,9 +494,11 @@ mod tests {
         let env = resolve(&pod, k3s, &sources()).unwrap();
         assert!(env.contains(&("POD_NAMESPACE".to_owned(), "team-a".to_owned())));
         let (cmd, args) = command_line(k3s, &env);
-        assert_eq!(cmd.unwrap(), ["/bin/sh", "-c"]);
+        let cmd = cmd.unwrap();
+        assert_eq!(cmd[..2], ["/bin/sh", "-c"]);
+        // The shell line reaches the shell verbatim: `$(cat ...)` is not a kubelet reference.
+        assert!(cmd[2].contains("--service-cidr=\"$(cat /data/service-cidr)\""), "{cmd:?}");
         assert_eq!(args, k3s.args.clone().unwrap());
-        assert!(args[0].contains("--service-cidr=\"$(cat /data/service-cidr)\""));
         let syncer = spec.containers.iter().find(|c| c.name == "syncer").unwrap();
         let env: BTreeMap<_, _> = resolve(&pod, syncer, &sources()).unwrap().into_iter().collect();
         assert_eq!(env["VNEST_HOST_NAMESPACE"], "team-a");
