@@ -50,6 +50,7 @@ for name in "${names[@]}"; do stop "$name"; done
 # The vcluster pod's containers (container mode): the runner leaves them running when it stops,
 # as a kubelet does; nothing of this world may outlive it.
 [[ -n $runner_node ]] && remove_runner_containers "$runner_node"
+[[ -f $STATE_DIR/image ]] && remove_dev_image "$(cat "$STATE_DIR/image")"
 
 # Verify: no recorded process alive, no port of ours listening.
 left=()

@@ -10,7 +10,9 @@
 # no package manager. Runs as 65532 and needs no writable root filesystem.
 #
 # Options (environment): VNEST_BINARY=path to use an already built binary instead of building
-# the release one (e.g. target/debug/vnest for a quick local image; never for a published one).
+# the release one (e.g. target/debug/vnest for a quick local image; never for a published one);
+# VNEST_IMAGE_TAG=tag to tag it differently (the local world tags such images by the binary's
+# hash: podman's store is shared by every world on the machine). Prints the image reference.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/common.sh
@@ -20,7 +22,7 @@ source "$repo/hack/lib/podman.sh"
 
 version=v$(awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print $2; exit }' "$repo/Cargo.toml")
 [[ $version != v ]] || die "no [workspace.package] version in Cargo.toml"
-image=vnest/vnest:$version
+image=vnest/vnest:${VNEST_IMAGE_TAG:-$version}
 # The manifests must reference exactly this tag.
 grep -q "image: $image\$" "$repo/manifests/base/statefulset.yaml" ||
 	die "manifests/base/statefulset.yaml does not reference $image; update both together"
@@ -63,7 +65,7 @@ podman build --quiet --tag "$image" "$ctx" >/dev/null
 
 step "image 3/3: OCI archive"
 mkdir -p "$target_dir/image"
-archive=$target_dir/image/vnest-$version.oci.tar
+archive=$target_dir/image/vnest-${VNEST_IMAGE_TAG:-$version}.oci.tar
 rm -f "$archive"
 podman save --quiet --format oci-archive -o "$archive" "$image"
 # The image must start as the manifests run it: non-root, read-only root filesystem.

@@ -98,7 +98,7 @@ VNEST=$DEBUG_DIR/vnest
 if [[ $VNEST_RUNTIME == containers ]]; then
 	(cd "$repo" && cargo build --quiet --bin vnest --bin vnest-runner)
 	build_images "$VNEST"
-	log "images: $(podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '/(vnest|k3s):' | tr '\n' ' ')"
+	log "images: $VNEST_IMAGE (syncer, init container), rancher/k3s:$(sed -n 's/^ *newTag: //p' "$repo/manifests/base/kustomization.yaml" | head -n 1) (stand-in)"
 else
 	(cd "$repo" && cargo build --quiet --bin vnest)
 fi
@@ -586,6 +586,7 @@ KUBECTL=$KUBECTL
 VNEST_BIN=$VNEST
 VNEST_RUNTIME=$VNEST_RUNTIME
 RUNNER_NODE=$RUNNER_NODE
+VNEST_IMAGE=${VNEST_IMAGE:-}
 TOOLS_BIN_DIR=$BIN
 HOST_API_URL=https://127.0.0.1:$HOST_API_PORT
 VIRTUAL_API_URL=https://127.0.0.1:$VIRTUAL_API_PORT

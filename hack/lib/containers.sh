@@ -6,14 +6,22 @@
 # vnest/vnest:<version> from the given binary (the release one with VNEST_IMAGE_BINARY=release),
 # and the test-only rancher/k3s stand-in. Returns non-zero when podman cannot run a container
 # on this machine (the caller falls back to local processes and says so).
+#
+# Sets VNEST_IMAGE (the reference the local overlay uses). The release image is the manifests'
+# own tag; an image of another binary is tagged `<version>-dev.<hash of the binary>`, because
+# podman's store is shared by every world on this machine (another worktree's world must never
+# replace this world's syncer).
 build_images() {
-	local binary=$1
+	local binary=$1 version
 	ensure_podman
 	if [[ ${VNEST_IMAGE_BINARY:-debug} == release ]]; then
-		"$repo/hack/image.sh" >/dev/null
+		VNEST_IMAGE=$("$repo/hack/image.sh")
 	else
-		VNEST_BINARY=$binary "$repo/hack/image.sh" >/dev/null
+		version=$(sed -n 's|.*image: vnest/vnest:\(v[^ ]*\)$|\1|p' "$repo/manifests/base/statefulset.yaml" | head -n 1)
+		VNEST_IMAGE=$(VNEST_BINARY=$binary VNEST_IMAGE_TAG="$version-dev.$(sha256sum "$binary" | cut -c1-12)" \
+			"$repo/hack/image.sh")
 	fi
+	echo "$VNEST_IMAGE" >"$STATE_DIR/image"   # hack/down.sh removes a dev image again
 	"$repo/hack/k3s-standin/build-image.sh" >/dev/null
 }
 
@@ -42,6 +50,10 @@ kind: Kustomization
 namespace: $HOST_NAMESPACE
 resources:
 - $(realpath --relative-to="$dir" "$repo/manifests/base")
+images:
+- name: vnest/vnest
+  newName: ${VNEST_IMAGE%:*}
+  newTag: ${VNEST_IMAGE##*:}
 patches:
 - target: {kind: StatefulSet, name: $VCLUSTER_NAME}
   patch: |-
@@ -91,6 +103,13 @@ runner_container_id() {
 	podman ps -q --filter "label=dev.vnest.runner.node=$RUNNER_NODE" \
 		--filter "label=dev.vnest.runner.pod-namespace=$1" --filter "label=dev.vnest.runner.pod-name=$2" \
 		--filter "label=dev.vnest.runner.container=$3" | head -n 1
+}
+
+# remove_dev_image REF: a `-dev.` image this world built, unless a container still uses it.
+remove_dev_image() {
+	[[ $1 == *-dev.* ]] || return 0
+	command -v podman >/dev/null || return 0
+	podman rmi "$1" >/dev/null 2>&1 || true
 }
 
 # remove_runner_containers NODE: every container the runner of NODE started (make down).
