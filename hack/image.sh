@@ -24,8 +24,8 @@ version=v$(awk -F'"' '/^\[workspace.package\]/ { p = 1 } p && /^version/ { print
 [[ $version != v ]] || die "no [workspace.package] version in Cargo.toml"
 image=vnest/vnest:${VNEST_IMAGE_TAG:-$version}
 # The manifests must reference exactly this tag.
-grep -q "image: $image\$" "$repo/manifests/base/statefulset.yaml" ||
-	die "manifests/base/statefulset.yaml does not reference $image; update both together"
+grep -q "image: vnest/vnest:$version\$" "$repo/manifests/base/statefulset.yaml" ||
+	die "manifests/base/statefulset.yaml does not reference vnest/vnest:$version; update both together"
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 binary=${VNEST_BINARY:-}

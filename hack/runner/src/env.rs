@@ -497,7 +497,10 @@ mod tests {
         let cmd = cmd.unwrap();
         assert_eq!(cmd[..2], ["/bin/sh", "-c"]);
         // The shell line reaches the shell verbatim: `$(cat ...)` is not a kubelet reference.
-        assert!(cmd[2].contains("--service-cidr=\"$(cat /data/service-cidr)\""), "{cmd:?}");
+        assert!(
+            cmd[2].contains("--service-cidr=\"$(cat /data/service-cidr)\""),
+            "{cmd:?}"
+        );
         assert_eq!(args, k3s.args.clone().unwrap());
         let syncer = spec.containers.iter().find(|c| c.name == "syncer").unwrap();
         let env: BTreeMap<_, _> = resolve(&pod, syncer, &sources()).unwrap().into_iter().collect();
