@@ -26,6 +26,10 @@ use serde_json::json;
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(120);
+
+/// The tests of this binary run one at a time: one restarts the syncer and counts its host
+/// writes, and they share the pool of host volumes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const KIND: &[(&str, &str)] = &[("kind", "persistentvolumeclaims")];
 
 fn phase(c: &PersistentVolumeClaim) -> &str {
@@ -128,16 +132,16 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
     assert!(!host_volume.is_empty() && !text.contains(&host_volume), "the host volume's name never shows");
 }
 
-fn statefulset(replicas: i32) -> Result<StatefulSet> {
+fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": "db"},
+        "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
-            "serviceName": "db",
+            "serviceName": name,
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": {"app": "db"}},
+            "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": "db"}},
+                "metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "db", "image": "postgres",
                                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}
             },
@@ -160,6 +164,7 @@ async fn wait_ready(sts: &Api<StatefulSet>, replicas: i32) -> Result<()> {
 
 #[tokio::test]
 async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let w = World::connect().await?;
     recycle_pool(&w).await?;
     let ns = TestNs::new(&w.virt, "storage-sts").await?;
@@ -167,7 +172,11 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
     let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
     let writes_before = w.metric("vnest_syncer_host_writes_total", KIND).await?;
     let started = std::time::Instant::now();
-    sts.create(&PostParams::default(), &statefulset(3)?).await?;
+    sts.create(&PostParams::default(), &statefulset("db", 3)?).await?;
+    for i in 0..3 {
+        wait_bound(&w, &ns.name, &format!("data-db-{i}")).await?;
+    }
+    let bound_after = started.elapsed();
     wait_ready(&sts, 3).await?;
     let ready_after = started.elapsed();
 
@@ -189,7 +198,9 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
         bindings.push((v.uid(), volume_name(&v), volume_name(&h)));
     }
     let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
-    println!("3 claims bound and the StatefulSet Ready in {ready_after:?}; host writes for claims: {writes}");
+    println!(
+        "through vnest: 3 claims Bound on both sides after {bound_after:?}, the StatefulSet Ready after {ready_after:?}; host writes for claims: {writes}"
+    );
     assert_eq!(writes, 3.0, "one host write per claim: its create");
 
     // 3 -> 1 -> 3: the claims (retention: Retain) and their bindings stay.
@@ -217,6 +228,60 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
     }
     let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
     assert_eq!(writes, 3.0, "scaling writes no claim on the host");
+
+    // A restart re-checks every claim and volume and writes nothing, on either side.
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), &ns.name);
+    let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
+    let mut versions = Vec::new();
+    for (i, (_, pv, _)) in bindings.iter().enumerate() {
+        let claim = vclaims.get(&format!("data-db-{i}")).await?;
+        let volume = vvolumes.get(pv).await?;
+        versions.push((claim.resource_version(), volume.resource_version()));
+    }
+    w.syncer_script(&["restart", "KILL"]).await?;
+    wait_until("the restarted syncer caught up", WAIT, || async {
+        let s = w.metric("vnest_syncer_initial_sync_seconds", &[]).await?;
+        Ok((s > 0.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        w.metric("vnest_syncer_host_writes_total", KIND).await?,
+        0.0,
+        "a resync writes no claim on the host"
+    );
+    for (i, (_, pv, _)) in bindings.iter().enumerate() {
+        let claim = vclaims.get(&format!("data-db-{i}")).await?;
+        let volume = vvolumes.get(pv).await?;
+        assert_eq!(
+            (claim.resource_version(), volume.resource_version()),
+            versions[i],
+            "a resync writes neither claim {i} nor its volume in the virtual cluster"
+        );
+    }
+
+    // The same StatefulSet directly on the host, for comparison (same run, same pool).
+    let direct = format!("direct-{}", ns.name);
+    let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let started = std::time::Instant::now();
+    hsts.create(&PostParams::default(), &statefulset(&direct, 3)?).await?;
+    for i in 0..3 {
+        let name = format!("data-{direct}-{i}");
+        wait_until(&format!("host claim {name} Bound"), WAIT, || async {
+            Ok(hclaims.get_opt(&name).await?.filter(|c| phase(c) == "Bound").map(|_| ()))
+        })
+        .await?;
+    }
+    println!(
+        "directly on the host: 3 claims Bound after {:?} (through vnest: {bound_after:?})",
+        started.elapsed()
+    );
+    hsts.delete(&direct, &DeleteParams::default()).await?;
+    for i in 0..3 {
+        hclaims
+            .delete(&format!("data-{direct}-{i}"), &DeleteParams::default())
+            .await?;
+    }
     ns.delete().await?;
     Ok(())
 }
@@ -263,6 +328,7 @@ where
 
 #[tokio::test]
 async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let w = World::connect().await?;
     recycle_pool(&w).await?;
     let ns = TestNs::new(&w.virt, "storage-claims").await?;
@@ -374,6 +440,7 @@ async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
 
 #[tokio::test]
 async fn generic_ephemeral_volumes_run_and_go_with_their_pod() -> Result<()> {
+    let _serial = SERIAL.lock().await;
     let w = World::connect().await?;
     recycle_pool(&w).await?;
     let ns = TestNs::new(&w.virt, "storage-eph").await?;
