@@ -33,10 +33,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const KIND: &[(&str, &str)] = &[("kind", "persistentvolumeclaims")];
 
 fn phase(c: &PersistentVolumeClaim) -> &str {
-    c.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
+    c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
 fn volume_name(c: &PersistentVolumeClaim) -> String {
@@ -77,15 +74,25 @@ async fn wait_bound(
     let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
     let hname = w.host_name(ns, name);
-    wait_until(&format!("claim {ns}/{name} Bound on both sides"), WAIT, || async {
-        let Some(v) = vclaims.get_opt(name).await? else { return Ok(None) };
-        let Some(h) = hclaims.get_opt(&hname).await? else { return Ok(None) };
-        if phase(&v) != "Bound" || phase(&h) != "Bound" {
-            return Ok(None);
-        }
-        let Some(pv) = vvolumes.get_opt(&volume_name(&v)).await? else { return Ok(None) };
-        Ok(Some((v, pv, h)))
-    })
+    wait_until(
+        &format!("claim {ns}/{name} Bound on both sides"),
+        WAIT,
+        || async {
+            let Some(v) = vclaims.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let Some(h) = hclaims.get_opt(&hname).await? else {
+                return Ok(None);
+            };
+            if phase(&v) != "Bound" || phase(&h) != "Bound" {
+                return Ok(None);
+            }
+            let Some(pv) = vvolumes.get_opt(&volume_name(&v)).await? else {
+                return Ok(None);
+            };
+            Ok(Some((v, pv, h)))
+        },
+    )
     .await
 }
 
@@ -107,10 +114,7 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
     let claim_ref = spec.claim_ref.clone().unwrap_or_default();
     assert_eq!(claim_ref.uid.as_deref(), Some(uid.as_str()));
     assert_eq!(claim_ref.name, v.metadata.name);
-    assert_eq!(
-        pv.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Bound")
-    );
+    assert_eq!(pv.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Bound"));
     assert_eq!(
         spec.capacity,
         h.status.as_ref().and_then(|s| s.capacity.clone()),
@@ -129,7 +133,10 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
     );
     let text = serde_json::to_string(pv).unwrap_or_default();
     let host_volume = volume_name(h);
-    assert!(!host_volume.is_empty() && !text.contains(&host_volume), "the host volume's name never shows");
+    assert!(
+        !host_volume.is_empty() && !text.contains(&host_volume),
+        "the host volume's name never shows"
+    );
 }
 
 fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
@@ -154,11 +161,15 @@ fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
 }
 
 async fn wait_ready(sts: &Api<StatefulSet>, replicas: i32) -> Result<()> {
-    wait_until(&format!("StatefulSet db with {replicas} ready replicas"), WAIT, || async {
-        let s = sts.get("db").await?;
-        let st = s.status.unwrap_or_default();
-        Ok((st.ready_replicas == Some(replicas) && st.replicas == replicas).then_some(()))
-    })
+    wait_until(
+        &format!("StatefulSet db with {replicas} ready replicas"),
+        WAIT,
+        || async {
+            let s = sts.get("db").await?;
+            let st = s.status.unwrap_or_default();
+            Ok((st.ready_replicas == Some(replicas) && st.replicas == replicas).then_some(()))
+        },
+    )
     .await
 }
 
@@ -194,7 +205,11 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
             .into_iter()
             .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
             .collect();
-        assert_eq!(claims, [w.host_name(&ns.name, &claim)], "the host pod mounts the host claim");
+        assert_eq!(
+            claims,
+            [w.host_name(&ns.name, &claim)],
+            "the host pod mounts the host claim"
+        );
         bindings.push((v.uid(), volume_name(&v), volume_name(&h)));
     }
     let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
@@ -204,8 +219,12 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
     assert_eq!(writes, 3.0, "one host write per claim: its create");
 
     // 3 -> 1 -> 3: the claims (retention: Retain) and their bindings stay.
-    sts.patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
-        .await?;
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
     wait_ready(&sts, 1).await?;
     wait_until("the host pods of db-1 and db-2 gone", WAIT, || async {
         let mut gone = true;
@@ -218,13 +237,21 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
         Ok(gone.then_some(()))
     })
     .await?;
-    sts.patch("db", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
-        .await?;
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await?;
     wait_ready(&sts, 3).await?;
     for (i, before) in bindings.iter().enumerate() {
         let (v, pv, h) = wait_bound(&w, &ns.name, &format!("data-db-{i}")).await?;
         check_binding(&v, &pv, &h);
-        assert_eq!(&(v.uid(), volume_name(&v), volume_name(&h)), before, "claim {i} kept its binding");
+        assert_eq!(
+            &(v.uid(), volume_name(&v), volume_name(&h)),
+            before,
+            "claim {i} kept its binding"
+        );
     }
     let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
     assert_eq!(writes, 3.0, "scaling writes no claim on the host");
@@ -264,11 +291,16 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
     let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
     let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     let started = std::time::Instant::now();
-    hsts.create(&PostParams::default(), &statefulset(&direct, 3)?).await?;
+    hsts.create(&PostParams::default(), &statefulset(&direct, 3)?)
+        .await?;
     for i in 0..3 {
         let name = format!("data-{direct}-{i}");
         wait_until(&format!("host claim {name} Bound"), WAIT, || async {
-            Ok(hclaims.get_opt(&name).await?.filter(|c| phase(c) == "Bound").map(|_| ()))
+            Ok(hclaims
+                .get_opt(&name)
+                .await?
+                .filter(|c| phase(c) == "Bound")
+                .map(|_| ()))
         })
         .await?;
     }
@@ -323,7 +355,10 @@ async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    wait_until(what, WAIT, || async { Ok(api.get_opt(name).await?.is_none().then_some(())) }).await
+    wait_until(what, WAIT, || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -401,10 +436,7 @@ async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
         "the Warning names what is not supported"
     );
     assert!(
-        hclaims
-            .get_opt(&w.host_name(n, "from-snapshot"))
-            .await?
-            .is_none(),
+        hclaims.get_opt(&w.host_name(n, "from-snapshot")).await?.is_none(),
         "nothing on the host"
     );
 
@@ -472,14 +504,22 @@ async fn generic_ephemeral_volumes_run_and_go_with_their_pod() -> Result<()> {
         .into_iter()
         .find(|v| v.name == "scratch")
         .ok_or_else(|| anyhow::anyhow!("the host pod has no volume scratch"))?;
-    assert!(volume.ephemeral.is_none(), "the host's ephemeral-volume controller has nothing to act on");
+    assert!(
+        volume.ephemeral.is_none(),
+        "the host's ephemeral-volume controller has nothing to act on"
+    );
     assert_eq!(
         volume.persistent_volume_claim.map(|c| c.claim_name),
         Some(w.host_name(n, "eph-scratch"))
     );
 
     vpods.delete("eph", &DeleteParams::default()).await?;
-    wait_gone(&hclaims, &w.host_name(n, "eph-scratch"), "the host claim of eph-scratch gone").await?;
+    wait_gone(
+        &hclaims,
+        &w.host_name(n, "eph-scratch"),
+        "the host claim of eph-scratch gone",
+    )
+    .await?;
     ns.delete().await?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::translate::{self, ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER, HOST_OWNED_ANNOTATIONS};
+use super::translate::{
+    self, ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER, HOST_OWNED_ANNOTATIONS,
+};
 use crate::engine::TranslateCtx;
 use crate::engine::error::{SyncError, TranslateError};
 use crate::engine::execute::{Action, Ownership, Target, Write};
@@ -41,7 +43,10 @@ pub struct ClaimPlan {
 
 impl From<Plan> for ClaimPlan {
     fn from(plan: Plan) -> Self {
-        Self { plan, host_lost: false }
+        Self {
+            plan,
+            host_lost: false,
+        }
     }
 }
 
@@ -231,7 +236,11 @@ pub fn plan_claim(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ClaimPlan, SyncEr
             }
             (_, None) => {}
         }
-        let spec_name = v.spec.as_ref().and_then(|s| s.volume_name.as_deref()).unwrap_or("");
+        let spec_name = v
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .unwrap_or("");
         let annotations = v.annotations();
         let mut bind = json!({});
         if spec_name.is_empty() {
@@ -358,7 +367,11 @@ mod tests {
         }
     }
 
-    fn plan(v: Option<&PersistentVolumeClaim>, h: Option<&PersistentVolumeClaim>, pv: Option<&PersistentVolume>) -> ClaimPlan {
+    fn plan(
+        v: Option<&PersistentVolumeClaim>,
+        h: Option<&PersistentVolumeClaim>,
+        pv: Option<&PersistentVolume>,
+    ) -> ClaimPlan {
         plan_claim(&tc(), seen(v, h, pv)).expect("a plan")
     }
 
@@ -387,8 +400,10 @@ mod tests {
         let h = host_copy(&v0, bound_status());
         let mut v = claim(bound_status());
         v.spec.get_or_insert_default().volume_name = Some("pvc-u-1".into());
-        v.annotations_mut().insert(ANNOTATION_BIND_COMPLETED.into(), "yes".into());
-        v.annotations_mut().insert(ANNOTATION_BOUND_BY_CONTROLLER.into(), "yes".into());
+        v.annotations_mut()
+            .insert(ANNOTATION_BIND_COMPLETED.into(), "yes".into());
+        v.annotations_mut()
+            .insert(ANNOTATION_BOUND_BY_CONTROLLER.into(), "yes".into());
         let mut pv = translate::virtual_volume(&v, &h).expect("a volume");
         pv.metadata.uid = Some("pv-uid".into());
         pv.status = Some(serde_json::from_value(json!({"phase": "Bound"})).expect("a status"));
@@ -398,10 +413,14 @@ mod tests {
     #[test]
     fn create_carries_markers_owner_and_no_binder_annotations() {
         let mut v = claim(json!({}));
-        v.annotations_mut().insert(ANNOTATION_BIND_COMPLETED.into(), "yes".into());
+        v.annotations_mut()
+            .insert(ANNOTATION_BIND_COMPLETED.into(), "yes".into());
         v.annotations_mut().insert("team".into(), "a".into());
         let p = plan(Some(&v), None, None);
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "create", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "create", None)]
+        );
         assert_eq!(p.plan.actions[0].counted_as, NAME);
         let Write::Create { body, .. } = &p.plan.actions[0].write else {
             panic!("a create")
@@ -411,8 +430,15 @@ mod tests {
         assert_eq!(body["metadata"]["labels"][markers::LABEL_MANAGED_BY], "vc");
         assert_eq!(body["metadata"]["labels"]["app"], "db");
         assert_eq!(body["metadata"]["annotations"]["team"], "a");
-        assert!(body["metadata"]["annotations"].get(ANNOTATION_BIND_COMPLETED).is_none());
-        assert_eq!(body["metadata"]["annotations"][markers::ANNOTATION_OBJECT_KIND], KIND);
+        assert!(
+            body["metadata"]["annotations"]
+                .get(ANNOTATION_BIND_COMPLETED)
+                .is_none()
+        );
+        assert_eq!(
+            body["metadata"]["annotations"][markers::ANNOTATION_OBJECT_KIND],
+            KIND
+        );
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "owner-uid");
         assert_eq!(body["spec"]["resources"]["requests"]["storage"], "1Gi");
         assert!(body.get("status").is_none());
@@ -422,8 +448,10 @@ mod tests {
     fn an_unsupported_source_creates_nothing_and_tells_the_tenant() {
         let mut v = claim(json!({}));
         v.spec.get_or_insert_default().data_source = Some(
-            serde_json::from_value(json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}))
-                .expect("a reference"),
+            serde_json::from_value(
+                json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}),
+            )
+            .expect("a reference"),
         );
         let err = plan_claim(&tc(), seen(Some(&v), None, None)).expect_err("refused");
         assert_eq!(err.category(), "refused");
@@ -442,7 +470,10 @@ mod tests {
         let Write::Patch { patch, .. } = &p.plan.actions[0].write else {
             panic!("a patch")
         };
-        assert_eq!(patch.body, json!({"metadata": {"uid": "u-1"}, "status": {"phase": "Pending"}}));
+        assert_eq!(
+            patch.body,
+            json!({"metadata": {"uid": "u-1"}, "status": {"phase": "Pending"}})
+        );
         // Once copied: nothing (host-only annotations and spec fields are not ours to compare).
         let v = claim(json!({"phase": "Pending"}));
         assert_eq!(plan(Some(&v), Some(&h), None), ClaimPlan::default());
@@ -478,7 +509,13 @@ mod tests {
             body(3),
             json!({"metadata": {"uid": "u-1"}, "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}})
         );
-        assert!(p.plan.actions.iter().all(|a| a.target.cluster == Cluster::Virtual), "no host write");
+        assert!(
+            p.plan
+                .actions
+                .iter()
+                .all(|a| a.target.cluster == Cluster::Virtual),
+            "no host write"
+        );
     }
 
     #[test]
@@ -495,9 +532,15 @@ mod tests {
             .and_then(|s| s.resources.as_mut())
             .and_then(|r| r.requests.as_mut())
             .expect("requests")
-            .insert("storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()));
+            .insert(
+                "storage".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
+            );
         let p = plan(Some(&v), Some(&h), Some(&pv));
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "patch", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "patch", None)]
+        );
         let Write::Patch { patch, .. } = &p.plan.actions[0].write else {
             panic!("a patch")
         };
@@ -508,15 +551,20 @@ mod tests {
         // The host grows its capacity: the volume and the status follow.
         let mut h2 = h.clone();
         h2.status = Some(
-            serde_json::from_value(json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "2Gi"}}))
-                .expect("a status"),
+            serde_json::from_value(
+                json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "2Gi"}}),
+            )
+            .expect("a status"),
         );
         h2.spec
             .as_mut()
             .and_then(|s| s.resources.as_mut())
             .and_then(|r| r.requests.as_mut())
             .expect("requests")
-            .insert("storage".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()));
+            .insert(
+                "storage".into(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
+            );
         let p = plan(Some(&v), Some(&h2), Some(&pv));
         assert_eq!(
             steps(&p),
@@ -532,7 +580,10 @@ mod tests {
         // Not bound yet: made again.
         let v = claim(json!({"phase": "Pending"}));
         let p = plan(Some(&v), None, None);
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "create", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "create", None)]
+        );
         assert!(!p.host_lost);
         // Bound: never a silent new volume; Lost, and the tenant told once.
         let (v, _, pv) = bound_pair();
@@ -551,7 +602,10 @@ mod tests {
     fn deletes_follow_the_virtual_claim() {
         let (v, h, _) = bound_pair();
         let p = plan(None, Some(&h), None);
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]
+        );
         assert_eq!(
             p.plan.actions[0].write,
             Write::Delete {
@@ -562,14 +616,24 @@ mod tests {
         let mut going = v.clone();
         going.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         let p = plan(Some(&going), Some(&h), None);
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]
+        );
         assert!(!p.host_lost);
-        assert_eq!(plan(Some(&going), None, None), ClaimPlan::default(), "no Lost for a claim going away");
+        assert_eq!(
+            plan(Some(&going), None, None),
+            ClaimPlan::default(),
+            "no Lost for a claim going away"
+        );
         // A host claim of an older virtual claim of the same name: replaced.
         let mut newer = v.clone();
         newer.metadata.uid = Some("u-2".into());
         let p = plan(Some(&newer), Some(&h), None);
-        assert_eq!(steps(&p), [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]);
+        assert_eq!(
+            steps(&p),
+            [(Cluster::Host, "PersistentVolumeClaim", "delete", None)]
+        );
     }
 
     #[test]
@@ -579,7 +643,11 @@ mod tests {
         assert_eq!(plan_volume(&pv, None).ops(), ["delete"], "claim gone");
         let mut newer = v.clone();
         newer.metadata.uid = Some("u-2".into());
-        assert_eq!(plan_volume(&pv, Some(&newer)).ops(), ["delete"], "claim recreated");
+        assert_eq!(
+            plan_volume(&pv, Some(&newer)).ops(),
+            ["delete"],
+            "claim recreated"
+        );
         let mut protected = pv.clone();
         protected.metadata.finalizers = Some(vec!["kubernetes.io/pv-protection".into()]);
         assert_eq!(plan_volume(&protected, None).ops(), ["delete", "patch"]);

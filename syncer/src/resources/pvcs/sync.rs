@@ -29,8 +29,7 @@ pub struct ClaimSync {
 
 impl ClaimSync {
     fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
-        self.virtual_claims
-            .get(&ObjectRef::new(name).within(namespace))
+        self.virtual_claims.get(&ObjectRef::new(name).within(namespace))
     }
 
     async fn reconcile_volume(&self, name: &str) -> Result<Outcome, SyncError> {
@@ -65,10 +64,10 @@ impl Reconciler for ClaimSync {
         if h.is_some() {
             self.executor.observed(&host_name);
         }
-        let volume = v
-            .as_ref()
-            .and_then(|v| v.uid())
-            .and_then(|uid| self.virtual_volumes.get(&ObjectRef::new(&translate::volume_name(&uid))));
+        let volume = v.as_ref().and_then(|v| v.uid()).and_then(|uid| {
+            self.virtual_volumes
+                .get(&ObjectRef::new(&translate::volume_name(&uid)))
+        });
         let seen = Seen {
             claim: v.as_deref(),
             host: h.as_deref(),
@@ -103,8 +102,7 @@ impl Reconciler for ClaimSync {
         if key.namespace.is_empty() {
             return None;
         }
-        self.claim(&key.namespace, &key.name)
-            .map(|v| v.object_ref(&()))
+        self.claim(&key.namespace, &key.name).map(|v| v.object_ref(&()))
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec,
-    TypedLocalObjectReference, TypedObjectReference,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec, TypedLocalObjectReference,
+    TypedObjectReference,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -64,7 +64,10 @@ pub fn claim_of(pv: &PersistentVolume) -> Option<(String, String, Option<String>
 /// the same namespace. Refused (nothing is created; the tenant reads why): any other data
 /// source (the syncer does not copy VolumeSnapshots or populators' objects), a cross-namespace
 /// `dataSourceRef`, and a `volumeName` naming a volume the syncer did not make for this claim.
-pub fn host_spec(vcluster: &str, v: &PersistentVolumeClaim) -> Result<PersistentVolumeClaimSpec, TranslateError> {
+pub fn host_spec(
+    vcluster: &str,
+    v: &PersistentVolumeClaim,
+) -> Result<PersistentVolumeClaimSpec, TranslateError> {
     let ns = v.namespace().unwrap_or_default();
     let mut spec = v.spec.clone().unwrap_or_default();
     if let Some(name) = spec.volume_name.take().filter(|n| !n.is_empty()) {
@@ -90,7 +93,10 @@ fn is_claim_kind(api_group: Option<&str>, kind: &str) -> bool {
 }
 
 fn unsupported_source(field: &str, api_group: Option<&str>, kind: &str, name: &str) -> TranslateError {
-    let group = api_group.filter(|g| !g.is_empty()).map(|g| format!("{g}/")).unwrap_or_default();
+    let group = api_group
+        .filter(|g| !g.is_empty())
+        .map(|g| format!("{g}/"))
+        .unwrap_or_default();
     TranslateError::Refused(format!(
         "{field} names {group}{kind} {name:?}: only a PersistentVolumeClaim of the same namespace \
          can be a data source through vnest (VolumeSnapshots and volume populators are not \
@@ -116,7 +122,11 @@ fn translate_local_source(
     Ok(())
 }
 
-fn translate_source_ref(vcluster: &str, ns: &str, source: &mut TypedObjectReference) -> Result<(), TranslateError> {
+fn translate_source_ref(
+    vcluster: &str,
+    ns: &str,
+    source: &mut TypedObjectReference,
+) -> Result<(), TranslateError> {
     let field = "spec.dataSourceRef";
     if !is_claim_kind(source.api_group.as_deref(), &source.kind) {
         return Err(unsupported_source(
@@ -126,7 +136,11 @@ fn translate_source_ref(vcluster: &str, ns: &str, source: &mut TypedObjectRefere
             &source.name,
         ));
     }
-    if source.namespace.as_deref().is_some_and(|n| !n.is_empty() && n != ns) {
+    if source
+        .namespace
+        .as_deref()
+        .is_some_and(|n| !n.is_empty() && n != ns)
+    {
         return Err(TranslateError::Refused(format!(
             "{field} names a claim in another namespace: cross-namespace data sources are not supported by vnest"
         )));
@@ -237,7 +251,10 @@ pub fn virtual_volume(v: &PersistentVolumeClaim, h: &PersistentVolumeClaim) -> O
             )])),
             annotations: Some(BTreeMap::from([
                 (ANNOTATION_BOUND_BY_CONTROLLER.to_owned(), "yes".to_owned()),
-                (ANNOTATION_PROVISIONED_BY.to_owned(), VIRTUAL_VOLUME_DRIVER.to_owned()),
+                (
+                    ANNOTATION_PROVISIONED_BY.to_owned(),
+                    VIRTUAL_VOLUME_DRIVER.to_owned(),
+                ),
             ])),
             ..ObjectMeta::default()
         },
@@ -302,15 +319,23 @@ mod tests {
             ("plain claim", with(json!({})), with(json!({}))),
             (
                 "class, mode, attributes class kept",
-                with(json!({"storageClassName": "fast", "volumeMode": "Block", "volumeAttributesClassName": "gold"})),
-                with(json!({"storageClassName": "fast", "volumeMode": "Block", "volumeAttributesClassName": "gold"})),
+                with(
+                    json!({"storageClassName": "fast", "volumeMode": "Block", "volumeAttributesClassName": "gold"}),
+                ),
+                with(
+                    json!({"storageClassName": "fast", "volumeMode": "Block", "volumeAttributesClassName": "gold"}),
+                ),
             ),
             (
                 "a claim as data source is renamed (both fields)",
-                with(json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "src"},
-                            "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "src", "namespace": "shop"}})),
-                with(json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": hn("src")},
-                            "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": hn("src")}})),
+                with(
+                    json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "src"},
+                            "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "src", "namespace": "shop"}}),
+                ),
+                with(
+                    json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": hn("src")},
+                            "dataSourceRef": {"kind": "PersistentVolumeClaim", "name": hn("src")}}),
+                ),
             ),
             (
                 "our own volume name (after binding) is dropped",
@@ -325,7 +350,9 @@ mod tests {
         let refused = [
             (
                 "a snapshot",
-                with(json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}})),
+                with(
+                    json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}}),
+                ),
                 "spec.dataSource names snapshot.storage.k8s.io/VolumeSnapshot \"snap\"",
             ),
             (
@@ -335,7 +362,9 @@ mod tests {
             ),
             (
                 "a claim in another namespace",
-                with(json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "src", "namespace": "other"}})),
+                with(
+                    json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "src", "namespace": "other"}}),
+                ),
                 "cross-namespace",
             ),
             (
@@ -377,7 +406,11 @@ mod tests {
         let c = |s: &str| claim(json!({"resources": {"requests": {"storage": s}}}));
         let cases = [
             ("1Gi", "1Gi", None),
-            ("2Gi", "1Gi", Some(json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}}))),
+            (
+                "2Gi",
+                "1Gi",
+                Some(json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})),
+            ),
             ("1024Mi", "1Gi", None),
             ("1Gi", "2Gi", None),
         ];
@@ -388,7 +421,8 @@ mod tests {
 
     #[test]
     fn virtual_volume_reveals_nothing_of_the_host() {
-        let v = claim(json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}));
+        let v =
+            claim(json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}));
         let h: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": hn("data"), "namespace": "host", "uid": "h-1"},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "volumeMode": "Filesystem",
@@ -400,11 +434,20 @@ mod tests {
         let body = serde_json::to_value(&pv).expect("serializes");
         assert_eq!(body["metadata"]["name"], "pvc-u-1");
         assert_eq!(body["metadata"]["labels"][markers::LABEL_VIRTUAL_VOLUME], "true");
-        assert_eq!(body["spec"]["capacity"]["storage"], "5Gi", "what the host bound, not what was asked");
-        assert_eq!(body["spec"]["accessModes"], json!(["ReadWriteOnce", "ReadOnlyMany"]));
+        assert_eq!(
+            body["spec"]["capacity"]["storage"], "5Gi",
+            "what the host bound, not what was asked"
+        );
+        assert_eq!(
+            body["spec"]["accessModes"],
+            json!(["ReadWriteOnce", "ReadOnlyMany"])
+        );
         assert_eq!(body["spec"]["storageClassName"], "local");
         assert_eq!(body["spec"]["volumeMode"], "Filesystem");
-        assert_eq!(body["spec"]["csi"], json!({"driver": "host.vnest.dev", "volumeHandle": "u-1"}));
+        assert_eq!(
+            body["spec"]["csi"],
+            json!({"driver": "host.vnest.dev", "volumeHandle": "u-1"})
+        );
         assert_eq!(
             body["spec"]["claimRef"],
             json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "shop", "name": "data", "uid": "u-1"})
