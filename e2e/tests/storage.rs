@@ -4,7 +4,9 @@
 //!
 //! - a StatefulSet with a volumeClaimTemplate becomes Ready: virtual claims Bound to virtual
 //!   volumes the syncer made, host claims Bound, host pods referencing the host claims; scaling
-//!   3 → 1 → 3 keeps claims and bindings; one host write per claim (its create);
+//!   3 → 1 → 3 keeps claims and bindings; one host write per claim (its create); a SIGKILL
+//!   restart writes nothing on either side; `persistentVolumeClaimRetentionPolicy.whenScaled:
+//!   Delete` removes the scaled-down replicas' claims on both sides;
 //! - a resize propagates to the host claim's spec; deleting a virtual claim deletes the host
 //!   copy and the virtual volume; a VolumeSnapshot data source is refused with a Warning Event
 //!   and nothing on the host; a host claim deleted out of band under a bound claim makes it
@@ -286,10 +288,32 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
         );
     }
 
+    // persistentVolumeClaimRetentionPolicy: the virtual controller deletes the claims of
+    // scaled-down replicas; their host copies and virtual volumes follow.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1,
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"}}})),
+    )
+    .await?;
+    wait_ready(&sts, 1).await?;
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    for (i, (_, pv, _)) in bindings.iter().enumerate().skip(1) {
+        let claim = format!("data-db-{i}");
+        wait_gone(&vclaims, &claim, &format!("virtual claim {claim} deleted by the retention policy")).await?;
+        wait_gone(&hclaims, &w.host_name(&ns.name, &claim), &format!("host claim of {claim} gone")).await?;
+        wait_gone(&vvolumes, pv, &format!("virtual volume of {claim} gone")).await?;
+    }
+    assert_eq!(
+        phase(&vclaims.get("data-db-0").await?),
+        "Bound",
+        "the claim of the remaining replica stays"
+    );
+
     // The same StatefulSet directly on the host, for comparison (same run, same pool).
     let direct = format!("direct-{}", ns.name);
     let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
-    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     let started = std::time::Instant::now();
     hsts.create(&PostParams::default(), &statefulset(&direct, 3)?)
         .await?;
