@@ -301,8 +301,18 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
     let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     for (i, (_, pv, _)) in bindings.iter().enumerate().skip(1) {
         let claim = format!("data-db-{i}");
-        wait_gone(&vclaims, &claim, &format!("virtual claim {claim} deleted by the retention policy")).await?;
-        wait_gone(&hclaims, &w.host_name(&ns.name, &claim), &format!("host claim of {claim} gone")).await?;
+        wait_gone(
+            &vclaims,
+            &claim,
+            &format!("virtual claim {claim} deleted by the retention policy"),
+        )
+        .await?;
+        wait_gone(
+            &hclaims,
+            &w.host_name(&ns.name, &claim),
+            &format!("host claim of {claim} gone"),
+        )
+        .await?;
         wait_gone(&vvolumes, pv, &format!("virtual volume of {claim} gone")).await?;
     }
     assert_eq!(
