@@ -14,8 +14,7 @@
 //! - a pod with a generic ephemeral volume runs on the host with a reference to the host copy
 //!   of its claim (no `ephemeral` volume there), and the claim goes with the pod.
 //!
-//! Two vclusters' same-named claims cannot collide by construction (the host name hashes the
-//! vcluster name, `naming::host_name`, property-tested); not e2e-tested here.
+//! Two vclusters' same-named claims: `two_vclusters.rs`.
 
 use std::time::Duration;
 
