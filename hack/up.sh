@@ -369,13 +369,48 @@ step "4/7 vcluster '$VCLUSTER_NAME' in host namespace '$HOST_NAMESPACE' (kubectl
 K() { "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" "$@"; }
 K create namespace "$HOST_NAMESPACE" >/dev/null
 wait_for "ServiceAccount default in $HOST_NAMESPACE" 60 host-controller-manager K -n "$HOST_NAMESPACE" get serviceaccount default
-# A real cluster's storage provisioner would create this volume for the StatefulSet's claim.
+# The host's storage: a default StorageClass `local` (no provisioner, WaitForFirstConsumer:
+# the host's own scheduler and PV binder bind a claim when its pod is scheduled) and a pool of
+# pre-created hostPath volumes of it for the tenants' claims (STORAGE_POOL of 1Gi each, under
+# $STATE_DIR/pvs). No dynamic provisioner: a claim larger than 1Gi stays Pending here.
+STORAGE_POOL=${STORAGE_POOL:-12}
+K apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+allowVolumeExpansion: true
+EOF
+for i in $(seq 0 $((STORAGE_POOL - 1))); do
+	mkdir -p "$STATE_DIR/pvs/pv-$i"
+	cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: $HOST_NAMESPACE-pool-$i
+  labels: {vnest.dev/test-pool: "true"}
+spec:
+  storageClassName: local
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $STATE_DIR/pvs/pv-$i}
+EOF
+done | K apply -f - >/dev/null
+# A real cluster's storage provisioner would create this volume for the StatefulSet's claim
+# (of class `local`: the claim gets the default class).
 K apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolume
 metadata:
   name: $HOST_NAMESPACE-data-$VCLUSTER_NAME-0
 spec:
+  storageClassName: local
   capacity: {storage: 5Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Delete

@@ -41,7 +41,8 @@ async fn volume_for(w: &World, ns: &str, name: &str) -> Result<String> {
     std::fs::create_dir_all(&dir)?;
     let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
         "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
+        // Of the local world's default class (`hack/up.sh`), which the claim gets on create.
+        "spec": {"storageClassName": "local", "capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": dir},
                  "claimRef": {"namespace": ns, "name": format!("data-{name}-0")}}
     }))?;

@@ -1,7 +1,7 @@
 //! Two vclusters in ONE host namespace: the same virtual namespace and names in both never
 //! collide, neither syncer touches the other's host objects, and deleting one vcluster's owner
 //! object makes the host garbage collector remove everything that vcluster created — and
-//! nothing of the other's.
+//! nothing of the other's. Same-named claims get a host claim and a host volume each.
 //!
 //! The second vcluster's virtual control plane comes from `hack/up.sh` (VIRTUAL2_KUBECONFIG);
 //! this test creates its host owner objects and runs its syncer itself.
@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
@@ -301,13 +301,67 @@ async fn two_vclusters_share_a_host_namespace_and_delete_cleanly() -> Result<()>
         .await?;
     }
 
+    // The same claim (namespace, name) used by a pod in both vclusters: two host claims, each
+    // bound to its own host volume, each virtual claim bound.
+    let claim: PersistentVolumeClaim = obj(json!({"metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}}))?;
+    let user: Pod = obj(json!({"metadata": {"name": "db"},
+        "spec": {"containers": [{"name": "main", "image": "postgres"}],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}))?;
+    for client in [&w.virt, &virt2] {
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns1.name)
+            .create(&PostParams::default(), &claim)
+            .await?;
+        Api::<Pod>::namespaced(client.clone(), &ns1.name)
+            .create(&PostParams::default(), &user)
+            .await?;
+    }
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let mut host_volumes = Vec::new();
+    for vc in [w.vcluster.as_str(), vc2.as_str()] {
+        let hname = vnest::naming::host_name(vc, &ns1.name, "data");
+        let h = wait_until("each vcluster's host claim Bound", WAIT, || async {
+            Ok(hclaims
+                .get_opt(&hname)
+                .await?
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")))
+        })
+        .await?;
+        assert_eq!(
+            h.labels().get(markers::LABEL_MANAGED_BY).map(String::as_str),
+            Some(vc)
+        );
+        host_volumes.push(h.spec.and_then(|s| s.volume_name).unwrap_or_default());
+    }
+    assert_ne!(
+        host_volumes[0], host_volumes[1],
+        "each claim has its own host volume"
+    );
+    for client in [&w.virt, &virt2] {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns1.name);
+        wait_until("the virtual claim Bound in both vclusters", WAIT, || async {
+            Ok(claims
+                .get_opt("data")
+                .await?
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+                .map(|_| ()))
+        })
+        .await?;
+    }
+
     // Deleting vcluster 2 (its owner object) removes all it made, and nothing of vcluster 1.
     statefulsets.delete(&vc2, &DeleteParams::background()).await?;
+    let claim2 = vnest::naming::host_name(&vc2, &ns1.name, "data");
     wait_until("vcluster 2's host objects garbage-collected", WAIT, || async {
         let (p, c, s) = managed_by(&w, &vc2).await?;
-        Ok((p.is_empty() && c.is_empty() && s.is_empty()).then_some(()))
+        let claim_gone = hclaims.get_opt(&claim2).await?.is_none();
+        Ok((p.is_empty() && c.is_empty() && s.is_empty() && claim_gone).then_some(()))
     })
     .await?;
+    assert!(
+        hclaims.get_opt(&w.host_name(&ns1.name, "data")).await?.is_some(),
+        "vcluster 1's claim must survive"
+    );
     let (pods1, cms1, _) = managed_by(&w, &w.vcluster).await?;
     assert!(
         pods1.iter().any(|p| p.name_any() == name1),

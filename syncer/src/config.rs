@@ -480,7 +480,8 @@ mod tests {
     }
 
     /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups,
-    /// plus the flags added since (`--sync-poddisruptionbudgets`, `--export-*`):
+    /// plus the flags added since (`--sync-poddisruptionbudgets`, `--sync-persistentvolumeclaims`,
+    /// `--export-*`):
     /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
     /// interface of every deployment, so they must not change by accident.
     const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
@@ -518,6 +519,11 @@ mod tests {
         (
             "sync-poddisruptionbudgets",
             "VNEST_SYNC_PODDISRUPTIONBUDGETS",
+            "true",
+        ),
+        (
+            "sync-persistentvolumeclaims",
+            "VNEST_SYNC_PERSISTENTVOLUMECLAIMS",
             "true",
         ),
         ("export-kubeconfig", "VNEST_EXPORT_KUBECONFIG", "true"),

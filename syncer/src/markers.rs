@@ -91,6 +91,11 @@ pub const TOKEN_SECRET_KIND: &str = "PodToken";
 /// Label on every virtual Node the syncer made (and may therefore delete).
 pub const LABEL_VIRTUAL_NODE: &str = "vnest.dev/node";
 
+/// Label on every virtual PersistentVolume the syncer made for a bound claim (and may therefore
+/// delete), with value [`VIRTUAL_VOLUME_VALUE`].
+pub const LABEL_VIRTUAL_VOLUME: &str = "vnest.dev/volume";
+pub const VIRTUAL_VOLUME_VALUE: &str = "true";
+
 /// Annotation on a virtual copy of a host Event: `<host event uid> <fingerprint hash>`.
 pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
 

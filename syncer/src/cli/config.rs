@@ -86,6 +86,9 @@ pub struct SyncConfig {
     /// Copy virtual PodDisruptionBudgets to the host (`VNEST_SYNC_PODDISRUPTIONBUDGETS`).
     /// Default: on.
     pub poddisruptionbudgets: Option<bool>,
+    /// Copy virtual PersistentVolumeClaims to the host and bind them to virtual volumes
+    /// (`VNEST_SYNC_PERSISTENTVOLUMECLAIMS`). Default: on.
+    pub persistentvolumeclaims: Option<bool>,
     /// Copy every virtual ConfigMap, not only those pods use (`VNEST_SYNC_ALL_CONFIGMAPS`).
     /// Default: off.
     pub all_configmaps: Option<bool>,
@@ -655,7 +658,7 @@ mod tests {
             (
                 vec!["sync.podz=true"],
                 None,
-                "unknown key \"sync.podz\": allowed keys under \"sync\": allConfigmaps, allSecrets, hostAccess, networkpolicies, podTokenStorage, poddisruptionbudgets",
+                "unknown key \"sync.podz\": allowed keys under \"sync\": allConfigmaps, allSecrets, hostAccess, networkpolicies, persistentvolumeclaims, podTokenStorage, poddisruptionbudgets",
             ),
             (
                 vec!["nope=1"],

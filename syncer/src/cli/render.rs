@@ -138,6 +138,7 @@ fn apply_knobs(config: &VclusterConfig, sts: &mut Value) {
     let flags = [
         ("VNEST_SYNC_NETWORKPOLICIES", s.networkpolicies),
         ("VNEST_SYNC_PODDISRUPTIONBUDGETS", s.poddisruptionbudgets),
+        ("VNEST_SYNC_PERSISTENTVOLUMECLAIMS", s.persistentvolumeclaims),
         ("VNEST_SYNC_ALL_CONFIGMAPS", s.all_configmaps),
         ("VNEST_SYNC_ALL_SECRETS", s.all_secrets),
         ("VNEST_EXPORT_KUBECONFIG", e.enabled),

@@ -11,6 +11,7 @@ pub mod networkpolicies;
 pub mod nodes;
 pub mod poddisruptionbudgets;
 pub mod pods;
+pub mod pvcs;
 pub mod secrets;
 pub mod selectors;
 pub mod services;
@@ -42,6 +43,8 @@ pub struct KindArgs {
     #[command(flatten)]
     pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
     #[command(flatten)]
+    pub persistentvolumeclaims: pvcs::PersistentVolumeClaimArgs,
+    #[command(flatten)]
     pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
@@ -55,6 +58,7 @@ pub struct KindSettings {
     pub nodes: nodes::NodeArgs,
     pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
+    pub persistentvolumeclaims: pvcs::PersistentVolumeClaimArgs,
     pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
@@ -68,6 +72,7 @@ impl KindArgs {
             nodes,
             networkpolicies,
             poddisruptionbudgets,
+            persistentvolumeclaims,
             kubeconfig,
         } = self;
         KindSettings {
@@ -77,6 +82,7 @@ impl KindArgs {
             nodes,
             networkpolicies,
             poddisruptionbudgets,
+            persistentvolumeclaims,
             kubeconfig,
         }
     }
@@ -183,6 +189,12 @@ const KINDS: &[Kind] = &[
         enabled: |o| o.kinds.poddisruptionbudgets.sync_poddisruptionbudgets,
         optional: true,
         register: |r, _, _| poddisruptionbudgets::register(r, 2),
+    },
+    Kind {
+        name: "persistentvolumeclaims",
+        enabled: |o| o.kinds.persistentvolumeclaims.sync_persistentvolumeclaims,
+        optional: true,
+        register: |r, _, w| pvcs::register(r, w.div_ceil(4)),
     },
     Kind {
         name: "kubeconfig",

@@ -1,0 +1,558 @@
+//! Storage through vnest against the real control planes: the host has a default StorageClass
+//! `local` (no provisioner, WaitForFirstConsumer) and a pool of 1Gi hostPath volumes
+//! (`hack/up.sh`) that the host's own scheduler and PV binder bind.
+//!
+//! - a StatefulSet with a volumeClaimTemplate becomes Ready: virtual claims Bound to virtual
+//!   volumes the syncer made, host claims Bound, host pods referencing the host claims; scaling
+//!   3 → 1 → 3 keeps claims and bindings; one host write per claim (its create); a SIGKILL
+//!   restart writes nothing on either side; `persistentVolumeClaimRetentionPolicy.whenScaled:
+//!   Delete` removes the scaled-down replicas' claims on both sides;
+//! - a resize propagates to the host claim's spec; deleting a virtual claim deletes the host
+//!   copy and the virtual volume; a VolumeSnapshot data source is refused with a Warning Event
+//!   and nothing on the host; a host claim deleted out of band under a bound claim makes it
+//!   Lost with a Warning (no new volume);
+//! - a pod with a generic ephemeral volume runs on the host with a reference to the host copy
+//!   of its claim (no `ephemeral` volume there), and the claim goes with the pod.
+//!
+//! Two vclusters' same-named claims: `two_vclusters.rs`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use vnest_e2e::{Result, TestNs, World, wait_until};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The tests of this binary run one at a time: one restarts the syncer and counts its host
+/// writes, and they share the pool of host volumes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const KIND: &[(&str, &str)] = &[("kind", "persistentvolumeclaims")];
+
+fn phase(c: &PersistentVolumeClaim) -> &str {
+    c.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+
+fn volume_name(c: &PersistentVolumeClaim) -> String {
+    c.spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .unwrap_or_default()
+}
+
+/// Makes the pool's Released volumes (of claims earlier tests deleted; reclaim policy Retain)
+/// Available again, as a local static provisioner would.
+async fn recycle_pool(w: &World) -> Result<()> {
+    let pvs: Api<PersistentVolume> = Api::all(w.host.clone());
+    for pv in pvs
+        .list(&ListParams::default().labels("vnest.dev/test-pool=true"))
+        .await?
+    {
+        if pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
+            pvs.patch(
+                &pv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"claimRef": null}})),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until virtual claim `name` is Bound to a volume the syncer made for it, and its host
+/// copy is Bound; returns (virtual claim, virtual volume, host claim).
+async fn wait_bound(
+    w: &World,
+    ns: &str,
+    name: &str,
+) -> Result<(PersistentVolumeClaim, PersistentVolume, PersistentVolumeClaim)> {
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), ns);
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
+    let hname = w.host_name(ns, name);
+    wait_until(
+        &format!("claim {ns}/{name} Bound on both sides"),
+        WAIT,
+        || async {
+            let Some(v) = vclaims.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let Some(h) = hclaims.get_opt(&hname).await? else {
+                return Ok(None);
+            };
+            if phase(&v) != "Bound" || phase(&h) != "Bound" {
+                return Ok(None);
+            }
+            let Some(pv) = vvolumes.get_opt(&volume_name(&v)).await? else {
+                return Ok(None);
+            };
+            Ok(Some((v, pv, h)))
+        },
+    )
+    .await
+}
+
+/// Checks what a bound pair shows the tenant.
+fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &PersistentVolumeClaim) {
+    let uid = v.uid().unwrap_or_default();
+    assert_eq!(volume_name(v), format!("pvc-{uid}"));
+    assert_eq!(
+        v.annotations()
+            .get("pv.kubernetes.io/bind-completed")
+            .map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        pv.labels().get("vnest.dev/volume").map(String::as_str),
+        Some("true")
+    );
+    let spec = pv.spec.clone().unwrap_or_default();
+    let claim_ref = spec.claim_ref.clone().unwrap_or_default();
+    assert_eq!(claim_ref.uid.as_deref(), Some(uid.as_str()));
+    assert_eq!(claim_ref.name, v.metadata.name);
+    assert_eq!(pv.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Bound"));
+    assert_eq!(
+        spec.capacity,
+        h.status.as_ref().and_then(|s| s.capacity.clone()),
+        "the virtual volume has the host claim's capacity"
+    );
+    assert_eq!(
+        v.status.as_ref().and_then(|s| s.capacity.clone()),
+        h.status.as_ref().and_then(|s| s.capacity.clone()),
+        "the status is the host's"
+    );
+    assert_eq!(spec.storage_class_name.as_deref(), Some("local"));
+    assert_eq!(
+        spec.csi.map(|c| c.driver).as_deref(),
+        Some("host.vnest.dev"),
+        "a stub source: nothing of the host"
+    );
+    let text = serde_json::to_string(pv).unwrap_or_default();
+    let host_volume = volume_name(h);
+    assert!(
+        !host_volume.is_empty() && !text.contains(&host_volume),
+        "the host volume's name never shows"
+    );
+}
+
+fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "db", "image": "postgres",
+                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}
+            }]
+        }
+    }))?)
+}
+
+async fn wait_ready(sts: &Api<StatefulSet>, replicas: i32) -> Result<()> {
+    wait_until(
+        &format!("StatefulSet db with {replicas} ready replicas"),
+        WAIT,
+        || async {
+            let s = sts.get("db").await?;
+            let st = s.status.unwrap_or_default();
+            Ok((st.ready_replicas == Some(replicas) && st.replicas == replicas).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    recycle_pool(&w).await?;
+    let ns = TestNs::new(&w.virt, "storage-sts").await?;
+    let sts: Api<StatefulSet> = Api::namespaced(w.virt.clone(), &ns.name);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let writes_before = w.metric("vnest_syncer_host_writes_total", KIND).await?;
+    let started = std::time::Instant::now();
+    sts.create(&PostParams::default(), &statefulset("db", 3)?).await?;
+    for i in 0..3 {
+        wait_bound(&w, &ns.name, &format!("data-db-{i}")).await?;
+    }
+    let bound_after = started.elapsed();
+    wait_ready(&sts, 3).await?;
+    let ready_after = started.elapsed();
+
+    let mut bindings = Vec::new();
+    for i in 0..3 {
+        let claim = format!("data-db-{i}");
+        let (v, pv, h) = wait_bound(&w, &ns.name, &claim).await?;
+        check_binding(&v, &pv, &h);
+        let hpod = hpods.get(&w.host_name(&ns.name, &format!("db-{i}"))).await?;
+        let claims: Vec<String> = hpod
+            .spec
+            .unwrap_or_default()
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+            .collect();
+        assert_eq!(
+            claims,
+            [w.host_name(&ns.name, &claim)],
+            "the host pod mounts the host claim"
+        );
+        bindings.push((v.uid(), volume_name(&v), volume_name(&h)));
+    }
+    let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
+    println!(
+        "through vnest: 3 claims Bound on both sides after {bound_after:?}, the StatefulSet Ready after {ready_after:?}; host writes for claims: {writes}"
+    );
+    assert_eq!(writes, 3.0, "one host write per claim: its create");
+
+    // 3 -> 1 -> 3: the claims (retention: Retain) and their bindings stay.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_ready(&sts, 1).await?;
+    wait_until("the host pods of db-1 and db-2 gone", WAIT, || async {
+        let mut gone = true;
+        for i in [1, 2] {
+            gone &= hpods
+                .get_opt(&w.host_name(&ns.name, &format!("db-{i}")))
+                .await?
+                .is_none();
+        }
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await?;
+    wait_ready(&sts, 3).await?;
+    for (i, before) in bindings.iter().enumerate() {
+        let (v, pv, h) = wait_bound(&w, &ns.name, &format!("data-db-{i}")).await?;
+        check_binding(&v, &pv, &h);
+        assert_eq!(
+            &(v.uid(), volume_name(&v), volume_name(&h)),
+            before,
+            "claim {i} kept its binding"
+        );
+    }
+    let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
+    assert_eq!(writes, 3.0, "scaling writes no claim on the host");
+
+    // A restart re-checks every claim and volume and writes nothing, on either side.
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), &ns.name);
+    let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
+    let mut versions = Vec::new();
+    for (i, (_, pv, _)) in bindings.iter().enumerate() {
+        let claim = vclaims.get(&format!("data-db-{i}")).await?;
+        let volume = vvolumes.get(pv).await?;
+        versions.push((claim.resource_version(), volume.resource_version()));
+    }
+    w.syncer_script(&["restart", "KILL"]).await?;
+    wait_until("the restarted syncer caught up", WAIT, || async {
+        let s = w.metric("vnest_syncer_initial_sync_seconds", &[]).await?;
+        Ok((s > 0.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        w.metric("vnest_syncer_host_writes_total", KIND).await?,
+        0.0,
+        "a resync writes no claim on the host"
+    );
+    for (i, (_, pv, _)) in bindings.iter().enumerate() {
+        let claim = vclaims.get(&format!("data-db-{i}")).await?;
+        let volume = vvolumes.get(pv).await?;
+        assert_eq!(
+            (claim.resource_version(), volume.resource_version()),
+            versions[i],
+            "a resync writes neither claim {i} nor its volume in the virtual cluster"
+        );
+    }
+
+    // persistentVolumeClaimRetentionPolicy: the virtual controller deletes the claims of
+    // scaled-down replicas; their host copies and virtual volumes follow.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1,
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"}}})),
+    )
+    .await?;
+    wait_ready(&sts, 1).await?;
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    for (i, (_, pv, _)) in bindings.iter().enumerate().skip(1) {
+        let claim = format!("data-db-{i}");
+        wait_gone(
+            &vclaims,
+            &claim,
+            &format!("virtual claim {claim} deleted by the retention policy"),
+        )
+        .await?;
+        wait_gone(
+            &hclaims,
+            &w.host_name(&ns.name, &claim),
+            &format!("host claim of {claim} gone"),
+        )
+        .await?;
+        wait_gone(&vvolumes, pv, &format!("virtual volume of {claim} gone")).await?;
+    }
+    assert_eq!(
+        phase(&vclaims.get("data-db-0").await?),
+        "Bound",
+        "the claim of the remaining replica stays"
+    );
+
+    // The same StatefulSet directly on the host, for comparison (same run, same pool).
+    let direct = format!("direct-{}", ns.name);
+    let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let started = std::time::Instant::now();
+    hsts.create(&PostParams::default(), &statefulset(&direct, 3)?)
+        .await?;
+    for i in 0..3 {
+        let name = format!("data-{direct}-{i}");
+        wait_until(&format!("host claim {name} Bound"), WAIT, || async {
+            Ok(hclaims
+                .get_opt(&name)
+                .await?
+                .filter(|c| phase(c) == "Bound")
+                .map(|_| ()))
+        })
+        .await?;
+    }
+    println!(
+        "directly on the host: 3 claims Bound after {:?} (through vnest: {bound_after:?})",
+        started.elapsed()
+    );
+    hsts.delete(&direct, &DeleteParams::default()).await?;
+    for i in 0..3 {
+        hclaims
+            .delete(&format!("data-{direct}-{i}"), &DeleteParams::default())
+            .await?;
+    }
+    ns.delete().await?;
+    Ok(())
+}
+
+fn claim(name: &str, class: Option<&str>, storage: &str) -> Result<PersistentVolumeClaim> {
+    let mut c = json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}
+    });
+    if let Some(class) = class {
+        c["spec"]["storageClassName"] = json!(class);
+    }
+    Ok(serde_json::from_value(c)?)
+}
+
+fn pod_with_claim(name: &str, claim: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "main", "image": "busybox",
+                                 "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+                 "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}
+    }))?)
+}
+
+async fn wait_warning(w: &World, ns: &str, name: &str, reason: &str) -> Result<Event> {
+    let events: Api<Event> = Api::namespaced(w.virt.clone(), ns);
+    wait_until(&format!("a Warning {reason} on {ns}/{name}"), WAIT, || async {
+        Ok(events
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await?
+            .items
+            .into_iter()
+            .find(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)))
+    })
+    .await
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_until(what, WAIT, || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    recycle_pool(&w).await?;
+    let ns = TestNs::new(&w.virt, "storage-claims").await?;
+    let n = ns.name.as_str();
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), n);
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), n);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
+    // The virtual cluster's own admission allows a resize only for a class that allows it.
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "local"},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": true
+    }))?;
+    match Api::<StorageClass>::all(w.virt.clone())
+        .create(&PostParams::default(), &class)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+
+    // Bound through a pod (WaitForFirstConsumer), then resized.
+    vclaims
+        .create(&PostParams::default(), &claim("grow", Some("local"), "500Mi")?)
+        .await?;
+    vpods
+        .create(&PostParams::default(), &pod_with_claim("grower", "grow")?)
+        .await?;
+    let (v, pv, h) = wait_bound(&w, n, "grow").await?;
+    check_binding(&v, &pv, &h);
+    vclaims
+        .patch(
+            "grow",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": "1Gi"}}}})),
+        )
+        .await?;
+    let hname = w.host_name(n, "grow");
+    wait_until("the host claim's request grown to 1Gi", WAIT, || async {
+        let h = hclaims.get(&hname).await?;
+        let storage = h
+            .spec
+            .and_then(|s| s.resources)
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned());
+        Ok((storage.map(|q| q.0).as_deref() == Some("1Gi")).then_some(()))
+    })
+    .await?;
+
+    // Deleting the virtual claim (after its pod) deletes the host copy and the virtual volume.
+    vpods.delete("grower", &DeleteParams::default()).await?;
+    wait_gone(&hpods, &w.host_name(n, "grower"), "the host pod grower gone").await?;
+    vclaims.delete("grow", &DeleteParams::default()).await?;
+    wait_gone(&hclaims, &hname, "the host claim of grow gone").await?;
+    wait_gone(&vvolumes, &pv.name_any(), "the virtual volume of grow gone").await?;
+
+    // A snapshot as data source: refused, nothing on the host.
+    let mut snap = claim("from-snapshot", None, "100Mi")?;
+    snap.spec.get_or_insert_default().data_source = Some(serde_json::from_value(
+        json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "nightly"}),
+    )?);
+    vclaims.create(&PostParams::default(), &snap).await?;
+    let event = wait_warning(&w, n, "from-snapshot", "SyncRefused").await?;
+    assert!(
+        event.message.unwrap_or_default().contains("VolumeSnapshot"),
+        "the Warning names what is not supported"
+    );
+    assert!(
+        hclaims.get_opt(&w.host_name(n, "from-snapshot")).await?.is_none(),
+        "nothing on the host"
+    );
+
+    // A bound claim whose host claim is deleted out of band: Lost, a Warning, no new claim.
+    vclaims
+        .create(&PostParams::default(), &claim("fragile", None, "100Mi")?)
+        .await?;
+    vpods
+        .create(&PostParams::default(), &pod_with_claim("user", "fragile")?)
+        .await?;
+    let (v, _, _) = wait_bound(&w, n, "fragile").await?;
+    vpods.delete("user", &DeleteParams::default()).await?;
+    wait_gone(&hpods, &w.host_name(n, "user"), "the host pod user gone").await?;
+    let fragile = w.host_name(n, "fragile");
+    hclaims.delete(&fragile, &DeleteParams::default()).await?;
+    wait_until("the virtual claim Lost", WAIT, || async {
+        Ok(vclaims
+            .get_opt("fragile")
+            .await?
+            .filter(|c| phase(c) == "Lost" && c.uid() == v.uid())
+            .map(|_| ()))
+    })
+    .await?;
+    let event = wait_warning(&w, n, "fragile", "HostVolumeLost").await?;
+    assert!(event.message.unwrap_or_default().contains("the data is gone"));
+    assert!(
+        hclaims.get_opt(&fragile).await?.is_none(),
+        "never a silent new volume"
+    );
+    ns.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn generic_ephemeral_volumes_run_and_go_with_their_pod() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    recycle_pool(&w).await?;
+    let ns = TestNs::new(&w.virt, "storage-eph").await?;
+    let n = ns.name.as_str();
+    let vpods: Api<Pod> = Api::namespaced(w.virt.clone(), n);
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "eph"},
+        "spec": {"containers": [{"name": "main", "image": "busybox",
+                                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+                 "volumes": [{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}}}}]}
+    }))?;
+    vpods.create(&PostParams::default(), &pod).await?;
+    wait_until("the virtual pod eph Running", WAIT, || async {
+        let p = vpods.get("eph").await?;
+        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+    })
+    .await?;
+    let (v, pv, h) = wait_bound(&w, n, "eph-scratch").await?;
+    check_binding(&v, &pv, &h);
+    let hpod = hpods.get(&w.host_name(n, "eph")).await?;
+    let volume = hpod
+        .spec
+        .unwrap_or_default()
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "scratch")
+        .ok_or_else(|| anyhow::anyhow!("the host pod has no volume scratch"))?;
+    assert!(
+        volume.ephemeral.is_none(),
+        "the host's ephemeral-volume controller has nothing to act on"
+    );
+    assert_eq!(
+        volume.persistent_volume_claim.map(|c| c.claim_name),
+        Some(w.host_name(n, "eph-scratch"))
+    );
+
+    vpods.delete("eph", &DeleteParams::default()).await?;
+    wait_gone(
+        &hclaims,
+        &w.host_name(n, "eph-scratch"),
+        "the host claim of eph-scratch gone",
+    )
+    .await?;
+    ns.delete().await?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The claim reconciler: reads the caches, asks the pure [`plan`](super::plan) and sends the
+//! actions through the [`Executor`]. Two kinds of keys share its queue: a virtual claim
+//! (`namespace/name`) and a virtual volume (empty namespace, the volume's name).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use super::plan::{self, LOST_MESSAGE, NAME, Seen};
+use super::translate;
+use crate::engine::error::SyncError;
+use crate::engine::execute::Executor;
+use crate::engine::ownership;
+use crate::engine::queue::Key;
+use crate::engine::registry::{Registry, Watch, wire_pair};
+use crate::engine::watch::Change;
+use crate::engine::worker::{Outcome, Reconciler};
+use crate::naming;
+
+pub struct ClaimSync {
+    pub executor: Executor,
+    pub virtual_claims: Store<PersistentVolumeClaim>,
+    pub host_claims: Store<PersistentVolumeClaim>,
+    pub virtual_volumes: Store<PersistentVolume>,
+}
+
+impl ClaimSync {
+    fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.virtual_claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    async fn reconcile_volume(&self, name: &str) -> Result<Outcome, SyncError> {
+        let Some(pv) = self.virtual_volumes.get(&ObjectRef::new(name)) else {
+            return Ok(Outcome::done());
+        };
+        let claim = translate::claim_of(&pv).and_then(|(ns, n, _)| self.claim(&ns, &n));
+        let plan = plan::plan_volume(&pv, claim.as_deref());
+        match self.executor.run_all(&plan.actions).await {
+            // Gone already (its finalizers were removed by an earlier pass the cache lags).
+            Err(SyncError::Rejected { code: 404, .. }) | Ok(()) => Ok(Outcome::done()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Reconciler for ClaimSync {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
+        if key.namespace.is_empty() {
+            return self.reconcile_volume(&key.name).await;
+        }
+        let tc = self.executor.shared().translate_ctx()?;
+        let host_name = naming::host_name(&tc.vcluster, &key.namespace, &key.name);
+        let v = self.claim(&key.namespace, &key.name);
+        let h = self
+            .host_claims
+            .get(&ObjectRef::new(&host_name).within(&tc.host_namespace));
+        if h.is_some() {
+            self.executor.observed(&host_name);
+        }
+        let volume = v.as_ref().and_then(|v| v.uid()).and_then(|uid| {
+            self.virtual_volumes
+                .get(&ObjectRef::new(&translate::volume_name(&uid)))
+        });
+        let seen = Seen {
+            claim: v.as_deref(),
+            host: h.as_deref(),
+            volume: volume.as_deref(),
+            host_name: &host_name,
+            create_pending: self.executor.create_pending(&host_name),
+        };
+        let cp = plan::plan_claim(&tc, seen)?;
+        self.executor.run_all(&cp.plan.actions).await?;
+        if cp.host_lost
+            && let Some(v) = &v
+        {
+            tracing::warn!(v.ns = %key.namespace, v.name = %key.name, "the host claim of a bound claim was deleted out of band");
+            self.executor
+                .shared()
+                .events
+                .publish(
+                    &v.object_ref(&()),
+                    EventType::Warning,
+                    "HostVolumeLost",
+                    "Sync",
+                    LOST_MESSAGE,
+                )
+                .await;
+        }
+        Ok(Outcome {
+            requeue_after: cp.plan.requeue_after,
+        })
+    }
+
+    fn tenant_object(&self, key: &Key) -> Option<ObjectReference> {
+        if key.namespace.is_empty() {
+            return None;
+        }
+        self.claim(&key.namespace, &key.name).map(|v| v.object_ref(&()))
+    }
+}
+
+/// Declares the claim kind: virtual and host claims (a change on either side wakes the
+/// claim), and the virtual volumes (a change wakes the volume and its claim; a deleted claim
+/// wakes its volume).
+pub fn register(reg: &mut Registry, workers: usize) {
+    let v = Watch::<PersistentVolumeClaim>::virtual_all(NAME);
+    let h = Watch::<PersistentVolumeClaim>::host_owned(NAME);
+    let volumes = Watch::<PersistentVolume>::virtual_all("persistentvolumes");
+    let queue = reg.queue(NAME);
+    wire_pair(reg, &v, &h, &queue, |o| ownership::host_key(plan::KIND, o.meta()));
+    let q = queue.clone();
+    reg.on(&v, move |c| {
+        if let Change::Deleted(o) = c
+            && let Some(uid) = o.uid()
+        {
+            q.add(Key::new("", translate::volume_name(&uid)));
+        }
+    });
+    let q = queue.clone();
+    let wake = move |q: &crate::engine::queue::FairQueue, pv: &PersistentVolume| {
+        if translate::is_our_volume(pv) {
+            q.add(Key::new("", pv.name_any()));
+            if let Some((ns, name, _)) = translate::claim_of(pv) {
+                q.add(Key::new(ns, name));
+            }
+        }
+    };
+    reg.on(&volumes, move |c| match c {
+        Change::Applied(o) | Change::Deleted(o) => wake(&q, o),
+        Change::Relisted(store) => {
+            for pv in store.state() {
+                wake(&q, &pv);
+            }
+        }
+    });
+    let sync = ClaimSync {
+        executor: Executor::new(reg.shared().clone()),
+        virtual_claims: reg.store(&v),
+        host_claims: reg.store(&h),
+        virtual_volumes: reg.store(&volumes),
+    };
+    reg.workers(Arc::new(sync), workers);
+}
