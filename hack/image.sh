@@ -12,7 +12,8 @@
 # Options (environment): VNEST_BINARY=path to use an already built binary instead of building
 # the release one (e.g. target/debug/vnest for a quick local image; never for a published one);
 # VNEST_IMAGE_TAG=tag to tag it differently (the local world tags such images by the binary's
-# hash: podman's store is shared by every world on the machine). Prints the image reference.
+# hash: podman's store is shared by every world on the machine); VNEST_NO_ARCHIVE=1 skips the
+# OCI archive. Prints the image reference.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/common.sh
@@ -63,14 +64,17 @@ LABEL org.opencontainers.image.title="vnest" \\
 CF
 podman build --quiet --tag "$image" "$ctx" >/dev/null
 
-step "image 3/3: OCI archive"
-mkdir -p "$target_dir/image"
-archive=$target_dir/image/vnest-${VNEST_IMAGE_TAG:-$version}.oci.tar
-rm -f "$archive"
-podman save --quiet --format oci-archive -o "$archive" "$image"
+archive="(none: VNEST_NO_ARCHIVE=1)"
+if [[ ${VNEST_NO_ARCHIVE:-} != 1 ]]; then
+	step "image 3/3: OCI archive"
+	mkdir -p "$target_dir/image"
+	archive=$target_dir/image/vnest-${VNEST_IMAGE_TAG:-$version}.oci.tar
+	rm -f "$archive"
+	podman save --quiet --format oci-archive -o "$archive" "$image"
+fi
 # The image must start as the manifests run it: non-root, read-only root filesystem.
 podman_run --rm --read-only --network none "$image" version >/dev/null ||
 	die "the built image does not start (podman run $image version)"
 size=$(podman image inspect "$image" --format '{{.Size}}')
-log "built $image: $((size / 1024 / 1024)) MiB ($size bytes); archive $archive ($(du -h "$archive" | cut -f1))"
+log "built $image: $((size / 1024 / 1024)) MiB ($size bytes); archive $archive"
 echo "$image"

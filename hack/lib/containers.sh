@@ -18,7 +18,7 @@ build_images() {
 		VNEST_IMAGE=$("$repo/hack/image.sh")
 	else
 		version=$(sed -n 's|.*image: vnest/vnest:\(v[^ ]*\)$|\1|p' "$repo/manifests/base/statefulset.yaml" | head -n 1)
-		VNEST_IMAGE=$(VNEST_BINARY=$binary VNEST_IMAGE_TAG="$version-dev.$(sha256sum "$binary" | cut -c1-12)" \
+		VNEST_IMAGE=$(VNEST_BINARY=$binary VNEST_NO_ARCHIVE=1 VNEST_IMAGE_TAG="$version-dev.$(sha256sum "$binary" | cut -c1-12)" \
 			"$repo/hack/image.sh")
 	fi
 	echo "$VNEST_IMAGE" >"$STATE_DIR/image"   # hack/down.sh removes a dev image again
