@@ -783,7 +783,7 @@ impl VclusterConfig {
                 reason: format!("{server:?} is not an https:// URL"),
             });
         }
-        for (k, _) in &self.scheduling.node_selector {
+        for k in self.scheduling.node_selector.keys() {
             if k.is_empty() || k.contains(char::is_whitespace) {
                 return Err(ConfigError::BadValue {
                     key: format!("scheduling.nodeSelector.{k}"),
