@@ -221,6 +221,9 @@ options:
   podsOnNodeSyncParallelism: 2
   enablePodsOnNodeSyncListPager: true
   enablePodsOnNodeSyncStreamWatch: false
+  # Namespaced per-pod rules come from the API (CRDs applied below): hack/runner writes a
+  # PortForward and a Logs for each pod it runs. The cluster-wide rules stay in this file.
+  enableCRDs: [PortForward, Logs]
 EOF
 	"$BIN/kwok-stages"
 	cat <<EOF
@@ -307,8 +310,10 @@ metadata:
   name: simulated-port-forward
 spec:
   forwards:
-  # Port 6443 of any pod is the k3s API port of a vcluster pod: forwarded to this world's
-  # virtual API server, so "vnest connect" (a port-forward to <name>-0:6443) reaches it.
+  # Port 6443 of any pod without its own PortForward (a vcluster pod on a kwok node, in
+  # process mode the world's own): forwarded to this world's virtual API server, so
+  # "vnest connect" (a port-forward to <name>-0's port https) reaches it. A pod of the runner's
+  # node has its own PortForward (hack/runner), which kwok prefers to every rule here.
   - ports: [6443]
     target:
       port: $VIRTUAL_API_PORT
@@ -320,6 +325,10 @@ spec:
       address: 127.0.0.1
 EOF
 } >"$H/kwok.yaml"
+# The kinds kwok watches (enableCRDs) must be served before it starts.
+"$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f "$repo/hack/kwok-crds" >/dev/null
+"$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Established --timeout=60s \
+	crd/portforwards.kwok.x-k8s.io crd/logs.kwok.x-k8s.io >/dev/null
 # HOME is isolated: kwok also reads ~/.kwok/kwok.yaml when it exists.
 start_proc kwok env HOME="$H/kwok-home" "$BIN/kwok" --kubeconfig "$HOST_KUBECONFIG" --config "$H/kwok.yaml"
 
@@ -347,8 +356,9 @@ done | "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f - >/dev/null
 wait_for "3 host nodes Ready" 90 kwok "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready node --all --timeout=5s
 
 if [[ $VNEST_RUNTIME == containers ]]; then
-	# The node whose pods really run. Its kubelet endpoint is kwok's (host `kubectl logs` and
-	# port-forward of the vcluster pod go through kwok's rules to the containers' files and ports).
+	# The node whose pods really run. Its kubelet endpoint is kwok's: host `kubectl logs` and
+	# port-forward of its pods go through the per-pod kwok Logs and PortForward the runner
+	# writes, to the containers' log files and ports.
 	mkdir -p "$STATE_DIR/runner" "$LOG_DIR/containers"
 	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
 	nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536

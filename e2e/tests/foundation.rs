@@ -384,3 +384,76 @@ async fn syncer_reports_why_it_is_not_ready_and_stops_cleanly_on_sigterm() -> Re
     }
     Ok(())
 }
+
+/// Container mode: host `kubectl logs` and `kubectl port-forward` of the vcluster pod reach its
+/// containers (the runner's per-pod kwok Logs and PortForward, preferred by kwok to its
+/// cluster-wide simulation rules): the init container's log names the service CIDR, and the
+/// syncer's port `admin` answers /readyz through the forward.
+#[tokio::test]
+async fn host_logs_and_port_forward_reach_the_vcluster_pods_containers() -> Result<()> {
+    let env = Env::load()?;
+    if env.get("VNEST_RUNTIME")? != "containers" {
+        eprintln!("process mode: the vcluster pod's containers are local processes");
+        return Ok(());
+    }
+    let ns = env.get("HOST_NAMESPACE")?;
+    let pod = format!("{}-0", env.get("VCLUSTER_NAME")?);
+    let out = env
+        .kubectl(
+            "HOST_KUBECONFIG",
+            &["-n", ns, "logs", &pod, "-c", "detect-service-cidr"],
+        )
+        .await?;
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && logs.contains(env.get("SERVICE_CIDR")?),
+        "{logs}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut forward = tokio::process::Command::new(env.path("KUBECTL")?)
+        .arg("--kubeconfig")
+        .arg(env.path("HOST_KUBECONFIG")?)
+        .args([
+            "-n",
+            ns,
+            "port-forward",
+            &format!("pod/{pod}"),
+            &format!("{port}:admin"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let body = wait_until(
+        "the syncer's /readyz through a host port-forward",
+        Duration::from_secs(30),
+        || async {
+            // Reads until the answer is complete: kwok's forward does not pass the server's
+            // close on, so reading to EOF would wait for the idle timeout.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return Ok(None);
+            };
+            conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: syncer\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&got).contains("virtual ok") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            let text = String::from_utf8_lossy(&got).into_owned();
+            Ok((read.is_ok() && text.starts_with("HTTP/1.1 200")).then_some(text))
+        },
+    )
+    .await?;
+    let _ = forward.kill().await;
+    assert!(body.contains("virtual ok"), "{body}");
+    Ok(())
+}

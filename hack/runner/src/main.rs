@@ -10,14 +10,17 @@
 //! - `env.rs`     pure: env resolution and `$(VAR)` expansion
 //! - `probes.rs`  startup / readiness / liveness probes
 //! - `status.rs`  pure: pod phase, conditions, container statuses; restart backoff
+//! - `kwok.rs`    per pod, kwok `PortForward` and `Logs` objects: the node's kubelet endpoint
+//!   is kwok's server, which answers host port-forward and logs of the pod with them
 //!
 //! Deviations from a kubelet (test world only): every pod is effectively hostNetwork
 //! (podIP = hostIP = --node-ip); KUBERNETES_SERVICE_HOST/PORT point at the host API server
 //! given by --api-host/--api-port, because Service IPs are not routable here; no kubelet API
-//! (kubectl logs/exec/port-forward do not reach these pods; logs are files under --log-dir);
-//! images are never pulled; resource limits are not enforced.
+//! of its own (host `kubectl logs` and `port-forward` go through kwok, see `kwok.rs`; exec and
+//! attach are kwok's simulation); images are never pulled; resource limits are not enforced.
 
 mod env;
+mod kwok;
 mod node;
 mod podman;
 mod pods;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, instrument, warn};
 
 use crate::env::{self, EnvSources};
+use crate::kwok;
 use crate::podman::{self, Podman, PsEntry, RunSpec, labels};
 use crate::probes::{self, ProbeState};
 use crate::status::{self, Backoff, Observed, State};
@@ -266,6 +267,8 @@ struct Worker {
     pod_blocked: Option<(String, String)>,
     events_sent: BTreeSet<(String, String)>,
     adopted: bool,
+    /// The pod's kwok PortForward and Logs are applied (or cannot be: said once).
+    kwok_rules: bool,
 }
 
 enum Next {
@@ -374,6 +377,7 @@ impl Worker {
             pod_blocked: None,
             events_sent: BTreeSet::new(),
             adopted: false,
+            kwok_rules: false,
         }
     }
 
@@ -522,11 +526,30 @@ impl Worker {
             return Ok(Next::Continue);
         }
         self.ensure_ref_watches();
+        self.ensure_kwok_rules().await;
         self.prepare_inputs().await;
         let entries = self.ps().await?;
         let (init, regular) = self.drive_containers(&entries).await?;
         self.report(&init, &regular).await?;
         Ok(Next::Continue)
+    }
+
+    /// The pod's kwok PortForward and Logs (host port-forward and logs of this pod), once.
+    async fn ensure_kwok_rules(&mut self) {
+        if self.kwok_rules {
+            return;
+        }
+        match kwok::ensure(&self.ctx.client, &self.pod, &self.ctx.ip, &self.ctx.log_dir).await {
+            Ok(()) => {
+                debug!("kwok PortForward and Logs applied");
+                self.kwok_rules = true;
+            }
+            Err(error @ kwok::Error::NotServed(_)) => {
+                warn!(%error, "host port-forward and logs of this pod are not served");
+                self.kwok_rules = true;
+            }
+            Err(error) => warn!(%error, "cannot apply the pod's kwok rules; retrying"),
+        }
     }
 
     fn ensure_ref_watches(&mut self) {
@@ -1016,10 +1039,7 @@ impl Worker {
             cap_add: caps.add.unwrap_or_default(),
             cap_drop: caps.drop.unwrap_or_default(),
             workdir: c.working_dir.clone(),
-            log_path: self
-                .ctx
-                .log_dir
-                .join(format!("{}_{}_{}.log", self.ns(), self.name(), c.name)),
+            log_path: kwok::log_path(&self.ctx.log_dir, self.ns(), self.name(), &c.name),
             tty: c.tty == Some(true),
             stdin: c.stdin == Some(true),
         };

@@ -7,6 +7,8 @@
 //! validated. Unset knobs (`None`) keep what the manifests say, so the default config renders
 //! exactly what `kubectl kustomize` renders for the same overlay.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -38,6 +40,113 @@ pub struct VclusterConfig {
     pub images: ImagesConfig,
     /// The data volume of the virtual cluster's datastore (SQLite).
     pub storage: StorageConfig,
+    /// Which host nodes the vcluster pod may run on.
+    pub scheduling: SchedulingConfig,
+    /// The ports the vcluster pod's containers listen on (unset: the manifests' ports). The
+    /// Services keep their ports: their targetPorts name the containers' ports.
+    pub ports: PortsConfig,
+    /// The k3s server container.
+    pub k3s: K3sConfig,
+    /// The syncer container.
+    pub syncer: SyncerConfig,
+}
+
+/// Placement of the vcluster pod (the synced tenant pods are not affected).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SchedulingConfig {
+    /// Node labels the vcluster pod's node must carry (the pod's `nodeSelector`), e.g.
+    /// `{node-role.example.com/vclusters: "true"}`. With `--set`, everything after
+    /// `scheduling.nodeSelector.` is the label key.
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the vcluster pod tolerates (appended to the pod's `tolerations`), as in a pod
+    /// spec. Set them with `-f`.
+    pub tolerations: Vec<Toleration>,
+}
+
+/// A Kubernetes Toleration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Toleration {
+    /// Taint key it matches; empty with operator `Exists`: every taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (default: key and value match) or `Exists` (the key matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<TolerationOperator>,
+    /// Taint value it matches (operator `Equal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Taint effect it matches; empty: every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    /// With effect `NoExecute`: how long the pod stays once the taint appears (unset: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// How a toleration matches a taint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TolerationOperator {
+    /// Key and value equal.
+    Equal,
+    /// The key exists (any value).
+    Exists,
+}
+
+/// A taint's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TaintEffect {
+    /// New pods are not scheduled on the node.
+    NoSchedule,
+    /// The scheduler avoids the node.
+    PreferNoSchedule,
+    /// Running pods are evicted too.
+    NoExecute,
+}
+
+/// Listening ports of the vcluster pod's containers (1-65535). Each sets the container's
+/// flag or variable and its `containerPort`; the Services follow by port name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PortsConfig {
+    /// The virtual API server (k3s `--https-listen-port`, containerPort `https`).
+    /// Manifests: 6443.
+    #[schemars(range(min = 1, max = 65535))]
+    pub api: Option<u16>,
+    /// The syncer's health and metrics endpoint (the port of `VNEST_ADMIN_ADDR`,
+    /// containerPort `admin`). Manifests: 8080.
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin: Option<u16>,
+    /// The syncer's kubelet endpoint (`VNEST_KUBELET_LISTEN_ADDR` = `0.0.0.0:<port>`,
+    /// containerPort `kubelet`). Manifests: 10250. The virtual nodes keep advertising the
+    /// vcluster Service's kubelet port (10250); when they advertise another address
+    /// (`VNEST_KUBELET_ADDRESS` in `syncer.env`), set `VNEST_KUBELET_PORT` there too.
+    #[schemars(range(min = 1, max = 65535))]
+    pub kubelet: Option<u16>,
+    /// The syncer's DNS server, UDP and TCP (the port of `VNEST_DNS_ADDR`, containerPorts `dns`
+    /// and `dns-tcp`). Manifests: 1053.
+    #[schemars(range(min = 1, max = 65535))]
+    pub dns: Option<u16>,
+}
+
+/// The k3s server container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct K3sConfig {
+    /// Arguments appended to `k3s server`'s (e.g. `--bind-address=127.0.0.1`,
+    /// `--kube-apiserver-arg=audit-log-maxage=7`). Set them with `-f`.
+    pub extra_args: Vec<String>,
+}
+
+/// The syncer container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SyncerConfig {
+    /// Extra environment variables of the syncer (name -> value), set last: they override
+    /// every other key's variable (e.g. `VNEST_LOG: debug`; the flags and their variables are
+    /// in docs/reference.md). With `--set`, everything after `syncer.env.` is the name.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Optional parts of the vcluster.
@@ -209,29 +318,33 @@ pub fn schema_text() -> String {
 /// schema: `vnest schema --markdown`, kept in docs/reference.md by a test.
 pub fn keys_table() -> String {
     fn walk(root: &Value, node: &Value, path: &str, out: &mut Vec<(String, String, String)>) {
+        let doc = |node: &Value| {
+            node.get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         match shape(root, node) {
             Shape::Object(props) => {
                 for (k, child) in props {
                     walk(root, &child, &join(path, &k), out);
                 }
             }
-            leaf => {
-                let ty = match leaf {
-                    Shape::Bool => "boolean".to_owned(),
-                    Shape::Integer => "integer".to_owned(),
-                    Shape::String => "string".to_owned(),
-                    Shape::Enum(values) => values.join(" \\| "),
-                    Shape::Object(_) => unreachable!("handled above"),
-                };
-                let doc = node
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                out.push((path.to_owned(), ty, doc));
+            Shape::List(item) => {
+                out.push((
+                    path.to_owned(),
+                    format!("list of {}", type_name(root, &item)),
+                    doc(node),
+                ));
+                if let Shape::Object(props) = shape(root, &item) {
+                    for (k, child) in props {
+                        walk(root, &child, &format!("{path}[].{k}"), out);
+                    }
+                }
             }
+            leaf => out.push((path.to_owned(), type_name_of(root, &leaf), doc(node))),
         }
     }
     let root = schema();
@@ -248,10 +361,34 @@ pub fn keys_table() -> String {
 #[derive(Debug, Clone, PartialEq)]
 enum Shape {
     Object(Vec<(String, Value)>),
+    /// A map of any keys to values of the node given (`additionalProperties`).
+    Map(Value),
+    /// A list of items of the node given.
+    List(Value),
     Bool,
-    Integer,
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
     String,
     Enum(Vec<String>),
+}
+
+/// The type column of the keys table.
+fn type_name_of(root: &Value, shape: &Shape) -> String {
+    match shape {
+        Shape::Object(_) => "object".to_owned(),
+        Shape::Map(v) => format!("map of {}", type_name(root, v)),
+        Shape::List(v) => format!("list of {}", type_name(root, v)),
+        Shape::Bool => "boolean".to_owned(),
+        Shape::Integer { .. } => "integer".to_owned(),
+        Shape::String => "string".to_owned(),
+        Shape::Enum(values) => values.join(" \\| "),
+    }
+}
+
+fn type_name(root: &Value, node: &Value) -> String {
+    type_name_of(root, &shape(root, node))
 }
 
 /// Resolves `$ref`, `anyOf [X, null]` and `type: [X, "null"]` to the shape of one node.
@@ -302,10 +439,20 @@ fn shape(root: &Value, node: &Value) -> Shape {
             .unwrap_or("null"),
         _ => "object",
     };
+    let bound = |k: &str| node.get(k).and_then(Value::as_i64);
     match ty {
         "boolean" => Shape::Bool,
-        "integer" | "number" => Shape::Integer,
+        "integer" | "number" => Shape::Integer {
+            min: bound("minimum"),
+            max: bound("maximum"),
+        },
         "string" => Shape::String,
+        "array" => Shape::List(node.get("items").cloned().unwrap_or(Value::Bool(true))),
+        _ if node.get("properties").is_none()
+            && node.get("additionalProperties").is_some_and(Value::is_object) =>
+        {
+            Shape::Map(node["additionalProperties"].clone())
+        }
         _ => Shape::Object(
             node.get("properties")
                 .and_then(Value::as_object)
@@ -331,42 +478,69 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// The schema node at dotted `key`, or the error naming the allowed keys where it goes wrong.
-fn node_at(root: &Value, key: &str) -> Result<Shape, ConfigError> {
+/// The schema node at dotted `key` and the key's path in the document (a map's key is the rest
+/// of the dotted key, dots included), or the error naming the allowed keys where it goes wrong.
+fn node_at(root: &Value, key: &str) -> Result<(Shape, Vec<String>), ConfigError> {
     let mut node = root.clone();
     let mut path = String::new();
-    for part in key.split('.') {
-        let Shape::Object(props) = shape(root, &node) else {
-            return Err(ConfigError::UnknownKey {
-                key: key.to_owned(),
-                under: under(&path),
-                allowed: format!("none ({path:?} is a value, not a group)"),
-            });
-        };
-        let Some((_, next)) = props.iter().find(|(k, _)| k == part) else {
-            return Err(ConfigError::UnknownKey {
-                key: key.to_owned(),
-                under: under(&path),
-                allowed: props
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        };
-        node = next.clone();
-        path = join(&path, part);
+    let mut parts: Vec<String> = Vec::new();
+    let mut rest = key;
+    while !rest.is_empty() {
+        let (part, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        match shape(root, &node) {
+            Shape::Object(props) => {
+                let Some((_, next)) = props.iter().find(|(k, _)| k == part) else {
+                    return Err(ConfigError::UnknownKey {
+                        key: key.to_owned(),
+                        under: under(&path),
+                        allowed: props
+                            .iter()
+                            .map(|(k, _)| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                };
+                node = next.clone();
+                path = join(&path, part);
+                parts.push(part.to_owned());
+                rest = tail;
+            }
+            Shape::Map(value) => {
+                node = value;
+                parts.push(rest.to_owned());
+                path = join(&path, rest);
+                rest = "";
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_owned(),
+                    under: under(&path),
+                    allowed: format!("none ({path:?} is a value, not a group)"),
+                });
+            }
+        }
     }
-    Ok(shape(root, &node))
+    Ok((shape(root, &node), parts))
 }
 
-/// Parses the text of `--set key=text` as the type the schema gives `key`.
-fn typed_value(root: &Value, key: &str, text: &str) -> Result<Value, ConfigError> {
+/// Whether `n` is within the schema's bounds, or why not.
+fn in_bounds(n: i64, min: Option<i64>, max: Option<i64>) -> Result<(), String> {
+    match (min, max) {
+        (Some(lo), _) if n < lo => Err(format!("{n} is below the minimum {lo}")),
+        (_, Some(hi)) if n > hi => Err(format!("{n} is above the maximum {hi}")),
+        _ => Ok(()),
+    }
+}
+
+/// Parses the text of `--set key=text` as the type the schema gives `key`: the value and the
+/// key's path in the document.
+fn typed_value(root: &Value, key: &str, text: &str) -> Result<(Value, Vec<String>), ConfigError> {
     let bad = |reason: String| ConfigError::BadValue {
         key: key.to_owned(),
         reason,
     };
-    match node_at(root, key)? {
+    let (shape, parts) = node_at(root, key)?;
+    let value = match shape {
         Shape::Bool => match text {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
@@ -374,16 +548,18 @@ fn typed_value(root: &Value, key: &str, text: &str) -> Result<Value, ConfigError
                 "{text:?} is not a boolean: allowed values: true, false"
             ))),
         },
-        Shape::Integer => text
+        Shape::Integer { min, max } => text
             .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| bad(format!("{text:?} is not an integer"))),
+            .map_err(|_| bad(format!("{text:?} is not an integer")))
+            .and_then(|n| in_bounds(n, min, max).map(|()| Value::from(n)).map_err(bad)),
         Shape::String => Ok(Value::String(text.to_owned())),
         Shape::Enum(allowed) if allowed.iter().any(|a| a == text) => Ok(Value::String(text.to_owned())),
         Shape::Enum(allowed) => Err(bad(format!(
             "{text:?} is not allowed: allowed values: {}",
             allowed.join(", ")
         ))),
+        Shape::List(_) => Err(bad("it is a list: set it in a file (-f vnest.yaml)".to_owned())),
+        Shape::Map(_) => Err(bad(format!("it is a map: set one entry, e.g. {key}.<name>=..."))),
         Shape::Object(props) => Err(bad(format!(
             "it is a group of keys ({}): set one of them, e.g. {key}.{}=...",
             props
@@ -393,7 +569,8 @@ fn typed_value(root: &Value, key: &str, text: &str) -> Result<Value, ConfigError
                 .join(", "),
             props.first().map_or("", |(k, _)| k.as_str())
         ))),
-    }
+    }?;
+    Ok((value, parts))
 }
 
 /// Checks every key and scalar of `value` against the schema, naming the first bad one.
@@ -425,8 +602,36 @@ fn check(root: &Value, node: &Value, value: &Value, path: &str) -> Result<(), Co
             Ok(())
         }
         (Shape::Object(_), other) => Err(bad(format!("expected a group of keys, got {other}"))),
+        (Shape::Map(item), Value::Object(map)) => {
+            for (k, v) in map {
+                if v.is_null() {
+                    return Err(ConfigError::BadValue {
+                        key: join(path, k),
+                        reason: "a map entry needs a value".to_owned(),
+                    });
+                }
+                check(root, &item, v, &join(path, k))?;
+            }
+            Ok(())
+        }
+        (Shape::Map(_), other) => Err(bad(format!("expected a map, got {other}"))),
+        (Shape::List(item), Value::Array(items)) => {
+            for (i, v) in items.iter().enumerate() {
+                if v.is_null() {
+                    return Err(ConfigError::BadValue {
+                        key: format!("{path}[{i}]"),
+                        reason: "a list item cannot be empty".to_owned(),
+                    });
+                }
+                check(root, &item, v, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (Shape::List(_), other) => Err(bad(format!("expected a list, got {other}"))),
         (Shape::Bool, Value::Bool(_)) | (Shape::String, Value::String(_)) => Ok(()),
-        (Shape::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        (Shape::Integer { min, max }, Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            in_bounds(n.as_i64().unwrap_or(i64::MAX), min, max).map_err(bad)
+        }
         (Shape::Enum(allowed), Value::String(s)) if allowed.contains(s) => Ok(()),
         (Shape::Enum(allowed), other) => Err(bad(format!(
             "{other} is not allowed: allowed values: {}",
@@ -435,28 +640,32 @@ fn check(root: &Value, node: &Value, value: &Value, path: &str) -> Result<(), Co
         (Shape::Bool, other) => Err(bad(format!(
             "{other} is not a boolean: allowed values: true, false"
         ))),
-        (Shape::Integer, other) => Err(bad(format!("{other} is not an integer"))),
+        (Shape::Integer { .. }, other) => Err(bad(format!("{other} is not an integer"))),
         (Shape::String, other) => Err(bad(format!("{other} is not a string"))),
     }
 }
 
-/// Sets dotted `key` in `doc` to `value`, creating the groups on the way.
-fn set_path(doc: &mut Value, key: &str, value: Value) {
+/// Sets the value at `parts` (a path of keys) in `doc`, creating the groups on the way.
+fn set_path(doc: &mut Value, parts: &[String], value: Value) {
     let mut node = doc;
-    let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         if !node.is_object() {
             *node = Value::Object(Map::new());
         }
         let map = node.as_object_mut().expect("made an object just above");
         if i + 1 == parts.len() {
-            map.insert((*part).to_owned(), value);
+            map.insert(part.clone(), value);
             return;
         }
         node = map
-            .entry((*part).to_owned())
+            .entry(part.clone())
             .or_insert_with(|| Value::Object(Map::new()));
     }
+}
+
+fn set_key(doc: &mut Value, dotted: &str, value: Value) {
+    let parts: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+    set_path(doc, &parts, value);
 }
 
 /// Inputs of one configuration, lowest precedence first: the file, `--set`s, then the
@@ -496,20 +705,20 @@ impl ConfigInputs {
                 .split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .ok_or_else(|| ConfigError::BadSet { arg: arg.clone() })?;
-            let value = typed_value(&root, key, text)?;
-            set_path(&mut doc, key, value);
+            let (value, parts) = typed_value(&root, key, text)?;
+            set_path(&mut doc, &parts, value);
         }
         if let Some(name) = &self.name {
-            set_path(&mut doc, "name", Value::String(name.clone()));
+            set_key(&mut doc, "name", Value::String(name.clone()));
         }
         if let Some(ns) = &self.namespace {
-            set_path(&mut doc, "namespace", Value::String(ns.clone()));
+            set_key(&mut doc, "namespace", Value::String(ns.clone()));
         }
         for overlay in &self.overlays {
             match overlay.as_str() {
                 "default" => {}
-                "isolated" => set_path(&mut doc, "overlay.isolated", Value::Bool(true)),
-                "real-nodes" => set_path(&mut doc, "overlay.realNodes", Value::Bool(true)),
+                "isolated" => set_key(&mut doc, "overlay.isolated", Value::Bool(true)),
+                "real-nodes" => set_key(&mut doc, "overlay.realNodes", Value::Bool(true)),
                 other => {
                     return Err(ConfigError::BadValue {
                         key: "--overlay".to_owned(),
@@ -576,6 +785,35 @@ impl VclusterConfig {
                 key: "export.server".to_owned(),
                 reason: format!("{server:?} is not an https:// URL"),
             });
+        }
+        for k in self.scheduling.node_selector.keys() {
+            if k.is_empty() || k.contains(char::is_whitespace) {
+                return Err(ConfigError::BadValue {
+                    key: format!("scheduling.nodeSelector.{k}"),
+                    reason: "a label key is not empty and has no spaces".to_owned(),
+                });
+            }
+        }
+        for (i, a) in self.k3s.extra_args.iter().enumerate() {
+            if a.is_empty() {
+                return Err(ConfigError::BadValue {
+                    key: format!("k3s.extraArgs[{i}]"),
+                    reason: "an argument is not empty".to_owned(),
+                });
+            }
+        }
+        for k in self.syncer.env.keys() {
+            let valid = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ConfigError::BadValue {
+                    key: format!("syncer.env.{k}"),
+                    reason: format!("{k:?} is not an environment variable name (letters, digits, _)"),
+                });
+            }
         }
         for (key, v) in [
             ("images.k3s", &self.images.k3s),
@@ -663,7 +901,7 @@ mod tests {
             (
                 vec!["nope=1"],
                 None,
-                "unknown key \"nope\": allowed keys at the top level: export, images, name, namespace, overlay, resources, storage, sync",
+                "unknown key \"nope\": allowed keys at the top level: export, images, k3s, name, namespace, overlay, ports, resources, scheduling, storage, sync, syncer",
             ),
             (
                 vec!["sync.networkpolicies=yes"],
@@ -712,6 +950,95 @@ mod tests {
         let mut i = inputs(&[]);
         i.name = Some("a".repeat(53));
         assert!(i.resolve().expect_err("long").to_string().contains("at most 52"));
+    }
+
+    #[test]
+    fn maps_lists_and_ports() {
+        let mut i = inputs(&[
+            "scheduling.nodeSelector.vnest.dev/runner=true",
+            "syncer.env.VNEST_LOG=debug",
+            "ports.api=16443",
+        ]);
+        i.file = Some((
+            "vnest.yaml".into(),
+            "scheduling:\n  nodeSelector: {zone: a}\n  tolerations:\n  - {key: vnest.dev/runner, operator: Exists, effect: NoSchedule}\n\
+             k3s: {extraArgs: [--bind-address=127.0.0.1]}\nsyncer: {env: {VNEST_KUBELET_ADDRESS: 127.0.0.1}}\nports: {dns: 1054}\n"
+                .into(),
+        ));
+        let c = i.resolve().unwrap();
+        assert_eq!(
+            c.scheduling.node_selector,
+            BTreeMap::from([
+                ("vnest.dev/runner".to_owned(), "true".to_owned()),
+                ("zone".to_owned(), "a".to_owned())
+            ]),
+            "the rest of a --set key is the map key, dots included"
+        );
+        assert_eq!(
+            c.scheduling.tolerations,
+            vec![Toleration {
+                key: Some("vnest.dev/runner".into()),
+                operator: Some(TolerationOperator::Exists),
+                effect: Some(TaintEffect::NoSchedule),
+                ..Toleration::default()
+            }]
+        );
+        assert_eq!(c.k3s.extra_args, vec!["--bind-address=127.0.0.1".to_owned()]);
+        assert_eq!(c.syncer.env.get("VNEST_LOG").map(String::as_str), Some("debug"));
+        assert_eq!(c.syncer.env.len(), 2);
+        assert_eq!(
+            (c.ports.api, c.ports.dns, c.ports.admin),
+            (Some(16443), Some(1054), None)
+        );
+
+        for (sets, file, needle) in [
+            (
+                vec!["ports.api=0"],
+                None,
+                "bad value for \"ports.api\": 0 is below the minimum 1",
+            ),
+            (vec!["ports.dns=70000"], None, "70000 is above the maximum 65535"),
+            (vec![], Some("ports: {admin: -1}"), "-1 is below the minimum 1"),
+            (vec!["k3s.extraArgs=--x"], None, "it is a list: set it in a file"),
+            (vec!["syncer.env=x"], None, "it is a map: set one entry"),
+            (
+                vec!["syncer.env.1BAD=x"],
+                None,
+                "is not an environment variable name",
+            ),
+            (
+                vec![],
+                Some("scheduling: {tolerations: [{key: a, operator: Maybe}]}"),
+                "bad value for \"scheduling.tolerations[0].operator\": \"Maybe\" is not allowed: allowed values: Equal, Exists",
+            ),
+            (
+                vec![],
+                Some("scheduling: {tolerations: [{kee: a}]}"),
+                "unknown key \"scheduling.tolerations[0].kee\"",
+            ),
+            (
+                vec![],
+                Some("scheduling: {nodeSelector: {a: 1}}"),
+                "1 is not a string",
+            ),
+            (vec![], Some("k3s: {extraArgs: x}"), "expected a list"),
+        ] {
+            let mut i = inputs(&sets);
+            i.file = file.map(|f| ("f.yaml".to_owned(), f.to_owned()));
+            let err = i.resolve().expect_err("refused").to_string();
+            assert!(err.contains(needle), "{sets:?} {file:?}: {err}");
+        }
+        let table = keys_table();
+        for row in [
+            "| `scheduling.nodeSelector` | map of string |",
+            "| `scheduling.tolerations` | list of object |",
+            "| `scheduling.tolerations[].operator` | Equal \\| Exists |",
+            "| `ports.api` | integer |",
+            "| `k3s.extraArgs` | list of string |",
+            "| `syncer.env` | map of string |",
+        ] {
+            assert!(table.contains(row), "{row}: {table}");
+        }
     }
 
     #[test]

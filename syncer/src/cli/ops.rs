@@ -27,8 +27,23 @@ pub const FIELD_MANAGER: &str = "vnest-cli";
 pub const LABEL_VCLUSTER: &str = "vnest.dev/vcluster";
 /// The label cluster-scoped objects carry with the vcluster's namespace.
 pub const LABEL_VCLUSTER_NAMESPACE: &str = "vnest.dev/vcluster-namespace";
-/// The k3s API port in the vcluster pod.
+/// The k3s API port in the vcluster pod when its spec names none (`https`).
 pub const API_PORT: u16 = 6443;
+
+/// The name of the vcluster pod's containerPort of the virtual API server.
+pub const API_PORT_NAME: &str = "https";
+
+/// The containerPort named [`API_PORT_NAME`] in `pod`'s spec (`ports.api` moves it), else
+/// [`API_PORT`].
+pub fn api_port_of(pod: &Pod) -> u16 {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(API_PORT_NAME))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(API_PORT)
+}
 
 // --- progress -----------------------------------------------------------------------------------
 
@@ -681,8 +696,14 @@ async fn connect_with(
     let (server, forward) = match &out.server {
         Some(s) => (s.clone(), None),
         None => {
-            let (addr, task) = start_port_forward(client, ns, &format!("{name}-0"), API_PORT).await?;
-            (format!("https://127.0.0.1:{}", addr.port()), Some(task))
+            let pod_name = format!("{name}-0");
+            let pod = Api::<Pod>::namespaced(client.clone(), ns)
+                .get(&pod_name)
+                .await
+                .map_err(|e| CliError::kube("get", format!("pod {pod_name:?} in namespace {ns:?}"), e))?;
+            let port = api_port_of(&pod);
+            let (addr, task) = start_port_forward(client, ns, &pod_name, port).await?;
+            (format!("https://127.0.0.1:{}", addr.port()), Some((task, port)))
         }
     };
     let kc = rewrite_kubeconfig(&text, &context, &server)?;
@@ -744,8 +765,8 @@ async fn connect_with(
         eprintln!("✓ context {context:?} written to {}", abs.display());
         println!("export KUBECONFIG={}", abs.display());
     }
-    if let Some(task) = forward {
-        eprintln!("forwarding {server} -> pod {name}-0:{API_PORT}; press Ctrl-C to stop");
+    if let Some((task, port)) = forward {
+        eprintln!("forwarding {server} -> pod {name}-0:{port} ({API_PORT_NAME}); press Ctrl-C to stop");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = task => {}
@@ -1042,6 +1063,26 @@ mod tests {
         for o in no {
             assert!(!belongs(&dynamic(o.clone()), "demo", "ns", &owners), "{o}");
         }
+    }
+
+    #[test]
+    fn the_api_port_is_the_pods_port_named_https() {
+        let pod = |ports: Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "x-0"}, "spec": {"containers": [
+                    {"name": "k3s", "ports": ports},
+                    {"name": "syncer", "ports": [{"name": "admin", "containerPort": 8080}]}
+                ]}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            api_port_of(&pod(
+                serde_json::json!([{"name": "https", "containerPort": 16443}])
+            )),
+            16443
+        );
+        assert_eq!(api_port_of(&pod(serde_json::json!([]))), API_PORT);
     }
 
     #[test]

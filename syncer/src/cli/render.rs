@@ -1,8 +1,8 @@
 //! A config -> the host objects of its vcluster, without kubectl: the embedded `manifests/`,
 //! an in-memory overlay written exactly as a user would write it for `kubectl apply -k`
 //! ([`overlay_files`]), built by the kustomize subset ([`super::kustomize`]), then the config's
-//! knobs that have no component (images, resources, storage, syncer env) set on the
-//! StatefulSet. With no knob set, the result equals `kubectl kustomize` of that overlay.
+//! knobs that have no component (images, resources, storage, scheduling, ports, k3s args,
+//! syncer env) set on the StatefulSet. With no knob set, the result equals `kubectl kustomize` of that overlay.
 
 use serde_json::{Value, json};
 
@@ -197,6 +197,17 @@ fn apply_knobs(config: &VclusterConfig, sts: &mut Value) {
     {
         init["image"] = Value::String(image.clone());
     }
+    apply_placement(config, sts);
+    apply_ports(config, sts);
+    if let Some(k3s) = container(sts, "containers", "k3s") {
+        push_args(k3s, &config.k3s.extra_args);
+    }
+    // Last: the user's variables win over every knob's.
+    if let Some(syncer) = container(sts, "containers", "syncer") {
+        for (k, v) in &config.syncer.env {
+            set_env(syncer, k, v);
+        }
+    }
     if let Some(claim) = sts.pointer_mut("/spec/volumeClaimTemplates/0/spec") {
         if let Some(size) = &config.storage.size {
             claim["resources"]["requests"]["storage"] = Value::String(size.clone());
@@ -204,6 +215,111 @@ fn apply_knobs(config: &VclusterConfig, sts: &mut Value) {
         if let Some(class) = &config.storage.storage_class_name {
             claim["storageClassName"] = Value::String(class.clone());
         }
+    }
+}
+
+/// `scheduling`: the pod's nodeSelector (merged) and tolerations (appended).
+fn apply_placement(config: &VclusterConfig, sts: &mut Value) {
+    let sched = &config.scheduling;
+    let Some(spec) = sts.pointer_mut("/spec/template/spec") else {
+        return;
+    };
+    if !sched.node_selector.is_empty() {
+        if !spec.get("nodeSelector").is_some_and(Value::is_object) {
+            spec["nodeSelector"] = json!({});
+        }
+        for (k, v) in &sched.node_selector {
+            spec["nodeSelector"][k] = Value::String(v.clone());
+        }
+    }
+    if !sched.tolerations.is_empty() {
+        if !spec.get("tolerations").is_some_and(Value::is_array) {
+            spec["tolerations"] = json!([]);
+        }
+        let list = spec["tolerations"]
+            .as_array_mut()
+            .expect("made an array just above");
+        for t in &sched.tolerations {
+            list.push(serde_json::to_value(t).expect("a toleration is JSON"));
+        }
+    }
+}
+
+/// Appends `args` to a container's args.
+fn push_args(c: &mut Value, args: &[String]) {
+    if args.is_empty() {
+        return;
+    }
+    if !c.get("args").is_some_and(Value::is_array) {
+        c["args"] = json!([]);
+    }
+    let list = c["args"].as_array_mut().expect("made an array just above");
+    list.extend(args.iter().cloned().map(Value::String));
+}
+
+/// Sets the containerPort of each of a container's ports named in `names`.
+fn set_container_port(c: &mut Value, names: &[&str], port: u16) {
+    for p in c
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if p.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| names.contains(&n))
+        {
+            p["containerPort"] = json!(port);
+        }
+    }
+}
+
+/// The value of env `name` of a container, when set literally.
+fn env_value(c: &Value, name: &str) -> Option<String> {
+    c.get("env")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
+        .get("value")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// `addr` (host:port) with another port; `0.0.0.0` when there is none.
+fn with_port(addr: Option<String>, port: u16) -> String {
+    let host = addr
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+        .map_or("0.0.0.0", |(h, _)| h)
+        .to_owned();
+    format!("{host}:{port}")
+}
+
+/// `ports`: each listening port's flag or variable and containerPort (the Services follow by
+/// their named targetPorts).
+fn apply_ports(config: &VclusterConfig, sts: &mut Value) {
+    let p = &config.ports;
+    if let (Some(port), Some(k3s)) = (p.api, container(sts, "containers", "k3s")) {
+        push_args(k3s, &[format!("--https-listen-port={port}")]);
+        set_container_port(k3s, &["https"], port);
+    }
+    let Some(syncer) = container(sts, "containers", "syncer") else {
+        return;
+    };
+    if let Some(port) = p.admin {
+        let addr = with_port(env_value(syncer, "VNEST_ADMIN_ADDR"), port);
+        set_env(syncer, "VNEST_ADMIN_ADDR", &addr);
+        set_container_port(syncer, &["admin"], port);
+    }
+    if let Some(port) = p.kubelet {
+        let addr = with_port(env_value(syncer, "VNEST_KUBELET_LISTEN_ADDR"), port);
+        set_env(syncer, "VNEST_KUBELET_LISTEN_ADDR", &addr);
+        set_container_port(syncer, &["kubelet"], port);
+    }
+    if let Some(port) = p.dns {
+        let addr = with_port(env_value(syncer, "VNEST_DNS_ADDR"), port);
+        set_env(syncer, "VNEST_DNS_ADDR", &addr);
+        set_container_port(syncer, &["dns", "dns-tcp"], port);
     }
 }
 
@@ -338,6 +454,155 @@ mod tests {
                 assert_eq!(a, b);
             }
         }
+    }
+
+    fn sts_of(objs: &[Value]) -> &Value {
+        objs.iter()
+            .find(|o| o["kind"] == "StatefulSet")
+            .expect("a StatefulSet")
+    }
+
+    fn with_file(yaml: &str) -> VclusterConfig {
+        ConfigInputs {
+            name: Some("demo".into()),
+            namespace: Some("team-a".into()),
+            file: Some(("f.yaml".into(), yaml.into())),
+            ..ConfigInputs::default()
+        }
+        .resolve()
+        .expect("valid")
+    }
+
+    #[test]
+    fn scheduling_places_the_vcluster_pod() {
+        let objs = render(&with_file(concat!(
+            "scheduling:\n",
+            "  nodeSelector: {vnest.dev/runner: \"true\", zone: a}\n",
+            "  tolerations:\n",
+            "  - {key: vnest.dev/runner, operator: Exists, effect: NoSchedule}\n",
+            "  - {key: k, operator: Equal, value: v, effect: NoExecute, tolerationSeconds: 30}\n",
+        )))
+        .unwrap();
+        let spec = &sts_of(&objs)["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["nodeSelector"],
+            json!({"vnest.dev/runner": "true", "zone": "a"})
+        );
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                {"key": "vnest.dev/runner", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}
+            ])
+        );
+        let plain = render(&config(&[], &[])).unwrap();
+        let spec = &sts_of(&plain)["spec"]["template"]["spec"];
+        assert!(spec.get("nodeSelector").is_none() && spec.get("tolerations").is_none());
+    }
+
+    fn ports_of(c: &Value) -> Vec<(String, i64)> {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["containerPort"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ports_move_the_listeners_and_the_container_ports_and_services_follow_by_name() {
+        let plain = render(&config(&[], &[])).unwrap();
+        let objs = render(&config(
+            &[
+                "ports.api=16443",
+                "ports.admin=18080",
+                "ports.kubelet=20250",
+                "ports.dns=2053",
+            ],
+            &[],
+        ))
+        .unwrap();
+        let spec = &sts_of(&objs)["spec"]["template"]["spec"];
+        let k3s = &spec["containers"][0];
+        let syncer = &spec["containers"][1];
+        assert_eq!(k3s["name"], "k3s");
+        assert_eq!(
+            k3s["args"].as_array().unwrap().last().unwrap(),
+            "--https-listen-port=16443"
+        );
+        assert_eq!(ports_of(k3s), [("https".to_owned(), 16443)]);
+        assert_eq!(
+            ports_of(syncer),
+            [
+                ("admin".to_owned(), 18080),
+                ("kubelet".to_owned(), 20250),
+                ("dns".to_owned(), 2053),
+                ("dns-tcp".to_owned(), 2053)
+            ]
+        );
+        let env = env_of(&objs, "syncer");
+        for kv in [
+            ("VNEST_ADMIN_ADDR", "0.0.0.0:18080"),
+            ("VNEST_DNS_ADDR", "0.0.0.0:2053"),
+            ("VNEST_KUBELET_LISTEN_ADDR", "0.0.0.0:20250"),
+        ] {
+            assert!(env.contains(&(kv.0.into(), kv.1.into())), "{kv:?}: {env:?}");
+        }
+        // The virtual nodes keep advertising the Service's kubelet port.
+        assert!(!env.iter().any(|(k, _)| k == "VNEST_KUBELET_PORT"), "{env:?}");
+        // Probes name the port; the Services keep their ports and name their targets.
+        assert_eq!(syncer["readinessProbe"]["httpGet"]["port"], "admin");
+        for (a, b) in plain.iter().zip(&objs) {
+            if a["kind"] != "StatefulSet" {
+                assert_eq!(a, b);
+            }
+            if a["kind"] == "Service" {
+                for p in a["spec"]["ports"].as_array().unwrap() {
+                    assert!(p["targetPort"].is_string(), "{p}");
+                    assert_eq!(p["targetPort"], p["name"], "{p}");
+                }
+            }
+        }
+        let plain_spec = &sts_of(&plain)["spec"]["template"]["spec"];
+        assert_eq!(
+            ports_of(&plain_spec["containers"][0]),
+            [("https".to_owned(), 6443)]
+        );
+    }
+
+    #[test]
+    fn k3s_extra_args_are_appended_and_syncer_env_wins_last() {
+        let objs = render(&with_file(
+            "k3s: {extraArgs: [--bind-address=127.0.0.1, --kube-apiserver-arg=v=2]}\n\
+             ports: {admin: 18080}\nsync: {networkpolicies: true}\n\
+             syncer: {env: {VNEST_ADMIN_ADDR: \"127.0.0.1:18080\", VNEST_SYNC_NETWORKPOLICIES: \"false\", VNEST_KUBELET_ADDRESS: 127.0.0.1}}\n",
+        ))
+        .unwrap();
+        let plain = render(&config(&[], &[])).unwrap();
+        let args = |objs: &[Value]| sts_of(objs)["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        let mut expected = args(&plain).as_array().unwrap().clone();
+        expected.push(json!("--bind-address=127.0.0.1"));
+        expected.push(json!("--kube-apiserver-arg=v=2"));
+        assert_eq!(args(&objs), Value::Array(expected));
+        let env = env_of(&objs, "syncer");
+        let get = |k: &str| {
+            env.iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("VNEST_ADMIN_ADDR"), ["127.0.0.1:18080"], "once, the user's");
+        assert_eq!(
+            get("VNEST_SYNC_NETWORKPOLICIES"),
+            ["false"],
+            "env wins over sync.*"
+        );
+        assert_eq!(get("VNEST_KUBELET_ADDRESS"), ["127.0.0.1"]);
     }
 
     #[test]

@@ -323,17 +323,25 @@ pub fn plan_kubernetes(
 }
 
 /// The subsets of virtual default/kubernetes: the ready addresses of the https port of the
-/// vcluster's host Endpoints, on port 6443 (None when there are none).
+/// vcluster's host Endpoints, on that port (the k3s container's port `https`: 6443 unless the
+/// vcluster moved it; None when there are none).
 fn kubernetes_subsets(host_endpoints: Option<&Endpoints>) -> Option<Vec<EndpointSubset>> {
+    let https = |s: &EndpointSubset| {
+        s.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("https"))
+            .map(|p| p.port)
+    };
+    let port = host_endpoints
+        .iter()
+        .flat_map(|e| e.subsets.iter().flatten())
+        .find_map(https)
+        .unwrap_or(6443);
     let addresses: Vec<EndpointAddress> = host_endpoints
         .iter()
         .flat_map(|e| e.subsets.iter().flatten())
-        .filter(|s| {
-            s.ports
-                .iter()
-                .flatten()
-                .any(|p| p.name.as_deref() == Some("https"))
-        })
+        .filter(|s| https(s) == Some(port))
         .flat_map(|s| s.addresses.iter().flatten())
         .map(|a| EndpointAddress {
             ip: a.ip.clone(),
@@ -346,7 +354,7 @@ fn kubernetes_subsets(host_endpoints: Option<&Endpoints>) -> Option<Vec<Endpoint
             not_ready_addresses: None,
             ports: Some(vec![EndpointPort {
                 name: Some("https".into()),
-                port: 6443,
+                port,
                 protocol: Some("TCP".into()),
                 app_protocol: None,
             }]),
@@ -779,14 +787,12 @@ mod tests {
         let kube = |ip: &str| special("default", "kubernetes", ip);
         let host_eps = endpoints(
             json!({"metadata": {"name": "vc", "namespace": "host"}, "subsets": [
-                {"addresses": [{"ip": "10.0.0.5", "nodeName": "n1"}], "ports": [{"name": "https", "port": 8443}]},
+                {"addresses": [{"ip": "10.0.0.5", "nodeName": "n1"}], "ports": [{"name": "https", "port": 16443}]},
                 {"addresses": [{"ip": "10.0.0.6"}], "ports": [{"name": "metrics", "port": 9090}]}
             ]}),
         );
         let in_step = endpoints(
-            json!({"metadata": {"name": "kubernetes", "namespace": "default"}, "subsets": [
-                {"addresses": [{"ip": "10.0.0.5"}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}
-            ]}),
+            json!({"metadata": {"name": "kubernetes", "namespace": "default"}, "subsets": in_step_subsets()}),
         );
         let empty = endpoints(json!({"metadata": {"name": "kubernetes", "namespace": "default"}}));
         let ok = kube(&tc.kube_service_ip);
@@ -850,7 +856,8 @@ mod tests {
         assert_eq!(body(&plan.actions[1])["spec"]["ports"][0]["targetPort"], 6443);
     }
 
+    /// On the host Endpoints' https port (the pod's containerPort `https`, moved by `ports.api`).
     fn in_step_subsets() -> Value {
-        json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}])
+        json!([{"addresses": [{"ip": "10.0.0.5"}], "ports": [{"name": "https", "port": 16443, "protocol": "TCP"}]}])
     }
 }
