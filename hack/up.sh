@@ -325,8 +325,13 @@ spec:
       address: 127.0.0.1
 EOF
 } >"$H/kwok.yaml"
-# The kinds kwok watches (enableCRDs) must be served before it starts.
-"$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f "$repo/hack/kwok-crds" >/dev/null
+# The kinds kwok watches (enableCRDs) must be served before it starts: its own CRDs, read from
+# the kwok module the tools are built from (the Go module cache; downloaded if it was cleaned).
+kwok_module=$(cd "$repo/hack/tools/kwok" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+[[ -d $kwok_module/kustomize/crd/bases ]] || die "kwok's CRDs not found in the Go module cache (go mod download sigs.k8s.io/kwok in hack/tools/kwok)"
+for crd in logs portforwards; do
+	"$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f "$kwok_module/kustomize/crd/bases/kwok.x-k8s.io_$crd.yaml" >/dev/null
+done
 "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Established --timeout=60s \
 	crd/portforwards.kwok.x-k8s.io crd/logs.kwok.x-k8s.io >/dev/null
 # HOME is isolated: kwok also reads ~/.kwok/kwok.yaml when it exists.

@@ -557,10 +557,13 @@ async fn a_created_vcluster_runs_a_deployment() -> Result<()> {
     let state = w.env.path("STATE_DIR")?;
     let (api, admin, kubelet, dns) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let config_path = state.join(format!("vnest-{}.yaml", ns.name));
+    // The syncer image of this world (tagged by its binary: podman's store is machine-wide).
+    let image = w.env.get("VNEST_IMAGE")?;
     std::fs::write(
         &config_path,
         format!(
             r#"# Every pod of the runner's node shares this machine's network: loopback, free ports.
+images: {{vnest: "{image}"}}
 scheduling:
   nodeSelector: {{vnest.dev/runner: "true"}}
   tolerations:
