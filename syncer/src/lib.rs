@@ -40,6 +40,7 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod ipnet;
 pub mod kubelet;
 pub mod markers;
 pub mod memory;

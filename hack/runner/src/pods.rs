@@ -54,7 +54,11 @@ pub struct Ctx {
     pub client: Client,
     pub podman: Podman,
     pub node: String,
+    /// The address its pods report (podIP = hostIP).
     pub ip: String,
+    /// The node's own address (kwok's forwards of its pods' ports go there: pods listen on the
+    /// node's loopback in the local world).
+    pub node_ip: String,
     pub api_host: String,
     pub api_port: u16,
     pub state_dir: PathBuf,
@@ -539,7 +543,7 @@ impl Worker {
         if self.kwok_rules {
             return;
         }
-        match kwok::ensure(&self.ctx.client, &self.pod, &self.ctx.ip, &self.ctx.log_dir).await {
+        match kwok::ensure(&self.ctx.client, &self.pod, &self.ctx.node_ip, &self.ctx.log_dir).await {
             Ok(()) => {
                 debug!("kwok PortForward and Logs applied");
                 self.kwok_rules = true;

@@ -108,7 +108,7 @@ impl CopiedKind for EndpointsKind {
 pub fn register(reg: &mut crate::engine::registry::Registry, workers: usize) {
     use crate::engine::registry::key_of;
     use crate::engine::watch::Change;
-    let v_services = crate::resources::services::register::virtual_services();
+    let v_services = crate::resources::shared::virtual_services();
     let q = reg.queue(<EndpointsKind as CopiedKind>::NAME);
     reg.on(&v_services, move |c| {
         if let Change::Applied(o) | Change::Deleted(o) = c {

@@ -15,6 +15,7 @@ pub mod pvcs;
 pub mod secrets;
 pub mod selectors;
 pub mod services;
+pub mod shared;
 
 use std::sync::Arc;
 
@@ -236,7 +237,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Resul
     register_all(&mut reg, &opts);
     reg.begin_kind(false); // what the DNS server and the kubelet endpoint read is required
     let dns = Stores {
-        services: reg.store(&services::register::virtual_services()),
+        services: reg.store(&shared::virtual_services()),
         endpoints: reg.store(&crate::engine::standard::virtual_watch::<endpoints::EndpointsKind>()),
         virtual_pods: reg.store(&pods::register::virtual_pods()),
         host_pods: reg.store(&pods::register::host_pods()),

@@ -23,9 +23,9 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::selectors::{namespace_pod_selector, translate_selector, vcluster_markers};
-use crate::cidr::IpCidr;
 use crate::engine::TranslateCtx;
 use crate::engine::standard::CopiedKind;
+use crate::ipnet::IpCidr;
 use crate::markers;
 
 /// Flags of the NetworkPolicy kind.

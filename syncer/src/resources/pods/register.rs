@@ -49,7 +49,7 @@ pub fn register(reg: &mut Registry, settings: super::PodSettings, workers: usize
         virtual_namespaces: reg.store(&virtual_namespaces()),
         virtual_configmaps: reg.store(&standard::virtual_watch::<ConfigMaps>()),
         virtual_secrets: reg.store(&standard::virtual_watch::<Secrets>()),
-        virtual_services: reg.store(&crate::resources::services::register::virtual_services()),
+        virtual_services: reg.store(&crate::resources::shared::virtual_services()),
         first_seen: Mutex::new(HashMap::new()),
     });
     wake_on_references(reg);

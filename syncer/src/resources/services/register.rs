@@ -14,12 +14,7 @@ use crate::engine::ownership;
 use crate::engine::queue::Key;
 use crate::engine::registry::{Registry, Watch, wire_pair};
 use crate::engine::watch::Change;
-
-/// Every virtual Service (the Service kind's, read by pods for service links, by Endpoints and
-/// by the DNS server).
-pub fn virtual_services() -> Watch<Service> {
-    Watch::virtual_all("services")
-}
+use crate::resources::shared::virtual_services;
 
 /// Declares the Service kind. `service_name` is the vcluster's host Service.
 pub fn register(reg: &mut Registry, service_name: String, workers: usize) {
