@@ -37,6 +37,7 @@ pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod dns;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod health;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 
 /// How to reach the host cluster (kubectl's defaults: `$KUBECONFIG`, `~/.kube/config`).
 #[derive(Debug, Clone, Args)]
