@@ -105,7 +105,7 @@ if ((unit_only == 0)); then
 	if run_step "local control planes up (hack/up.sh: images, runner, the vcluster pod from its spec)" env QUIET_NEXT_STEPS=1 hack/up.sh; then
 		run_step "k3s stand-in: go test (flags, PKI layout, supervision, a real start)" \
 			env -C hack/k3s-standin K3S_STANDIN_BIN_DIR="$(hack/build-tools.sh --print-dir)" go test -count=1 .
-		run_step "e2e and integration tests" cargo test --workspace --test "*" -- --test-threads=4
+		run_step "e2e and integration tests" cargo test --no-fail-fast --workspace --test "*" -- --test-threads=4
 		# The Role must be exactly what the syncer calls. A watch reaches the audit log when it
 		# ends, so the syncer stops first. Each exception says why the suite cannot provoke it.
 		STATE_DIR=$STATE_DIR hack/syncer.sh stop >/dev/null 2>&1
