@@ -15,6 +15,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/common.sh
 source "$repo/hack/lib/common.sh"
+# shellcheck source=lib/containers.sh
+source "$repo/hack/lib/containers.sh"
 STATE_DIR=${STATE_DIR:-$repo/.e2e}
 PID_DIR=$STATE_DIR/pids
 LOG_DIR=$STATE_DIR/logs
@@ -37,12 +39,15 @@ refresh_token() {
 	mv "$STATE_DIR/syncer/token.new" "$STATE_DIR/syncer/token"
 }
 
-# The syncer container's podman id and its restart count (from the runner's labels).
-syncer_container() {
-	podman ps -q --filter "label=dev.vnest.runner.node=$RUNNER_NODE" \
-		--filter "label=dev.vnest.runner.pod-namespace=$HOST_NAMESPACE" \
-		--filter "label=dev.vnest.runner.pod-name=$SYNCER_CONTAINER_POD" \
-		--filter "label=dev.vnest.runner.container=syncer" | head -n 1
+# syncer_container: the running podman container of the vcluster pod's syncer.
+syncer_container() { runner_container_id "$HOST_NAMESPACE" "$SYNCER_CONTAINER_POD" syncer; }
+
+# syncer_replaced OLD_ID: a syncer container runs, and it is not OLD_ID (the runner never
+# restarts a container in place).
+syncer_replaced() {
+	local id
+	id=$(syncer_container)
+	[[ -n $id && $id != "$1" ]]
 }
 
 container_stop() {
@@ -60,6 +65,13 @@ container_stop() {
 }
 
 container_start() {
+	local old
+	old=$(cat "$STATE_DIR/syncer/stopped-container" 2>/dev/null || true)
+	wait_for "the runner restarted the syncer container" 60 - syncer_replaced "$old"
+	wait_for "syncer container /readyz (both clusters reachable)" 60 - curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
+}
+
+start() {
 	local old
 	old=$(cat "$STATE_DIR/syncer/stopped-container" 2>/dev/null || true)
 	# A new container (the runner never restarts one in place), then its readiness.

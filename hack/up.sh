@@ -366,8 +366,7 @@ if [[ $VNEST_RUNTIME == containers ]]; then
 	# writes, to the containers' log files and ports.
 	mkdir -p "$STATE_DIR/runner" "$LOG_DIR/containers"
 	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
-	nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
-	nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	read -r nofile nproc < <(container_ulimits)
 	# Its pods share this machine's network: they report its own address (Endpoints refuse
 	# loopback ones), and listen on loopback only (the local overlay's bind addresses).
 	pod_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n 1)

@@ -13,13 +13,20 @@ ensure_podman() {
 		die "could not install podman and runc with apt-get; install them and run this again"
 }
 
+# container_ulimits: "NOFILE NPROC", the shell's hard limits capped at what runc accepts here
+# (it was refused an nproc of 65536; 32768 works). Used by podman_run and the runner.
+container_ulimits() {
+	local nofile nproc
+	nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+	[[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
+	[[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	echo "$nofile $nproc"
+}
+
 # podman_run ARGS...: `podman run` with the runtime, cgroup manager and rlimits that work here.
 podman_run() {
 	local nofile nproc
-	nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
-	# The shell's hard limits, capped: runc was refused an nproc of 65536 here (32768 works).
-	[[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
-	[[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+	read -r nofile nproc < <(container_ulimits)
 	podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs run \
 		--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc" "$@"
 }
