@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicySpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -73,11 +73,10 @@ fn clip_ip_block(block: &IPBlock, deny: &[IpCidr]) -> Option<IPBlock> {
 /// the deny networks of each family that has one.
 fn everyone_allowed(vc: &str, deny: &[IpCidr]) -> Vec<NetworkPolicyPeer> {
     let mut peers = vec![NetworkPolicyPeer {
-        pod_selector: Some(translate_selector(
-            None,
-            |k| k.to_owned(),
-            &vcluster_markers(vc, None),
-        )),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(vcluster_markers(vc, None)),
+            ..LabelSelector::default()
+        }),
         ..NetworkPolicyPeer::default()
     }];
     for (all, v6) in [("0.0.0.0/0", false), ("::/0", true)] {

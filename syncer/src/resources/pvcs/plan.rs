@@ -524,18 +524,24 @@ mod tests {
         assert_eq!(plan(Some(&v), Some(&h), Some(&pv)), ClaimPlan::default());
     }
 
-    #[test]
-    fn a_resize_grows_the_host_request_and_the_new_capacity_flows_back() {
-        let (mut v, h, pv) = bound_pair();
-        v.spec
+    /// Sets a claim's requested storage.
+    fn request_storage(claim: &mut PersistentVolumeClaim, size: &str) {
+        claim
+            .spec
             .as_mut()
             .and_then(|s| s.resources.as_mut())
             .and_then(|r| r.requests.as_mut())
             .expect("requests")
             .insert(
                 "storage".into(),
-                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.into()),
             );
+    }
+
+    #[test]
+    fn a_resize_grows_the_host_request_and_the_new_capacity_flows_back() {
+        let (mut v, h, pv) = bound_pair();
+        request_storage(&mut v, "2Gi");
         let p = plan(Some(&v), Some(&h), Some(&pv));
         assert_eq!(
             steps(&p),
@@ -556,15 +562,7 @@ mod tests {
             )
             .expect("a status"),
         );
-        h2.spec
-            .as_mut()
-            .and_then(|s| s.resources.as_mut())
-            .and_then(|r| r.requests.as_mut())
-            .expect("requests")
-            .insert(
-                "storage".into(),
-                k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into()),
-            );
+        request_storage(&mut h2, "2Gi");
         let p = plan(Some(&v), Some(&h2), Some(&pv));
         assert_eq!(
             steps(&p),
