@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim,
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -97,8 +97,13 @@ async fn wait_bound(
     .await
 }
 
-/// Checks what a bound pair shows the tenant.
+/// Checks what a bound pair of the host's default class `local` shows the tenant.
 fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &PersistentVolumeClaim) {
+    check_binding_as(v, pv, h, "local");
+}
+
+/// Checks what a bound pair shows the tenant, whose name of the class is `class`.
+fn check_binding_as(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &PersistentVolumeClaim, class: &str) {
     let uid = v.uid().unwrap_or_default();
     assert_eq!(volume_name(v), format!("pvc-{uid}"));
     assert_eq!(
@@ -126,7 +131,7 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
         h.status.as_ref().and_then(|s| s.capacity.clone()),
         "the status is the host's"
     );
-    assert_eq!(spec.storage_class_name.as_deref(), Some("local"));
+    assert_eq!(spec.storage_class_name.as_deref(), Some(class));
     assert_eq!(
         spec.csi.map(|c| c.driver).as_deref(),
         Some("host.vnest.dev"),
@@ -141,7 +146,12 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
 }
 
 fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
-    Ok(serde_json::from_value(json!({
+    statefulset_of(name, replicas, None)
+}
+
+/// A StatefulSet `name` whose claims name class `class` (None: the default class).
+fn statefulset_of(name: &str, replicas: i32, class: Option<&str>) -> Result<StatefulSet> {
+    let mut sts: Value = json!({
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
@@ -158,15 +168,23 @@ fn statefulset(name: &str, replicas: i32) -> Result<StatefulSet> {
                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}
             }]
         }
-    }))?)
+    });
+    if let Some(class) = class {
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!(class);
+    }
+    Ok(serde_json::from_value(sts)?)
 }
 
 async fn wait_ready(sts: &Api<StatefulSet>, replicas: i32) -> Result<()> {
+    wait_ready_named(sts, "db", replicas).await
+}
+
+async fn wait_ready_named(sts: &Api<StatefulSet>, name: &str, replicas: i32) -> Result<()> {
     wait_until(
-        &format!("StatefulSet db with {replicas} ready replicas"),
+        &format!("StatefulSet {name} with {replicas} ready replicas"),
         WAIT,
         || async {
-            let s = sts.get("db").await?;
+            let s = sts.get(name).await?;
             let st = s.status.unwrap_or_default();
             Ok((st.ready_replicas == Some(replicas) && st.replicas == replicas).then_some(()))
         },
@@ -457,19 +475,41 @@ async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
     wait_gone(&hclaims, &hname, "the host claim of grow gone").await?;
     wait_gone(&vvolumes, &pv.name_any(), "the virtual volume of grow gone").await?;
 
-    // A snapshot as data source: refused, nothing on the host.
+    // A VolumeSnapshot as data source: the host claim names the host snapshot of the same
+    // name (vnest does not copy snapshots: it must exist there under that name).
     let mut snap = claim("from-snapshot", None, "100Mi")?;
     snap.spec.get_or_insert_default().data_source = Some(serde_json::from_value(
         json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "nightly"}),
     )?);
     vclaims.create(&PostParams::default(), &snap).await?;
-    let event = wait_warning(&w, n, "from-snapshot", "SyncRefused").await?;
+    let hsnap = w.host_name(n, "from-snapshot");
+    let h = wait_until("the host claim of from-snapshot", WAIT, || async {
+        hclaims.get_opt(&hsnap).await.map_err(Into::into)
+    })
+    .await?;
+    let spec = h.spec.unwrap_or_default();
+    let want = w.host_name(n, "nightly");
+    assert_eq!(
+        spec.data_source.map(|d| (d.api_group, d.kind, d.name)),
+        Some((Some("snapshot.storage.k8s.io".into()), "VolumeSnapshot".into(), want.clone()))
+    );
+    assert_eq!(spec.data_source_ref.map(|d| d.name), Some(want));
+    vclaims.delete("from-snapshot", &DeleteParams::default()).await?;
+    wait_gone(&hclaims, &hsnap, "the host claim of from-snapshot gone").await?;
+
+    // A populator's object as data source: refused, nothing on the host.
+    let mut populated = claim("from-populator", None, "100Mi")?;
+    populated.spec.get_or_insert_default().data_source_ref = Some(serde_json::from_value(
+        json!({"apiGroup": "populators.example.com", "kind": "Sample", "name": "seed"}),
+    )?);
+    vclaims.create(&PostParams::default(), &populated).await?;
+    let event = wait_warning(&w, n, "from-populator", "SyncRefused").await?;
     assert!(
-        event.message.unwrap_or_default().contains("VolumeSnapshot"),
+        event.message.unwrap_or_default().contains("populators.example.com/Sample"),
         "the Warning names what is not supported"
     );
     assert!(
-        hclaims.get_opt(&w.host_name(n, "from-snapshot")).await?.is_none(),
+        hclaims.get_opt(&w.host_name(n, "from-populator")).await?.is_none(),
         "nothing on the host"
     );
 
@@ -553,6 +593,295 @@ async fn generic_ephemeral_volumes_run_and_go_with_their_pod() -> Result<()> {
         "the host claim of eph-scratch gone",
     )
     .await?;
+    ns.delete().await?;
+    Ok(())
+}
+
+/// Waits until host claim `name` (made directly on the host) is Bound.
+async fn wait_host_bound(hclaims: &Api<PersistentVolumeClaim>, name: &str) -> Result<PersistentVolumeClaim> {
+    wait_until(&format!("host claim {name} Bound"), WAIT, || async {
+        Ok(hclaims.get_opt(name).await?.filter(|c| phase(c) == "Bound"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_policy() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    let ns = TestNs::new(&w.virt, "storage-imm").await?;
+    let n = ns.name.as_str();
+    let sts: Api<StatefulSet> = Api::namespaced(w.virt.clone(), n);
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), n);
+    let vvolumes: Api<PersistentVolume> = Api::all(w.virt.clone());
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hvolumes: Api<PersistentVolume> = Api::all(w.host.clone());
+    let hpods: Api<Pod> = Api::namespaced(w.host.clone(), &w.host_ns);
+
+    // 3 replicas whose claims the host's provisioner binds at once (binding mode Immediate).
+    let writes_before = w.metric("vnest_syncer_host_writes_total", KIND).await?;
+    let host_claim_requests = [("cluster", "host"), ("resource", "persistentvolumeclaims")];
+    let requests_before = w.metric("vnest_syncer_api_requests_total", &host_claim_requests).await?;
+    let started = std::time::Instant::now();
+    sts.create(&PostParams::default(), &statefulset_of("db", 3, Some("immediate"))?)
+        .await?;
+    for i in 0..3 {
+        wait_bound(&w, n, &format!("data-db-{i}")).await?;
+    }
+    let bound_after = started.elapsed();
+    wait_ready(&sts, 3).await?;
+    let mut bindings = Vec::new();
+    for i in 0..3 {
+        let (v, pv, h) = wait_bound(&w, n, &format!("data-db-{i}")).await?;
+        check_binding_as(&v, &pv, &h, "immediate");
+        assert_eq!(
+            pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()),
+            Some("Delete"),
+            "the host class's reclaim policy"
+        );
+        let hpv = hvolumes.get(&volume_name(&h)).await?;
+        assert!(
+            hpv.spec.and_then(|s| s.host_path).is_some(),
+            "a hostPath volume the test provisioner made"
+        );
+        bindings.push((v.uid(), volume_name(&v), volume_name(&h)));
+    }
+    let writes = w.metric("vnest_syncer_host_writes_total", KIND).await? - writes_before;
+    println!(
+        "immediate class through vnest: 3 claims Bound on both sides after {bound_after:?}; host writes for claims: {writes}"
+    );
+    assert_eq!(writes, 3.0, "one host write per claim: its create");
+
+    // 3 -> 1 -> 3 keeps the claims and their bindings.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_ready(&sts, 1).await?;
+    for i in [1, 2] {
+        wait_gone(
+            &hpods,
+            &w.host_name(n, &format!("db-{i}")),
+            "the host pod of a scaled-down replica gone",
+        )
+        .await?;
+    }
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 3}})),
+    )
+    .await?;
+    wait_ready(&sts, 3).await?;
+    for (i, before) in bindings.iter().enumerate() {
+        let (v, _, h) = wait_bound(&w, n, &format!("data-db-{i}")).await?;
+        assert_eq!(
+            &(v.uid(), volume_name(&v), volume_name(&h)),
+            before,
+            "claim {i} kept its binding"
+        );
+    }
+
+    // whenDeleted: Delete: deleting the StatefulSet deletes its claims (the virtual
+    // controllers), their host copies, the virtual volumes, and the provisioner's host volumes.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"persistentVolumeClaimRetentionPolicy":
+            {"whenDeleted": "Delete", "whenScaled": "Retain"}}})),
+    )
+    .await?;
+    wait_until("the retention policy in the StatefulSet's status", WAIT, || async {
+        let s = sts.get("db").await?;
+        let observed = s.status.and_then(|st| st.observed_generation);
+        Ok((observed >= s.metadata.generation).then_some(()))
+    })
+    .await?;
+    sts.delete("db", &DeleteParams::default()).await?;
+    for (i, (_, pv, hpv)) in bindings.iter().enumerate() {
+        let claim = format!("data-db-{i}");
+        wait_gone(&vclaims, &claim, &format!("virtual claim {claim} deleted with the StatefulSet")).await?;
+        wait_gone(&hclaims, &w.host_name(n, &claim), &format!("host claim of {claim} gone")).await?;
+        wait_gone(&vvolumes, pv, &format!("virtual volume of {claim} gone")).await?;
+        wait_gone(&hvolumes, hpv, &format!("host volume of {claim} deleted (reclaim Delete)")).await?;
+    }
+    let requests = w.metric("vnest_syncer_api_requests_total", &host_claim_requests).await? - requests_before;
+    println!(
+        "host requests on persistentvolumeclaims for 3 claims' whole lifecycle (create, scale 3-1-3, delete): {requests}"
+    );
+
+    // whenDeleted: Retain: the claims stay Bound on both sides.
+    let mut keep = statefulset_of("keep", 2, Some("immediate"))?;
+    keep.spec.get_or_insert_default().persistent_volume_claim_retention_policy = Some(serde_json::from_value(
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+    )?);
+    sts.create(&PostParams::default(), &keep).await?;
+    wait_ready_named(&sts, "keep", 2).await?;
+    let mut kept = Vec::new();
+    for i in 0..2 {
+        let (v, _, h) = wait_bound(&w, n, &format!("data-keep-{i}")).await?;
+        kept.push((v.uid(), volume_name(&v), volume_name(&h)));
+    }
+    sts.delete("keep", &DeleteParams::default()).await?;
+    wait_gone(&sts, "keep", "StatefulSet keep gone").await?;
+    for i in 0..2 {
+        wait_gone(
+            &hpods,
+            &w.host_name(n, &format!("keep-{i}")),
+            "the host pods of keep gone",
+        )
+        .await?;
+    }
+    for (i, before) in kept.iter().enumerate() {
+        let (v, _, h) = wait_bound(&w, n, &format!("data-keep-{i}")).await?;
+        assert_eq!(
+            &(v.uid(), volume_name(&v), volume_name(&h)),
+            before,
+            "claim {i} of keep retained with its binding"
+        );
+    }
+
+    // The same StatefulSet directly on the host, for comparison (same run, same class).
+    let direct = format!("direct-{n}");
+    let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let started = std::time::Instant::now();
+    hsts.create(&PostParams::default(), &statefulset_of(&direct, 3, Some("immediate"))?)
+        .await?;
+    for i in 0..3 {
+        wait_host_bound(&hclaims, &format!("data-{direct}-{i}")).await?;
+    }
+    println!(
+        "immediate class directly on the host: 3 claims Bound after {:?} (through vnest: {bound_after:?})",
+        started.elapsed()
+    );
+    hsts.delete(&direct, &DeleteParams::default()).await?;
+    for i in 0..3 {
+        hclaims
+            .delete(&format!("data-{direct}-{i}"), &DeleteParams::default())
+            .await?;
+    }
+    ns.delete().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    let vclasses: Api<StorageClass> = Api::all(w.virt.clone());
+    let hclasses: Api<StorageClass> = Api::all(w.host.clone());
+    let ours = |c: &StorageClass| c.labels().get("vnest.dev/host-storageclass").map(String::as_str) == Some("true");
+
+    // The world's classes: `local` (the default) under its own name, `immediate` as `fast`.
+    let local = wait_until("the copy of host class local", WAIT, || async {
+        Ok(vclasses.get_opt("local").await?.filter(|c| ours(c)))
+    })
+    .await?;
+    assert_eq!(
+        local
+            .annotations()
+            .get("storageclass.kubernetes.io/is-default-class")
+            .map(String::as_str),
+        Some("true"),
+        "the host's default is the tenant's default"
+    );
+    let fast = wait_until("the copy of host class immediate, as fast", WAIT, || async {
+        Ok(vclasses.get_opt("fast").await?.filter(|c| ours(c)))
+    })
+    .await?;
+    assert_eq!(fast.provisioner, "vnest.dev/hostpath");
+    assert_eq!(fast.volume_binding_mode.as_deref(), Some("Immediate"));
+    assert!(
+        vclasses.get_opt("immediate").await?.is_none(),
+        "a mapped host class shows under the tenant's name only"
+    );
+
+    // A new host class appears, follows the host's changes, and goes with it.
+    let suffix: u32 = rand::random::<u32>() & 0xff_ffff;
+    let name = format!("e2e-class-{suffix:06x}");
+    hclasses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}, "provisioner": "example.com/e2e",
+                                           "parameters": {"tier": "gold"}}))?,
+        )
+        .await?;
+    let copy = wait_until("the new host class copied", WAIT, || async {
+        Ok(vclasses.get_opt(&name).await?.filter(|c| ours(c)))
+    })
+    .await?;
+    assert_eq!(copy.parameters.as_ref().and_then(|p| p.get("tier")).map(String::as_str), Some("gold"));
+    hclasses
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"allowVolumeExpansion": true})),
+        )
+        .await?;
+    wait_until("the host change copied", WAIT, || async {
+        Ok(vclasses
+            .get_opt(&name)
+            .await?
+            .filter(|c| c.allow_volume_expansion == Some(true))
+            .map(|_| ()))
+    })
+    .await?;
+    hclasses.delete(&name, &DeleteParams::default()).await?;
+    wait_gone(&vclasses, &name, "the copy of a deleted host class gone").await?;
+
+    // A tenant's own class is never touched, even when the host has a class of its name.
+    let tenant = format!("e2e-tenant-{suffix:06x}");
+    vclasses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": tenant}, "provisioner": "tenant.example.com"}))?,
+        )
+        .await?;
+    hclasses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": tenant}, "provisioner": "example.com/e2e"}))?,
+        )
+        .await?;
+    let other = format!("e2e-marker-{suffix:06x}");
+    hclasses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": other}, "provisioner": "example.com/e2e"}))?,
+        )
+        .await?;
+    // Classes are synced in order of events: once a later host class is copied, the earlier
+    // one was seen too.
+    wait_until("a later host class copied", WAIT, || async {
+        Ok(vclasses.get_opt(&other).await?.map(|_| ()))
+    })
+    .await?;
+    let kept = vclasses.get(&tenant).await?;
+    assert_eq!(kept.provisioner, "tenant.example.com", "the tenant's class untouched");
+    assert!(!ours(&kept));
+    hclasses.delete(&tenant, &DeleteParams::default()).await?;
+    hclasses.delete(&other, &DeleteParams::default()).await?;
+    wait_gone(&vclasses, &other, "the copy of a deleted host class gone").await?;
+    assert!(vclasses.get_opt(&tenant).await?.is_some(), "the tenant's class stays");
+    vclasses.delete(&tenant, &DeleteParams::default()).await?;
+
+    // A claim naming the tenant's name `fast` gets the host class `immediate`; its volume shows `fast`.
+    let ns = TestNs::new(&w.virt, "storage-class").await?;
+    let n = ns.name.as_str();
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), n);
+    vclaims
+        .create(&PostParams::default(), &claim("mapped", Some("fast"), "100Mi")?)
+        .await?;
+    let (v, pv, h) = wait_bound(&w, n, "mapped").await?;
+    check_binding_as(&v, &pv, &h, "fast");
+    assert_eq!(
+        h.spec.and_then(|s| s.storage_class_name).as_deref(),
+        Some("immediate"),
+        "the host claim names the host class"
+    );
+    vclaims.delete("mapped", &DeleteParams::default()).await?;
     ns.delete().await?;
     Ok(())
 }
