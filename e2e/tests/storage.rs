@@ -885,3 +885,138 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     ns.delete().await?;
     Ok(())
 }
+
+/// `--pv-sync=real`, on the world's second virtual control plane (VIRTUAL2_KUBECONFIG) with a
+/// syncer of its own, as `two_vclusters.rs` runs one: the virtual volume is the host volume's
+/// copy (its hostPath, its reclaim policy), bound to the virtual claim.
+#[tokio::test]
+async fn real_volumes_copy_the_host_volume() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let w = World::connect().await?;
+    let kubeconfig2 = w.env.get("VIRTUAL2_KUBECONFIG")?;
+    anyhow::ensure!(
+        !kubeconfig2.is_empty(),
+        "no second virtual control plane: start the world without SECOND_VCLUSTER=0"
+    );
+    let virt2 = vnest_e2e::client_from(std::path::Path::new(kubeconfig2)).await?;
+    let vc = format!("vc3-{:04x}", rand::random::<u32>() & 0xffff);
+
+    // The vcluster's host owner objects, as its manifests would make them, and the read access
+    // to host PersistentVolumes that components/real-volumes grants.
+    let owners: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
+    owners
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": vc},
+                "spec": {"replicas": 0, "serviceName": vc,
+                         "selector": {"matchLabels": {"vnest.dev/vcluster": vc}},
+                         "template": {"metadata": {"labels": {"vnest.dev/vcluster": vc}},
+                                      "spec": {"containers": [{"name": "k3s", "image": "rancher/k3s"}]}}}
+            }))?,
+        )
+        .await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(w.host.clone(), &w.host_ns);
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": vc},
+                "spec": {"selector": {"vnest.dev/vcluster": vc}, "ports": [{"name": "https", "port": 443}]}}))?,
+        )
+        .await?;
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(w.host.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(w.host.clone());
+    let rbac = format!("vnest-e2e-volume-reader-{vc}");
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": rbac},
+                "rules": [{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "watch"]}]}))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": rbac},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rbac},
+                "subjects": [{"kind": "ServiceAccount", "name": w.vcluster, "namespace": w.host_ns}]}))?,
+        )
+        .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let log = std::fs::File::create(format!("{}/syncer-{vc}.log", w.env.get("LOG_DIR")?))?;
+    let data_dir = std::path::Path::new(kubeconfig2)
+        .ancestors()
+        .nth(3)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut syncer = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
+        .args(["syncer", "--name", &vc, "--owner-name", &vc, "--service-name", &vc])
+        .args(["--host-namespace", &w.host_ns])
+        .args(["--workload-service-account", &format!("{}-workload", w.vcluster)])
+        .args(["--host-kubeconfig", w.env.get("SYNCER_HOST_KUBECONFIG")?])
+        .args(["--virtual-kubeconfig", kubeconfig2])
+        .args(["--admin-addr", &format!("127.0.0.1:{port}"), "--dns-addr", "127.0.0.1:0"])
+        .args(["--data-dir", &data_dir, "--kubelet-listen-addr", "127.0.0.1:0"])
+        .args(["--pv-sync", "real", "--pod-token-storage", "secret"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_until("the real-volume syncer ready", WAIT, || async {
+        Ok(matches!(vnest_e2e::http_get(&ready).await, Ok((200, _))).then_some(()))
+    })
+    .await?;
+
+    let ns = TestNs::new(&virt2, "storage-real").await?;
+    let n = ns.name.clone();
+    let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(virt2.clone(), &n);
+    let vvolumes: Api<PersistentVolume> = Api::all(virt2.clone());
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
+    let hvolumes: Api<PersistentVolume> = Api::all(w.host.clone());
+    vclaims
+        .create(&PostParams::default(), &claim("real", Some("immediate"), "100Mi")?)
+        .await?;
+    let hname = vnest::naming::host_name(&vc, &n, "real");
+    let (v, pv) = wait_until("the claim Bound to a copy of the host volume", WAIT, || async {
+        let Some(v) = vclaims.get_opt("real").await?.filter(|c| phase(c) == "Bound") else {
+            return Ok(None);
+        };
+        Ok(vvolumes.get_opt(&volume_name(&v)).await?.map(|pv| (v, pv)))
+    })
+    .await?;
+    let h = hclaims.get(&hname).await?;
+    let hpv = hvolumes.get(&volume_name(&h)).await?;
+    let (spec, hspec) = (pv.spec.clone().unwrap_or_default(), hpv.spec.clone().unwrap_or_default());
+    assert_eq!(volume_name(&v), format!("pvc-{}", v.uid().unwrap_or_default()));
+    assert_eq!(
+        spec.host_path.as_ref().map(|p| &p.path),
+        hspec.host_path.as_ref().map(|p| &p.path),
+        "the host volume's source"
+    );
+    assert!(spec.csi.is_none(), "no stub");
+    assert_eq!(spec.persistent_volume_reclaim_policy, hspec.persistent_volume_reclaim_policy);
+    assert_eq!(spec.capacity, hspec.capacity);
+    assert_eq!(spec.storage_class_name.as_deref(), Some("immediate"));
+    assert_eq!(
+        spec.claim_ref.and_then(|r| r.uid),
+        v.uid(),
+        "bound to the virtual claim"
+    );
+    assert_eq!(
+        pv.labels().get("vnest.dev/volume").map(String::as_str),
+        Some("true")
+    );
+
+    vclaims.delete("real", &DeleteParams::default()).await?;
+    wait_gone(&hclaims, &hname, "the host claim gone").await?;
+    wait_gone(&vvolumes, &pv.name_any(), "the virtual volume gone").await?;
+
+    owners.delete(&vc, &DeleteParams::background()).await?;
+    let _ = syncer.kill().await;
+    bindings.delete(&rbac, &DeleteParams::default()).await?;
+    roles.delete(&rbac, &DeleteParams::default()).await?;
+    services.delete(&vc, &DeleteParams::default()).await?;
+    ns.delete().await?;
+    Ok(())
+}
