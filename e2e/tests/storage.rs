@@ -1,6 +1,7 @@
 //! Storage through vnest against the real control planes: the host has a default StorageClass
 //! `local` (no provisioner, WaitForFirstConsumer) and a pool of 1Gi hostPath volumes
-//! (`hack/up.sh`) that the host's own scheduler and PV binder bind.
+//! (`hack/up.sh`) that the host's own scheduler and PV binder bind, and a class `immediate`
+//! whose volumes `hack/provisioner` makes.
 //!
 //! - a StatefulSet with a volumeClaimTemplate becomes Ready: virtual claims Bound to virtual
 //!   volumes the syncer made, host claims Bound, host pods referencing the host claims; scaling
@@ -8,11 +9,19 @@
 //!   restart writes nothing on either side; `persistentVolumeClaimRetentionPolicy.whenScaled:
 //!   Delete` removes the scaled-down replicas' claims on both sides;
 //! - a resize propagates to the host claim's spec; deleting a virtual claim deletes the host
-//!   copy and the virtual volume; a VolumeSnapshot data source is refused with a Warning Event
-//!   and nothing on the host; a host claim deleted out of band under a bound claim makes it
+//!   copy and the virtual volume; a VolumeSnapshot data source names the host snapshot of the
+//!   same name, a populator's object is refused with a Warning Event and nothing on the host; a host claim deleted out of band under a bound claim makes it
 //!   Lost with a Warning (no new volume);
 //! - a pod with a generic ephemeral volume runs on the host with a reference to the host copy
 //!   of its claim (no `ephemeral` volume there), and the claim goes with the pod.
+//! - a StatefulSet of the Immediate class `immediate` (hack/provisioner makes its host volumes)
+//!   becomes Ready, keeps claims and bindings over 3 → 1 → 3, and `whenDeleted: Delete` removes
+//!   its claims on both sides (and the host volumes) while `Retain` keeps them Bound;
+//! - host StorageClasses appear in the virtual cluster under the tenant's names
+//!   (`--storage-class-map fast=immediate`), follow host changes and deletes, and never touch a
+//!   tenant's class; a claim of class `fast` gets `immediate` on the host;
+//! - `--pv-sync=real` (a syncer of its own on the second virtual control plane): the virtual
+//!   volume is the host volume's copy.
 //!
 //! Two vclusters' same-named claims: `two_vclusters.rs`.
 
@@ -103,7 +112,12 @@ fn check_binding(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &Persisten
 }
 
 /// Checks what a bound pair shows the tenant, whose name of the class is `class`.
-fn check_binding_as(v: &PersistentVolumeClaim, pv: &PersistentVolume, h: &PersistentVolumeClaim, class: &str) {
+fn check_binding_as(
+    v: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+    h: &PersistentVolumeClaim,
+    class: &str,
+) {
     let uid = v.uid().unwrap_or_default();
     assert_eq!(volume_name(v), format!("pvc-{uid}"));
     assert_eq!(
@@ -284,6 +298,11 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
         let volume = vvolumes.get(pv).await?;
         versions.push((claim.resource_version(), volume.resource_version()));
     }
+    let vclasses: Api<StorageClass> = Api::all(w.virt.clone());
+    let class_versions = [
+        vclasses.get("local").await?.resource_version(),
+        vclasses.get("fast").await?.resource_version(),
+    ];
     w.syncer_script(&["restart", "KILL"]).await?;
     wait_until("the restarted syncer caught up", WAIT, || async {
         let s = w.metric("vnest_syncer_initial_sync_seconds", &[]).await?;
@@ -304,6 +323,14 @@ async fn statefulset_claims_bind_and_survive_scaling() -> Result<()> {
             "a resync writes neither claim {i} nor its volume in the virtual cluster"
         );
     }
+    assert_eq!(
+        [
+            vclasses.get("local").await?.resource_version(),
+            vclasses.get("fast").await?.resource_version(),
+        ],
+        class_versions,
+        "a resync writes no copied StorageClass"
+    );
 
     // persistentVolumeClaimRetentionPolicy: the virtual controller deletes the claims of
     // scaled-down replicas; their host copies and virtual volumes follow.
@@ -491,7 +518,11 @@ async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
     let want = w.host_name(n, "nightly");
     assert_eq!(
         spec.data_source.map(|d| (d.api_group, d.kind, d.name)),
-        Some((Some("snapshot.storage.k8s.io".into()), "VolumeSnapshot".into(), want.clone()))
+        Some((
+            Some("snapshot.storage.k8s.io".into()),
+            "VolumeSnapshot".into(),
+            want.clone()
+        ))
     );
     assert_eq!(spec.data_source_ref.map(|d| d.name), Some(want));
     vclaims.delete("from-snapshot", &DeleteParams::default()).await?;
@@ -505,11 +536,17 @@ async fn claims_resize_delete_refuse_and_get_lost() -> Result<()> {
     vclaims.create(&PostParams::default(), &populated).await?;
     let event = wait_warning(&w, n, "from-populator", "SyncRefused").await?;
     assert!(
-        event.message.unwrap_or_default().contains("populators.example.com/Sample"),
+        event
+            .message
+            .unwrap_or_default()
+            .contains("populators.example.com/Sample"),
         "the Warning names what is not supported"
     );
     assert!(
-        hclaims.get_opt(&w.host_name(n, "from-populator")).await?.is_none(),
+        hclaims
+            .get_opt(&w.host_name(n, "from-populator"))
+            .await?
+            .is_none(),
         "nothing on the host"
     );
 
@@ -621,10 +658,15 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
     // 3 replicas whose claims the host's provisioner binds at once (binding mode Immediate).
     let writes_before = w.metric("vnest_syncer_host_writes_total", KIND).await?;
     let host_claim_requests = [("cluster", "host"), ("resource", "persistentvolumeclaims")];
-    let requests_before = w.metric("vnest_syncer_api_requests_total", &host_claim_requests).await?;
-    let started = std::time::Instant::now();
-    sts.create(&PostParams::default(), &statefulset_of("db", 3, Some("immediate"))?)
+    let requests_before = w
+        .metric("vnest_syncer_api_requests_total", &host_claim_requests)
         .await?;
+    let started = std::time::Instant::now();
+    sts.create(
+        &PostParams::default(),
+        &statefulset_of("db", 3, Some("immediate"))?,
+    )
+    .await?;
     for i in 0..3 {
         wait_bound(&w, n, &format!("data-db-{i}")).await?;
     }
@@ -635,7 +677,9 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
         let (v, pv, h) = wait_bound(&w, n, &format!("data-db-{i}")).await?;
         check_binding_as(&v, &pv, &h, "immediate");
         assert_eq!(
-            pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()),
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.persistent_volume_reclaim_policy.as_deref()),
             Some("Delete"),
             "the host class's reclaim policy"
         );
@@ -693,28 +737,52 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
             {"whenDeleted": "Delete", "whenScaled": "Retain"}}})),
     )
     .await?;
-    wait_until("the retention policy in the StatefulSet's status", WAIT, || async {
-        let s = sts.get("db").await?;
-        let observed = s.status.and_then(|st| st.observed_generation);
-        Ok((observed >= s.metadata.generation).then_some(()))
-    })
+    wait_until(
+        "the retention policy in the StatefulSet's status",
+        WAIT,
+        || async {
+            let s = sts.get("db").await?;
+            let observed = s.status.and_then(|st| st.observed_generation);
+            Ok((observed >= s.metadata.generation).then_some(()))
+        },
+    )
     .await?;
     sts.delete("db", &DeleteParams::default()).await?;
     for (i, (_, pv, hpv)) in bindings.iter().enumerate() {
         let claim = format!("data-db-{i}");
-        wait_gone(&vclaims, &claim, &format!("virtual claim {claim} deleted with the StatefulSet")).await?;
-        wait_gone(&hclaims, &w.host_name(n, &claim), &format!("host claim of {claim} gone")).await?;
+        wait_gone(
+            &vclaims,
+            &claim,
+            &format!("virtual claim {claim} deleted with the StatefulSet"),
+        )
+        .await?;
+        wait_gone(
+            &hclaims,
+            &w.host_name(n, &claim),
+            &format!("host claim of {claim} gone"),
+        )
+        .await?;
         wait_gone(&vvolumes, pv, &format!("virtual volume of {claim} gone")).await?;
-        wait_gone(&hvolumes, hpv, &format!("host volume of {claim} deleted (reclaim Delete)")).await?;
+        wait_gone(
+            &hvolumes,
+            hpv,
+            &format!("host volume of {claim} deleted (reclaim Delete)"),
+        )
+        .await?;
     }
-    let requests = w.metric("vnest_syncer_api_requests_total", &host_claim_requests).await? - requests_before;
+    let requests = w
+        .metric("vnest_syncer_api_requests_total", &host_claim_requests)
+        .await?
+        - requests_before;
     println!(
         "host requests on persistentvolumeclaims for 3 claims' whole lifecycle (create, scale 3-1-3, delete): {requests}"
     );
 
     // whenDeleted: Retain: the claims stay Bound on both sides.
     let mut keep = statefulset_of("keep", 2, Some("immediate"))?;
-    keep.spec.get_or_insert_default().persistent_volume_claim_retention_policy = Some(serde_json::from_value(
+    keep.spec
+        .get_or_insert_default()
+        .persistent_volume_claim_retention_policy = Some(serde_json::from_value(
         json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
     )?);
     sts.create(&PostParams::default(), &keep).await?;
@@ -747,8 +815,11 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
     let direct = format!("direct-{n}");
     let hsts: Api<StatefulSet> = Api::namespaced(w.host.clone(), &w.host_ns);
     let started = std::time::Instant::now();
-    hsts.create(&PostParams::default(), &statefulset_of(&direct, 3, Some("immediate"))?)
-        .await?;
+    hsts.create(
+        &PostParams::default(),
+        &statefulset_of(&direct, 3, Some("immediate"))?,
+    )
+    .await?;
     for i in 0..3 {
         wait_host_bound(&hclaims, &format!("data-{direct}-{i}")).await?;
     }
@@ -772,7 +843,8 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     let w = World::connect().await?;
     let vclasses: Api<StorageClass> = Api::all(w.virt.clone());
     let hclasses: Api<StorageClass> = Api::all(w.host.clone());
-    let ours = |c: &StorageClass| c.labels().get("vnest.dev/host-storageclass").map(String::as_str) == Some("true");
+    let ours =
+        |c: &StorageClass| c.labels().get("vnest.dev/host-storageclass").map(String::as_str) == Some("true");
 
     // The world's classes: `local` (the default) under its own name, `immediate` as `fast`.
     let local = wait_until("the copy of host class local", WAIT, || async {
@@ -804,15 +876,23 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     hclasses
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}, "provisioner": "example.com/e2e",
-                                           "parameters": {"tier": "gold"}}))?,
+            &serde_json::from_value(
+                json!({"metadata": {"name": name}, "provisioner": "example.com/e2e",
+                                           "parameters": {"tier": "gold"}}),
+            )?,
         )
         .await?;
     let copy = wait_until("the new host class copied", WAIT, || async {
         Ok(vclasses.get_opt(&name).await?.filter(|c| ours(c)))
     })
     .await?;
-    assert_eq!(copy.parameters.as_ref().and_then(|p| p.get("tier")).map(String::as_str), Some("gold"));
+    assert_eq!(
+        copy.parameters
+            .as_ref()
+            .and_then(|p| p.get("tier"))
+            .map(String::as_str),
+        Some("gold")
+    );
     hclasses
         .patch(
             &name,
@@ -836,7 +916,9 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     vclasses
         .create(
             &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": tenant}, "provisioner": "tenant.example.com"}))?,
+            &serde_json::from_value(
+                json!({"metadata": {"name": tenant}, "provisioner": "tenant.example.com"}),
+            )?,
         )
         .await?;
     hclasses
@@ -859,12 +941,18 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     })
     .await?;
     let kept = vclasses.get(&tenant).await?;
-    assert_eq!(kept.provisioner, "tenant.example.com", "the tenant's class untouched");
+    assert_eq!(
+        kept.provisioner, "tenant.example.com",
+        "the tenant's class untouched"
+    );
     assert!(!ours(&kept));
     hclasses.delete(&tenant, &DeleteParams::default()).await?;
     hclasses.delete(&other, &DeleteParams::default()).await?;
     wait_gone(&vclasses, &other, "the copy of a deleted host class gone").await?;
-    assert!(vclasses.get_opt(&tenant).await?.is_some(), "the tenant's class stays");
+    assert!(
+        vclasses.get_opt(&tenant).await?.is_some(),
+        "the tenant's class stays"
+    );
     vclasses.delete(&tenant, &DeleteParams::default()).await?;
 
     // A claim naming the tenant's name `fast` gets the host class `immediate`; its volume shows `fast`.
@@ -950,12 +1038,25 @@ async fn real_volumes_copy_the_host_volume() -> Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let mut syncer = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
-        .args(["syncer", "--name", &vc, "--owner-name", &vc, "--service-name", &vc])
+        .args([
+            "syncer",
+            "--name",
+            &vc,
+            "--owner-name",
+            &vc,
+            "--service-name",
+            &vc,
+        ])
         .args(["--host-namespace", &w.host_ns])
         .args(["--workload-service-account", &format!("{}-workload", w.vcluster)])
         .args(["--host-kubeconfig", w.env.get("SYNCER_HOST_KUBECONFIG")?])
         .args(["--virtual-kubeconfig", kubeconfig2])
-        .args(["--admin-addr", &format!("127.0.0.1:{port}"), "--dns-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            &format!("127.0.0.1:{port}"),
+            "--dns-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--data-dir", &data_dir, "--kubelet-listen-addr", "127.0.0.1:0"])
         .args(["--pv-sync", "real", "--pod-token-storage", "secret"])
         .stdout(std::process::Stdio::null())
@@ -975,7 +1076,10 @@ async fn real_volumes_copy_the_host_volume() -> Result<()> {
     let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     let hvolumes: Api<PersistentVolume> = Api::all(w.host.clone());
     vclaims
-        .create(&PostParams::default(), &claim("real", Some("immediate"), "100Mi")?)
+        .create(
+            &PostParams::default(),
+            &claim("real", Some("immediate"), "100Mi")?,
+        )
         .await?;
     let hname = vnest::naming::host_name(&vc, &n, "real");
     let (v, pv) = wait_until("the claim Bound to a copy of the host volume", WAIT, || async {
@@ -987,7 +1091,10 @@ async fn real_volumes_copy_the_host_volume() -> Result<()> {
     .await?;
     let h = hclaims.get(&hname).await?;
     let hpv = hvolumes.get(&volume_name(&h)).await?;
-    let (spec, hspec) = (pv.spec.clone().unwrap_or_default(), hpv.spec.clone().unwrap_or_default());
+    let (spec, hspec) = (
+        pv.spec.clone().unwrap_or_default(),
+        hpv.spec.clone().unwrap_or_default(),
+    );
     assert_eq!(volume_name(&v), format!("pvc-{}", v.uid().unwrap_or_default()));
     assert_eq!(
         spec.host_path.as_ref().map(|p| &p.path),
@@ -995,7 +1102,10 @@ async fn real_volumes_copy_the_host_volume() -> Result<()> {
         "the host volume's source"
     );
     assert!(spec.csi.is_none(), "no stub");
-    assert_eq!(spec.persistent_volume_reclaim_policy, hspec.persistent_volume_reclaim_policy);
+    assert_eq!(
+        spec.persistent_volume_reclaim_policy,
+        hspec.persistent_volume_reclaim_policy
+    );
     assert_eq!(spec.capacity, hspec.capacity);
     assert_eq!(spec.storage_class_name.as_deref(), Some("immediate"));
     assert_eq!(

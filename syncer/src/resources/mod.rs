@@ -201,7 +201,9 @@ const KINDS: &[Kind] = &[
         name: "storageclasses",
         enabled: |o| o.kinds.storageclasses.sync_storageclasses,
         optional: true,
-        register: |r, o, _| storageclasses::register(r, o.kinds.persistentvolumeclaims.storage_class_map.clone(), 1),
+        register: |r, o, _| {
+            storageclasses::register(r, o.kinds.persistentvolumeclaims.storage_class_map.clone(), 1)
+        },
     },
     Kind {
         name: "persistentvolumeclaims",

@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::translate::{
-    self, ANNOTATION_BIND_COMPLETED, ClassMap, ANNOTATION_BOUND_BY_CONTROLLER, HOST_OWNED_ANNOTATIONS,
+    self, ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER, ClassMap, HOST_OWNED_ANNOTATIONS,
 };
 use crate::engine::TranslateCtx;
 use crate::engine::error::{SyncError, TranslateError};
@@ -466,10 +466,8 @@ mod tests {
     fn an_unsupported_source_creates_nothing_and_tells_the_tenant() {
         let mut v = claim(json!({}));
         v.spec.get_or_insert_default().data_source = Some(
-            serde_json::from_value(
-                json!({"apiGroup": "example.com", "kind": "Sample", "name": "s"}),
-            )
-            .expect("a reference"),
+            serde_json::from_value(json!({"apiGroup": "example.com", "kind": "Sample", "name": "s"}))
+                .expect("a reference"),
         );
         let err = plan_claim(&tc(), &ClassMap::default(), seen(Some(&v), None, None)).expect_err("refused");
         assert_eq!(err.category(), "refused");
@@ -498,7 +496,10 @@ mod tests {
         };
         assert_eq!(body["kind"], "PersistentVolume");
         assert_eq!(body["spec"]["storageClassName"], "fast", "the tenant's name");
-        assert_eq!(body["spec"]["persistentVolumeReclaimPolicy"], "Retain", "the host volume's");
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+            "the host volume's"
+        );
         // No class named: the host's default class, by the tenant's name of it.
         let v = claim(json!({"phase": "Pending"}));
         let mut h = host_copy(&v, bound_status());
@@ -508,7 +509,10 @@ mod tests {
             panic!("a volume create")
         };
         assert_eq!(body["spec"]["storageClassName"], "std");
-        assert_eq!(body["spec"]["persistentVolumeReclaimPolicy"], "Delete", "unknown: Delete");
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+            "unknown: Delete"
+        );
     }
 
     #[test]
@@ -549,10 +553,26 @@ mod tests {
         };
         assert_eq!(body["metadata"]["name"], "pvc-u-1");
         assert_eq!(body["metadata"]["labels"][markers::LABEL_VIRTUAL_VOLUME], "true");
-        assert_eq!(body["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"], "vnest.dev/hostpath");
-        assert_eq!(body["spec"]["hostPath"], json!({"path": "/srv/pv-3"}), "the host's source");
-        assert_eq!(body["spec"]["persistentVolumeReclaimPolicy"], "Retain", "the host's policy");
-        assert_eq!(body["spec"]["nodeAffinity"], hpv.spec.as_ref().map(|s| serde_json::to_value(&s.node_affinity).expect("json")).unwrap_or_default());
+        assert_eq!(
+            body["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+            "vnest.dev/hostpath"
+        );
+        assert_eq!(
+            body["spec"]["hostPath"],
+            json!({"path": "/srv/pv-3"}),
+            "the host's source"
+        );
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+            "the host's policy"
+        );
+        assert_eq!(
+            body["spec"]["nodeAffinity"],
+            hpv.spec
+                .as_ref()
+                .map(|s| serde_json::to_value(&s.node_affinity).expect("json"))
+                .unwrap_or_default()
+        );
         assert_eq!(
             body["spec"]["claimRef"],
             json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "shop", "name": "data", "uid": "u-1"})
@@ -565,10 +585,7 @@ mod tests {
         let mut s = seen(Some(&v), Some(&h), Some(&pv));
         s.reclaim_policy = Some("Retain");
         let p = plan_claim(&tc(), &ClassMap::default(), s).expect("a plan");
-        assert_eq!(
-            steps(&p),
-            [(Cluster::Virtual, "PersistentVolume", "patch", None)]
-        );
+        assert_eq!(steps(&p), [(Cluster::Virtual, "PersistentVolume", "patch", None)]);
         let Write::Patch { patch, .. } = &p.plan.actions[0].write else {
             panic!("a patch")
         };

@@ -10,8 +10,8 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use super::plan::{self, LOST_MESSAGE, NAME, Seen};
 use super::PvSync;
+use super::plan::{self, LOST_MESSAGE, NAME, Seen};
 use super::translate::{self, ClassMap};
 use crate::engine::error::SyncError;
 use crate::engine::execute::Executor;

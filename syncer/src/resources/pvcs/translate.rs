@@ -58,7 +58,9 @@ pub struct ClassMap {
 
 /// A `--storage-class-map` value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid --storage-class-map entry {entry:?}: {why} (expected VIRTUAL=HOST[,VIRTUAL=HOST...], e.g. fast=premium-ssd)")]
+#[error(
+    "invalid --storage-class-map entry {entry:?}: {why} (expected VIRTUAL=HOST[,VIRTUAL=HOST...], e.g. fast=premium-ssd)"
+)]
 pub struct ClassMapError {
     entry: String,
     why: &'static str,
@@ -87,7 +89,9 @@ impl std::str::FromStr for ClassMap {
             let (v, h) = entry.split_once('=').ok_or_else(|| err("no '='"))?;
             let (v, h) = (v.trim(), h.trim());
             if !valid_class_name(v) || !valid_class_name(h) {
-                return Err(err("a StorageClass name is lowercase letters, digits, '-' and '.'"));
+                return Err(err(
+                    "a StorageClass name is lowercase letters, digits, '-' and '.'",
+                ));
             }
             if pairs.iter().any(|(pv, _)| pv == v) {
                 return Err(err("the virtual name is mapped twice"));
@@ -437,7 +441,11 @@ pub fn real_volume(
 
 /// The class of the virtual volume of `v`: the one the tenant named, else the tenant's name
 /// of the class the host gave the host claim (its default class).
-fn virtual_class_of(v: &PersistentVolumeClaim, h: &PersistentVolumeClaim, classes: &ClassMap) -> Option<String> {
+fn virtual_class_of(
+    v: &PersistentVolumeClaim,
+    h: &PersistentVolumeClaim,
+    classes: &ClassMap,
+) -> Option<String> {
     let named = v
         .spec
         .as_ref()
@@ -525,13 +533,16 @@ mod tests {
             ),
         ];
         for (name, spec, want) in ok_cases {
-            let got = host_spec("vc", &ClassMap::default(), &claim(spec)).map(|s| serde_json::to_value(s).expect("serializes"));
+            let got = host_spec("vc", &ClassMap::default(), &claim(spec))
+                .map(|s| serde_json::to_value(s).expect("serializes"));
             assert_eq!(got, Ok(want), "{name}");
         }
         let refused = [
             (
                 "a VolumeSnapshot of another API group",
-                with(json!({"dataSource": {"apiGroup": "example.com", "kind": "VolumeSnapshot", "name": "snap"}})),
+                with(
+                    json!({"dataSource": {"apiGroup": "example.com", "kind": "VolumeSnapshot", "name": "snap"}}),
+                ),
                 "spec.dataSource names example.com/VolumeSnapshot \"snap\"",
             ),
             (
@@ -618,18 +629,30 @@ mod tests {
         };
         let dynamic = class("vnest.dev/hostpath", Some("Retain"));
         let cases = [
-            ("provisioned by the class's provisioner", host(Some("vnest.dev/hostpath")), Some(&dynamic), Some("Retain")),
-            ("class without a policy: Delete", host(Some("p")), Some(&class("p", None)), Some("Delete")),
+            (
+                "provisioned by the class's provisioner",
+                host(Some("vnest.dev/hostpath")),
+                Some(&dynamic),
+                Some("Retain"),
+            ),
+            (
+                "class without a policy: Delete",
+                host(Some("p")),
+                Some(&class("p", None)),
+                Some("Delete"),
+            ),
             ("pre-created volume", host(None), Some(&dynamic), None),
             ("another provisioner", host(Some("other")), Some(&dynamic), None),
             ("class unknown", host(Some("vnest.dev/hostpath")), None, None),
         ];
         for (name, h, c, want) in cases {
-            let c = c.map(|c| &*c);
             assert_eq!(provisioned_reclaim_policy(&h, c).as_deref(), want, "{name}");
         }
         let none = class(NO_PROVISIONER, Some("Retain"));
-        assert_eq!(provisioned_reclaim_policy(&host(Some(NO_PROVISIONER)), Some(&none)), None);
+        assert_eq!(
+            provisioned_reclaim_policy(&host(Some(NO_PROVISIONER)), Some(&none)),
+            None
+        );
     }
 
     #[test]

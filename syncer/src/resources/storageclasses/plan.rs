@@ -106,20 +106,44 @@ mod tests {
         let defaulted = host(json!({"metadata": {"name": "premium", "uid": "h-1",
             "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}}));
         let reprovisioned = host(json!({"provisioner": "other.example.com"}));
-        let cases: [(&str, Option<&StorageClass>, Option<&StorageClass>, Vec<&str>); 8] = [
+        type Case<'a> = (
+            &'a str,
+            Option<&'a StorageClass>,
+            Option<&'a StorageClass>,
+            Vec<&'a str>,
+        );
+        let cases: [Case<'_>; 8] = [
             ("nothing on either side", None, None, vec![]),
             ("a host class: copied", None, Some(&h), vec!["create"]),
             ("in step: nothing", Some(&ours), Some(&h), vec![]),
-            ("expansion allowed on the host: patched", Some(&ours), Some(&grown), vec!["patch"]),
-            ("made the default on the host: patched", Some(&ours), Some(&defaulted), vec!["patch"]),
-            ("new provisioner: deleted (made again next)", Some(&ours), Some(&reprovisioned), vec!["delete"]),
+            (
+                "expansion allowed on the host: patched",
+                Some(&ours),
+                Some(&grown),
+                vec!["patch"],
+            ),
+            (
+                "made the default on the host: patched",
+                Some(&ours),
+                Some(&defaulted),
+                vec!["patch"],
+            ),
+            (
+                "new provisioner: deleted (made again next)",
+                Some(&ours),
+                Some(&reprovisioned),
+                vec!["delete"],
+            ),
             ("host class gone: deleted", Some(&ours), None, vec!["delete"]),
             ("the tenant's class of that name", Some(&tenant), Some(&h), vec![]),
         ];
         for (name, v, h, want) in cases {
             assert_eq!(ops(&plan_class("fast", v, h)), want, "{name}");
         }
-        assert!(plan_class("fast", Some(&tenant), None).actions.is_empty(), "never deleted");
+        assert!(
+            plan_class("fast", Some(&tenant), None).actions.is_empty(),
+            "never deleted"
+        );
     }
 
     #[test]

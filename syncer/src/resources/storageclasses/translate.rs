@@ -68,7 +68,12 @@ pub fn mutable_fields(c: &StorageClass) -> Value {
     let annotations = c.annotations();
     let defaults: serde_json::Map<String, Value> = DEFAULT_CLASS_ANNOTATIONS
         .iter()
-        .map(|k| ((*k).to_owned(), annotations.get(*k).map_or(Value::Null, |v| json!(v))))
+        .map(|k| {
+            (
+                (*k).to_owned(),
+                annotations.get(*k).map_or(Value::Null, |v| json!(v)),
+            )
+        })
         .collect();
     json!({
         "metadata": {"annotations": defaults},
@@ -117,8 +122,10 @@ mod tests {
     #[test]
     fn defaults_compare_equal_to_what_the_api_server_fills_in() {
         let sparse = class(json!({"metadata": {"name": "a"}, "provisioner": "p"}));
-        let filled = class(json!({"metadata": {"name": "a"}, "provisioner": "p", "parameters": {},
-                                  "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}));
+        let filled = class(
+            json!({"metadata": {"name": "a"}, "provisioner": "p", "parameters": {},
+                                  "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}),
+        );
         assert_eq!(immutable_fields(&sparse), immutable_fields(&filled));
         let other = class(json!({"metadata": {"name": "a"}, "provisioner": "p", "reclaimPolicy": "Retain"}));
         assert_ne!(immutable_fields(&sparse), immutable_fields(&other));
