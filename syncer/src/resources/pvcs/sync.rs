@@ -128,9 +128,8 @@ impl Reconciler for ClaimSync {
 /// Declares the claim kind: virtual and host claims (a change on either side wakes the
 /// claim), and the virtual volumes (a change wakes the volume and its claim; a deleted claim
 /// wakes its volume). With `host_classes` the host StorageClasses' cache (the watch of the
-/// StorageClass kind) is read too.
-/// With `--pv-sync=real` the host PersistentVolumes are watched too (a change wakes the claim
-/// whose host copy it is bound to).
+/// StorageClass kind) is read too; with `--pv-sync=real` the host PersistentVolumes are
+/// watched (a change wakes the claim whose host copy its claimRef names).
 pub fn register(reg: &mut Registry, classes: ClassMap, host_classes: bool, pv_sync: PvSync, workers: usize) {
     let v = Watch::<PersistentVolumeClaim>::virtual_all(NAME);
     let h = Watch::<PersistentVolumeClaim>::host_owned(NAME);
