@@ -634,6 +634,25 @@ async fn generic_ephemeral_volumes_run_and_go_with_their_pod() -> Result<()> {
     Ok(())
 }
 
+/// The syncer's host requests on claims so far, watches (long-lived, re-opened now and then)
+/// aside.
+async fn host_claim_requests(w: &World) -> Result<f64> {
+    let mut sum = 0.0;
+    for verb in ["create", "patch", "update", "delete", "get", "list"] {
+        sum += w
+            .metric(
+                "vnest_syncer_api_requests_total",
+                &[
+                    ("cluster", "host"),
+                    ("resource", "persistentvolumeclaims"),
+                    ("verb", verb),
+                ],
+            )
+            .await?;
+    }
+    Ok(sum)
+}
+
 /// Waits until host claim `name` (made directly on the host) is Bound.
 async fn wait_host_bound(hclaims: &Api<PersistentVolumeClaim>, name: &str) -> Result<PersistentVolumeClaim> {
     wait_until(&format!("host claim {name} Bound"), WAIT, || async {
@@ -657,10 +676,7 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
 
     // 3 replicas whose claims the host's provisioner binds at once (binding mode Immediate).
     let writes_before = w.metric("vnest_syncer_host_writes_total", KIND).await?;
-    let host_claim_requests = [("cluster", "host"), ("resource", "persistentvolumeclaims")];
-    let requests_before = w
-        .metric("vnest_syncer_api_requests_total", &host_claim_requests)
-        .await?;
+    let requests_before = host_claim_requests(&w).await?;
     let started = std::time::Instant::now();
     sts.create(
         &PostParams::default(),
@@ -770,12 +786,9 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
         )
         .await?;
     }
-    let requests = w
-        .metric("vnest_syncer_api_requests_total", &host_claim_requests)
-        .await?
-        - requests_before;
+    let requests = host_claim_requests(&w).await? - requests_before;
     println!(
-        "host requests on persistentvolumeclaims for 3 claims' whole lifecycle (create, scale 3-1-3, delete): {requests}"
+        "host requests on persistentvolumeclaims (watches aside) for 3 claims' whole lifecycle (create, scale 3-1-3, delete): {requests}"
     );
 
     // whenDeleted: Retain: the claims stay Bound on both sides.
@@ -809,6 +822,17 @@ async fn immediate_class_statefulsets_bind_scale_and_follow_their_retention_poli
             before,
             "claim {i} of keep retained with its binding"
         );
+    }
+    // Gone before the next test (which counts host writes across a restart).
+    for i in 0..2 {
+        let claim = format!("data-keep-{i}");
+        vclaims.delete(&claim, &DeleteParams::default()).await?;
+        wait_gone(
+            &hclaims,
+            &w.host_name(n, &claim),
+            "a retained claim's host copy gone",
+        )
+        .await?;
     }
 
     // The same StatefulSet directly on the host, for comparison (same run, same class).
@@ -959,6 +983,7 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
     let ns = TestNs::new(&w.virt, "storage-class").await?;
     let n = ns.name.as_str();
     let vclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.virt.clone(), n);
+    let hclaims: Api<PersistentVolumeClaim> = Api::namespaced(w.host.clone(), &w.host_ns);
     vclaims
         .create(&PostParams::default(), &claim("mapped", Some("fast"), "100Mi")?)
         .await?;
@@ -970,6 +995,44 @@ async fn host_storage_classes_are_copied_and_mapped() -> Result<()> {
         "the host claim names the host class"
     );
     vclaims.delete("mapped", &DeleteParams::default()).await?;
+    wait_gone(
+        &hclaims,
+        &w.host_name(n, "mapped"),
+        "the host claim of mapped gone",
+    )
+    .await?;
+
+    // The reclaim policy of a provisioned host volume is its class's: Retain shows as Retain.
+    let retain = format!("e2e-retain-{suffix:06x}");
+    hclasses
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": retain}, "provisioner": "vnest.dev/hostpath",
+                                           "reclaimPolicy": "Retain", "volumeBindingMode": "Immediate"}),
+            )?,
+        )
+        .await?;
+    vclaims
+        .create(&PostParams::default(), &claim("kept", Some(&retain), "100Mi")?)
+        .await?;
+    let (v, pv, h) = wait_bound(&w, n, "kept").await?;
+    check_binding_as(&v, &pv, &h, &retain);
+    assert_eq!(
+        pv.spec
+            .and_then(|s| s.persistent_volume_reclaim_policy)
+            .as_deref(),
+        Some("Retain"),
+        "the host volume's reclaim policy, known from its class"
+    );
+    vclaims.delete("kept", &DeleteParams::default()).await?;
+    wait_gone(&hclaims, &w.host_name(n, "kept"), "the host claim of kept gone").await?;
+    // Retained on the host (Released): removed here by the platform, as it would be.
+    let hvolumes: Api<PersistentVolume> = Api::all(w.host.clone());
+    hvolumes
+        .delete(&volume_name(&h), &DeleteParams::default())
+        .await?;
+    hclasses.delete(&retain, &DeleteParams::default()).await?;
     ns.delete().await?;
     Ok(())
 }

@@ -202,7 +202,9 @@ const KINDS: &[Kind] = &[
         enabled: |o| o.kinds.storageclasses.sync_storageclasses,
         optional: true,
         register: |r, o, _| {
-            storageclasses::register(r, o.kinds.persistentvolumeclaims.storage_class_map.clone(), 1)
+            let claims = &o.kinds.persistentvolumeclaims;
+            let map = claims.storage_class_map.clone();
+            storageclasses::register(r, map, claims.sync_persistentvolumeclaims, 1);
         },
     },
     Kind {

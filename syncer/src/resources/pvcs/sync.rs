@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -21,13 +20,14 @@ use crate::engine::registry::{Registry, Watch, wire_pair};
 use crate::engine::watch::Change;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::naming;
+use crate::resources::storageclasses::HostClassCache;
 
 pub struct ClaimSync {
     pub executor: Executor,
     pub classes: ClassMap,
-    /// The host's StorageClasses, when they are watched (`--sync-storageclasses`): they tell
-    /// the reclaim policy of provisioned host volumes.
-    pub host_classes: Option<Store<StorageClass>>,
+    /// The host's StorageClasses, when the StorageClass kind watches them
+    /// (`--sync-storageclasses`): they tell the reclaim policy of provisioned host volumes.
+    pub host_classes: Option<Arc<HostClassCache>>,
     /// The host's PersistentVolumes (`--pv-sync=real` only).
     pub host_volumes: Option<Store<PersistentVolume>>,
     pub virtual_claims: Store<PersistentVolumeClaim>,
@@ -82,7 +82,7 @@ impl Reconciler for ClaimSync {
         });
         let reclaim = h.as_deref().and_then(|h| {
             let class = h.spec.as_ref()?.storage_class_name.as_deref()?;
-            let class = self.host_classes.as_ref()?.get(&ObjectRef::new(class));
+            let class = self.host_classes.as_ref()?.get(class);
             translate::provisioned_reclaim_policy(h, class.as_deref())
         });
         let seen = Seen {
@@ -127,9 +127,10 @@ impl Reconciler for ClaimSync {
 
 /// Declares the claim kind: virtual and host claims (a change on either side wakes the
 /// claim), and the virtual volumes (a change wakes the volume and its claim; a deleted claim
-/// wakes its volume). With `host_classes` the host StorageClasses' cache (the watch of the
-/// StorageClass kind) is read too; with `--pv-sync=real` the host PersistentVolumes are
-/// watched (a change wakes the claim whose host copy its claimRef names).
+/// wakes its volume). With `host_classes` the StorageClass kind's cache of host classes is
+/// read too (not waited for: see [`HostClassCache`]); with `--pv-sync=real` the host
+/// PersistentVolumes are watched (a change wakes the claim whose host copy its claimRef
+/// names).
 pub fn register(reg: &mut Registry, classes: ClassMap, host_classes: bool, pv_sync: PvSync, workers: usize) {
     let v = Watch::<PersistentVolumeClaim>::virtual_all(NAME);
     let h = Watch::<PersistentVolumeClaim>::host_owned(NAME);
@@ -161,7 +162,7 @@ pub fn register(reg: &mut Registry, classes: ClassMap, host_classes: bool, pv_sy
             }
         }
     });
-    let host_classes = host_classes.then(|| reg.store(&crate::resources::storageclasses::host_watch()));
+    let host_classes = host_classes.then(|| reg.index::<HostClassCache>());
     let host_volumes = (pv_sync == PvSync::Real).then(|| {
         let hv = Watch::<PersistentVolume>::host_cluster("persistentvolumes");
         let (q, claims) = (queue.clone(), reg.store(&h));

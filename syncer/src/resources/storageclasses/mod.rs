@@ -17,7 +17,7 @@ pub mod plan;
 pub mod sync;
 pub mod translate;
 
-pub use sync::{host_watch, register};
+pub use sync::{HostClassCache, register};
 
 /// Flags of the StorageClass kind.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,9 +1,9 @@
 //! The StorageClass reconciler: keys are virtual class names (empty namespace); a host class
 //! change wakes the tenant's name of it (and its own name, whose copy may have to go).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -12,15 +12,28 @@ use super::plan::{self, NAME};
 use crate::engine::error::SyncError;
 use crate::engine::execute::Executor;
 use crate::engine::queue::{FairQueue, Key};
-use crate::engine::registry::{Registry, Watch};
+use crate::engine::registry::{Registry, Watch, enqueue_all, key_of};
 use crate::engine::watch::Change;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::resources::pvcs::ClassMap;
 
 /// The host's StorageClasses (cluster-wide: needs the optional ClusterRole). The claim kind
-/// reads the same cache.
-pub fn host_watch() -> Watch<StorageClass> {
+/// reads the same cache ([`HostClassCache`]).
+fn host_watch() -> Watch<StorageClass> {
     Watch::host_cluster(NAME)
+}
+
+/// The host StorageClasses' cache for the claim kind (the reclaim policy of provisioned host
+/// volumes), set by this kind. An index rather than a declared watch: the claim kind's
+/// workers must not wait for a cache that a missing ClusterRole keeps from ever listing.
+#[derive(Default)]
+pub struct HostClassCache(OnceLock<Store<StorageClass>>);
+
+impl HostClassCache {
+    /// Host class `name`, if this kind runs and has it cached.
+    pub fn get(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.0.get()?.get(&ObjectRef::new(name))
+    }
 }
 
 pub struct ClassSync {
@@ -65,8 +78,10 @@ fn wake_for_host(q: &FairQueue, classes: &ClassMap, host: &StorageClass) {
 }
 
 /// Declares the StorageClass kind: the host classes and the virtual ones, one queue of
-/// virtual names.
-pub fn register(reg: &mut Registry, classes: ClassMap, workers: usize) {
+/// virtual names. The host classes' cache goes to [`HostClassCache`]; with `wake_claims` (the
+/// claim kind runs) a host class change also wakes every virtual claim, whose volume's reclaim
+/// policy may follow from it.
+pub fn register(reg: &mut Registry, classes: ClassMap, wake_claims: bool, workers: usize) {
     let v = Watch::<StorageClass>::virtual_all(NAME);
     let h = host_watch();
     let queue = reg.queue(NAME);
@@ -79,20 +94,33 @@ pub fn register(reg: &mut Registry, classes: ClassMap, workers: usize) {
             }
         }
     });
+    let claims = wake_claims.then(|| {
+        let name = crate::resources::pvcs::plan::NAME;
+        let store = reg.store(&Watch::<PersistentVolumeClaim>::virtual_all(name));
+        (reg.queue(name), store)
+    });
     let (q, map) = (queue, classes.clone());
-    reg.on(&h, move |c| match c {
-        Change::Applied(o) | Change::Deleted(o) => wake_for_host(&q, &map, o),
-        Change::Relisted(store) => {
-            for o in store.state() {
-                wake_for_host(&q, &map, &o);
+    reg.on(&h, move |c| {
+        match c {
+            Change::Applied(o) | Change::Deleted(o) => wake_for_host(&q, &map, o),
+            Change::Relisted(store) => {
+                for o in store.state() {
+                    wake_for_host(&q, &map, &o);
+                }
             }
         }
+        if let Some((cq, claims)) = &claims {
+            enqueue_all(cq, claims, |o| Some(key_of(o)));
+        }
     });
+    let host_classes = reg.store(&h);
+    // Set once: the table of kinds registers this kind once.
+    let _ = reg.index::<HostClassCache>().0.set(host_classes.clone());
     let sync = ClassSync {
         executor: Executor::new(reg.shared().clone()),
         classes,
         virtual_classes: reg.store(&v),
-        host_classes: reg.store(&h),
+        host_classes,
     };
     reg.workers(Arc::new(sync), workers);
 }
