@@ -469,7 +469,7 @@ mod tests {
 
     /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups,
     /// plus the flags added since (`--sync-poddisruptionbudgets`, `--sync-persistentvolumeclaims`,
-    /// `--export-*`):
+    /// `--storage-class-map`, `--pv-sync`, `--sync-storageclasses`, `--export-*`):
     /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
     /// interface of every deployment, so they must not change by accident.
     const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
@@ -514,6 +514,9 @@ mod tests {
             "VNEST_SYNC_PERSISTENTVOLUMECLAIMS",
             "true",
         ),
+        ("storage-class-map", "VNEST_STORAGE_CLASS_MAP", ""),
+        ("pv-sync", "VNEST_PV_SYNC", "fake"),
+        ("sync-storageclasses", "VNEST_SYNC_STORAGECLASSES", "false"),
         ("export-kubeconfig", "VNEST_EXPORT_KUBECONFIG", "true"),
         ("export-secret-name", "VNEST_EXPORT_SECRET_NAME", ""),
         ("export-server", "VNEST_EXPORT_SERVER", ""),

@@ -162,6 +162,14 @@ pub struct OverlayConfig {
     /// read-only ClusterRole on nodes, so it needs rights to create ClusterRoles and
     /// ClusterRoleBindings.
     pub real_nodes: bool,
+    /// The host's StorageClasses copied into the virtual cluster
+    /// (`manifests/components/host-storageclasses`): a read-only ClusterRole on
+    /// StorageClasses, so it needs rights to create ClusterRoles and ClusterRoleBindings.
+    pub host_storage_classes: bool,
+    /// Virtual PersistentVolumes that copy the host's (source, node affinity, reclaim policy)
+    /// instead of stubs (`manifests/components/real-volumes`): a read-only ClusterRole on
+    /// PersistentVolumes, so it needs rights to create ClusterRoles and ClusterRoleBindings.
+    pub real_volumes: bool,
 }
 
 /// Pod sandbox policy for synced pods (`--host-access`).
@@ -678,12 +686,19 @@ pub struct ConfigInputs {
     pub sets: Vec<String>,
     pub name: Option<String>,
     pub namespace: Option<String>,
-    /// `--overlay` names (`default`, `isolated`, `real-nodes`).
+    /// `--overlay` names (`default`, `isolated`, `real-nodes`, `host-storageclasses`,
+    /// `real-volumes`).
     pub overlays: Vec<String>,
 }
 
 /// The overlays `--overlay` accepts.
-pub const OVERLAYS: &[&str] = &["default", "isolated", "real-nodes"];
+pub const OVERLAYS: &[&str] = &[
+    "default",
+    "isolated",
+    "real-nodes",
+    "host-storageclasses",
+    "real-volumes",
+];
 
 impl ConfigInputs {
     /// Merges, checks and validates: the config to render, or the first problem.
@@ -719,6 +734,8 @@ impl ConfigInputs {
                 "default" => {}
                 "isolated" => set_key(&mut doc, "overlay.isolated", Value::Bool(true)),
                 "real-nodes" => set_key(&mut doc, "overlay.realNodes", Value::Bool(true)),
+                "host-storageclasses" => set_key(&mut doc, "overlay.hostStorageClasses", Value::Bool(true)),
+                "real-volumes" => set_key(&mut doc, "overlay.realVolumes", Value::Bool(true)),
                 other => {
                     return Err(ConfigError::BadValue {
                         key: "--overlay".to_owned(),
@@ -919,7 +936,7 @@ mod tests {
             (
                 vec![],
                 Some("overlay: {isolatd: true}"),
-                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": isolated, realNodes",
+                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": hostStorageClasses, isolated, realNodes, realVolumes",
             ),
             (vec![], Some("export: {enabled: 3}"), "3 is not a boolean"),
             (vec!["export.server=http://x"], None, "not an https:// URL"),
@@ -936,7 +953,7 @@ mod tests {
         i.overlays = vec!["isolatd".into()];
         let err = i.resolve().expect_err("bad overlay").to_string();
         assert!(
-            err.contains("allowed values: default, isolated, real-nodes"),
+            err.contains("allowed values: default, isolated, real-nodes, host-storageclasses, real-volumes"),
             "{err}"
         );
         let mut i = inputs(&[]);
@@ -1044,8 +1061,14 @@ mod tests {
     #[test]
     fn overlays_set_the_switches() {
         let mut i = inputs(&[]);
-        i.overlays = vec!["isolated".into(), "real-nodes".into()];
+        i.overlays = vec![
+            "isolated".into(),
+            "real-nodes".into(),
+            "host-storageclasses".into(),
+            "real-volumes".into(),
+        ];
         let c = i.resolve().unwrap();
         assert!(c.overlay.isolated && c.overlay.real_nodes);
+        assert!(c.overlay.host_storage_classes && c.overlay.real_volumes);
     }
 }

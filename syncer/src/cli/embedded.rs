@@ -23,6 +23,14 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../manifests/base/statefulset.yaml"),
     ),
     (
+        "components/host-storageclasses/clusterrole.yaml",
+        include_str!("../../../manifests/components/host-storageclasses/clusterrole.yaml"),
+    ),
+    (
+        "components/host-storageclasses/kustomization.yaml",
+        include_str!("../../../manifests/components/host-storageclasses/kustomization.yaml"),
+    ),
+    (
         "components/isolated/kustomization.yaml",
         include_str!("../../../manifests/components/isolated/kustomization.yaml"),
     ),
@@ -49,6 +57,14 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "components/real-nodes/kustomization.yaml",
         include_str!("../../../manifests/components/real-nodes/kustomization.yaml"),
+    ),
+    (
+        "components/real-volumes/clusterrole.yaml",
+        include_str!("../../../manifests/components/real-volumes/clusterrole.yaml"),
+    ),
+    (
+        "components/real-volumes/kustomization.yaml",
+        include_str!("../../../manifests/components/real-volumes/kustomization.yaml"),
     ),
     (
         "overlays/default/kustomization.yaml",
