@@ -57,7 +57,6 @@ impl Handler {
         let parsed = route::parse(req.method(), req.uri().path(), req.uri().query());
         let kind = match &parsed {
             Ok(route) => route.kind(),
-            Err(RouteError::NeedsHostNodeProxy) => "stats",
             Err(_) => "unknown",
         };
         let (ns, name) = parsed
@@ -124,11 +123,6 @@ impl Handler {
             Err(RouteError::NotFound) => {
                 return (full(StatusCode::NOT_FOUND, "404 page not found\n"), "not_found");
             }
-            Err(RouteError::NeedsHostNodeProxy) => {
-                let msg = "node stats and resource metrics of a vcluster need the host's nodes/proxy \
-                           permission, which this vcluster is not granted\n";
-                return (full(StatusCode::FORBIDDEN, msg), "forbidden");
-            }
             Err(RouteError::MethodNotAllowed) => {
                 return (
                     full(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
@@ -153,6 +147,45 @@ impl Handler {
         let forwarded = match (route, host_pod) {
             (Route::Healthz, _) => return (full(StatusCode::OK, "ok"), "ok"),
             (Route::Pods, _) => return (self.forwarder.pods(), "ok"),
+            (Route::Node { read, host_query }, _) => {
+                return match self.forwarder.node_read(read, &host_query).await {
+                    Ok(resp) if resp.status() == StatusCode::FORBIDDEN => (resp, "host_forbidden"),
+                    Ok(resp) => (resp, "ok"),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading node stats from the host failed");
+                        (
+                            full(StatusCode::BAD_GATEWAY, "the host API server did not answer\n"),
+                            "error",
+                        )
+                    }
+                };
+            }
+            (
+                Route::Run {
+                    container, command, ..
+                },
+                Some(h),
+            ) => {
+                return match self.forwarder.run(&h, &container, command, gauge()).await {
+                    Ok(resp) => {
+                        let result = match resp.status() {
+                            StatusCode::OK => "ok",
+                            // The command ran and failed (the kubelet's answer for it).
+                            StatusCode::INTERNAL_SERVER_ERROR => "command_failed",
+                            s if s.is_client_error() => "host_client_error",
+                            _ => "host_server_error",
+                        };
+                        (resp, result)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "running a command in a host pod failed");
+                        (
+                            full(StatusCode::BAD_GATEWAY, "the host API server did not answer\n"),
+                            "error",
+                        )
+                    }
+                };
+            }
             (Route::ContainerLogs { host_query, .. }, Some(h)) => {
                 self.forwarder.logs(&h, &host_query, gauge()).await
             }
