@@ -556,7 +556,6 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
     for path in [
         "/metrics".to_owned(),
         "/configz".to_owned(),
-        "/run/x/y/z".to_owned(),
         format!(
             "/containerLogs/{}/{}-0/syncer",
             env.get("HOST_NAMESPACE")?,
@@ -573,10 +572,15 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
         assert_eq!(curl(env, &path, &api).await?.0, 404, "{path}");
     }
 
-    // Node stats need a host permission the namespaced Role does not give: 403, saying so.
-    let (code, body) = curl(env, "/stats/summary", &api).await?;
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("nodes/proxy"), "{body}");
+    // `/run` of a pod that is not this vcluster's: 404 too; `/run` is POST only.
+    let foreign_run = format!(
+        "/run/{}/{}-0/syncer?cmd=ls",
+        env.get("HOST_NAMESPACE")?,
+        env.get("VCLUSTER_NAME")?
+    );
+    assert_eq!(curl(env, &foreign_run, &[&api[..], &["-X", "POST"]].concat()).await?.0, 404);
+    let own_run = format!("/run/{}/{}/main?cmd=true", f.ns.name, f.pod);
+    assert_eq!(curl(env, &own_run, &api).await?.0, 405);
 
     // No credential, a certificate of another CA: 401.
     assert_eq!(curl(env, &logs, &[]).await?.0, 401);
@@ -634,5 +638,169 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
         )
         .await?;
     assert!(refused >= 3.0, "{refused}");
+    f.ns.delete().await
+}
+
+/// The node `pod` runs on (the virtual pod's, as a tenant sees it).
+async fn node_of(f: &Fixture, pod: &str) -> Result<String> {
+    let pods: Api<Pod> = Api::namespaced(f.world.virt.clone(), &f.ns.name);
+    let p = pods.get(pod).await?;
+    p.spec
+        .and_then(|s| s.node_name)
+        .ok_or_else(|| anyhow::anyhow!("pod {pod} has no node"))
+}
+
+#[tokio::test]
+async fn run_through_the_node_proxy_returns_the_output() -> Result<()> {
+    let f = fixture("kl-run").await?;
+    let node = node_of(&f, &f.pod).await?;
+    // What a tenant types for the kubelet's /run: a POST through the node proxy.
+    let run = |cmd: &str| {
+        format!(
+            "/api/v1/nodes/{node}/proxy/run/{}/{}/main?cmd={cmd}",
+            f.ns.name, f.pod
+        )
+    };
+    let out = f.k.ok(&["create", "--raw", &run("echo%20hello%20from%20run"), "-f", "/dev/null"]).await?;
+    assert_eq!(out.trim(), "hello from run");
+
+    // A failing command: the kubelet answers 500 with the output and the reason.
+    let out = f
+        .k
+        .run(&["create", "--raw", &run("sh%20-c%20false"), "-f", "/dev/null"])
+        .await?;
+    assert!(!out.status.success());
+    // A container the pod does not have: 404, as for exec.
+    let missing = format!(
+        "/api/v1/nodes/{node}/proxy/run/{}/{}/nope?cmd=true",
+        f.ns.name, f.pod
+    );
+    let out = f.k.run(&["create", "--raw", &missing, "-f", "/dev/null"]).await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ok = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "run"), ("result", "ok")],
+        )
+        .await?;
+    let failed = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "run"), ("result", "command_failed")],
+        )
+        .await?;
+    assert!(ok >= 1.0 && failed >= 1.0, "ok {ok}, failed {failed}");
+    wait_streams_closed(&f.world, "run").await?;
+    f.ns.delete().await
+}
+
+/// The local world's kwok serves /metrics/resource with kwok-node-0's pods (hack/up.sh).
+const STATS_NODE: &str = "kwok-node-0";
+
+#[tokio::test]
+async fn node_stats_need_the_host_node_proxy_and_show_only_our_pods() -> Result<()> {
+    let f = fixture("kl-stats").await?;
+    let w = &f.world;
+    let pods: Api<Pod> = Api::namespaced(w.virt.clone(), &f.ns.name);
+    let spec: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stats", "annotations": {"kwok.x-k8s.io/usage-cpu": "250m"}},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": STATS_NODE},
+                 "containers": [{"name": "main", "image": "busybox"}]}
+    }))?;
+    pods.create(&PostParams::default(), &spec).await?;
+    wait_until("pod stats Running", WAIT, || async {
+        let p = pods.get("stats").await?;
+        Ok((p.status.and_then(|s| s.phase).as_deref() == Some("Running")).then_some(()))
+    })
+    .await?;
+    let metrics = format!("/api/v1/nodes/{STATS_NODE}/proxy/metrics/resource");
+    let summary = format!("/api/v1/nodes/{STATS_NODE}/proxy/stats/summary");
+
+    // Without the host's nodes/proxy (the namespaced Role does not give it): 403, naming what
+    // is missing.
+    let out = f.k.run(&["get", "--raw", &metrics]).await?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Forbidden") || stderr.contains("forbidden"), "{stderr}");
+    let (code, body) = curl(
+        &w.env,
+        "/stats/summary",
+        &[
+            "--cert",
+            &w.env.path("VIRTUAL_DATA_DIR")?.join("server/tls/client-kube-apiserver.crt").display().to_string(),
+            "--key",
+            &w.env.path("VIRTUAL_DATA_DIR")?.join("server/tls/client-kube-apiserver.key").display().to_string(),
+        ],
+    )
+    .await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("nodes/proxy") && body.contains("node-stats"), "{body}");
+
+    // Granted as manifests/components/node-stats does (nodes/proxy get for the syncer's
+    // ServiceAccount): served, with our pods only, under their virtual names.
+    let rbac_name = format!("vnest-e2e-node-stats-{}", f.ns.name);
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(w.host.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(w.host.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": rbac_name},
+                "rules": [{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}]
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": rbac_name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rbac_name},
+                "subjects": [{"kind": "ServiceAccount", "name": w.vcluster, "namespace": w.host_ns}]
+            }))?,
+        )
+        .await?;
+    let result = async {
+        let want = format!("namespace=\"{}\",pod=\"stats\"", f.ns.name);
+        // The syncer believes a host refusal for 20 s before it asks again.
+        let text = wait_until("resource metrics served", WAIT, || async {
+            let out = f.k.run(&["get", "--raw", &metrics]).await?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok((out.status.success() && text.contains(&want)).then_some(text))
+        })
+        .await?;
+        assert!(text.contains("container_cpu_usage_seconds_total"), "{text}");
+        let host_pod = w.host_name(&f.ns.name, "stats");
+        assert!(!text.contains(&host_pod) && !text.contains(&w.host_ns), "{text}");
+        // kwok serves no /stats/summary: the host's answer (not found) comes through as it is.
+        let out = f.k.run(&["get", "--raw", &summary]).await?;
+        assert!(!out.status.success());
+        anyhow::Ok(())
+    }
+    .await;
+    bindings.delete(&rbac_name, &Default::default()).await?;
+    roles.delete(&rbac_name, &Default::default()).await?;
+    result?;
+    let served = w
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "metricsResource"), ("result", "ok")],
+        )
+        .await?;
+    let refused = w
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "statsSummary"), ("result", "host_forbidden")],
+        )
+        .await?;
+    assert!(served >= 1.0 && refused >= 1.0, "served {served}, refused {refused}");
     f.ns.delete().await
 }

@@ -308,6 +308,7 @@ impl Forwarder {
         }
         let (index, nodes) = self.pod_index();
         let mut bodies = Vec::with_capacity(nodes.len());
+        let mut failed = None;
         for node in &nodes {
             let query = if host_query.is_empty() {
                 String::new()
@@ -345,9 +346,15 @@ impl Forwarder {
             if !status.is_success() {
                 // A node that does not answer (gone, no kubelet): the others still count.
                 tracing::debug!(%node, status = status.as_u16(), "a host node read failed");
+                failed = Some(status);
                 continue;
             }
             bodies.push((what, bytes));
+        }
+        if let (true, Some(status)) = (bodies.is_empty(), failed) {
+            // No node answered: say so with the host's status (its text may name host objects).
+            let msg = format!("{} of the host nodes: the host answered {status}\n", read.path());
+            return Ok(full(status, msg));
         }
         let (text, content_type) = match read {
             NodeRead::StatsSummary => {
@@ -466,7 +473,9 @@ impl Forwarder {
         }
         let (parts, body) = resp.into_parts();
         let body: Body = Guarded {
-            inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            inner: super::io::Coalesced::new(body)
+                .map_err(|e| -> BoxError { Box::new(e) })
+                .boxed_unsync(),
             _guard: StreamGuard::new(gauge),
         }
         .boxed_unsync();

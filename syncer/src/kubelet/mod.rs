@@ -10,11 +10,13 @@
 //! - [`tls`]: the serving certificate from the k3s server CA, and the client-CA check.
 //! - [`forward`]: host pod lookup from the caches, log streaming, upgrade splicing, `/run` as a
 //!   host exec, node reads through the host node proxy.
+//! - [`io`]: bytes in fewer, larger pieces (coalesced log frames, buffered reads under TLS).
 //! - [`stats`]: pure translation of node summaries and resource metrics to virtual names.
 //! - [`server`]: the TLS listener, one task per connection, metrics per request.
 
 pub mod auth;
 pub mod forward;
+pub mod io;
 pub mod route;
 pub mod server;
 pub mod stats;

@@ -150,7 +150,9 @@ impl Handler {
             (Route::Node { read, host_query }, _) => {
                 return match self.forwarder.node_read(read, &host_query).await {
                     Ok(resp) if resp.status() == StatusCode::FORBIDDEN => (resp, "host_forbidden"),
-                    Ok(resp) => (resp, "ok"),
+                    Ok(resp) if resp.status().is_success() => (resp, "ok"),
+                    Ok(resp) if resp.status().is_client_error() => (resp, "host_client_error"),
+                    Ok(resp) => (resp, "host_server_error"),
                     Err(error) => {
                         tracing::warn!(%error, "reading node stats from the host failed");
                         (
@@ -260,7 +262,7 @@ pub async fn serve(
             cancel.clone(),
         );
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(super::io::read_buffered(tcp))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "kubelet TLS handshake failed");
