@@ -334,20 +334,6 @@ for crd in logs portforwards; do
 done
 "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Established --timeout=60s \
 	crd/portforwards.kwok.x-k8s.io crd/logs.kwok.x-k8s.io >/dev/null
-# The host kubelet's /metrics/resource (what the vcluster's kubelet endpoint translates for
-# tenants): kwok's own Metric and usage rules from its module. kwok serves one node's figures
-# per path and all fake nodes share its port, so every node answers with kwok-node-0's pods
-# (the kubelet e2e test pins its pod there); CPU and memory usage from pod annotations
-# (kwok.x-k8s.io/usage-cpu, -memory; default 1m and 1Mi).
-{
-	echo ---
-	sed -e 's|^  name: metrics-resource$|  name: kwok-node-0|' \
-		-e 's|^  path: "/metrics/nodes/{nodeName}/metrics/resource"$|  path: "/metrics/resource"|' \
-		"$kwok_module/kustomize/metrics/resource/metrics-resource.yaml"
-	echo ---
-	cat "$kwok_module/kustomize/metrics/usage/usage-from-annotation.yaml"
-} >>"$H/kwok.yaml"
-grep -q '^  path: "/metrics/resource"$' "$H/kwok.yaml" || die "kwok's metrics-resource.yaml changed: its path was not rewritten"
 # HOME is isolated: kwok also reads ~/.kwok/kwok.yaml when it exists.
 start_proc kwok env HOME="$H/kwok-home" "$BIN/kwok" --kubeconfig "$HOST_KUBECONFIG" --config "$H/kwok.yaml"
 

@@ -249,7 +249,9 @@ impl Forwarder {
             let Some(source) = crate::markers::source_of(&h.metadata) else {
                 continue;
             };
-            let Some(vns) = source.namespace.clone() else { continue };
+            let Some(vns) = source.namespace.clone() else {
+                continue;
+            };
             // Copied or hand-edited markers on some other pod do not count.
             if h.metadata.namespace.as_deref() != Some(self.host_namespace.as_str())
                 || name != crate::naming::host_name(&self.vcluster, &vns, &source.name)
@@ -317,13 +319,14 @@ impl Forwarder {
             };
             let uri = format!("/api/v1/nodes/{node}/proxy{}{query}", read.path());
             let what = format!("{} of node {node}", read.path());
-            let req = Request::get(uri)
-                .body(kube::client::Body::empty())
-                .map_err(|e| ForwardError::Host {
-                    verb: "get",
-                    what: what.clone(),
-                    source: kube::Error::HttpError(e),
-                })?;
+            let req =
+                Request::get(uri)
+                    .body(kube::client::Body::empty())
+                    .map_err(|e| ForwardError::Host {
+                        verb: "get",
+                        what: what.clone(),
+                        source: kube::Error::HttpError(e),
+                    })?;
             let resp = self.host.send(req).await.map_err(|source| ForwardError::Host {
                 verb: "get",
                 what: what.clone(),
@@ -409,7 +412,12 @@ impl Forwarder {
             Ok(p) => p,
             Err(kube::Error::Api(status)) => {
                 let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
-                let text = refusal_text(status.message.as_bytes(), pod, &self.vcluster, &self.host_namespace);
+                let text = refusal_text(
+                    status.message.as_bytes(),
+                    pod,
+                    &self.vcluster,
+                    &self.host_namespace,
+                );
                 return Ok(full(code, format!("{text}\n")));
             }
             Err(source) => {

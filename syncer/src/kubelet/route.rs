@@ -59,7 +59,10 @@ pub enum Route {
     Healthz,
     /// `/stats/summary` or `/metrics/resource` of the host nodes our pods run on, translated;
     /// `host_query` is ready for the host node proxy.
-    Node { read: NodeRead, host_query: String },
+    Node {
+        read: NodeRead,
+        host_query: String,
+    },
     /// This vcluster's pods under their virtual names.
     Pods,
     /// `/containerLogs/{ns}/{pod}/{container}`; `host_query` is ready for the host's `pods/log`.

@@ -262,17 +262,20 @@ pub async fn serve(
             cancel.clone(),
         );
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(super::io::read_buffered(tcp))).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "kubelet TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "kubelet TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(super::io::read_buffered(tcp)))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "kubelet TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "kubelet TLS handshake timed out");
+                        return;
+                    }
+                };
             let conn = identify(tls.get_ref().1.peer_certificates(), &client_ca);
             let service = hyper::service::service_fn(move |req| {
                 let (handler, conn) = (handler.clone(), conn.clone());

@@ -45,7 +45,11 @@ pub fn summary(nodes: &[Value], index: &PodIndex) -> Value {
             let Some(pod) = translate_summary_pod(pod, index) else {
                 continue;
             };
-            let uid = pod.pointer("/podRef/uid").and_then(Value::as_str).unwrap_or("").to_owned();
+            let uid = pod
+                .pointer("/podRef/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             if seen.insert(uid) {
                 pods.push(pod);
             }
@@ -218,7 +222,13 @@ fn parse_sample(line: &str) -> Option<Sample<'_>> {
 }
 
 fn translate_sample(sample: &Sample<'_>, index: &PodIndex, keep_node_series: bool) -> Option<String> {
-    let label = |k: &str| sample.labels.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+    let label = |k: &str| {
+        sample
+            .labels
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let mut labels = sample.labels.clone();
     if let Some(pod) = label("pod") {
         let v = index.get(label("namespace").unwrap_or(""), pod)?.clone();
@@ -292,7 +302,10 @@ mod tests {
         assert_eq!(out["node"]["nodeName"], "n1");
         let pods = out["pods"].as_array().unwrap();
         assert_eq!(pods.len(), 1, "{out}");
-        assert_eq!(pods[0]["podRef"], json!({"name": "web-0", "namespace": "team-a", "uid": "v-uid"}));
+        assert_eq!(
+            pods[0]["podRef"],
+            json!({"name": "web-0", "namespace": "team-a", "uid": "v-uid"})
+        );
         assert_eq!(pods[0]["cpu"]["usageNanoCores"], 1);
         assert_eq!(
             pods[0]["volume"],
@@ -306,7 +319,10 @@ mod tests {
         let two = summary(&[node.clone(), node], &index());
         assert_eq!(two["pods"].as_array().unwrap().len(), 1);
         assert_eq!(two["node"], json!({"nodeName": ""}));
-        assert_eq!(summary(&[], &index()), json!({"node": {"nodeName": ""}, "pods": []}));
+        assert_eq!(
+            summary(&[], &index()),
+            json!({"node": {"nodeName": ""}, "pods": []})
+        );
     }
 
     const NODE_TEXT: &str = r#"# HELP container_cpu_usage_seconds_total [ALPHA] Cumulative cpu time
@@ -346,7 +362,10 @@ garbage{unterminated="x 1
     fn sample_lines_parse_with_escapes() {
         let s = parse_sample(r#"m{a="x\"y",b = "1\\2\n" ,} 5"#).unwrap();
         assert_eq!(s.name, "m");
-        assert_eq!(s.labels, vec![("a", "x\"y".to_owned()), ("b", "1\\2\n".to_owned())]);
+        assert_eq!(
+            s.labels,
+            vec![("a", "x\"y".to_owned()), ("b", "1\\2\n".to_owned())]
+        );
         assert_eq!(s.rest, "5");
         assert_eq!(parse_sample("up 1").unwrap().labels, vec![]);
         for bad in ["m{a=\"x\"", "m{a} 1", "{a=\"b\"} 1", "m{a=\"b\"}", "m"] {
