@@ -700,6 +700,14 @@ async fn run_returns_the_output_of_a_host_exec() -> Result<()> {
         .await?;
     assert!(ok >= 1.0 && failed >= 1.0, "ok {ok}, failed {failed}");
     wait_streams_closed(&f.world, "run").await?;
+
+    // A client that goes away while the command runs: the run (and its host exec) ends with
+    // it, long before the command would.
+    let mut slow = post.clone();
+    slow.extend(["--max-time", "2"]);
+    let (code, _) = curl(env, &run("main", "sleep+300"), &slow).await?;
+    assert_eq!(code, 0, "curl gave up (no answer)");
+    wait_streams_closed(&f.world, "run").await?;
     f.ns.delete().await
 }
 

@@ -409,7 +409,7 @@ impl Forwarder {
             .stdout(true)
             .stderr(true);
         let mut process = match api.exec(&pod.name, command, &params).await {
-            Ok(p) => p,
+            Ok(p) => AbortOnDrop(p),
             Err(kube::Error::Api(status)) => {
                 let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
                 let text = refusal_text(
@@ -428,8 +428,8 @@ impl Forwarder {
                 });
             }
         };
-        let status = process.take_status();
-        let (stdout, stderr) = (process.stdout(), process.stderr());
+        let status = process.0.take_status();
+        let (stdout, stderr) = (process.0.stdout(), process.0.stderr());
         let ended = async {
             let (mut out, err) = tokio::join!(read_at_most_from(stdout), read_at_most_from(stderr));
             out.extend_from_slice(&err);
@@ -446,7 +446,7 @@ impl Forwarder {
             }
             done = ended => done,
         };
-        let _ = process.join().await;
+        drop(process);
         let failed = status
             .as_ref()
             .and_then(|s| s.status.as_deref())
@@ -596,15 +596,34 @@ fn upgrade_headers() -> Vec<HeaderName> {
     ]
 }
 
-/// Reads a stream of `/run`'s output up to [`RUN_OUTPUT_MAX`] (an error ends it: what was read
-/// counts).
+/// A host exec that ends with its owner: the client of `/run` went away (its request future is
+/// dropped), the endpoint shuts down, or the command ended (kube's exec runs in a task of its
+/// own, which would otherwise keep the host connection and the command going).
+struct AbortOnDrop(kube::api::AttachedProcess);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads a stream of `/run`'s output to its end, keeping the first [`RUN_OUTPUT_MAX`] bytes (the
+/// rest is read and dropped, so the exec is never stuck on a full pipe; an error ends it: what
+/// was read counts).
 async fn read_at_most_from<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
     use tokio::io::AsyncReadExt as _;
     let mut out = Vec::new();
-    if let Some(r) = r {
-        let _ = r.take(RUN_OUTPUT_MAX as u64).read_to_end(&mut out).await;
+    let Some(mut r) = r else { return out };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => {
+                let keep = n.min(RUN_OUTPUT_MAX.saturating_sub(out.len()));
+                out.extend_from_slice(buf.get(..keep).unwrap_or_default());
+            }
+        }
     }
-    out
 }
 
 /// Reads a body up to `max` bytes (the rest is not read).

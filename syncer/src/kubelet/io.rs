@@ -227,8 +227,13 @@ mod tests {
     async fn frames(steps: Vec<Step>) -> Vec<Result<Vec<u8>, &'static str>> {
         let mut body = Coalesced::new(Steps(steps.into()));
         let mut out = Vec::new();
+        // As hyper does: the first error ends the body.
         while let Some(f) = body.frame().await {
+            let failed = f.is_err();
             out.push(f.map(|f| f.into_data().map(|d| d.to_vec()).unwrap_or_default()));
+            if failed {
+                break;
+            }
         }
         out
     }
