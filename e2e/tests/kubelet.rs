@@ -556,7 +556,6 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
     for path in [
         "/metrics".to_owned(),
         "/configz".to_owned(),
-        "/run/x/y/z".to_owned(),
         format!(
             "/containerLogs/{}/{}-0/syncer",
             env.get("HOST_NAMESPACE")?,
@@ -573,10 +572,20 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
         assert_eq!(curl(env, &path, &api).await?.0, 404, "{path}");
     }
 
-    // Node stats need a host permission the namespaced Role does not give: 403, saying so.
-    let (code, body) = curl(env, "/stats/summary", &api).await?;
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("nodes/proxy"), "{body}");
+    // `/run` of a pod that is not this vcluster's: 404 too; `/run` is POST only.
+    let foreign_run = format!(
+        "/run/{}/{}-0/syncer?cmd=ls",
+        env.get("HOST_NAMESPACE")?,
+        env.get("VCLUSTER_NAME")?
+    );
+    assert_eq!(
+        curl(env, &foreign_run, &[&api[..], &["-X", "POST"]].concat())
+            .await?
+            .0,
+        404
+    );
+    let own_run = format!("/run/{}/{}/main?cmd=true", f.ns.name, f.pod);
+    assert_eq!(curl(env, &own_run, &api).await?.0, 405);
 
     // No credential, a certificate of another CA: 401.
     assert_eq!(curl(env, &logs, &[]).await?.0, 401);
@@ -634,5 +643,149 @@ async fn the_kubelet_port_refuses_strangers_and_foreign_pods() -> Result<()> {
         )
         .await?;
     assert!(refused >= 3.0, "{refused}");
+    f.ns.delete().await
+}
+
+/// curl's flags for the virtual API server's own kubelet client certificate (what it uses when
+/// it proxies `kubectl get --raw /api/v1/nodes/<node>/proxy/...` to a kubelet).
+fn apiserver_cert(env: &Env) -> Result<Vec<String>> {
+    let tls = env.path("VIRTUAL_DATA_DIR")?.join("server/tls");
+    Ok(vec![
+        "--cert".into(),
+        tls.join("client-kube-apiserver.crt").display().to_string(),
+        "--key".into(),
+        tls.join("client-kube-apiserver.key").display().to_string(),
+    ])
+}
+
+// A tenant reaches `/run`, `/stats/summary` and `/metrics/resource` with
+// `kubectl get|create --raw /api/v1/nodes/<node>/proxy/...`: the virtual API server then calls
+// the node's kubelet address with its kubelet client certificate. In the local world that
+// address is loopback, which an API server's node proxy refuses ("address not allowed"; logs,
+// exec, attach and port-forward take another path), so these tests call the kubelet endpoint
+// as the virtual API server would, with its certificate.
+
+#[tokio::test]
+async fn run_returns_the_output_of_a_host_exec() -> Result<()> {
+    let f = fixture("kl-run").await?;
+    let env = &f.world.env;
+    let mut post = apiserver_cert(env)?;
+    post.extend(["-X".to_owned(), "POST".to_owned()]);
+    let post: Vec<&str> = post.iter().map(String::as_str).collect();
+    let run = |container: &str, cmd: &str| format!("/run/{}/{}/{container}?cmd={cmd}", f.ns.name, f.pod);
+
+    let (code, body) = curl(env, &run("main", "echo%20hello%20from%20run"), &post).await?;
+    assert_eq!((code, body.trim()), (200, "hello from run"), "{body}");
+    // A failing command: 500 with its output and the reason, as the kubelet answers (`cmd` is
+    // split at spaces, as the kubelet splits it: no shell quoting).
+    let (code, body) = curl(env, &run("main", "ls+/no-such-vnest-dir"), &post).await?;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("no-such-vnest-dir"), "{body}");
+    // A container the pod does not have: 404, as for exec.
+    assert_eq!(curl(env, &run("nope", "true"), &post).await?.0, 404);
+
+    let ok = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "run"), ("result", "ok")],
+        )
+        .await?;
+    let failed = f
+        .world
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "run"), ("result", "command_failed")],
+        )
+        .await?;
+    assert!(ok >= 1.0 && failed >= 1.0, "ok {ok}, failed {failed}");
+    wait_streams_closed(&f.world, "run").await?;
+
+    // A client that goes away while the command runs: the run (and its host exec) ends with
+    // it, long before the command would.
+    let mut slow = post.clone();
+    slow.extend(["--max-time", "2"]);
+    let (code, _) = curl(env, &run("main", "sleep+300"), &slow).await?;
+    assert_eq!(code, 0, "curl gave up (no answer)");
+    wait_streams_closed(&f.world, "run").await?;
+    f.ns.delete().await
+}
+
+#[tokio::test]
+async fn node_stats_need_the_host_node_proxy() -> Result<()> {
+    let f = fixture("kl-stats").await?;
+    let w = &f.world;
+    let cert = apiserver_cert(&w.env)?;
+    let cert: Vec<&str> = cert.iter().map(String::as_str).collect();
+
+    // Without the host's nodes/proxy (the namespaced Role does not give it): 403, naming what
+    // is missing and the component that grants it.
+    for path in ["/stats/summary", "/metrics/resource"] {
+        let (code, body) = curl(&w.env, path, &cert).await?;
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(
+            body.contains("nodes/proxy") && body.contains("node-stats"),
+            "{body}"
+        );
+    }
+
+    // Granted as manifests/components/node-stats does (nodes/proxy get for the syncer's
+    // ServiceAccount), the syncer asks the host node proxy. The local world's host nodes
+    // (kwok's) have loopback addresses, which the host API server refuses to proxy to ("address
+    // not allowed", 400): that answer comes back with the host's status and without host
+    // names. Translating a real node's answer is unit-tested (syncer/src/kubelet/stats.rs).
+    let rbac_name = format!("vnest-e2e-node-stats-{}", f.ns.name);
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(w.host.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(w.host.clone());
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": rbac_name},
+                "rules": [{"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}]
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": rbac_name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": rbac_name},
+                "subjects": [{"kind": "ServiceAccount", "name": w.vcluster, "namespace": w.host_ns}]
+            }))?,
+        )
+        .await?;
+    let result = async {
+        // The syncer believes a host refusal for 20 s before it asks again.
+        let (code, body) = wait_until("the host asked with the permission", WAIT, || async {
+            let (code, body) = curl(&w.env, "/metrics/resource", &cert).await?;
+            Ok((code != 403).then_some((code, body)))
+        })
+        .await?;
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            body.contains("/metrics/resource") && !body.contains(&w.host_ns),
+            "{body}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    bindings.delete(&rbac_name, &Default::default()).await?;
+    roles.delete(&rbac_name, &Default::default()).await?;
+    result?;
+    let refused = w
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "statsSummary"), ("result", "host_forbidden")],
+        )
+        .await?;
+    let asked = w
+        .metric(
+            "vnest_syncer_kubelet_requests_total",
+            &[("path", "metricsResource"), ("result", "host_client_error")],
+        )
+        .await?;
+    assert!(refused >= 1.0 && asked >= 1.0, "refused {refused}, asked {asked}");
     f.ns.delete().await
 }

@@ -135,6 +135,9 @@ fn build_nodelay(
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(config.connect_timeout);
+    // Reads through a 64 KiB buffer under TLS (rustls reads 4 KiB at a time): the kubelet
+    // endpoint's streams, crate::kubelet::io.
+    let http = crate::kubelet::io::ReadBufferedConnector(http);
     let https = config
         .rustls_https_connector_with_connector(http)
         .map_err(error)?;

@@ -51,6 +51,14 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../manifests/components/name/kustomization.yaml"),
     ),
     (
+        "components/node-stats/clusterrole.yaml",
+        include_str!("../../../manifests/components/node-stats/clusterrole.yaml"),
+    ),
+    (
+        "components/node-stats/kustomization.yaml",
+        include_str!("../../../manifests/components/node-stats/kustomization.yaml"),
+    ),
+    (
         "components/real-nodes/clusterrole.yaml",
         include_str!("../../../manifests/components/real-nodes/clusterrole.yaml"),
     ),

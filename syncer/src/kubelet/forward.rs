@@ -17,7 +17,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
-use super::route::{PodRef, Stream};
+use super::route::{NodeRead, PodRef, Stream};
+use super::stats::{self, PodIndex, VirtualPod};
 use crate::resources::pods::CachedPod;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -120,7 +121,49 @@ pub struct Forwarder {
     pub virtual_pods: Store<CachedPod>,
     pub host_pods: Store<CachedPod>,
     pub cancel: CancellationToken,
+    /// When the host last refused its node proxy (`nodes/proxy`): node reads are answered 403
+    /// without asking again for [`NODE_PROXY_REFUSAL_TTL`].
+    pub node_proxy_refused: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long a host refusal of its node proxy is believed (a scraper asking every few seconds
+/// costs the host one request per this period; a granted permission shows within it).
+pub const NODE_PROXY_REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The most of a host node read (summary or metrics of one node) that is read.
+const NODE_READ_MAX: usize = 32 << 20;
+
+/// The most of `/run`'s output (stdout, then stderr) that is kept; the rest is dropped.
+const RUN_OUTPUT_MAX: usize = 16 << 20;
+
+/// Why a node read or a `/run` did not give an answer from the host.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{verb} {what} on the host: {source}")]
+    Host {
+        verb: &'static str,
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {what} from the host: {source}")]
+    Body {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{what} from the host is not JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The node proxy refusal, as the tenant reads it.
+pub const NODE_PROXY_FORBIDDEN: &str = "node stats and resource metrics of a vcluster need the host's nodes/proxy \
+    permission (get), which this vcluster is not granted: apply the optional component \
+    manifests/components/node-stats on the host\n";
 
 impl Forwarder {
     /// The host pod of a virtual pod of this vcluster, or `None` (the caller answers 404): the
@@ -187,6 +230,237 @@ impl Forwarder {
         resp
     }
 
+    /// Pure over the caches: our host pods (with the virtual pod each runs) and the host nodes
+    /// they run on.
+    fn pod_index(&self) -> (PodIndex, Vec<String>) {
+        let mut index = PodIndex {
+            host_namespace: self.host_namespace.clone(),
+            pods: std::collections::HashMap::new(),
+        };
+        let mut nodes = std::collections::BTreeSet::new();
+        for host in self.host_pods.state() {
+            let Ok(h) = host.unpack() else { continue };
+            let (Some(name), Some(node)) = (
+                h.metadata.name.clone(),
+                h.spec.as_ref().and_then(|s| s.node_name.clone()),
+            ) else {
+                continue;
+            };
+            let Some(source) = crate::markers::source_of(&h.metadata) else {
+                continue;
+            };
+            let Some(vns) = source.namespace.clone() else {
+                continue;
+            };
+            // Copied or hand-edited markers on some other pod do not count.
+            if h.metadata.namespace.as_deref() != Some(self.host_namespace.as_str())
+                || name != crate::naming::host_name(&self.vcluster, &vns, &source.name)
+            {
+                continue;
+            }
+            let Some(v) = self
+                .virtual_pods
+                .get(&ObjectRef::new(&source.name).within(&vns))
+                .and_then(|c| c.unpack().ok())
+            else {
+                continue;
+            };
+            let uid = v.metadata.uid.clone().unwrap_or_default();
+            if !source.uid.is_empty() && source.uid != uid {
+                continue;
+            }
+            let claims = v
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter_map(|vol| {
+                    let claim = vol.persistent_volume_claim.as_ref()?;
+                    Some((vol.name.clone(), claim.claim_name.clone()))
+                })
+                .collect();
+            nodes.insert(node);
+            index.pods.insert(
+                name,
+                VirtualPod {
+                    namespace: vns,
+                    name: source.name.clone(),
+                    uid,
+                    claims,
+                },
+            );
+        }
+        (index, nodes.into_iter().collect())
+    }
+
+    fn node_proxy_recently_refused(&self) -> bool {
+        self.node_proxy_refused
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < NODE_PROXY_REFUSAL_TTL)
+    }
+
+    /// `/stats/summary` or `/metrics/resource`: read from the host node proxy of every host
+    /// node our pods run on (one request each, only when asked), translated ([`stats`]). A host
+    /// refusal (403) is answered 403 saying which permission is missing, and remembered for
+    /// [`NODE_PROXY_REFUSAL_TTL`].
+    pub async fn node_read(&self, read: NodeRead, host_query: &str) -> Result<Response<Body>, ForwardError> {
+        if self.node_proxy_recently_refused() {
+            return Ok(full(StatusCode::FORBIDDEN, NODE_PROXY_FORBIDDEN));
+        }
+        let (index, nodes) = self.pod_index();
+        let mut bodies = Vec::with_capacity(nodes.len());
+        let mut failed = None;
+        for node in &nodes {
+            let query = if host_query.is_empty() {
+                String::new()
+            } else {
+                format!("?{host_query}")
+            };
+            let uri = format!("/api/v1/nodes/{node}/proxy{}{query}", read.path());
+            let what = format!("{} of node {node}", read.path());
+            let req =
+                Request::get(uri)
+                    .body(kube::client::Body::empty())
+                    .map_err(|e| ForwardError::Host {
+                        verb: "get",
+                        what: what.clone(),
+                        source: kube::Error::HttpError(e),
+                    })?;
+            let resp = self.host.send(req).await.map_err(|source| ForwardError::Host {
+                verb: "get",
+                what: what.clone(),
+                source,
+            })?;
+            let status = resp.status();
+            if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+                if let Ok(mut at) = self.node_proxy_refused.lock() {
+                    *at = Some(std::time::Instant::now());
+                }
+                tracing::info!(%node, status = status.as_u16(), "the host refused its node proxy");
+                return Ok(full(StatusCode::FORBIDDEN, NODE_PROXY_FORBIDDEN));
+            }
+            let bytes = read_at_most(resp.into_body(), NODE_READ_MAX)
+                .await
+                .map_err(|source| ForwardError::Body {
+                    what: what.clone(),
+                    source,
+                })?;
+            if !status.is_success() {
+                // A node that does not answer (gone, no kubelet): the others still count.
+                tracing::debug!(%node, status = status.as_u16(), "a host node read failed");
+                failed = Some(status);
+                continue;
+            }
+            bodies.push((what, bytes));
+        }
+        if let (true, Some(status)) = (bodies.is_empty(), failed) {
+            // No node answered: say so with the host's status (its text may name host objects).
+            let msg = format!("{} of the host nodes: the host answered {status}\n", read.path());
+            return Ok(full(status, msg));
+        }
+        let (text, content_type) = match read {
+            NodeRead::StatsSummary => {
+                let docs = bodies
+                    .into_iter()
+                    .map(|(what, b)| {
+                        serde_json::from_slice::<serde_json::Value>(&b)
+                            .map_err(|source| ForwardError::Json { what, source })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (stats::summary(&docs, &index).to_string(), "application/json")
+            }
+            NodeRead::MetricsResource => {
+                let texts: Vec<String> = bodies
+                    .iter()
+                    .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                    .collect();
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                (
+                    stats::resource_metrics(&refs, &index, nodes.len() == 1),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            }
+        };
+        let mut resp = full(StatusCode::OK, text);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        Ok(resp)
+    }
+
+    /// `/run`: the command run in the host pod's container by a host exec (no stdin, no TTY);
+    /// its output (stdout, then stderr, as the kubelet joins them) once it has ended: 200 when
+    /// it succeeded, 500 with the output and the reason otherwise (as the kubelet answers).
+    pub async fn run(
+        &self,
+        pod: &HostPod,
+        container: &str,
+        command: Vec<String>,
+        gauge: IntGauge,
+    ) -> Result<Response<Body>, ForwardError> {
+        let _guard = StreamGuard::new(gauge);
+        if command.is_empty() {
+            return Ok(full(StatusCode::BAD_REQUEST, "missing the command (cmd)\n"));
+        }
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.host.clone(), &pod.namespace);
+        let params = kube::api::AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut process = match api.exec(&pod.name, command, &params).await {
+            Ok(p) => AbortOnDrop(p),
+            Err(kube::Error::Api(status)) => {
+                let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::BAD_GATEWAY);
+                let text = refusal_text(
+                    status.message.as_bytes(),
+                    pod,
+                    &self.vcluster,
+                    &self.host_namespace,
+                );
+                return Ok(full(code, format!("{text}\n")));
+            }
+            Err(source) => {
+                return Err(ForwardError::Host {
+                    verb: "exec",
+                    what: "a command".into(),
+                    source,
+                });
+            }
+        };
+        let status = process.0.take_status();
+        let (stdout, stderr) = (process.0.stdout(), process.0.stderr());
+        let ended = async {
+            let (mut out, err) = tokio::join!(read_at_most_from(stdout), read_at_most_from(stderr));
+            out.extend_from_slice(&err);
+            out.truncate(RUN_OUTPUT_MAX);
+            let status = match status {
+                Some(s) => s.await,
+                None => None,
+            };
+            (out, status)
+        };
+        let (mut out, status) = tokio::select! {
+            () = self.cancel.cancelled() => {
+                return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "the kubelet endpoint is shutting down\n"));
+            }
+            done = ended => done,
+        };
+        drop(process);
+        let failed = status
+            .as_ref()
+            .and_then(|s| s.status.as_deref())
+            .is_some_and(|s| s != "Success");
+        if failed {
+            let reason = status
+                .and_then(|s| s.message)
+                .unwrap_or_else(|| "command failed".to_owned());
+            out.extend_from_slice(format!("{reason}\n").as_bytes());
+            return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, out));
+        }
+        Ok(full(StatusCode::OK, out))
+    }
+
     /// Streams the host pod's log (`host_query` from the route) back as it comes.
     pub async fn logs(
         &self,
@@ -207,7 +481,9 @@ impl Forwarder {
         }
         let (parts, body) = resp.into_parts();
         let body: Body = Guarded {
-            inner: body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            inner: super::io::Coalesced::new(body)
+                .map_err(|e| -> BoxError { Box::new(e) })
+                .boxed_unsync(),
             _guard: StreamGuard::new(gauge),
         }
         .boxed_unsync();
@@ -318,6 +594,54 @@ fn upgrade_headers() -> Vec<HeaderName> {
         header::SEC_WEBSOCKET_ACCEPT,
         header::SEC_WEBSOCKET_EXTENSIONS,
     ]
+}
+
+/// A host exec that ends with its owner: the client of `/run` went away (its request future is
+/// dropped), the endpoint shuts down, or the command ended (kube's exec runs in a task of its
+/// own, which would otherwise keep the host connection and the command going).
+struct AbortOnDrop(kube::api::AttachedProcess);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads a stream of `/run`'s output to its end, keeping the first [`RUN_OUTPUT_MAX`] bytes (the
+/// rest is read and dropped, so the exec is never stuck on a full pipe; an error ends it: what
+/// was read counts).
+async fn read_at_most_from<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let Some(mut r) = r else { return out };
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => {
+                let keep = n.min(RUN_OUTPUT_MAX.saturating_sub(out.len()));
+                out.extend_from_slice(buf.get(..keep).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Reads a body up to `max` bytes (the rest is not read).
+async fn read_at_most(mut body: kube::client::Body, max: usize) -> Result<Vec<u8>, BoxError> {
+    let mut bytes = Vec::new();
+    while bytes.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(Box::new(e)),
+            None => break,
+        }
+    }
+    bytes.truncate(max);
+    Ok(bytes)
 }
 
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[HeaderName]) {

@@ -4,16 +4,22 @@
 //! kubelet requests and are served from the host's pod subresources of the translated pod.
 //!
 //! - [`route`]: pure path parsing and the allowlist (`/containerLogs`, `/exec`, `/attach`,
-//!   `/portForward`, `/pods`, `/healthz`; anything else 404).
+//!   `/portForward`, `/run`, `/pods`, `/healthz`, `/stats/summary`, `/metrics/resource`;
+//!   anything else 404).
 //! - [`auth`]: who may call (client CA certificates; tokens by TokenReview + `nodes/proxy` SAR).
 //! - [`tls`]: the serving certificate from the k3s server CA, and the client-CA check.
-//! - [`forward`]: host pod lookup from the caches, log streaming, upgrade splicing.
+//! - [`forward`]: host pod lookup from the caches, log streaming, upgrade splicing, `/run` as a
+//!   host exec, node reads through the host node proxy.
+//! - [`io`]: bytes in fewer, larger pieces (coalesced log frames, buffered reads under TLS).
+//! - [`stats`]: pure translation of node summaries and resource metrics to virtual names.
 //! - [`server`]: the TLS listener, one task per connection, metrics per request.
 
 pub mod auth;
 pub mod forward;
+pub mod io;
 pub mod route;
 pub mod server;
+pub mod stats;
 pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -206,6 +212,7 @@ pub async fn run(settings: KubeletSettings, deps: KubeletDeps) -> Result<(), Kub
             virtual_pods,
             host_pods,
             cancel: cancel.clone(),
+            node_proxy_refused: Arc::default(),
         },
         authorizer: auth::Authorizer::new(virt),
         metrics,

@@ -34,10 +34,35 @@ impl Stream {
     }
 }
 
+/// The node-level reads that need the host's node proxy (`nodes/proxy` on the host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRead {
+    /// `/stats/summary` (JSON).
+    StatsSummary,
+    /// `/metrics/resource` (Prometheus text).
+    MetricsResource,
+}
+
+impl NodeRead {
+    /// The kubelet path, also the host node proxy's path below `/api/v1/nodes/{node}/proxy`.
+    pub fn path(self) -> &'static str {
+        match self {
+            NodeRead::StatsSummary => "/stats/summary",
+            NodeRead::MetricsResource => "/metrics/resource",
+        }
+    }
+}
+
 /// An allowed kubelet request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Healthz,
+    /// `/stats/summary` or `/metrics/resource` of the host nodes our pods run on, translated;
+    /// `host_query` is ready for the host node proxy.
+    Node {
+        read: NodeRead,
+        host_query: String,
+    },
     /// This vcluster's pods under their virtual names.
     Pods,
     /// `/containerLogs/{ns}/{pod}/{container}`; `host_query` is ready for the host's `pods/log`.
@@ -54,6 +79,13 @@ pub enum Route {
         container: Option<String>,
         host_query: String,
     },
+    /// `/run/{ns}/{pod}[/{uid}]/{container}` (POST, `cmd`): a non-streaming exec; `command` is
+    /// `cmd` decoded and split at spaces, as the kubelet splits it.
+    Run {
+        pod: PodRef,
+        container: String,
+        command: Vec<String>,
+    },
 }
 
 impl Route {
@@ -61,6 +93,15 @@ impl Route {
     pub fn kind(&self) -> &'static str {
         match self {
             Route::Healthz => "healthz",
+            Route::Node {
+                read: NodeRead::StatsSummary,
+                ..
+            } => "statsSummary",
+            Route::Node {
+                read: NodeRead::MetricsResource,
+                ..
+            } => "metricsResource",
+            Route::Run { .. } => "run",
             Route::Pods => "pods",
             Route::ContainerLogs { .. } => "containerLogs",
             Route::Upgrade { stream, .. } => match stream {
@@ -74,16 +115,18 @@ impl Route {
     /// The pod the route reaches, if any.
     pub fn pod(&self) -> Option<&PodRef> {
         match self {
-            Route::Healthz | Route::Pods => None,
-            Route::ContainerLogs { pod, .. } | Route::Upgrade { pod, .. } => Some(pod),
+            Route::Healthz | Route::Pods | Route::Node { .. } => None,
+            Route::ContainerLogs { pod, .. } | Route::Upgrade { pod, .. } | Route::Run { pod, .. } => {
+                Some(pod)
+            }
         }
     }
 
     /// The container the route reaches, if any.
     pub fn container(&self) -> Option<&str> {
         match self {
-            Route::Healthz | Route::Pods => None,
-            Route::ContainerLogs { container, .. } => Some(container),
+            Route::Healthz | Route::Pods | Route::Node { .. } => None,
+            Route::ContainerLogs { container, .. } | Route::Run { container, .. } => Some(container),
             Route::Upgrade { container, .. } => container.as_deref(),
         }
     }
@@ -107,10 +150,6 @@ pub enum RouteError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// `/stats/summary` and `/metrics/resource` need the host node proxy (`nodes/proxy` on the
-    /// host), which the namespaced Role does not grant: answered 403 with a message.
-    #[error("needs the host node proxy permission")]
-    NeedsHostNodeProxy,
 }
 
 /// Query parameters of the kubelet's containerLogs that the host's `pods/log` takes as they are.
@@ -143,7 +182,31 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, 
     };
     match segments.as_slice() {
         ["healthz"] => get_only(Route::Healthz),
-        ["stats", "summary"] | ["metrics", "resource"] => Err(RouteError::NeedsHostNodeProxy),
+        ["stats", "summary"] | ["stats", "summary", ""] => get_only(Route::Node {
+            read: NodeRead::StatsSummary,
+            host_query: summary_query(query),
+        }),
+        ["metrics", "resource"] | ["metrics", "resource", ""] => get_only(Route::Node {
+            read: NodeRead::MetricsResource,
+            host_query: String::new(),
+        }),
+        ["run", ns, pod, rest @ ..] => {
+            let (uid, container) = match rest {
+                [container] => (None, container),
+                [uid, container] => (Some(*uid), container),
+                _ => return Err(RouteError::NotFound),
+            };
+            let pod = pod_ref(ns, pod, uid)?;
+            let container = name(container)?;
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            Ok(Route::Run {
+                pod,
+                container,
+                command: run_command(query),
+            })
+        }
         ["pods"] | ["pods", ""] => get_only(Route::Pods),
         ["containerLogs", ns, pod, container] => {
             let pod = pod_ref(ns, pod, None)?;
@@ -238,6 +301,61 @@ pub fn log_query(container: &str, query: Option<&str>) -> String {
     out.join("&")
 }
 
+/// The host `/stats/summary` query: only `only_cpu_and_memory` (what metrics-server asks).
+fn summary_query(query: Option<&str>) -> String {
+    pairs(query)
+        .filter(|(k, _)| *k == "only_cpu_and_memory")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `/run`'s command: the last `cmd` parameter, decoded, split at single spaces with the empty
+/// parts dropped (the kubelet splits at spaces; an empty part is never a useful argument).
+pub fn run_command(query: Option<&str>) -> Vec<String> {
+    let cmd = pairs(query)
+        .filter(|(k, _)| *k == "cmd")
+        .last()
+        .map(|(_, v)| decode_query_value(v))
+        .unwrap_or_default();
+    cmd.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Pure: a query value decoded as a form value (`+` is a space, `%XX` a byte; a malformed
+/// escape stays as it is; invalid UTF-8 is replaced).
+pub fn decode_query_value(v: &str) -> String {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex);
+                let lo = bytes.get(i + 2).copied().and_then(hex);
+                if let (Some(hi), Some(lo)) = (hi, lo) {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The kubelet's names of the stream options (`input=1`...) and the API's (`stdin=1`...).
 const STREAM_PARAMS: &[(&str, &str)] = &[
     ("input", "stdin"),
@@ -327,6 +445,44 @@ mod tests {
                 },
             ),
             (
+                Method::GET,
+                "/stats/summary",
+                Some("only_cpu_and_memory=true&evil=1"),
+                Route::Node {
+                    read: NodeRead::StatsSummary,
+                    host_query: "only_cpu_and_memory=true".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/metrics/resource",
+                Some("x=y"),
+                Route::Node {
+                    read: NodeRead::MetricsResource,
+                    host_query: String::new(),
+                },
+            ),
+            (
+                Method::POST,
+                "/run/team-a/web-1/main",
+                Some("cmd=sh+-c%20echo%2Bhi&container=other"),
+                Route::Run {
+                    pod: pod("team-a", "web-1", None),
+                    container: "main".into(),
+                    command: vec!["sh".into(), "-c".into(), "echo+hi".into()],
+                },
+            ),
+            (
+                Method::POST,
+                "/run/team-a/web-1/u-1/main",
+                None,
+                Route::Run {
+                    pod: pod("team-a", "web-1", Some("u-1")),
+                    container: "main".into(),
+                    command: vec![],
+                },
+            ),
+            (
                 Method::POST,
                 "/portForward/team-a/web-1",
                 None,
@@ -365,7 +521,10 @@ mod tests {
             "/configz",
             "/debug/pprof/",
             "/runningpods/",
-            "/run/team-a/web-1/main",
+            "/run/team-a/web-1",
+            "/run/team-a/web-1/u/main/more",
+            "/stats",
+            "/stats/summary/more",
             "/containerLogs/team-a/web-1",
             "/containerLogs/team-a/web-1/main/extra",
             "/containerLogs/../web-1/main",
@@ -386,13 +545,14 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/stats/summary", "/metrics/resource"] {
-            assert_eq!(
-                parse(&Method::GET, path, None),
-                Err(RouteError::NeedsHostNodeProxy),
-                "{path}"
-            );
-        }
+        assert_eq!(
+            parse(&Method::GET, "/run/a/b/c", Some("cmd=ls")),
+            Err(RouteError::MethodNotAllowed)
+        );
+        assert_eq!(
+            parse(&Method::POST, "/stats/summary", None),
+            Err(RouteError::MethodNotAllowed)
+        );
         let long = format!("/containerLogs/a/{}/c", "p".repeat(254));
         assert_eq!(parse(&Method::GET, &long, None), Err(RouteError::NotFound));
         assert_eq!(
@@ -417,6 +577,22 @@ mod tests {
         assert_eq!(Route::verb(&Method::GET), "get");
         assert_eq!(Route::verb(&Method::POST), "create");
         assert_eq!(Route::verb(&Method::HEAD), "get");
+    }
+
+    #[test]
+    fn query_values_decode_like_form_values() {
+        for (raw, want) in [
+            ("echo%20hi", "echo hi"),
+            ("a+b", "a b"),
+            ("100%25", "100%"),
+            ("bad%zzescape%2", "bad%zzescape%2"),
+            ("%C3%A9t%C3%A9", "été"),
+            ("%FF", "\u{FFFD}"),
+        ] {
+            assert_eq!(decode_query_value(raw), want, "{raw}");
+        }
+        assert_eq!(run_command(Some("cmd=a&cmd=ls%20%20-l")), ["ls", "-l"]);
+        assert!(run_command(None).is_empty());
     }
 
     #[test]

@@ -57,7 +57,6 @@ impl Handler {
         let parsed = route::parse(req.method(), req.uri().path(), req.uri().query());
         let kind = match &parsed {
             Ok(route) => route.kind(),
-            Err(RouteError::NeedsHostNodeProxy) => "stats",
             Err(_) => "unknown",
         };
         let (ns, name) = parsed
@@ -124,11 +123,6 @@ impl Handler {
             Err(RouteError::NotFound) => {
                 return (full(StatusCode::NOT_FOUND, "404 page not found\n"), "not_found");
             }
-            Err(RouteError::NeedsHostNodeProxy) => {
-                let msg = "node stats and resource metrics of a vcluster need the host's nodes/proxy \
-                           permission, which this vcluster is not granted\n";
-                return (full(StatusCode::FORBIDDEN, msg), "forbidden");
-            }
             Err(RouteError::MethodNotAllowed) => {
                 return (
                     full(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
@@ -153,6 +147,47 @@ impl Handler {
         let forwarded = match (route, host_pod) {
             (Route::Healthz, _) => return (full(StatusCode::OK, "ok"), "ok"),
             (Route::Pods, _) => return (self.forwarder.pods(), "ok"),
+            (Route::Node { read, host_query }, _) => {
+                return match self.forwarder.node_read(read, &host_query).await {
+                    Ok(resp) if resp.status() == StatusCode::FORBIDDEN => (resp, "host_forbidden"),
+                    Ok(resp) if resp.status().is_success() => (resp, "ok"),
+                    Ok(resp) if resp.status().is_client_error() => (resp, "host_client_error"),
+                    Ok(resp) => (resp, "host_server_error"),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading node stats from the host failed");
+                        (
+                            full(StatusCode::BAD_GATEWAY, "the host API server did not answer\n"),
+                            "error",
+                        )
+                    }
+                };
+            }
+            (
+                Route::Run {
+                    container, command, ..
+                },
+                Some(h),
+            ) => {
+                return match self.forwarder.run(&h, &container, command, gauge()).await {
+                    Ok(resp) => {
+                        let result = match resp.status() {
+                            StatusCode::OK => "ok",
+                            // The command ran and failed (the kubelet's answer for it).
+                            StatusCode::INTERNAL_SERVER_ERROR => "command_failed",
+                            s if s.is_client_error() => "host_client_error",
+                            _ => "host_server_error",
+                        };
+                        (resp, result)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "running a command in a host pod failed");
+                        (
+                            full(StatusCode::BAD_GATEWAY, "the host API server did not answer\n"),
+                            "error",
+                        )
+                    }
+                };
+            }
             (Route::ContainerLogs { host_query, .. }, Some(h)) => {
                 self.forwarder.logs(&h, &host_query, gauge()).await
             }
@@ -227,17 +262,20 @@ pub async fn serve(
             cancel.clone(),
         );
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "kubelet TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "kubelet TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(super::io::read_buffered(tcp)))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "kubelet TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "kubelet TLS handshake timed out");
+                        return;
+                    }
+                };
             let conn = identify(tls.get_ref().1.peer_certificates(), &client_ca);
             let service = hyper::service::service_fn(move |req| {
                 let (handler, conn) = (handler.clone(), conn.clone());
