@@ -23,6 +23,7 @@ use crate::error::Cluster;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::resources::{self, KindOptions};
+use crate::leader::{self, Leadership};
 use crate::{admin, clients};
 
 /// Runs the syncer until a termination signal (Ok) or a fatal failure (Err).
@@ -34,10 +35,17 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signals(cancel.clone()));
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let (role_tx, leadership) = match &config.election {
+        Some(_) => {
+            let (tx, leadership) = Leadership::elected();
+            (Some(tx), leadership)
+        }
+        None => (None, Leadership::alone()),
+    };
 
     let (admin_addr, serve) = admin::bind(
         config.admin_addr,
-        admin::router(readiness.clone(), metrics.clone()),
+        admin::router(readiness.clone(), metrics.clone(), leadership.clone()),
         cancel.clone(),
     )
     .await?;
@@ -53,6 +61,14 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     let (host, host_streams_client) = HostClient::with_streams(&config.host, config.host_rate, &metrics)
         .await
         .context("connecting to the host cluster")?;
+    if let (Some(settings), Some(role_tx)) = (config.election.clone(), role_tx) {
+        let (client, ns) = (host.0.clone(), config.host_namespace.clone());
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let result = leader::run(client, ns, settings, role_tx, metrics, cancel).await;
+            ("leader election", result.map_err(anyhow::Error::from))
+        });
+    }
     let Some(virt) = wait_for_virtual_client(&config, &metrics, &readiness, &cancel).await? else {
         return Ok(()); // cancelled while waiting
     };
@@ -132,11 +148,16 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         cancel: cancel.clone(),
         workers: config.sync.workers,
         initial_sync: initial_sync.clone(),
+        leadership: leadership.clone(),
     });
     {
         let (metrics, ctx, cancel) = (metrics.clone(), shared.translate.clone(), cancel.clone());
         tasks.spawn(async move {
-            initial_sync.report(metrics, ctx, cancel.clone()).await;
+            // A standby never catches up (its workers wait): it reports once it leads.
+            tokio::select! {
+                () = leadership.leading() => initial_sync.report(metrics, ctx, cancel.clone()).await,
+                () = cancel.cancelled() => {}
+            }
             // Every task lives until shutdown (an early exit means a failure to the supervisor).
             cancel.cancelled().await;
             ("initial sync report", Ok(()))
