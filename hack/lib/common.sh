@@ -5,6 +5,24 @@ log() { printf '[vnest] %s\n' "$*" >&2; }
 step() { printf '\n[vnest] == %s\n' "$*" >&2; }
 die() { printf '[vnest] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# apt_install PKG...: installs Debian packages, waiting for the dpkg lock (another script, or
+# another world's bring-up, may be installing at the same time) and showing apt's last lines
+# when it fails. Returns non-zero instead of exiting, so callers can fall back.
+apt_install() {
+	local sudo= out
+	((EUID == 0)) || sudo=sudo
+	out=$(mktemp)
+	if $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq >"$out" 2>&1 &&
+		$sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$@" >>"$out" 2>&1; then
+		rm -f "$out"
+		return 0
+	fi
+	log "apt-get install $* failed; its last lines:"
+	tail -n 15 "$out" >&2
+	rm -f "$out"
+	return 1
+}
+
 # free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'

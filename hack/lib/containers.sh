@@ -27,7 +27,8 @@ build_images() {
 
 # container_runtime_reason: empty when podman runs containers here, else why not.
 container_runtime_reason() {
-	ensure_podman >/dev/null 2>&1 || { echo "podman and runc are not installed and apt-get could not install them"; return; }
+	# In a subshell: ensure_podman dies on failure, and that must become a reason, not an exit.
+	(ensure_podman) >/dev/null 2>&1 || { echo "podman and runc are not installed and apt-get could not install them"; return; }
 	local out
 	out=$(podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs images -q 2>&1) ||
 		{ echo "podman does not work: ${out##*$'\n'}"; return; }

@@ -7,9 +7,7 @@
 ensure_podman() {
 	command -v podman >/dev/null && [[ -x /usr/sbin/runc ]] && return 0
 	log "installing podman and runc from Debian's packages (apt-get)"
-	local sudo=
-	((EUID == 0)) || sudo=sudo
-	$sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq podman runc >/dev/null ||
+	apt_install podman runc ||
 		die "could not install podman and runc with apt-get; install them and run this again"
 }
 
