@@ -162,6 +162,14 @@ pub struct OverlayConfig {
     /// read-only ClusterRole on nodes, so it needs rights to create ClusterRoles and
     /// ClusterRoleBindings.
     pub real_nodes: bool,
+    /// k3s keeps the virtual cluster's state in an external datastore (PostgreSQL, MySQL, etcd)
+    /// instead of SQLite (`manifests/components/external-datastore`): the endpoint and k3s token
+    /// come from the Secret `<name>-datastore` (keys `endpoint`, `token`), which must exist.
+    pub external_datastore: bool,
+    /// High availability (`manifests/overlays/ha`): 3 replicas spread over nodes, a
+    /// PodDisruptionBudget, leader election between the syncers (a Lease in the namespace),
+    /// and the external datastore (implies `externalDatastore`).
+    pub ha: bool,
 }
 
 /// Pod sandbox policy for synced pods (`--host-access`).
@@ -678,12 +686,12 @@ pub struct ConfigInputs {
     pub sets: Vec<String>,
     pub name: Option<String>,
     pub namespace: Option<String>,
-    /// `--overlay` names (`default`, `isolated`, `real-nodes`).
+    /// `--overlay` names (`default`, `isolated`, `real-nodes`, `external-datastore`, `ha`).
     pub overlays: Vec<String>,
 }
 
 /// The overlays `--overlay` accepts.
-pub const OVERLAYS: &[&str] = &["default", "isolated", "real-nodes"];
+pub const OVERLAYS: &[&str] = &["default", "isolated", "real-nodes", "external-datastore", "ha"];
 
 impl ConfigInputs {
     /// Merges, checks and validates: the config to render, or the first problem.
@@ -719,6 +727,10 @@ impl ConfigInputs {
                 "default" => {}
                 "isolated" => set_key(&mut doc, "overlay.isolated", Value::Bool(true)),
                 "real-nodes" => set_key(&mut doc, "overlay.realNodes", Value::Bool(true)),
+                "external-datastore" => {
+                    set_key(&mut doc, "overlay.externalDatastore", Value::Bool(true));
+                }
+                "ha" => set_key(&mut doc, "overlay.ha", Value::Bool(true)),
                 other => {
                     return Err(ConfigError::BadValue {
                         key: "--overlay".to_owned(),
@@ -919,7 +931,7 @@ mod tests {
             (
                 vec![],
                 Some("overlay: {isolatd: true}"),
-                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": isolated, realNodes",
+                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": externalDatastore, ha, isolated, realNodes",
             ),
             (vec![], Some("export: {enabled: 3}"), "3 is not a boolean"),
             (vec!["export.server=http://x"], None, "not an https:// URL"),
@@ -936,7 +948,7 @@ mod tests {
         i.overlays = vec!["isolatd".into()];
         let err = i.resolve().expect_err("bad overlay").to_string();
         assert!(
-            err.contains("allowed values: default, isolated, real-nodes"),
+            err.contains("allowed values: default, isolated, real-nodes, external-datastore, ha"),
             "{err}"
         );
         let mut i = inputs(&[]);

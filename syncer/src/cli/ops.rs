@@ -880,13 +880,15 @@ async fn kinds_to_check(
             }
         }
     }
-    // The kinds of every overlay (isolated and real-nodes on).
+    // The kinds of every overlay (all of them on).
     let all = VclusterConfig {
         name: "x".into(),
         namespace: "x".into(),
         overlay: super::config::OverlayConfig {
             isolated: true,
             real_nodes: true,
+            external_datastore: true,
+            ha: true,
         },
         ..VclusterConfig::default()
     };
