@@ -12,7 +12,8 @@
 # front of them.
 #
 #   hack/extra-vcluster.sh up DIR          start everything, write DIR/env (KEY=VALUE)
-#   hack/extra-vcluster.sh down DIR        stop everything (by PID) and remove DIR
+#   hack/extra-vcluster.sh down DIR        stop everything (by PID) and remove DIR (KEEP_LOGS=1:
+#                                          all but DIR/logs)
 #   hack/extra-vcluster.sh kill NAME DIR   SIGKILL one part: postgres, vc-1-apiserver, ...
 #   hack/extra-vcluster.sh start NAME DIR  start a killed part again as `up` did (postgres,
 #                                          vc-N-apiserver)
@@ -44,12 +45,13 @@ esac
 [[ -n ${DIR:-} ]] || usage
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
-PID_DIR=$DIR/pids
-LOG_DIR=$DIR/logs
 WORLD_ENV=${STATE_DIR:-$repo/.e2e}/env
 [[ -f $WORLD_ENV ]] || die "no world: run 'make up' first ($WORLD_ENV is missing)"
 # shellcheck disable=SC1090
 source "$WORLD_ENV"
+# After the world's env, which names its own LOG_DIR.
+PID_DIR=$DIR/pids
+LOG_DIR=$DIR/logs
 BIN=$TOOLS_BIN_DIR
 VIRTUAL_SERVICE_CIDR=$SERVICE_CIDR
 FIRST_SERVICE_IP=10.96.0.1
@@ -90,11 +92,32 @@ start_postgres() {
 		as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >"$LOG_DIR/initdb.log" 2>&1 ||
 			{ tail -n 20 "$LOG_DIR/initdb.log" >&2; die "initdb failed"; }
 	fi
-	# setpriv execs postgres as that user, so start_proc records the PID postgres keeps.
-	start_proc postgres setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups "$bin/postgres" -D "$data" -h 127.0.0.1 -p "$port" \
-		-k "$data" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200
-	wait_for "PostgreSQL on 127.0.0.1:$port" 60 postgres \
-		bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+	# After a SIGKILL the killed postmaster's lock file and backends outlive it for a moment (a
+	# lingering zombie still counts as alive for PostgreSQL's lock check): drop a lock file whose
+	# process is gone, and try again while the old backends exit.
+	local attempt lock_pid
+	for attempt in $(seq 20); do
+		lock_pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null || true)
+		if [[ -n $lock_pid ]] && ! pid_alive "$lock_pid"; then
+			rm -f "$data/postmaster.pid"
+		fi
+		# setpriv execs postgres as that user, so start_proc records the PID postgres keeps.
+		start_proc postgres setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups "$bin/postgres" -D "$data" -h 127.0.0.1 -p "$port" \
+			-k "$data" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200
+		local deadline=$((SECONDS + 60))
+		until bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
+			proc_alive postgres || break
+			((SECONDS < deadline)) || die "timed out waiting for PostgreSQL on 127.0.0.1:$port"
+			sleep 0.2
+		done
+		if proc_alive postgres; then
+			log "ready: PostgreSQL on 127.0.0.1:$port"
+			return 0
+		fi
+		log "PostgreSQL exited at start (attempt $attempt): $(tail -n 1 "$LOG_DIR/postgres.log")"
+		sleep 0.5
+	done
+	die "PostgreSQL did not start; see $LOG_DIR/postgres.log"
 }
 
 # --- commands --------------------------------------------------------------------------------------
@@ -152,7 +175,12 @@ down)
 			for _ in $(seq 100); do pid_alive "$pid" || break; sleep 0.1; done
 		done
 	fi
-	rm -rf "$DIR"
+	if [[ ${KEEP_LOGS:-} == 1 ]]; then
+		find "$DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+		log "stopped; logs kept in $LOG_DIR"
+	else
+		rm -rf "$DIR"
+	fi
 	;;
 kill)
 	pid=$(cat "$PID_DIR/$NAME.pid" 2>/dev/null) || die "no process $NAME in $DIR"

@@ -285,7 +285,7 @@ pub async fn run(
                 return Ok(());
             }
             () = sleep_until_system(step_down_at), if leading => {
-                metrics.leader.set(0);
+                step_down(&role, &metrics, None);
                 let seconds = settings.duration_s as f64 - STEP_DOWN_MARGIN.as_secs_f64();
                 return Err(ElectionError::RenewalsUnseen { lease: settings.lease_name.clone(), seconds });
             }
@@ -307,7 +307,7 @@ pub async fn run(
                         }
                     }
                     Verdict::Lost { holder } => {
-                        metrics.leader.set(0);
+                        step_down(&role, &metrics, Some(holder.clone()));
                         return Err(ElectionError::Lost { lease: settings.lease_name.clone(), holder });
                     }
                     Verdict::TryNow => {
@@ -336,7 +336,7 @@ pub async fn run(
                     }
                     Ok(true) => {}
                     Ok(false) if leading => {
-                        metrics.leader.set(0);
+                        step_down(&role, &metrics, None);
                         return Err(ElectionError::Lost { lease: settings.lease_name.clone(), holder: "another replica".into() });
                     }
                     Ok(false) => {}
@@ -350,6 +350,13 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Stops leading at once: the executor refuses writes from here on, while the process shuts
+/// down (in-flight reconciles included).
+fn step_down(role: &watch::Sender<Role>, metrics: &Metrics, holder: Option<String>) {
+    metrics.leader.set(0);
+    role.send_replace(Role::Standby { holder });
 }
 
 /// One round of the crate's loop (acquire, renew, or wait for the holder's expiry), after
