@@ -16,8 +16,9 @@
 //! - Stop PostgreSQL for `VNEST_HA_PG_OUTAGE` (default 20 s): everything recovers on its own.
 //! - Restart every syncer replica (an upgrade of the binary): 0 host writes, no pod recreated.
 //!
-//! The lease is the shipped 15 s (`VNEST_HA_LEASE` changes it; the renewal grace is a third of
-//! it). No replica may exit on its own anywhere in the test.
+//! The lease is the shipped 15 s with renewals every 5 s (`VNEST_HA_LEASE` changes the
+//! duration; the renewal grace stays two thirds of it). No replica may exit on its own anywhere
+//! in the test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -248,7 +249,7 @@ impl Ha {
             lease_s: seconds_env("VNEST_HA_LEASE", 15),
             grace_s: 0,
         };
-        ha.grace_s = (ha.lease_s / 3).max(1);
+        ha.grace_s = (ha.lease_s * 2 / 3).max(1);
         step("three syncer replicas with --leader-elect");
         for i in 0..3 {
             ha.start(i).await?;

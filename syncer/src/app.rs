@@ -62,11 +62,12 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         .await
         .context("connecting to the host cluster")?;
     if let (Some(settings), Some(role_tx)) = (config.election.clone(), role_tx) {
-        let (client, ns) = (host.0.clone(), config.host_namespace.clone());
-        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        let done = spawn_election(&config, settings, role_tx, &metrics, &cancel)?;
         tasks.spawn(async move {
-            let result = leader::run(client, ns, settings, role_tx, metrics, cancel).await;
-            ("leader election", result.map_err(anyhow::Error::from))
+            let result = done
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the leader election thread ended")));
+            ("leader election", result)
         });
     }
     let Some(virt) = wait_for_virtual_client(&config, &metrics, &readiness, &cancel).await? else {
@@ -213,6 +214,42 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     }
     serve_dns(&config, dns_stores, &cancel, &mut tasks).await?;
     supervise(tasks, cancel, config.shutdown_timeout).await
+}
+
+/// Runs the leader election on a thread and runtime of its own with a host client of its own:
+/// renewing the lease must not wait for a worker thread or a connection that a burst of
+/// reconciles keeps busy (a late renewal makes the leader step down).
+fn spawn_election(
+    config: &SyncerConfig,
+    settings: leader::ElectionSettings,
+    role_tx: watch::Sender<leader::Role>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (access, ns) = (config.host.clone(), config.host_namespace.clone());
+    let (metrics, cancel) = (metrics.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("leader-election".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let client = HostClient::for_election(&access, &metrics)
+                            .await
+                            .context("connecting to the host cluster for the leader election")?;
+                        leader::run(client, ns, settings, role_tx, metrics, cancel)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the leader election thread")?;
+    Ok(done_rx)
 }
 
 /// Starts the DNS server over the Service and Endpoints caches.

@@ -10,8 +10,9 @@
 //!   of the Lease, so a holder that releases on shutdown is replaced at once, not after the
 //!   lease duration.
 //! - The holder steps down (the process exits non-zero, as a kubelet restart makes it a standby)
-//!   when another identity holds the Lease, or when its own renewals have not been seen for
-//!   `duration - 1 s` (the API server cannot be reached): it stops before a standby may take over.
+//!   when another identity holds the Lease, or when 2 s before its lease ends neither the Lease
+//!   watch nor one GET shows a renewal (the API server cannot be reached): it stops before a
+//!   standby may take over.
 //!
 //! Pure decisions (what an observed Lease means for this replica) are separate from the I/O
 //! loop and have table tests.
@@ -51,8 +52,9 @@ pub struct ElectionArgs {
     #[arg(long, env = "VNEST_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = crate::duration::parse_duration)]
     pub leader_elect_lease_duration: Duration,
 
-    /// The leader renews this long before its lease expires.
-    #[arg(long, env = "VNEST_LEADER_ELECT_RENEW_GRACE", default_value = "5s", value_parser = crate::duration::parse_duration)]
+    /// The leader renews this long before its lease expires (by default every 5 s, leaving 10 s
+    /// for a late renewal on a busy node).
+    #[arg(long, env = "VNEST_LEADER_ELECT_RENEW_GRACE", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub leader_elect_renew_grace: Duration,
 }
 
@@ -239,8 +241,11 @@ fn judge(observed: &Observed, me: &str, leading: bool) -> Verdict {
     }
 }
 
-/// How long before its lease ends the leader stops (its renewals were not seen).
-const STEP_DOWN_MARGIN: Duration = Duration::from_secs(1);
+/// How long before its lease ends the leader checks (one GET) whether a renewal it has not seen
+/// through the watch got through, and stops if not.
+const STEP_DOWN_MARGIN: Duration = Duration::from_secs(2);
+/// The longest that check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed attempt before the next one.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -262,7 +267,8 @@ pub async fn run(
 
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let fields = format!("metadata.name={}", settings.lease_name);
-    let lease_events = watcher::watcher(api, watcher::Config::default().fields(&fields)).default_backoff();
+    let lease_events =
+        watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff();
     futures::pin_mut!(lease_events);
 
     let mut leading = false;
@@ -285,9 +291,29 @@ pub async fn run(
                 return Ok(());
             }
             () = sleep_until_system(step_down_at), if leading => {
-                step_down(&role, &metrics, None);
-                let seconds = settings.duration_s as f64 - STEP_DOWN_MARGIN.as_secs_f64();
-                return Err(ElectionError::RenewalsUnseen { lease: settings.lease_name.clone(), seconds });
+                // The watch may deliver late on a busy machine: ask the API server itself.
+                let checked = tokio::time::timeout(CHECK_TIMEOUT, api.get(&settings.lease_name)).await;
+                let verdict = match checked {
+                    Ok(Ok(lease)) => Some(judge(&observe(&lease), &settings.identity, true)),
+                    _ => None,
+                };
+                match verdict {
+                    Some(Verdict::Renewed { until: Some(until) })
+                        if until > SystemTime::now() + STEP_DOWN_MARGIN =>
+                    {
+                        valid_until = valid_until.max(until);
+                        continue;
+                    }
+                    Some(Verdict::Lost { holder }) => {
+                        step_down(&role, &metrics, Some(holder.clone()));
+                        return Err(ElectionError::Lost { lease: settings.lease_name.clone(), holder });
+                    }
+                    _ => {
+                        step_down(&role, &metrics, None);
+                        let seconds = settings.duration_s as f64 - STEP_DOWN_MARGIN.as_secs_f64();
+                        return Err(ElectionError::RenewalsUnseen { lease: settings.lease_name.clone(), seconds });
+                    }
+                }
             }
             event = lease_events.next() => {
                 let lease = match event {
@@ -462,7 +488,7 @@ mod tests {
             .expect("on");
         assert_eq!(s.lease_name, "vc-syncer");
         assert_eq!(s.identity, "pod-1");
-        assert_eq!((s.duration_s, s.grace_s), (15, 5));
+        assert_eq!((s.duration_s, s.grace_s), (15, 10));
     }
 
     #[test]
