@@ -34,6 +34,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use vnest::markers;
+use vnest_e2e::extra_vcluster::ExtraVcluster;
 use vnest_e2e::service_proxy::ServiceProxy;
 use vnest_e2e::{Env, Result, TestNs, World, http_get, http_get_text, sum_metric, wait_until};
 
@@ -83,7 +84,7 @@ impl Replica {
 
 struct Ha {
     w: World,
-    dir: PathBuf,
+    cp: ExtraVcluster,
     ns: TestNs,
     replicas: Vec<Replica>,
     api: ServiceProxy,
@@ -93,52 +94,12 @@ struct Ha {
     grace_s: u64,
 }
 
-/// The extra control plane goes when the test does, passed or failed.
-struct Teardown(PathBuf, PathBuf);
-
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(repo().join("hack/extra-vcluster.sh"))
-            .args(["down"])
-            .arg(&self.0)
-            .env("STATE_DIR", &self.1)
-            // The logs stay inside the world's state dir (`make test` keeps it when a test fails).
-            .env("KEEP_LOGS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-async fn run_script(state_dir: &str, args: &[&str], log: &Path) -> Result<()> {
-    let out = tokio::process::Command::new(repo().join("hack/extra-vcluster.sh"))
-        .args(args)
-        .env("STATE_DIR", state_dir)
-        .env("SERVERS", "2")
-        .env("DATASTORE", "postgres")
-        .output()
-        .await?;
-    std::fs::write(log, [&out.stdout[..], &out.stderr[..]].concat())?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hack/extra-vcluster.sh {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 impl Ha {
-    async fn up() -> Result<(Self, Teardown)> {
+    async fn up() -> Result<Self> {
         let w = World::connect().await?;
-        let state_dir = w.env.get("STATE_DIR")?.to_owned();
-        let dir = PathBuf::from(&state_dir).join(format!("ha-{:06x}", rand::random::<u32>() & 0xff_ffff));
-        std::fs::create_dir_all(&dir)?;
-        let teardown = Teardown(dir.clone(), PathBuf::from(&state_dir));
         step("the HA control plane: PostgreSQL + 2 virtual API servers (hack/extra-vcluster.sh up)");
-        let dir_s = dir.display().to_string();
-        run_script(&state_dir, &["up", &dir_s], &dir.join("up.log")).await?;
-        let vc_env = Env::parse(&std::fs::read_to_string(dir.join("env"))?);
+        let cp = ExtraVcluster::up(&w.env, "ha", 2, "postgres").await?;
+        let (dir, vc_env) = (cp.dir.clone(), cp.env.clone());
 
         step("kubectl apply -k manifests/overlays/ha into a host namespace of its own");
         let ns = TestNs::new(&w.host, "ha").await?;
@@ -240,7 +201,7 @@ impl Ha {
         let tenant = client_via(&vc_env.path("VC_KUBECONFIG_1")?, api.addr).await?;
         let mut ha = Self {
             w,
-            dir,
+            cp,
             ns,
             replicas,
             api,
@@ -254,7 +215,7 @@ impl Ha {
         for i in 0..3 {
             ha.start(i).await?;
         }
-        Ok((ha, teardown))
+        Ok(ha)
     }
 
     async fn start(&mut self, i: usize) -> Result<()> {
@@ -447,7 +408,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::test]
 async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
-    let (mut ha, _teardown) = Ha::up().await?;
+    let mut ha = Ha::up().await?;
     let first = ha.leader().await?;
     eprintln!("[ha] leader: {}", ha.replicas[first].pod);
 
@@ -584,10 +545,8 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
         });
         (stop, task)
     };
-    let dir_s = ha.dir.display().to_string();
-    let state_dir = ha.w.env.get("STATE_DIR")?.to_owned();
     let killed_at = Instant::now();
-    run_script(&state_dir, &["kill", "vc-1-apiserver", &dir_s], &ha.dir.join("kill-api.log")).await?;
+    ha.cp.kill("vc-1-apiserver").await?;
     // The tenant is served by API server 2 while server 1 is down.
     let during = cms.clone();
     wait_until("the tenant served while API server 1 is down", WAIT, || async {
@@ -602,7 +561,7 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     })
     .await?;
     // The kubelet restarts the k3s container.
-    run_script(&state_dir, &["start", "vc-1-apiserver", &dir_s], &ha.dir.join("start-api.log")).await?;
+    ha.cp.start("vc-1-apiserver").await?;
     probe.0.set();
     let samples = probe.1.await?;
     let mut longest = Duration::ZERO;
@@ -639,10 +598,10 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     let outage = Duration::from_secs(seconds_env("VNEST_HA_PG_OUTAGE", 20));
     step(&format!("stop PostgreSQL for {}s", outage.as_secs()));
     let snapshot = ha.host_pods().await?;
-    run_script(&state_dir, &["kill", "postgres", &dir_s], &ha.dir.join("kill-pg.log")).await?;
+    ha.cp.kill("postgres").await?;
     // The fault's length is the scenario itself, not a wait for a condition.
     tokio::time::sleep(outage).await;
-    run_script(&state_dir, &["start", "postgres", &dir_s], &ha.dir.join("start-pg.log")).await?;
+    ha.cp.start("postgres").await?;
     wait_until("the tenant's scale accepted after the outage", WAIT, || async {
         Ok(ha.scale(ns, LOAD).await.ok())
     })
