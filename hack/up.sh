@@ -83,6 +83,8 @@ step "1/7 tools: kube-apiserver, kube-controller-manager, kube-scheduler, kubect
 "$repo/hack/build-tools.sh"
 BIN=$("$repo/hack/build-tools.sh" --print-dir)
 KUBECTL=$BIN/kubectl
+# The host's test-only dynamic provisioner (its own cache key: hack/provisioner/build.sh).
+PROVISIONER=$("$repo/hack/provisioner/build.sh")
 
 VNEST_RUNTIME=${VNEST_RUNTIME:-containers}
 [[ $VNEST_RUNTIME == containers || $VNEST_RUNTIME == processes ]] ||
@@ -388,8 +390,39 @@ wait_for "ServiceAccount default in $HOST_NAMESPACE" 60 host-controller-manager 
 # The host's storage: a default StorageClass `local` (no provisioner, WaitForFirstConsumer:
 # the host's own scheduler and PV binder bind a claim when its pod is scheduled) and a pool of
 # pre-created hostPath volumes of it for the tenants' claims (STORAGE_POOL of 1Gi each, under
-# $STATE_DIR/pvs). No dynamic provisioner: a claim larger than 1Gi stays Pending here.
+# $STATE_DIR/pvs; a claim larger than 1Gi stays Pending there); and a class `immediate` (binding
+# Immediate) whose hostPath volumes hack/provisioner makes on demand under $STATE_DIR/provisioned.
 STORAGE_POOL=${STORAGE_POOL:-12}
+start_proc host-provisioner "$PROVISIONER" -kubeconfig "$HOST_KUBECONFIG" \
+	-root "$STATE_DIR/provisioned" -name vnest.dev/hostpath
+K apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: immediate
+provisioner: vnest.dev/hostpath
+volumeBindingMode: Immediate
+reclaimPolicy: Delete
+EOF
+# The syncer copies the host's StorageClasses (--sync-storageclasses; tenants name the host
+# class `immediate` also as `fast`: --storage-class-map) and may read them:
+# components/host-storageclasses, rendered here for this world's name and namespace.
+mkdir -p "$STATE_DIR/storage-rbac"
+cat >"$STATE_DIR/storage-rbac/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [name.yaml]
+components: [$(realpath --relative-to="$STATE_DIR/storage-rbac" "$repo/manifests/components/host-storageclasses")]
+EOF
+cat >"$STATE_DIR/storage-rbac/name.yaml" <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: vnest-name
+  annotations: {config.kubernetes.io/local-config: "true"}
+data: {name: $VCLUSTER_NAME, namespace: $HOST_NAMESPACE}
+EOF
+K apply -k "$STATE_DIR/storage-rbac" >/dev/null
 K apply -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -535,7 +568,7 @@ SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
 # The virtual nodes' kubelet is the syncer's kubelet endpoint on loopback (local world only).
-EXTRA_SYNCER_FLAGS="--sync-networkpolicies --networkpolicy-deny-cidrs $PRIVATE_CIDRS --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
+EXTRA_SYNCER_FLAGS="--sync-networkpolicies --networkpolicy-deny-cidrs $PRIVATE_CIDRS --sync-storageclasses --storage-class-map fast=immediate --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
 EOF
 if [[ $VNEST_RUNTIME == containers ]]; then
 	wait_for "syncer container /readyz (both clusters reachable)" 60 runner curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"

@@ -128,7 +128,10 @@ impl Ha {
         )?;
         let out = w
             .env
-            .kubectl("HOST_KUBECONFIG", &["apply", "-k", &overlay.display().to_string()])
+            .kubectl(
+                "HOST_KUBECONFIG",
+                &["apply", "-k", &overlay.display().to_string()],
+            )
             .await?;
         anyhow::ensure!(
             out.status.success(),
@@ -159,12 +162,27 @@ impl Ha {
                 .kubectl(
                     "HOST_KUBECONFIG",
                     &[
-                        "-n", &ns.name, "create", "token", VC, "--duration", "2h", "--bound-object-kind", "Pod",
-                        "--bound-object-name", &pod, "--bound-object-uid", uid,
+                        "-n",
+                        &ns.name,
+                        "create",
+                        "token",
+                        VC,
+                        "--duration",
+                        "2h",
+                        "--bound-object-kind",
+                        "Pod",
+                        "--bound-object-name",
+                        &pod,
+                        "--bound-object-uid",
+                        uid,
                     ],
                 )
                 .await?;
-            anyhow::ensure!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::ensure!(
+                out.status.success(),
+                "token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let token = dir.join(format!("{pod}.token"));
             std::fs::write(&token, &out.stdout)?;
             let host_kubeconfig = dir.join(format!("{pod}.host.kubeconfig"));
@@ -221,17 +239,34 @@ impl Ha {
     async fn start(&mut self, i: usize) -> Result<()> {
         let kubelet_proxy_port = self.kubelet.addr.port().to_string();
         let r = &mut self.replicas[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&r.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&r.log)?;
         let child = tokio::process::Command::new(self.w.env.path("VNEST_BIN")?)
             .args(["syncer", "--name", VC, "--host-namespace", &self.ns.name])
             .arg("--host-kubeconfig")
             .arg(&r.host_kubeconfig)
             .arg("--data-dir")
             .arg(&r.data_dir)
-            .args(["--admin-addr", &format!("127.0.0.1:{}", r.admin), "--dns-addr", "127.0.0.1:0"])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{}", r.admin),
+                "--dns-addr",
+                "127.0.0.1:0",
+            ])
             .args(["--kubelet-listen-addr", &format!("127.0.0.1:{}", r.kubelet)])
-            .args(["--kubelet-address", "127.0.0.1", "--kubelet-port", &kubelet_proxy_port])
-            .args(["--leader-elect", "--leader-elect-lease-duration", &format!("{}s", self.lease_s)])
+            .args([
+                "--kubelet-address",
+                "127.0.0.1",
+                "--kubelet-port",
+                &kubelet_proxy_port,
+            ])
+            .args([
+                "--leader-elect",
+                "--leader-elect-lease-duration",
+                &format!("{}s", self.lease_s),
+            ])
             .args(["--leader-elect-renew-grace", &format!("{}s", self.grace_s)])
             .env("VNEST_POD_NAME", &r.pod)
             .stdout(Stdio::null())
@@ -251,7 +286,9 @@ impl Ha {
         let Some(mut child) = self.replicas[i].child.take() else {
             return Ok(());
         };
-        let pid = child.id().ok_or_else(|| anyhow::anyhow!("replica {i} has exited already"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("replica {i} has exited already"))?;
         let status = tokio::process::Command::new("kill")
             .args(["-s", signal, &pid.to_string()])
             .status()
@@ -268,7 +305,11 @@ impl Ha {
             if let Some(child) = r.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                anyhow::bail!("syncer {} exited on its own ({status}); see {}", r.pod, r.log.display());
+                anyhow::bail!(
+                    "syncer {} exited on its own ({status}); see {}",
+                    r.pod,
+                    r.log.display()
+                );
             }
         }
         Ok(())
@@ -332,19 +373,23 @@ impl Ha {
     /// Waits until the tenant's `replicas` pods in `ns` all run and the host holds exactly one
     /// pod per virtual pod (every virtual pod's host name, nothing else).
     async fn converged(&self, ns: &str, replicas: usize) -> Result<BTreeMap<String, String>> {
-        wait_until(&format!("{replicas} pods Running, one host pod each, nothing else"), WAIT, || async {
-            let (running, names) = self.virtual_pods(ns).await?;
-            if running != replicas || names.len() != replicas {
-                return Ok(None);
-            }
-            let host = self.host_pods().await?;
-            let expected: BTreeSet<String> = names
-                .iter()
-                .map(|n| vnest::naming::host_name(VC, ns, n))
-                .collect();
-            let actual: BTreeSet<String> = host.keys().cloned().collect();
-            Ok((expected == actual).then_some(host))
-        })
+        wait_until(
+            &format!("{replicas} pods Running, one host pod each, nothing else"),
+            WAIT,
+            || async {
+                let (running, names) = self.virtual_pods(ns).await?;
+                if running != replicas || names.len() != replicas {
+                    return Ok(None);
+                }
+                let host = self.host_pods().await?;
+                let expected: BTreeSet<String> = names
+                    .iter()
+                    .map(|n| vnest::naming::host_name(VC, ns, n))
+                    .collect();
+                let actual: BTreeSet<String> = host.keys().cloned().collect();
+                Ok((expected == actual).then_some(host))
+            },
+        )
         .await
     }
 
@@ -438,7 +483,10 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     let mut target = 0;
     for k in 0..kills {
         target = if target == 0 { LOAD } else { 0 };
-        step(&format!("kill {}/{kills}: SIGKILL the leader while scaling to {target}", k + 1));
+        step(&format!(
+            "kill {}/{kills}: SIGKILL the leader while scaling to {target}",
+            k + 1
+        ));
         let before = ha.host_pods().await?;
         ha.scale(ns, target).await?;
         // Mid-flight: the host has moved at least a tenth of the way.
@@ -455,7 +503,10 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
         let next = ha.leader().await?;
         let gap = killed_at.elapsed().as_secs_f64();
         gaps.push(gap);
-        eprintln!("[ha] {} took over {gap:.2}s after the SIGKILL", ha.replicas[next].pod);
+        eprintln!(
+            "[ha] {} took over {gap:.2}s after the SIGKILL",
+            ha.replicas[next].pod
+        );
         assert_ne!(next, leader);
         let new_holder = ha.lease().await?.spec.and_then(|s| s.holder_identity);
         assert_ne!(new_holder, old_holder, "the Lease names the new leader");
@@ -508,10 +559,9 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
         .as_ref()
         .map(|t| t.0)
         .ok_or_else(|| anyhow::anyhow!("the new leader's Lease has no acquireTime"))?;
-    let expiry = renewed
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
-            before.lease_duration_seconds.unwrap_or_default(),
-        )))?;
+    let expiry = renewed.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+        before.lease_duration_seconds.unwrap_or_default(),
+    )))?;
     assert!(
         acquired < expiry,
         "the standby took the lease at {acquired}, not before the released lease's expiry {expiry}: the release was not seen"
@@ -608,7 +658,11 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     .await?;
     let after = ha.converged(ns, LOAD as usize).await?;
     for (name, uid) in &snapshot {
-        assert_eq!(after.get(name), Some(uid), "host pod {name} lost or recreated across the datastore outage");
+        assert_eq!(
+            after.get(name),
+            Some(uid),
+            "host pod {name} lost or recreated across the datastore outage"
+        );
     }
     ha.check_alive()?;
 
@@ -628,8 +682,15 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     .await?;
     let writes = ha.host_writes().await?;
     assert_eq!(writes, 0.0, "the upgrade wrote to the host");
-    assert_eq!(ha.host_pods().await?, snapshot, "the upgrade changed the host pods");
-    eprintln!("[ha] upgrade: 0 host writes, {} host pods untouched", snapshot.len());
+    assert_eq!(
+        ha.host_pods().await?,
+        snapshot,
+        "the upgrade changed the host pods"
+    );
+    eprintln!(
+        "[ha] upgrade: 0 host writes, {} host pods untouched",
+        snapshot.len()
+    );
 
     ha.scale(ns, 0).await?;
     ha.converged(ns, 0).await?;

@@ -116,6 +116,11 @@ fn configs_render_as_kubectl_builds_their_overlay() -> Result<()> {
         ("iso", vec!["isolated"]),
         ("nodes", vec!["real-nodes"]),
         ("both-parts", vec!["isolated", "real-nodes"]),
+        ("storage", vec!["host-storageclasses", "real-volumes"]),
+        (
+            "all-parts",
+            vec!["isolated", "real-nodes", "host-storageclasses", "real-volumes"],
+        ),
     ] {
         let config = ConfigInputs {
             name: Some(name.to_owned()),

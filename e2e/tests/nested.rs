@@ -60,7 +60,9 @@ async fn outer_objects(outer: &Client, ns: &str) -> Result<()> {
     }
     let mut role = base_role()?;
     role.metadata = obj(json!({"name": INNER}))?;
-    Api::<Role>::namespaced(outer.clone(), ns).create(&pp, &role).await?;
+    Api::<Role>::namespaced(outer.clone(), ns)
+        .create(&pp, &role)
+        .await?;
     Api::<RoleBinding>::namespaced(outer.clone(), ns)
         .create(
             &pp,
@@ -126,7 +128,11 @@ async fn a_vcluster_inside_a_vcluster_runs_pods_on_the_host_through_both() -> Re
         &["-n", &home.name, "create", "token", INNER, "--duration", "2h"],
     )
     .await?;
-    anyhow::ensure!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let host_kubeconfig: PathBuf = inner_cp.dir.join("outer.kubeconfig");
     outer_kubeconfig(
         &virtual_kubeconfig,
@@ -144,17 +150,29 @@ async fn a_vcluster_inside_a_vcluster_runs_pods_on_the_host_through_both() -> Re
         .arg(&host_kubeconfig)
         .arg("--data-dir")
         .arg(inner_cp.env.path("VC_DATA_DIR_1")?)
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--dns-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--dns-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--kubelet-listen-addr", &format!("127.0.0.1:{kubelet}")])
-        .args(["--kubelet-address", "127.0.0.1", "--kubelet-port", &kubelet.to_string()])
+        .args([
+            "--kubelet-address",
+            "127.0.0.1",
+            "--kubelet-port",
+            &kubelet.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
     let ready = format!("http://127.0.0.1:{admin}/readyz");
-    wait_until("the inner syncer ready (both its clusters reachable)", WAIT, || async {
-        Ok(matches!(http_get(&ready).await, Ok((200, _))).then_some(()))
-    })
+    wait_until(
+        "the inner syncer ready (both its clusters reachable)",
+        WAIT,
+        || async { Ok(matches!(http_get(&ready).await, Ok((200, _))).then_some(())) },
+    )
     .await?;
 
     // A tenant of the inner vcluster.
@@ -185,27 +203,49 @@ async fn a_vcluster_inside_a_vcluster_runs_pods_on_the_host_through_both() -> Re
     // Two translations: inner -> outer virtual, outer virtual -> host.
     let middle = host_name(INNER, ns, "web");
     let bottom = w.host_name(&home.name, &middle);
-    let middle_pod = Api::<Pod>::namespaced(w.virt.clone(), &home.name).get(&middle).await?;
-    let host_pod = Api::<Pod>::namespaced(w.host.clone(), &w.host_ns).get(&bottom).await?;
+    let middle_pod = Api::<Pod>::namespaced(w.virt.clone(), &home.name)
+        .get(&middle)
+        .await?;
+    let host_pod = Api::<Pod>::namespaced(w.host.clone(), &w.host_ns)
+        .get(&bottom)
+        .await?;
     assert_eq!(
-        middle_pod.labels().get(markers::LABEL_MANAGED_BY).map(String::as_str),
+        middle_pod
+            .labels()
+            .get(markers::LABEL_MANAGED_BY)
+            .map(String::as_str),
         Some(INNER),
         "the outer virtual pod is the inner syncer's"
     );
     assert_eq!(
-        host_pod.labels().get(markers::LABEL_MANAGED_BY).map(String::as_str),
+        host_pod
+            .labels()
+            .get(markers::LABEL_MANAGED_BY)
+            .map(String::as_str),
         Some(w.vcluster.as_str()),
         "the host pod is the outer syncer's"
     );
     let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
     assert!(ip(&host_pod).is_some(), "the host pod has an IP");
-    assert_eq!(ip(&running), ip(&host_pod), "the inner pod shows the host pod's IP");
+    assert_eq!(
+        ip(&running),
+        ip(&host_pod),
+        "the inner pod shows the host pod's IP"
+    );
     assert_eq!(ip(&middle_pod), ip(&host_pod));
 
     // Logs through both kubelet endpoints: what the host's fake kubelet serves for any pod.
     let inner_logs = wait_until("kubectl logs through both layers", WAIT, || async {
-        let out = kubectl(&kubectl_bin, &inner_admin, &["-n", ns, "logs", "web", "-c", "main"]).await?;
-        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+        let out = kubectl(
+            &kubectl_bin,
+            &inner_admin,
+            &["-n", ns, "logs", "web", "-c", "main"],
+        )
+        .await?;
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
     })
     .await?;
     let host_logs = kubectl(
@@ -214,9 +254,17 @@ async fn a_vcluster_inside_a_vcluster_runs_pods_on_the_host_through_both() -> Re
         &["-n", &w.host_ns, "logs", &bottom, "-c", "main"],
     )
     .await?;
-    assert!(host_logs.status.success(), "{}", String::from_utf8_lossy(&host_logs.stderr));
+    assert!(
+        host_logs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&host_logs.stderr)
+    );
     assert!(!inner_logs.is_empty(), "no log lines came back");
-    assert_eq!(inner_logs, String::from_utf8_lossy(&host_logs.stdout), "the same log on both ends");
+    assert_eq!(
+        inner_logs,
+        String::from_utf8_lossy(&host_logs.stdout),
+        "the same log on both ends"
+    );
 
     // Deleting the inner vcluster (its owner object in the outer cluster) cleans both layers.
     Api::<StatefulSet>::namespaced(w.virt.clone(), &home.name)

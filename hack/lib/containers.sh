@@ -95,6 +95,12 @@ patches:
       value: {name: VNEST_NETWORKPOLICY_DENY_CIDRS, value: "$PRIVATE_CIDRS"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
+      value: {name: VNEST_SYNC_STORAGECLASSES, value: "true"}
+    - op: add
+      path: /spec/template/spec/containers/1/env/-
+      value: {name: VNEST_STORAGE_CLASS_MAP, value: "fast=immediate"}
+    - op: add
+      path: /spec/template/spec/containers/1/env/-
       value: {name: VNEST_LOG, value: "${VNEST_LOG:-info}"}
 EOF
 }

@@ -129,7 +129,10 @@ mod tests {
             body.contains("[+] host ok") && body.contains("[+] virtual ok"),
             "{body}"
         );
-        assert!(body.contains("role: standby (no leader yet)"), "a standby is ready: {body}");
+        assert!(
+            body.contains("role: standby (no leader yet)"),
+            "a standby is ready: {body}"
+        );
         role.send_replace(crate::leader::Role::Leader);
         let (code, body) = call(app.clone(), "/readyz").await;
         assert_eq!(code, StatusCode::OK, "{body}");

@@ -21,9 +21,9 @@ use crate::engine::events::Events;
 use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::health::{self, Readiness};
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::resources::{self, KindOptions};
-use crate::leader::{self, Leadership};
 use crate::{admin, clients};
 
 /// Runs the syncer until a termination signal (Ok) or a fatal failure (Err).

@@ -51,10 +51,7 @@ impl HostClient {
     /// lease renewal never waits behind a burst of the workers' requests (counted the same way).
     pub async fn for_election(access: &ClusterAccess, metrics: &Metrics) -> Result<Client> {
         let config = load_config(Cluster::Host, access).await?;
-        let rate = RateLimit {
-            qps: 5.0,
-            burst: 10,
-        };
+        let rate = RateLimit { qps: 5.0, burst: 10 };
         build(Cluster::Host, config, rate, metrics)
     }
 }

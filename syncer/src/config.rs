@@ -480,7 +480,7 @@ mod tests {
 
     /// Every flag of `vnest syncer` as it was before the kinds declared their own flag groups,
     /// plus the flags added since (`--sync-poddisruptionbudgets`, `--sync-persistentvolumeclaims`,
-    /// `--export-*`):
+    /// `--storage-class-map`, `--pv-sync`, `--sync-storageclasses`, `--export-*`):
     /// (long name, env twin, default; "" = none). Names, env twins and defaults are the
     /// interface of every deployment, so they must not change by accident.
     const SYNCER_FLAGS: &[(&str, &str, &str)] = &[
@@ -525,6 +525,9 @@ mod tests {
             "VNEST_SYNC_PERSISTENTVOLUMECLAIMS",
             "true",
         ),
+        ("storage-class-map", "VNEST_STORAGE_CLASS_MAP", ""),
+        ("pv-sync", "VNEST_PV_SYNC", "fake"),
+        ("sync-storageclasses", "VNEST_SYNC_STORAGECLASSES", "false"),
         ("export-kubeconfig", "VNEST_EXPORT_KUBECONFIG", "true"),
         ("export-secret-name", "VNEST_EXPORT_SECRET_NAME", ""),
         ("export-server", "VNEST_EXPORT_SERVER", ""),
@@ -537,6 +540,19 @@ mod tests {
         ("kubelet-serving-ca-key", "VNEST_KUBELET_SERVING_CA_KEY", ""),
         ("kubelet-client-ca", "VNEST_KUBELET_CLIENT_CA", ""),
         ("kubelet-tls-san", "VNEST_KUBELET_TLS_SAN", ""),
+        ("leader-elect", "VNEST_LEADER_ELECT", ""),
+        ("leader-elect-lease-name", "VNEST_LEADER_ELECT_LEASE_NAME", ""),
+        ("leader-elect-identity", "VNEST_LEADER_ELECT_IDENTITY", ""),
+        (
+            "leader-elect-lease-duration",
+            "VNEST_LEADER_ELECT_LEASE_DURATION",
+            "15s",
+        ),
+        (
+            "leader-elect-renew-grace",
+            "VNEST_LEADER_ELECT_RENEW_GRACE",
+            "10s",
+        ),
     ];
 
     #[test]

@@ -125,7 +125,9 @@ pub enum Role {
     Alone,
     Leader,
     /// Waiting; `holder` is the current leader's identity when one is known.
-    Standby { holder: Option<String> },
+    Standby {
+        holder: Option<String>,
+    },
 }
 
 impl Role {
@@ -405,9 +407,7 @@ async fn attempt_after(
 
 fn step_down_instant(leading: bool, valid_until: SystemTime) -> SystemTime {
     if leading {
-        valid_until
-            .checked_sub(STEP_DOWN_MARGIN)
-            .unwrap_or(valid_until)
+        valid_until.checked_sub(STEP_DOWN_MARGIN).unwrap_or(valid_until)
     } else {
         valid_until
     }
@@ -460,7 +460,8 @@ mod tests {
         Lease {
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(str::to_owned),
-                renew_time: renew.map(|t| MicroTime(k8s_openapi::jiff::Timestamp::try_from(t).expect("in range"))),
+                renew_time: renew
+                    .map(|t| MicroTime(k8s_openapi::jiff::Timestamp::try_from(t).expect("in range"))),
                 lease_duration_seconds: duration,
                 ..Default::default()
             }),
@@ -476,7 +477,9 @@ mod tests {
         }
         let mut full = vec!["x"];
         full.extend_from_slice(extra);
-        <P as clap::Parser>::try_parse_from(full).map(|p| p.e).expect("parses")
+        <P as clap::Parser>::try_parse_from(full)
+            .map(|p| p.e)
+            .expect("parses")
     }
 
     #[test]
@@ -493,19 +496,43 @@ mod tests {
 
     #[test]
     fn default_identities_differ_between_processes_of_one_pod() {
-        let a = args(&["--leader-elect"]).into_settings("vc").expect("valid").expect("on");
-        let b = args(&["--leader-elect"]).into_settings("vc").expect("valid").expect("on");
-        assert_ne!(a.identity, b.identity, "a restarted process must not inherit the lease");
+        let a = args(&["--leader-elect"])
+            .into_settings("vc")
+            .expect("valid")
+            .expect("on");
+        let b = args(&["--leader-elect"])
+            .into_settings("vc")
+            .expect("valid")
+            .expect("on");
+        assert_ne!(
+            a.identity, b.identity,
+            "a restarted process must not inherit the lease"
+        );
     }
 
     #[test]
     fn a_grace_not_below_the_duration_is_refused() {
-        let bad = args(&["--leader-elect", "--leader-elect-lease-duration", "5s", "--leader-elect-renew-grace", "5s"]);
+        let bad = args(&[
+            "--leader-elect",
+            "--leader-elect-lease-duration",
+            "5s",
+            "--leader-elect-renew-grace",
+            "5s",
+        ]);
         assert_eq!(
             bad.into_settings("vc"),
-            Err(ElectionConfigError::Timing { duration_s: 5, grace_s: 5 })
+            Err(ElectionConfigError::Timing {
+                duration_s: 5,
+                grace_s: 5
+            })
         );
-        let short = args(&["--leader-elect", "--leader-elect-lease-duration", "1s", "--leader-elect-renew-grace", "0s"]);
+        let short = args(&[
+            "--leader-elect",
+            "--leader-elect-lease-duration",
+            "1s",
+            "--leader-elect-renew-grace",
+            "0s",
+        ]);
         assert!(short.into_settings("vc").is_err());
     }
 
@@ -516,8 +543,20 @@ mod tests {
         assert_eq!(o.holder.as_deref(), Some("a"));
         assert_eq!(o.expires, Some(t + Duration::from_secs(15)));
         let released = observe(&lease(Some(""), None, None));
-        assert_eq!(released, Observed { holder: None, expires: None });
-        assert_eq!(observe(&Lease::default()), Observed { holder: None, expires: None });
+        assert_eq!(
+            released,
+            Observed {
+                holder: None,
+                expires: None
+            }
+        );
+        assert_eq!(
+            observe(&Lease::default()),
+            Observed {
+                holder: None,
+                expires: None
+            }
+        );
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub const LABEL_VIRTUAL_NODE: &str = "vnest.dev/node";
 pub const LABEL_VIRTUAL_VOLUME: &str = "vnest.dev/volume";
 pub const VIRTUAL_VOLUME_VALUE: &str = "true";
 
+/// On a virtual StorageClass copied from the host (`--sync-storageclasses`), with value
+/// [`HOST_STORAGE_CLASS_VALUE`]. Classes without it are the tenant's and never touched.
+pub const LABEL_HOST_STORAGE_CLASS: &str = "vnest.dev/host-storageclass";
+pub const HOST_STORAGE_CLASS_VALUE: &str = "true";
+
 /// Annotation on a virtual copy of a host Event: `<host event uid> <fingerprint hash>`.
 pub const ANNOTATION_HOST_EVENT: &str = "vnest.dev/host-event";
 

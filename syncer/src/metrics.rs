@@ -201,10 +201,8 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease (always 1 without --leader-elect), else 0",
         )?;
-        let leader_transitions = prometheus::IntCounter::new(
-            "leader_transitions_total",
-            "Times this replica became the leader",
-        )?;
+        let leader_transitions =
+            prometheus::IntCounter::new("leader_transitions_total", "Times this replica became the leader")?;
         leader.set(1);
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(leader_transitions.clone()))?;

@@ -162,6 +162,14 @@ pub struct OverlayConfig {
     /// read-only ClusterRole on nodes, so it needs rights to create ClusterRoles and
     /// ClusterRoleBindings.
     pub real_nodes: bool,
+    /// The host's StorageClasses copied into the virtual cluster
+    /// (`manifests/components/host-storageclasses`): a read-only ClusterRole on
+    /// StorageClasses, so it needs rights to create ClusterRoles and ClusterRoleBindings.
+    pub host_storage_classes: bool,
+    /// Virtual PersistentVolumes that copy the host's (source, node affinity, reclaim policy)
+    /// instead of stubs (`manifests/components/real-volumes`): a read-only ClusterRole on
+    /// PersistentVolumes, so it needs rights to create ClusterRoles and ClusterRoleBindings.
+    pub real_volumes: bool,
     /// k3s keeps the virtual cluster's state in an external datastore (PostgreSQL, MySQL, etcd)
     /// instead of SQLite (`manifests/components/external-datastore`): the endpoint and k3s token
     /// come from the Secret `<name>-datastore` (keys `endpoint`, `token`), which must exist.
@@ -686,12 +694,21 @@ pub struct ConfigInputs {
     pub sets: Vec<String>,
     pub name: Option<String>,
     pub namespace: Option<String>,
-    /// `--overlay` names (`default`, `isolated`, `real-nodes`, `external-datastore`, `ha`).
+    /// `--overlay` names (`default`, `isolated`, `real-nodes`, `host-storageclasses`,
+    /// `real-volumes`, `external-datastore`, `ha`).
     pub overlays: Vec<String>,
 }
 
 /// The overlays `--overlay` accepts.
-pub const OVERLAYS: &[&str] = &["default", "isolated", "real-nodes", "external-datastore", "ha"];
+pub const OVERLAYS: &[&str] = &[
+    "default",
+    "isolated",
+    "real-nodes",
+    "host-storageclasses",
+    "real-volumes",
+    "external-datastore",
+    "ha",
+];
 
 impl ConfigInputs {
     /// Merges, checks and validates: the config to render, or the first problem.
@@ -727,6 +744,8 @@ impl ConfigInputs {
                 "default" => {}
                 "isolated" => set_key(&mut doc, "overlay.isolated", Value::Bool(true)),
                 "real-nodes" => set_key(&mut doc, "overlay.realNodes", Value::Bool(true)),
+                "host-storageclasses" => set_key(&mut doc, "overlay.hostStorageClasses", Value::Bool(true)),
+                "real-volumes" => set_key(&mut doc, "overlay.realVolumes", Value::Bool(true)),
                 "external-datastore" => {
                     set_key(&mut doc, "overlay.externalDatastore", Value::Bool(true));
                 }
@@ -931,7 +950,7 @@ mod tests {
             (
                 vec![],
                 Some("overlay: {isolatd: true}"),
-                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": externalDatastore, ha, isolated, realNodes",
+                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": externalDatastore, ha, hostStorageClasses, isolated, realNodes, realVolumes",
             ),
             (vec![], Some("export: {enabled: 3}"), "3 is not a boolean"),
             (vec!["export.server=http://x"], None, "not an https:// URL"),
@@ -948,7 +967,7 @@ mod tests {
         i.overlays = vec!["isolatd".into()];
         let err = i.resolve().expect_err("bad overlay").to_string();
         assert!(
-            err.contains("allowed values: default, isolated, real-nodes, external-datastore, ha"),
+            err.contains("allowed values: default, isolated, real-nodes, host-storageclasses, real-volumes, external-datastore, ha"),
             "{err}"
         );
         let mut i = inputs(&[]);
@@ -1056,8 +1075,14 @@ mod tests {
     #[test]
     fn overlays_set_the_switches() {
         let mut i = inputs(&[]);
-        i.overlays = vec!["isolated".into(), "real-nodes".into()];
+        i.overlays = vec![
+            "isolated".into(),
+            "real-nodes".into(),
+            "host-storageclasses".into(),
+            "real-volumes".into(),
+        ];
         let c = i.resolve().unwrap();
         assert!(c.overlay.isolated && c.overlay.real_nodes);
+        assert!(c.overlay.host_storage_classes && c.overlay.real_volumes);
     }
 }

@@ -35,6 +35,14 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../manifests/components/ha/pdb.yaml"),
     ),
     (
+        "components/host-storageclasses/clusterrole.yaml",
+        include_str!("../../../manifests/components/host-storageclasses/clusterrole.yaml"),
+    ),
+    (
+        "components/host-storageclasses/kustomization.yaml",
+        include_str!("../../../manifests/components/host-storageclasses/kustomization.yaml"),
+    ),
+    (
         "components/isolated/kustomization.yaml",
         include_str!("../../../manifests/components/isolated/kustomization.yaml"),
     ),
@@ -65,6 +73,14 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "components/real-nodes/kustomization.yaml",
         include_str!("../../../manifests/components/real-nodes/kustomization.yaml"),
+    ),
+    (
+        "components/real-volumes/clusterrole.yaml",
+        include_str!("../../../manifests/components/real-volumes/clusterrole.yaml"),
+    ),
+    (
+        "components/real-volumes/kustomization.yaml",
+        include_str!("../../../manifests/components/real-volumes/kustomization.yaml"),
     ),
     (
         "overlays/default/kustomization.yaml",

@@ -38,7 +38,8 @@ pub struct ConfigArgs {
     /// Host namespace.
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// Optional parts: `isolated`, `real-nodes` (repeatable; `default` adds nothing).
+    /// Optional parts: `isolated`, `real-nodes`, `host-storageclasses`, `real-volumes`
+    /// (repeatable; `default` adds nothing).
     #[arg(long, value_name = "OVERLAY")]
     pub overlay: Vec<String>,
     /// A configuration key (dotted path, see `vnest schema`), e.g. `--set sync.networkpolicies=true`.

@@ -831,17 +831,27 @@ fn belongs(o: &DynamicObject, name: &str, namespace: &str, owners: &BTreeSet<Str
         || o.owner_references().iter().any(|r| owners.contains(&r.uid))
 }
 
-/// Whether the vcluster was made with real node sync (`components/real-nodes`: its only
-/// cluster-scoped objects).
-fn uses_real_nodes(sts: &StatefulSet) -> bool {
+/// The syncer settings of the components that make cluster-scoped objects (`real-nodes`,
+/// `host-storageclasses`, `real-volumes`: a ClusterRole and its binding each).
+const CLUSTER_SCOPED_SETTINGS: &[(&str, &str)] = &[
+    ("VNEST_NODE_SYNC", "real"),
+    ("VNEST_SYNC_STORAGECLASSES", "true"),
+    ("VNEST_PV_SYNC", "real"),
+];
+
+/// Whether the vcluster was made with a component that makes cluster-scoped objects.
+fn uses_cluster_scoped(sts: &StatefulSet) -> bool {
     sts.spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .and_then(|p| p.containers.iter().find(|c| c.name == "syncer"))
         .and_then(|c| c.env.as_ref())
         .is_some_and(|env| {
-            env.iter()
-                .any(|e| e.name == "VNEST_NODE_SYNC" && e.value.as_deref() == Some("real"))
+            env.iter().any(|e| {
+                CLUSTER_SCOPED_SETTINGS
+                    .iter()
+                    .any(|(name, value)| e.name == *name && e.value.as_deref() == Some(value))
+            })
         })
 }
 
@@ -856,7 +866,8 @@ const DEPENDENT_KINDS: [(&str, &str); 3] = [
 
 /// Every kind `delete` checks: the Role's listable resources, the dependents the host makes
 /// for them, and the kinds `create` applies (cluster-scoped kinds only when `cluster_scoped`: a
-/// namespace admin may not list them, and only `components/real-nodes` makes any).
+/// namespace admin may not list them, and only the components of [`CLUSTER_SCOPED_SETTINGS`]
+/// make any).
 async fn kinds_to_check(
     client: &Client,
     cluster_scoped: bool,
@@ -880,13 +891,15 @@ async fn kinds_to_check(
             }
         }
     }
-    // The kinds of every overlay (all of them on).
+    // The kinds of every overlay (every optional part on).
     let all = VclusterConfig {
         name: "x".into(),
         namespace: "x".into(),
         overlay: super::config::OverlayConfig {
             isolated: true,
             real_nodes: true,
+            host_storage_classes: true,
+            real_volumes: true,
             external_datastore: true,
             ha: true,
         },
@@ -941,7 +954,7 @@ pub async fn delete(args: &DeleteArgs) -> Result<(), CliError> {
     let (client, _) = host_client(&args.host).await?;
     let (name, ns) = (&args.name, &args.namespace);
     let sts = find_vcluster(&client, name, ns).await?;
-    let kinds = kinds_to_check(&client, uses_real_nodes(&sts)).await?;
+    let kinds = kinds_to_check(&client, uses_cluster_scoped(&sts)).await?;
     let mut owners: BTreeSet<String> = sts.uid().into_iter().collect();
     let mut failures = Vec::new();
 

@@ -31,6 +31,12 @@ pub fn overlay_files(config: &VclusterConfig) -> Vec<(&'static str, String)> {
     if config.overlay.real_nodes {
         components.push("../../components/real-nodes");
     }
+    if config.overlay.host_storage_classes {
+        components.push("../../components/host-storageclasses");
+    }
+    if config.overlay.real_volumes {
+        components.push("../../components/real-volumes");
+    }
     if config.overlay.external_datastore || config.overlay.ha {
         components.push("../../components/external-datastore");
     }
@@ -437,17 +443,26 @@ mod tests {
             "demo"
         );
         assert!(env_of(&objs, "syncer").contains(&("VNEST_LEADER_ELECT".into(), "true".into())));
-        let k3s = sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        let k3s = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
         for var in ["K3S_DATASTORE_ENDPOINT", "K3S_TOKEN"] {
             let e = k3s.iter().find(|e| e["name"] == var).expect(var);
             assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], "demo-datastore", "{var}");
         }
         let pdb = objs.iter().find(|o| o["kind"] == "PodDisruptionBudget").unwrap();
         assert_eq!(pdb["metadata"]["name"], "demo");
-        assert_eq!(pdb["spec"]["selector"]["matchLabels"]["vnest.dev/vcluster"], "demo");
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"]["vnest.dev/vcluster"],
+            "demo"
+        );
         let role = objs.iter().find(|o| o["kind"] == "Role").unwrap();
         assert!(
-            role["rules"].as_array().unwrap().iter().any(|r| r["resources"] == json!(["leases"])),
+            role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["resources"] == json!(["leases"])),
             "the Role lets the syncers hold their Lease"
         );
         // Without ha: one replica, no Lease rights, no election.
@@ -456,6 +471,54 @@ mod tests {
         assert_eq!(sts["spec"]["replicas"], 1);
         assert!(!to_yaml(&plain).contains("leases"));
         assert!(!to_yaml(&plain).contains("PodDisruptionBudget"));
+    }
+
+    #[test]
+    fn the_storage_parts_add_their_cluster_roles_and_settings() {
+        // With real-nodes too: every cluster-scoped part renames only its own subject.
+        let objs = render(&config(
+            &[],
+            &["real-nodes", "host-storageclasses", "real-volumes"],
+        ))
+        .unwrap();
+        let env = env_of(&objs, "syncer");
+        assert!(
+            env.contains(&("VNEST_SYNC_STORAGECLASSES".into(), "true".into())),
+            "{env:?}"
+        );
+        assert!(env.contains(&("VNEST_PV_SYNC".into(), "real".into())), "{env:?}");
+        let rules = |name: &str| {
+            objs.iter()
+                .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name)
+                .map(|o| o["rules"].clone())
+        };
+        assert_eq!(
+            rules("demo-storageclass-reader.team-a"),
+            Some(
+                json!([{"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list", "watch"]}])
+            )
+        );
+        assert_eq!(
+            rules("demo-volume-reader.team-a"),
+            Some(
+                json!([{"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "watch"]}])
+            )
+        );
+        for name in [
+            "demo-node-reader.team-a",
+            "demo-storageclass-reader.team-a",
+            "demo-volume-reader.team-a",
+        ] {
+            let crb = objs
+                .iter()
+                .find(|o| o["kind"] == "ClusterRoleBinding" && o["metadata"]["name"] == name)
+                .unwrap();
+            assert_eq!(crb["roleRef"]["name"], name);
+            assert_eq!(
+                crb["subjects"],
+                json!([{"kind": "ServiceAccount", "name": "demo", "namespace": "team-a"}])
+            );
+        }
     }
 
     #[test]

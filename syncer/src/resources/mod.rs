@@ -16,6 +16,7 @@ pub mod secrets;
 pub mod selectors;
 pub mod services;
 pub mod shared;
+pub mod storageclasses;
 
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub struct KindArgs {
     #[command(flatten)]
     pub persistentvolumeclaims: pvcs::PersistentVolumeClaimArgs,
     #[command(flatten)]
+    pub storageclasses: storageclasses::StorageClassArgs,
+    #[command(flatten)]
     pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
@@ -60,6 +63,7 @@ pub struct KindSettings {
     pub networkpolicies: networkpolicies::NetworkPolicyArgs,
     pub poddisruptionbudgets: poddisruptionbudgets::PodDisruptionBudgetArgs,
     pub persistentvolumeclaims: pvcs::PersistentVolumeClaimArgs,
+    pub storageclasses: storageclasses::StorageClassArgs,
     pub kubeconfig: kubeconfig::KubeconfigArgs,
 }
 
@@ -74,6 +78,7 @@ impl KindArgs {
             networkpolicies,
             poddisruptionbudgets,
             persistentvolumeclaims,
+            storageclasses,
             kubeconfig,
         } = self;
         KindSettings {
@@ -84,6 +89,7 @@ impl KindArgs {
             networkpolicies,
             poddisruptionbudgets,
             persistentvolumeclaims,
+            storageclasses,
             kubeconfig,
         }
     }
@@ -192,10 +198,25 @@ const KINDS: &[Kind] = &[
         register: |r, _, _| poddisruptionbudgets::register(r, 2),
     },
     Kind {
+        name: "storageclasses",
+        enabled: |o| o.kinds.storageclasses.sync_storageclasses,
+        optional: true,
+        register: |r, o, _| {
+            let claims = &o.kinds.persistentvolumeclaims;
+            let map = claims.storage_class_map.clone();
+            storageclasses::register(r, map, claims.sync_persistentvolumeclaims, 1);
+        },
+    },
+    Kind {
         name: "persistentvolumeclaims",
         enabled: |o| o.kinds.persistentvolumeclaims.sync_persistentvolumeclaims,
         optional: true,
-        register: |r, _, w| pvcs::register(r, w.div_ceil(4)),
+        register: |r, o, w| {
+            let claims = &o.kinds.persistentvolumeclaims;
+            let host_classes = o.kinds.storageclasses.sync_storageclasses;
+            let (map, pv_sync) = (claims.storage_class_map.clone(), claims.pv_sync);
+            pvcs::register(r, map, host_classes, pv_sync, w.div_ceil(4));
+        },
     },
     Kind {
         name: "kubeconfig",

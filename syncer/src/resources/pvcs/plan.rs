@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::translate::{
-    self, ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER, HOST_OWNED_ANNOTATIONS,
+    self, ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER, ClassMap, HOST_OWNED_ANNOTATIONS,
 };
 use crate::engine::TranslateCtx;
 use crate::engine::error::{SyncError, TranslateError};
@@ -30,6 +30,12 @@ pub struct Seen<'a> {
     pub volume: Option<&'a PersistentVolume>,
     pub host_name: &'a str,
     pub create_pending: bool,
+    /// The host volume's reclaim policy, when known (see
+    /// [`translate::provisioned_reclaim_policy`]); None: `Delete`.
+    pub reclaim_policy: Option<&'a str>,
+    /// `--pv-sync=real`: Some(the host volume the host claim is bound to, if cached yet);
+    /// None in fake mode.
+    pub host_volume: Option<Option<&'a PersistentVolume>>,
 }
 
 /// A claim's plan, and whether the tenant must be told that the host claim is gone.
@@ -99,7 +105,7 @@ fn virtual_volume(name: &str) -> Target {
 /// - host copy: labels/annotations and a storage increase patched (the rest of a claim's spec
 ///   is immutable); once the host claim is Bound, a virtual volume is made for it and the
 ///   virtual claim bound to it; the host status copied (only what differs).
-pub fn plan_claim(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ClaimPlan, SyncError> {
+pub fn plan_claim(tc: &TranslateCtx, classes: &ClassMap, seen: Seen<'_>) -> Result<ClaimPlan, SyncError> {
     let rules = Lifecycle {
         kind: KIND,
         stale_grace: None,
@@ -142,7 +148,7 @@ pub fn plan_claim(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ClaimPlan, SyncEr
                 host_lost: true,
             });
         }
-        let spec = translate::host_spec(&tc.vcluster, v)?;
+        let spec = translate::host_spec(&tc.vcluster, classes, v)?;
         let object = PersistentVolumeClaim {
             metadata: create_meta(tc, v.meta(), seen.host_name),
             spec: Some(spec),
@@ -192,7 +198,16 @@ pub fn plan_claim(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ClaimPlan, SyncEr
     if translate::phase(h) == "Bound" {
         let uid = v.uid().unwrap_or_default();
         let pv_name = translate::volume_name(&uid);
-        let desired = translate::virtual_volume(v, h);
+        let desired = match seen.host_volume {
+            None => translate::virtual_volume(v, h, classes, seen.reclaim_policy),
+            Some(hpv) => hpv.and_then(|hpv| translate::real_volume(v, h, hpv, classes)),
+        };
+        // Real mode, the host volume not cached yet: its watch event wakes the claim again;
+        // until then neither a binding nor a Bound status.
+        let bind = seen.volume.is_some() || desired.is_some();
+        if !bind {
+            return Ok(out.into());
+        }
         match (seen.volume, desired) {
             (Some(pv), _) if !translate::is_our_volume(pv) => {
                 return Err(TranslateError::Refused(format!(
@@ -242,16 +257,17 @@ pub fn plan_claim(tc: &TranslateCtx, seen: Seen<'_>) -> Result<ClaimPlan, SyncEr
             .and_then(|s| s.volume_name.as_deref())
             .unwrap_or("");
         let annotations = v.annotations();
-        let mut bind = json!({});
+        let mut bind_patch = json!({});
         if spec_name.is_empty() {
-            bind["spec"] = json!({"volumeName": pv_name});
+            bind_patch["spec"] = json!({"volumeName": pv_name});
         }
         for key in [ANNOTATION_BIND_COMPLETED, ANNOTATION_BOUND_BY_CONTROLLER] {
             if !annotations.contains_key(key) {
-                bind["metadata"]["annotations"][key] = json!("yes");
+                bind_patch["metadata"]["annotations"][key] = json!("yes");
             }
         }
-        if bind.as_object().is_some_and(|o| !o.is_empty()) {
+        if bind_patch.as_object().is_some_and(|o| !o.is_empty()) {
+            let mut bind = bind_patch;
             bind["metadata"]["uid"] = json!(uid);
             out = out.then(Action::new(
                 virtual_claim(v),
@@ -333,7 +349,7 @@ mod tests {
 
     /// The host copy as our create makes it, with the host's binder and status on it.
     fn host_copy(v: &PersistentVolumeClaim, status: Value) -> PersistentVolumeClaim {
-        let plan = plan_claim(&tc(), seen(Some(v), None, None)).expect("a plan");
+        let plan = plan_claim(&tc(), &ClassMap::default(), seen(Some(v), None, None)).expect("a plan");
         let Write::Create { body, .. } = &plan.plan.actions[0].write else {
             panic!("a create")
         };
@@ -364,6 +380,8 @@ mod tests {
             volume: pv,
             host_name: name,
             create_pending: false,
+            reclaim_policy: None,
+            host_volume: None,
         }
     }
 
@@ -372,7 +390,7 @@ mod tests {
         h: Option<&PersistentVolumeClaim>,
         pv: Option<&PersistentVolume>,
     ) -> ClaimPlan {
-        plan_claim(&tc(), seen(v, h, pv)).expect("a plan")
+        plan_claim(&tc(), &ClassMap::default(), seen(v, h, pv)).expect("a plan")
     }
 
     /// (cluster, kind, op) of each action.
@@ -404,7 +422,7 @@ mod tests {
             .insert(ANNOTATION_BIND_COMPLETED.into(), "yes".into());
         v.annotations_mut()
             .insert(ANNOTATION_BOUND_BY_CONTROLLER.into(), "yes".into());
-        let mut pv = translate::virtual_volume(&v, &h).expect("a volume");
+        let mut pv = translate::virtual_volume(&v, &h, &ClassMap::default(), None).expect("a volume");
         pv.metadata.uid = Some("pv-uid".into());
         pv.status = Some(serde_json::from_value(json!({"phase": "Bound"})).expect("a status"));
         (v, h, pv)
@@ -448,14 +466,133 @@ mod tests {
     fn an_unsupported_source_creates_nothing_and_tells_the_tenant() {
         let mut v = claim(json!({}));
         v.spec.get_or_insert_default().data_source = Some(
-            serde_json::from_value(
-                json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}),
-            )
-            .expect("a reference"),
+            serde_json::from_value(json!({"apiGroup": "example.com", "kind": "Sample", "name": "s"}))
+                .expect("a reference"),
         );
-        let err = plan_claim(&tc(), seen(Some(&v), None, None)).expect_err("refused");
+        let err = plan_claim(&tc(), &ClassMap::default(), seen(Some(&v), None, None)).expect_err("refused");
         assert_eq!(err.category(), "refused");
         assert!(err.tenant_visible(), "a Warning Event on the virtual claim");
+    }
+
+    #[test]
+    fn mapped_classes_go_to_the_host_and_come_back_as_the_tenant_named_them() {
+        let classes: ClassMap = "fast=premium,std=local".parse().expect("a map");
+        let mut v = claim(json!({"phase": "Pending"}));
+        v.spec.get_or_insert_default().storage_class_name = Some("fast".into());
+        let p = plan_claim(&tc(), &classes, seen(Some(&v), None, None)).expect("a plan");
+        let Write::Create { body, .. } = &p.plan.actions[0].write else {
+            panic!("a create")
+        };
+        assert_eq!(body["spec"]["storageClassName"], "premium");
+        let mut h: PersistentVolumeClaim = serde_json::from_value(body.clone()).expect("a claim");
+        h.metadata.uid = Some("h-1".into());
+        h.metadata.resource_version = Some("7".into());
+        h.status = serde_json::from_value(bound_status()).expect("a status");
+        let mut s = seen(Some(&v), Some(&h), None);
+        s.reclaim_policy = Some("Retain");
+        let p = plan_claim(&tc(), &classes, s).expect("a plan");
+        let Write::Create { body, .. } = &p.plan.actions[0].write else {
+            panic!("a volume create")
+        };
+        assert_eq!(body["kind"], "PersistentVolume");
+        assert_eq!(body["spec"]["storageClassName"], "fast", "the tenant's name");
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+            "the host volume's"
+        );
+        // No class named: the host's default class, by the tenant's name of it.
+        let v = claim(json!({"phase": "Pending"}));
+        let mut h = host_copy(&v, bound_status());
+        h.spec.get_or_insert_default().storage_class_name = Some("local".into());
+        let p = plan_claim(&tc(), &classes, seen(Some(&v), Some(&h), None)).expect("a plan");
+        let Write::Create { body, .. } = &p.plan.actions[0].write else {
+            panic!("a volume create")
+        };
+        assert_eq!(body["spec"]["storageClassName"], "std");
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Delete",
+            "unknown: Delete"
+        );
+    }
+
+    #[test]
+    fn real_volumes_copy_the_host_volume_once_it_is_cached() {
+        let v = claim(json!({"phase": "Pending"}));
+        let h = host_copy(&v, bound_status());
+        let mut s = seen(Some(&v), Some(&h), None);
+        s.host_volume = Some(None);
+        assert_eq!(
+            steps(&plan_claim(&tc(), &ClassMap::default(), s).expect("a plan")),
+            [],
+            "neither a volume, a binding nor a Bound status before the host volume is known"
+        );
+        let hpv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": "host-pool-3", "uid": "hpv-1",
+                         "annotations": {"pv.kubernetes.io/provisioned-by": "vnest.dev/hostpath"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/srv/pv-3"},
+                     "claimRef": {"namespace": "host", "name": host_name(), "uid": "h-1"},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}}}
+        }))
+        .expect("a volume");
+        let mut s = seen(Some(&v), Some(&h), None);
+        s.host_volume = Some(Some(&hpv));
+        let p = plan_claim(&tc(), &ClassMap::default(), s).expect("a plan");
+        assert_eq!(
+            steps(&p),
+            [
+                (Cluster::Virtual, "PersistentVolume", "create", None),
+                (Cluster::Virtual, "PersistentVolume", "patch", Some("status")),
+                (Cluster::Virtual, "PersistentVolumeClaim", "patch", None),
+                (Cluster::Virtual, "PersistentVolumeClaim", "patch", Some("status")),
+            ]
+        );
+        let Write::Create { body, .. } = &p.plan.actions[0].write else {
+            panic!("a create")
+        };
+        assert_eq!(body["metadata"]["name"], "pvc-u-1");
+        assert_eq!(body["metadata"]["labels"][markers::LABEL_VIRTUAL_VOLUME], "true");
+        assert_eq!(
+            body["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+            "vnest.dev/hostpath"
+        );
+        assert_eq!(
+            body["spec"]["hostPath"],
+            json!({"path": "/srv/pv-3"}),
+            "the host's source"
+        );
+        assert_eq!(
+            body["spec"]["persistentVolumeReclaimPolicy"], "Retain",
+            "the host's policy"
+        );
+        assert_eq!(
+            body["spec"]["nodeAffinity"],
+            hpv.spec
+                .as_ref()
+                .map(|s| serde_json::to_value(&s.node_affinity).expect("json"))
+                .unwrap_or_default()
+        );
+        assert_eq!(
+            body["spec"]["claimRef"],
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "shop", "name": "data", "uid": "u-1"})
+        );
+    }
+
+    #[test]
+    fn a_known_reclaim_policy_reaches_an_existing_volume() {
+        let (v, h, pv) = bound_pair();
+        let mut s = seen(Some(&v), Some(&h), Some(&pv));
+        s.reclaim_policy = Some("Retain");
+        let p = plan_claim(&tc(), &ClassMap::default(), s).expect("a plan");
+        assert_eq!(steps(&p), [(Cluster::Virtual, "PersistentVolume", "patch", None)]);
+        let Write::Patch { patch, .. } = &p.plan.actions[0].write else {
+            panic!("a patch")
+        };
+        assert_eq!(
+            patch.body["spec"],
+            json!({"persistentVolumeReclaimPolicy": "Retain"})
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use super::PvSync;
 use super::plan::{self, LOST_MESSAGE, NAME, Seen};
-use super::translate;
+use super::translate::{self, ClassMap};
 use crate::engine::error::SyncError;
 use crate::engine::execute::Executor;
 use crate::engine::ownership;
@@ -19,9 +20,16 @@ use crate::engine::registry::{Registry, Watch, wire_pair};
 use crate::engine::watch::Change;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::naming;
+use crate::resources::storageclasses::HostClassCache;
 
 pub struct ClaimSync {
     pub executor: Executor,
+    pub classes: ClassMap,
+    /// The host's StorageClasses, when the StorageClass kind watches them
+    /// (`--sync-storageclasses`): they tell the reclaim policy of provisioned host volumes.
+    pub host_classes: Option<Arc<HostClassCache>>,
+    /// The host's PersistentVolumes (`--pv-sync=real` only).
+    pub host_volumes: Option<Store<PersistentVolume>>,
     pub virtual_claims: Store<PersistentVolumeClaim>,
     pub host_claims: Store<PersistentVolumeClaim>,
     pub virtual_volumes: Store<PersistentVolume>,
@@ -68,14 +76,25 @@ impl Reconciler for ClaimSync {
             self.virtual_volumes
                 .get(&ObjectRef::new(&translate::volume_name(&uid)))
         });
+        let host_volume = self.host_volumes.as_ref().map(|store| {
+            let name = h.as_ref()?.spec.as_ref()?.volume_name.clone()?;
+            store.get(&ObjectRef::new(&name))
+        });
+        let reclaim = h.as_deref().and_then(|h| {
+            let class = h.spec.as_ref()?.storage_class_name.as_deref()?;
+            let class = self.host_classes.as_ref()?.get(class);
+            translate::provisioned_reclaim_policy(h, class.as_deref())
+        });
         let seen = Seen {
             claim: v.as_deref(),
             host: h.as_deref(),
             volume: volume.as_deref(),
             host_name: &host_name,
             create_pending: self.executor.create_pending(&host_name),
+            reclaim_policy: reclaim.as_deref(),
+            host_volume: host_volume.as_ref().map(Option::as_deref),
         };
-        let cp = plan::plan_claim(&tc, seen)?;
+        let cp = plan::plan_claim(&tc, &self.classes, seen)?;
         self.executor.run_all(&cp.plan.actions).await?;
         if cp.host_lost
             && let Some(v) = &v
@@ -108,8 +127,11 @@ impl Reconciler for ClaimSync {
 
 /// Declares the claim kind: virtual and host claims (a change on either side wakes the
 /// claim), and the virtual volumes (a change wakes the volume and its claim; a deleted claim
-/// wakes its volume).
-pub fn register(reg: &mut Registry, workers: usize) {
+/// wakes its volume). With `host_classes` the StorageClass kind's cache of host classes is
+/// read too (not waited for: see [`HostClassCache`]); with `--pv-sync=real` the host
+/// PersistentVolumes are watched (a change wakes the claim whose host copy its claimRef
+/// names).
+pub fn register(reg: &mut Registry, classes: ClassMap, host_classes: bool, pv_sync: PvSync, workers: usize) {
     let v = Watch::<PersistentVolumeClaim>::virtual_all(NAME);
     let h = Watch::<PersistentVolumeClaim>::host_owned(NAME);
     let volumes = Watch::<PersistentVolume>::virtual_all("persistentvolumes");
@@ -140,8 +162,40 @@ pub fn register(reg: &mut Registry, workers: usize) {
             }
         }
     });
+    let host_classes = host_classes.then(|| reg.index::<HostClassCache>());
+    let host_volumes = (pv_sync == PvSync::Real).then(|| {
+        let hv = Watch::<PersistentVolume>::host_cluster("persistentvolumes");
+        let (q, claims) = (queue.clone(), reg.store(&h));
+        let host_ns = reg.shared().host_namespace.clone();
+        let wake = move |pv: &PersistentVolume| {
+            let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+                return;
+            };
+            if r.namespace.as_deref() != Some(host_ns.as_str()) {
+                return;
+            }
+            let Some(name) = r.name.as_deref() else { return };
+            if let Some(c) = claims.get(&ObjectRef::new(name).within(&host_ns))
+                && let Some(k) = ownership::host_key(plan::KIND, c.meta())
+            {
+                q.add(k);
+            }
+        };
+        reg.on(&hv, move |c| match c {
+            Change::Applied(o) | Change::Deleted(o) => wake(o),
+            Change::Relisted(store) => {
+                for pv in store.state() {
+                    wake(&pv);
+                }
+            }
+        });
+        reg.store(&hv)
+    });
     let sync = ClaimSync {
         executor: Executor::new(reg.shared().clone()),
+        classes,
+        host_classes,
+        host_volumes,
         virtual_claims: reg.store(&v),
         host_claims: reg.store(&h),
         virtual_volumes: reg.store(&volumes),

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec, TypedLocalObjectReference,
     TypedObjectReference,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -40,6 +41,87 @@ pub const ANNOTATION_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// volumes; the host pod mounts the host claim).
 pub const VIRTUAL_VOLUME_DRIVER: &str = "host.vnest.dev";
 
+/// API group and kind of a VolumeSnapshot (a data source translated like a claim: the host
+/// snapshot of the same namespace/name has the translated name).
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+pub const SNAPSHOT_KIND: &str = "VolumeSnapshot";
+
+/// The `--storage-class-map` table: a virtual StorageClass name → the host class it stands
+/// for. Claims naming a virtual name get the host name on the host; the tenant sees its own
+/// name everywhere (the virtual volume, the copied host classes). Names not in the table are
+/// the same on both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassMap {
+    /// (virtual, host), in the order given.
+    pairs: Vec<(String, String)>,
+}
+
+/// A `--storage-class-map` value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid --storage-class-map entry {entry:?}: {why} (expected VIRTUAL=HOST[,VIRTUAL=HOST...], e.g. fast=premium-ssd)"
+)]
+pub struct ClassMapError {
+    entry: String,
+    why: &'static str,
+}
+
+fn valid_class_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+impl std::str::FromStr for ClassMap {
+    type Err = ClassMapError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let err = |why| ClassMapError {
+                entry: entry.to_owned(),
+                why,
+            };
+            let (v, h) = entry.split_once('=').ok_or_else(|| err("no '='"))?;
+            let (v, h) = (v.trim(), h.trim());
+            if !valid_class_name(v) || !valid_class_name(h) {
+                return Err(err(
+                    "a StorageClass name is lowercase letters, digits, '-' and '.'",
+                ));
+            }
+            if pairs.iter().any(|(pv, _)| pv == v) {
+                return Err(err("the virtual name is mapped twice"));
+            }
+            pairs.push((v.to_owned(), h.to_owned()));
+        }
+        Ok(Self { pairs })
+    }
+}
+
+impl ClassMap {
+    /// The host class of virtual class `name`.
+    pub fn to_host<'a>(&'a self, name: &'a str) -> &'a str {
+        self.pairs
+            .iter()
+            .find(|(v, _)| v == name)
+            .map_or(name, |(_, h)| h.as_str())
+    }
+
+    /// The name the tenant knows host class `name` by: the first virtual name mapped to it,
+    /// else its own name (unless that name is itself mapped to another host class: then the
+    /// host class has no virtual name of its own, None).
+    pub fn to_virtual<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if let Some((v, _)) = self.pairs.iter().find(|(_, h)| h == name) {
+            return Some(v);
+        }
+        (self.to_host(name) == name).then_some(name)
+    }
+}
+
 /// Name of the virtual PersistentVolume that stands for the host volume of the virtual claim
 /// with uid `claim_uid` (as a dynamic provisioner names them; nothing of the host in it).
 pub fn volume_name(claim_uid: &str) -> String {
@@ -59,17 +141,22 @@ pub fn claim_of(pv: &PersistentVolume) -> Option<(String, String, Option<String>
     Some((r.namespace.clone()?, r.name.clone()?, r.uid.clone()))
 }
 
-/// The host spec of virtual claim `v` (pure). Kept: access modes, resources, storage class,
-/// volume mode, volume attributes class, selector. Translated: a data source naming a claim of
-/// the same namespace. Refused (nothing is created; the tenant reads why): any other data
-/// source (the syncer does not copy VolumeSnapshots or populators' objects), a cross-namespace
-/// `dataSourceRef`, and a `volumeName` naming a volume the syncer did not make for this claim.
+/// The host spec of virtual claim `v` (pure). Kept: access modes, resources, volume mode,
+/// volume attributes class, selector. Mapped: the storage class (through `classes`).
+/// Translated: a data source naming a claim or a VolumeSnapshot of the same namespace (the
+/// host object of that name). Refused (nothing is created; the tenant reads why): any other
+/// data source (populators' objects), a cross-namespace `dataSourceRef`, and a `volumeName`
+/// naming a volume the syncer did not make for this claim.
 pub fn host_spec(
     vcluster: &str,
+    classes: &ClassMap,
     v: &PersistentVolumeClaim,
 ) -> Result<PersistentVolumeClaimSpec, TranslateError> {
     let ns = v.namespace().unwrap_or_default();
     let mut spec = v.spec.clone().unwrap_or_default();
+    if let Some(class) = spec.storage_class_name.as_mut() {
+        *class = classes.to_host(class).to_owned();
+    }
     if let Some(name) = spec.volume_name.take().filter(|n| !n.is_empty()) {
         let ours = v.uid().map(|u| volume_name(&u));
         if ours.as_deref() != Some(name.as_str()) {
@@ -88,8 +175,13 @@ pub fn host_spec(
     Ok(spec)
 }
 
-fn is_claim_kind(api_group: Option<&str>, kind: &str) -> bool {
-    api_group.is_none_or(str::is_empty) && kind == "PersistentVolumeClaim"
+/// Whether a data source of this group and kind is one vnest translates: a claim, or a
+/// VolumeSnapshot (both named after the virtual object on the host).
+fn is_translated_kind(api_group: Option<&str>, kind: &str) -> bool {
+    match api_group.filter(|g| !g.is_empty()) {
+        None => kind == "PersistentVolumeClaim",
+        Some(group) => group == SNAPSHOT_GROUP && kind == SNAPSHOT_KIND,
+    }
 }
 
 fn unsupported_source(field: &str, api_group: Option<&str>, kind: &str, name: &str) -> TranslateError {
@@ -98,8 +190,8 @@ fn unsupported_source(field: &str, api_group: Option<&str>, kind: &str, name: &s
         .map(|g| format!("{g}/"))
         .unwrap_or_default();
     TranslateError::Refused(format!(
-        "{field} names {group}{kind} {name:?}: only a PersistentVolumeClaim of the same namespace \
-         can be a data source through vnest (VolumeSnapshots and volume populators are not \
+        "{field} names {group}{kind} {name:?}: only a PersistentVolumeClaim or a VolumeSnapshot \
+         of the same namespace can be a data source through vnest (volume populators are not \
          synced to the host yet); nothing was created on the host"
     ))
 }
@@ -110,7 +202,7 @@ fn translate_local_source(
     source: &mut TypedLocalObjectReference,
     field: &str,
 ) -> Result<(), TranslateError> {
-    if !is_claim_kind(source.api_group.as_deref(), &source.kind) {
+    if !is_translated_kind(source.api_group.as_deref(), &source.kind) {
         return Err(unsupported_source(
             field,
             source.api_group.as_deref(),
@@ -128,7 +220,7 @@ fn translate_source_ref(
     source: &mut TypedObjectReference,
 ) -> Result<(), TranslateError> {
     let field = "spec.dataSourceRef";
-    if !is_claim_kind(source.api_group.as_deref(), &source.kind) {
+    if !is_translated_kind(source.api_group.as_deref(), &source.kind) {
         return Err(unsupported_source(
             field,
             source.api_group.as_deref(),
@@ -142,7 +234,7 @@ fn translate_source_ref(
         .is_some_and(|n| !n.is_empty() && n != ns)
     {
         return Err(TranslateError::Refused(format!(
-            "{field} names a claim in another namespace: cross-namespace data sources are not supported by vnest"
+            "{field} names an object in another namespace: cross-namespace data sources are not supported by vnest"
         )));
     }
     source.namespace = None;
@@ -228,11 +320,35 @@ pub fn phase(c: &PersistentVolumeClaim) -> &str {
         .unwrap_or("Pending")
 }
 
+/// The reclaim policy of the host volume behind host claim `h` as far as the namespaced Role
+/// can tell: a claim that the host class's provisioner provisioned (the binder's
+/// `storage-provisioner` annotation names it) got the class's `reclaimPolicy` (default
+/// `Delete`); otherwise (a pre-created volume, or the host class unknown) None.
+pub fn provisioned_reclaim_policy(h: &PersistentVolumeClaim, class: Option<&StorageClass>) -> Option<String> {
+    let class = class?;
+    let annotations = h.annotations();
+    let provisioned_by = annotations
+        .get("volume.kubernetes.io/storage-provisioner")
+        .or_else(|| annotations.get("volume.beta.kubernetes.io/storage-provisioner"))?;
+    (provisioned_by == &class.provisioner && class.provisioner != NO_PROVISIONER)
+        .then(|| class.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()))
+}
+
+/// The provisioner name of classes whose volumes are pre-created (nobody provisions them).
+pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
+
 /// The virtual volume for virtual claim `v` bound on the host as `h`: what the host claim's
-/// status tells (capacity, access modes) and its spec (class, volume mode); a CSI stub source
-/// ([`VIRTUAL_VOLUME_DRIVER`], the claim's uid as handle) that reveals nothing of the host;
-/// claimRef to `v`; our marker label.
-pub fn virtual_volume(v: &PersistentVolumeClaim, h: &PersistentVolumeClaim) -> Option<PersistentVolume> {
+/// status tells (capacity, access modes) and its spec (volume mode); the class the tenant
+/// named (or the tenant's name of the host class, through `classes`); reclaim policy
+/// `reclaim` (the host volume's when known, else `Delete`: the tenant's volume goes with its
+/// claim either way); a CSI stub source ([`VIRTUAL_VOLUME_DRIVER`], the claim's uid as
+/// handle) that reveals nothing of the host; claimRef to `v`; our marker label.
+pub fn virtual_volume(
+    v: &PersistentVolumeClaim,
+    h: &PersistentVolumeClaim,
+    classes: &ClassMap,
+    reclaim: Option<&str>,
+) -> Option<PersistentVolume> {
     let uid = v.uid()?;
     let hs = h.spec.as_ref();
     let status = h.status.as_ref();
@@ -261,9 +377,9 @@ pub fn virtual_volume(v: &PersistentVolumeClaim, h: &PersistentVolumeClaim) -> O
         spec: Some(PersistentVolumeSpec {
             capacity,
             access_modes,
-            storage_class_name: hs.and_then(|s| s.storage_class_name.clone()),
+            storage_class_name: virtual_class_of(v, h, classes),
             volume_mode: hs.and_then(|s| s.volume_mode.clone()),
-            persistent_volume_reclaim_policy: Some("Delete".into()),
+            persistent_volume_reclaim_policy: Some(reclaim.unwrap_or("Delete").into()),
             csi: Some(CSIPersistentVolumeSource {
                 driver: VIRTUAL_VOLUME_DRIVER.into(),
                 volume_handle: uid.clone(),
@@ -283,10 +399,72 @@ pub fn virtual_volume(v: &PersistentVolumeClaim, h: &PersistentVolumeClaim) -> O
     })
 }
 
-/// The fields of a virtual volume kept in step with the host claim after its creation (a
-/// resize changes the capacity).
+/// The virtual volume for virtual claim `v` bound on the host as `h` to host volume `hpv`
+/// (`--pv-sync=real`): the host volume's spec as it is (source, capacity, access modes, node
+/// affinity, reclaim policy, mount options, volume mode) under the virtual name
+/// [`volume_name`], the class by the tenant's name, claimRef to `v`, our marker label.
+pub fn real_volume(
+    v: &PersistentVolumeClaim,
+    h: &PersistentVolumeClaim,
+    hpv: &PersistentVolume,
+    classes: &ClassMap,
+) -> Option<PersistentVolume> {
+    let uid = v.uid()?;
+    let mut spec = hpv.spec.clone().unwrap_or_default();
+    spec.storage_class_name = virtual_class_of(v, h, classes);
+    spec.claim_ref = Some(ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: v.namespace(),
+        name: Some(v.name_any()),
+        uid: Some(uid.clone()),
+        ..ObjectReference::default()
+    });
+    let mut annotations = BTreeMap::from([(ANNOTATION_BOUND_BY_CONTROLLER.to_owned(), "yes".to_owned())]);
+    if let Some(by) = hpv.annotations().get(ANNOTATION_PROVISIONED_BY) {
+        annotations.insert(ANNOTATION_PROVISIONED_BY.to_owned(), by.clone());
+    }
+    Some(PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(volume_name(&uid)),
+            labels: Some(BTreeMap::from([(
+                markers::LABEL_VIRTUAL_VOLUME.to_owned(),
+                markers::VIRTUAL_VOLUME_VALUE.to_owned(),
+            )])),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// The class of the virtual volume of `v`: the one the tenant named, else the tenant's name
+/// of the class the host gave the host claim (its default class).
+fn virtual_class_of(
+    v: &PersistentVolumeClaim,
+    h: &PersistentVolumeClaim,
+    classes: &ClassMap,
+) -> Option<String> {
+    let named = v
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .filter(|c| !c.is_empty());
+    named.or_else(|| {
+        let host = h.spec.as_ref()?.storage_class_name.as_deref()?;
+        classes.to_virtual(host).map(str::to_owned)
+    })
+}
+
+/// The fields of a virtual volume kept in step with the host after its creation (a resize
+/// changes the capacity; the reclaim policy once the host class is known).
 pub fn volume_fields(pv: &PersistentVolume) -> Value {
-    json!({"spec": {"capacity": pv.spec.as_ref().and_then(|s| s.capacity.clone())}})
+    let spec = pv.spec.as_ref();
+    json!({"spec": {
+        "capacity": spec.and_then(|s| s.capacity.clone()),
+        "persistentVolumeReclaimPolicy": spec.and_then(|s| s.persistent_volume_reclaim_policy.clone()),
+    }})
 }
 
 #[cfg(test)]
@@ -338,22 +516,39 @@ mod tests {
                 ),
             ),
             (
+                "a snapshot as data source is renamed (both fields)",
+                with(
+                    json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"},
+                           "dataSourceRef": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}}),
+                ),
+                with(
+                    json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": hn("snap")},
+                           "dataSourceRef": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": hn("snap")}}),
+                ),
+            ),
+            (
                 "our own volume name (after binding) is dropped",
                 with(json!({"volumeName": "pvc-u-1"})),
                 with(json!({})),
             ),
         ];
         for (name, spec, want) in ok_cases {
-            let got = host_spec("vc", &claim(spec)).map(|s| serde_json::to_value(s).expect("serializes"));
+            let got = host_spec("vc", &ClassMap::default(), &claim(spec))
+                .map(|s| serde_json::to_value(s).expect("serializes"));
             assert_eq!(got, Ok(want), "{name}");
         }
         let refused = [
             (
-                "a snapshot",
+                "a VolumeSnapshot of another API group",
                 with(
-                    json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"}}),
+                    json!({"dataSource": {"apiGroup": "example.com", "kind": "VolumeSnapshot", "name": "snap"}}),
                 ),
-                "spec.dataSource names snapshot.storage.k8s.io/VolumeSnapshot \"snap\"",
+                "spec.dataSource names example.com/VolumeSnapshot \"snap\"",
+            ),
+            (
+                "a core object that is not a claim",
+                with(json!({"dataSource": {"kind": "ConfigMap", "name": "c"}})),
+                "spec.dataSource names ConfigMap \"c\"",
             ),
             (
                 "a populator",
@@ -374,11 +569,90 @@ mod tests {
             ),
         ];
         for (name, spec, needle) in refused {
-            match host_spec("vc", &claim(spec)) {
+            match host_spec("vc", &ClassMap::default(), &claim(spec)) {
                 Err(TranslateError::Refused(m)) => assert!(m.contains(needle), "{name}: {m}"),
                 other => panic!("{name}: refused expected, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn class_maps_parse_and_map_both_ways() {
+        let m: ClassMap = "fast=premium, std=local,cheap=local".parse().expect("a map");
+        let cases = [
+            ("fast", "premium"),
+            ("std", "local"),
+            ("cheap", "local"),
+            ("local", "local"),
+            ("other", "other"),
+        ];
+        for (v, h) in cases {
+            assert_eq!(m.to_host(v), h, "{v}");
+        }
+        let back = [
+            ("premium", Some("fast")),
+            ("local", Some("std")),
+            ("other", Some("other")),
+            // "fast" on the host: the tenant's "fast" is premium, so no virtual name is left.
+            ("fast", None),
+        ];
+        for (h, v) in back {
+            assert_eq!(m.to_virtual(h), v, "{h}");
+        }
+        assert_eq!("".parse::<ClassMap>(), Ok(ClassMap::default()));
+        let bad = [
+            ("fast", "no '='"),
+            ("fast=", "lowercase"),
+            ("Fast=premium", "lowercase"),
+            ("a=b,a=c", "mapped twice"),
+        ];
+        for (s, needle) in bad {
+            let err = s.parse::<ClassMap>().expect_err(s).to_string();
+            assert!(err.contains(needle) && err.contains("VIRTUAL=HOST"), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn reclaim_policy_is_known_only_for_provisioned_volumes() {
+        let class = |provisioner: &str, policy: Option<&str>| -> StorageClass {
+            serde_json::from_value(json!({"metadata": {"name": "c"}, "provisioner": provisioner,
+                                          "reclaimPolicy": policy}))
+            .expect("a class")
+        };
+        let host = |annotation: Option<&str>| -> PersistentVolumeClaim {
+            let mut h = claim(json!({}));
+            if let Some(a) = annotation {
+                h.annotations_mut()
+                    .insert("volume.kubernetes.io/storage-provisioner".into(), a.into());
+            }
+            h
+        };
+        let dynamic = class("vnest.dev/hostpath", Some("Retain"));
+        let cases = [
+            (
+                "provisioned by the class's provisioner",
+                host(Some("vnest.dev/hostpath")),
+                Some(&dynamic),
+                Some("Retain"),
+            ),
+            (
+                "class without a policy: Delete",
+                host(Some("p")),
+                Some(&class("p", None)),
+                Some("Delete"),
+            ),
+            ("pre-created volume", host(None), Some(&dynamic), None),
+            ("another provisioner", host(Some("other")), Some(&dynamic), None),
+            ("class unknown", host(Some("vnest.dev/hostpath")), None, None),
+        ];
+        for (name, h, c, want) in cases {
+            assert_eq!(provisioned_reclaim_policy(&h, c).as_deref(), want, "{name}");
+        }
+        let none = class(NO_PROVISIONER, Some("Retain"));
+        assert_eq!(
+            provisioned_reclaim_policy(&host(Some(NO_PROVISIONER)), Some(&none)),
+            None
+        );
     }
 
     #[test]
@@ -430,7 +704,7 @@ mod tests {
             "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce", "ReadOnlyMany"], "capacity": {"storage": "5Gi"}}
         }))
         .expect("a claim");
-        let pv = virtual_volume(&v, &h).expect("a volume");
+        let pv = virtual_volume(&v, &h, &ClassMap::default(), None).expect("a volume");
         let body = serde_json::to_value(&pv).expect("serializes");
         assert_eq!(body["metadata"]["name"], "pvc-u-1");
         assert_eq!(body["metadata"]["labels"][markers::LABEL_VIRTUAL_VOLUME], "true");
