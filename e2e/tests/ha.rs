@@ -404,13 +404,47 @@ impl Ha {
         Ok(())
     }
 
-    async fn host_writes(&self) -> Result<f64> {
-        let mut total = 0.0;
-        for r in self.replicas.iter().filter(|r| r.child.is_some()) {
-            let text = http_get_text(&r.admin_url("/metrics")).await?;
-            total += sum_metric(&text, "vnest_syncer_host_writes_total", &[]);
+    /// Host writes replica `i`'s process has counted (0 when it is down), for `op` (all: "").
+    async fn writes_of(&self, i: usize, op: &str) -> Result<f64> {
+        if self.replicas[i].child.is_none() {
+            return Ok(0.0);
         }
-        Ok(total)
+        let text = http_get_text(&self.replicas[i].admin_url("/metrics")).await?;
+        let labels: &[(&str, &str)] = if op.is_empty() { &[] } else { &[("op", op)] };
+        Ok(sum_metric(&text, "vnest_syncer_host_writes_total", labels))
+    }
+
+    /// Restarts every replica, one after the other (a rolling upgrade), and returns the host
+    /// writes of `op` all processes made meanwhile, counted until the new leader caught up.
+    async fn rolling_restart(&mut self, op: &str) -> Result<f64> {
+        let mut written = 0.0;
+        let mut base = Vec::new();
+        for i in 0..self.replicas.len() {
+            base.push(self.writes_of(i, op).await?);
+        }
+        for i in 0..self.replicas.len() {
+            // What this process wrote since the step began goes with it: count it first.
+            for (j, b) in base.iter_mut().enumerate() {
+                let now = self.writes_of(j, op).await?;
+                written += now - *b;
+                *b = now;
+            }
+            self.stop(i, "TERM").await?;
+            self.start(i).await?;
+            base[i] = self.writes_of(i, op).await?;
+            written += base[i];
+        }
+        let leader = self.leader().await?;
+        let metrics = self.replicas[leader].admin_url("/metrics");
+        wait_until("the new leader caught up (initial sync)", WAIT, || async {
+            let text = http_get_text(&metrics).await?;
+            Ok((sum_metric(&text, "vnest_syncer_initial_sync_seconds", &[]) > 0.0).then_some(()))
+        })
+        .await?;
+        for (j, b) in base.iter().enumerate() {
+            written += self.writes_of(j, op).await? - b;
+        }
+        Ok(written)
     }
 }
 
@@ -669,18 +703,7 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     // --- an upgrade: every replica restarted, one after the other -----------------------------
     step("restart every replica (an upgrade of the syncer binary): 0 host writes, no pod recreated");
     let snapshot = ha.host_pods().await?;
-    for i in 0..ha.replicas.len() {
-        ha.stop(i, "TERM").await?;
-        ha.start(i).await?;
-    }
-    let leader = ha.leader().await?;
-    let metrics = ha.replicas[leader].admin_url("/metrics");
-    wait_until("the new leader caught up (initial sync)", WAIT, || async {
-        let text = http_get_text(&metrics).await?;
-        Ok((sum_metric(&text, "vnest_syncer_initial_sync_seconds", &[]) > 0.0).then_some(()))
-    })
-    .await?;
-    let writes = ha.host_writes().await?;
+    let writes = ha.rolling_restart("").await?;
     assert_eq!(writes, 0.0, "the upgrade wrote to the host");
     assert_eq!(
         ha.host_pods().await?,
@@ -689,6 +712,62 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
     );
     eprintln!(
         "[ha] upgrade: 0 host writes, {} host pods untouched",
+        snapshot.len()
+    );
+
+    // --- an upgrade that changes the translation: patches, never recreates ------------------
+    step("an upgrade that adds a marker: the host pods are patched, none is recreated");
+    // The old version's host pods, as if it had not written the marker yet: strip it while
+    // every replica is down, then start the "new version".
+    for i in 0..ha.replicas.len() {
+        ha.stop(i, "TERM").await?;
+    }
+    let marker = markers::ANNOTATION_SERVICE_ACCOUNT;
+    let out =
+        ha.w.env
+            .kubectl(
+                "HOST_KUBECONFIG",
+                &[
+                    "-n",
+                    &ha.ns.name,
+                    "annotate",
+                    "pods",
+                    "-l",
+                    &format!("{}={VC}", markers::LABEL_MANAGED_BY),
+                    &format!("{marker}-"),
+                ],
+            )
+            .await?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..ha.replicas.len() {
+        ha.start(i).await?;
+    }
+    let host_pods: Api<Pod> = Api::namespaced(ha.w.host.clone(), &ha.ns.name);
+    let lp = ListParams::default().labels(&format!("{}={VC}", markers::LABEL_MANAGED_BY));
+    wait_until("every host pod carries the marker again", WAIT, || async {
+        let pods = host_pods.list(&lp).await?.items;
+        Ok(pods
+            .iter()
+            .all(|p| p.annotations().contains_key(marker))
+            .then_some(()))
+    })
+    .await?;
+    let mut patches = 0.0;
+    let mut others = 0.0;
+    for i in 0..ha.replicas.len() {
+        patches += ha.writes_of(i, "patch").await?;
+        others += ha.writes_of(i, "").await?;
+    }
+    others -= patches;
+    assert_eq!(
+        ha.host_pods().await?,
+        snapshot,
+        "a host pod was recreated for a new marker"
+    );
+    assert_eq!(others, 0.0, "creates or deletes for a new marker");
+    assert_eq!(patches as usize, snapshot.len(), "one patch per host pod");
+    eprintln!(
+        "[ha] translation change: {patches} patches for {} host pods, 0 creates, 0 deletes",
         snapshot.len()
     );
 
