@@ -32,6 +32,8 @@ source "$repo/hack/lib/pki.sh"
 source "$repo/hack/lib/podman.sh"
 # shellcheck source=lib/containers.sh
 source "$repo/hack/lib/containers.sh"
+# shellcheck source=lib/virtual.sh
+source "$repo/hack/lib/virtual.sh"
 
 STATE_DIR=${STATE_DIR:-$repo/.e2e}
 mkdir -p "$STATE_DIR"
@@ -531,77 +533,6 @@ log "detected the host service CIDR: $VIRTUAL_SERVICE_CIDR (namespaced permissio
 
 # --- the "k3s" container: virtual control plane ----------------------------------------------------
 step "5/7 virtual control plane (k3s layout) on https://127.0.0.1:$VIRTUAL_API_PORT"
-# start_virtual NAME DATA_DIR PORT: the "k3s" processes of one vcluster with its data dir laid
-# out as k3s lays out --data-dir (/data in the pod): PKI under server/tls, kubeconfigs under
-# server/cred, SQLite under server/db.
-start_virtual() {
-	local name=$1 V=$2 port=$3
-	local T=$V/server/tls
-	mkdir -p "$T" "$V/server/cred" "$V/server/db"
-	pki_ca "$T" server-ca "k3s-server-ca"
-	pki_ca "$T" client-ca "k3s-client-ca"
-	pki_ca "$T" request-header-ca "k3s-request-header-ca"
-	pki_leaf "$T/server-ca" "$T/serving-kube-apiserver" "/CN=kube-apiserver" serverAuth \
-		"DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:$name,DNS:$name.$HOST_NAMESPACE,DNS:$name.$HOST_NAMESPACE.svc,IP:127.0.0.1,IP:$FIRST_SERVICE_IP"
-	pki_leaf "$T/client-ca" "$T/client-admin" "/O=system:masters/CN=system:admin" clientAuth
-	pki_leaf "$T/client-ca" "$T/client-controller" "/CN=system:kube-controller-manager" clientAuth
-	pki_leaf "$T/client-ca" "$T/client-kube-apiserver" "/CN=system:kube-apiserver" clientAuth
-	pki_leaf "$T/request-header-ca" "$T/client-auth-proxy" "/CN=system:auth-proxy" clientAuth
-	pki_sa_key "$T/service.key"
-	cp "$T/service.key" "$T/service.current.key"
-	write_kubeconfig "$V/server/cred/admin.kubeconfig" "https://127.0.0.1:$port" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key" "$name"
-	write_kubeconfig "$V/server/cred/controller.kubeconfig" "https://127.0.0.1:$port" "$T/server-ca.crt" "$T/client-controller.crt" "$T/client-controller.key" "$name"
-
-	# k3s runs kine in-process on a unix socket; here it is the kine binary on the same SQLite file.
-	start_proc "$name-kine" "$BIN/kine" \
-		--endpoint "sqlite://$V/server/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate" \
-		--listen-address "unix://$V/server/kine.sock" --metrics-bind-address 0
-	wait_for "$name kine socket" 30 "$name-kine" test -S "$V/server/kine.sock"
-	# The flags the stock k3s server passes to its embedded kube-apiserver (k3s pkg/daemons/control),
-	# with the vcluster args: endpoint reconciler off, service CIDR = the host's.
-	start_proc "$name-apiserver" "$BIN/kube-apiserver" \
-		--etcd-servers "unix://$V/server/kine.sock" --storage-backend etcd3 \
-		--bind-address 127.0.0.1 --secure-port "$port" --advertise-address 127.0.0.1 \
-		--endpoint-reconciler-type none \
-		--allow-privileged=true --anonymous-auth=false \
-		--api-audiences https://kubernetes.default.svc.cluster.local,k3s \
-		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-		--enable-aggregator-routing=true --enable-bootstrap-token-auth=true \
-		--client-ca-file "$T/client-ca.crt" \
-		--tls-cert-file "$T/serving-kube-apiserver.crt" --tls-private-key-file "$T/serving-kube-apiserver.key" \
-		--kubelet-certificate-authority "$T/server-ca.crt" \
-		--kubelet-client-certificate "$T/client-kube-apiserver.crt" --kubelet-client-key "$T/client-kube-apiserver.key" \
-		--kubelet-preferred-address-types InternalIP,ExternalIP,Hostname \
-		--proxy-client-cert-file "$T/client-auth-proxy.crt" --proxy-client-key-file "$T/client-auth-proxy.key" \
-		--requestheader-allowed-names system:auth-proxy --requestheader-client-ca-file "$T/request-header-ca.crt" \
-		--requestheader-extra-headers-prefix X-Remote-Extra- --requestheader-group-headers X-Remote-Group \
-		--requestheader-username-headers X-Remote-User \
-		--service-account-issuer https://kubernetes.default.svc.cluster.local \
-		--service-account-key-file "$T/service.key" --service-account-signing-key-file "$T/service.current.key" \
-		--service-cluster-ip-range "$VIRTUAL_SERVICE_CIDR" --service-node-port-range 30000-32767 \
-		--profiling=false --v=1
-	wait_for "$name kube-apiserver /readyz" 120 "$name-apiserver" \
-		https_ok "https://127.0.0.1:$port/readyz" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key"
-	# k3s's controller-manager args plus the vcluster controller set (no node IPAM, node lifecycle,
-	# PV binder, attach/detach, cloud controllers); no scheduler, no kubelet.
-	start_proc "$name-controller-manager" "$BIN/kube-controller-manager" \
-		--kubeconfig "$V/server/cred/controller.kubeconfig" \
-		--authentication-kubeconfig "$V/server/cred/controller.kubeconfig" \
-		--authorization-kubeconfig "$V/server/cred/controller.kubeconfig" \
-		--bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
-		--use-service-account-credentials=true \
-		--service-account-private-key-file "$T/service.current.key" --root-ca-file "$T/server-ca.crt" \
-		--cluster-signing-kube-apiserver-client-cert-file "$T/client-ca.crt" --cluster-signing-kube-apiserver-client-key-file "$T/client-ca.key" \
-		--cluster-signing-kubelet-client-cert-file "$T/client-ca.crt" --cluster-signing-kubelet-client-key-file "$T/client-ca.key" \
-		--cluster-signing-kubelet-serving-cert-file "$T/server-ca.crt" --cluster-signing-kubelet-serving-key-file "$T/server-ca.key" \
-		--cluster-signing-legacy-unknown-cert-file "$T/server-ca.crt" --cluster-signing-legacy-unknown-key-file "$T/server-ca.key" \
-		--cluster-name kubernetes --service-cluster-ip-range "$VIRTUAL_SERVICE_CIDR" --configure-cloud-routes=false \
-		--controllers '*,tokencleaner,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-cloud-node-lifecycle,-ttl' \
-		--profiling=false --v=1
-	wait_for "$name ServiceAccount default/default (controller-manager working)" 90 "$name-controller-manager" \
-		"$KUBECTL" --kubeconfig "$V/server/cred/admin.kubeconfig" -n default get serviceaccount default
-}
-
 V=$STATE_DIR/virtual
 if [[ $VNEST_RUNTIME == containers ]]; then
 	# The k3s container wrote its data dir into the claim's volume: the admin kubeconfig of

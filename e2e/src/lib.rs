@@ -7,6 +7,9 @@
 //! - [`wait_until`]: wait for a condition with a deadline (never a bare sleep).
 //! - [`kubectl`]: run the kubectl built from the same Kubernetes module.
 
+pub mod extra_vcluster;
+pub mod service_proxy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -295,6 +295,22 @@ async fn user_errors_are_one_line_and_fail() -> Result<()> {
             assert!(listed.trim().split(", ").any(|n| n == w.vcluster), "{err}");
         }
     }
+    // HA without its datastore Secret: refused before anything is made, saying how to make it.
+    let ns = format!("vnest-e2e-nods-{:04x}", rand::random::<u16>());
+    let out = vnest(&w.env, &["create", "x", "-n", &ns, "--overlay", "ha"]).await?;
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs Secret \"x-datastore\"")
+            && err.contains("kubectl -n")
+            && err.contains("create secret generic x-datastore"),
+        "{err}"
+    );
+    let namespaces: Api<Namespace> = Api::all(w.host.clone());
+    assert!(
+        namespaces.get_opt(&ns).await?.is_none(),
+        "a refused create made its namespace"
+    );
     // No access to a namespace: the syncer's own identity may not list StatefulSets elsewhere.
     let out = tokio::process::Command::new(w.env.path("VNEST_BIN")?)
         .args(["list", "-n", "kube-system"])

@@ -121,6 +121,8 @@ fn configs_render_as_kubectl_builds_their_overlay() -> Result<()> {
             "all-parts",
             vec!["isolated", "real-nodes", "host-storageclasses", "real-volumes"],
         ),
+        ("datastore", vec!["external-datastore"]),
+        ("ha", vec!["ha", "isolated"]),
     ] {
         let config = ConfigInputs {
             name: Some(name.to_owned()),
@@ -398,5 +400,53 @@ fn the_pod_security_admission_config_loads_in_a_real_api_server() -> Result<()> 
         assert_eq!(verdict, Some(loads), "{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The k3s container's shell line, run as the pod's shell would (with `/bin/k3s` replaced by
+/// `echo`): a replica other than `-0` refuses to start on SQLite and names the overlays that
+/// add a datastore; with a datastore endpoint every replica starts.
+#[test]
+fn a_second_replica_refuses_to_start_on_sqlite() -> Result<()> {
+    let objs = kustomize(&repo().join("manifests/overlays/ha"))?;
+    let sts = objs
+        .iter()
+        .find(|o| o["kind"] == "StatefulSet")
+        .ok_or_else(|| anyhow::anyhow!("no StatefulSet"))?;
+    let k3s = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(k3s["name"], "k3s");
+    let line = k3s["command"][2]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no shell line"))?
+        .replace("exec /bin/k3s server", "exec echo k3s server");
+    let run = |pod: &str, endpoint: &str| -> Result<std::process::Output> {
+        Ok(std::process::Command::new("/bin/sh")
+            .args(["-c", &line, "k3s", "--data-dir=/data"])
+            .env("POD_NAME", pod)
+            .env("K3S_DATASTORE_ENDPOINT", endpoint)
+            .env("VNEST_NAME", "demo")
+            .env("POD_NAMESPACE", "team-a")
+            .output()?)
+    };
+    let first = run("demo-0", "")?;
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).starts_with("k3s server"));
+    let second = run("demo-1", "")?;
+    assert!(
+        !second.status.success(),
+        "a second replica on SQLite must not start"
+    );
+    let why = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        why.contains("SQLite serves one replica") && why.contains("overlays/ha"),
+        "{why}"
+    );
+    let sqlite = run("demo-2", "sqlite:///data/state.db")?;
+    assert!(
+        !sqlite.status.success(),
+        "an explicit SQLite endpoint is SQLite too"
+    );
+    let shared = run("demo-2", "postgres://db:5432/vnest")?;
+    assert!(shared.status.success(), "{shared:?}");
     Ok(())
 }

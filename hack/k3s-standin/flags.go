@@ -144,6 +144,9 @@ var errHelp = errors.New("help requested")
 // (`--flag` or `--flag=false`).
 func ParseServerFlags(args []string) (*Config, error) {
 	c := &Config{set: map[string]bool{}}
+	// k3s reads these flags from its environment too (flags given on the command line win):
+	// manifests pass the datastore endpoint and token from a Secret without putting them in argv.
+	args = append(envFlags(os.LookupEnv), args...)
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		if arg == "-h" || arg == "--help" {
@@ -177,6 +180,26 @@ func ParseServerFlags(args []string) (*Config, error) {
 		return nil, err
 	}
 	return c, c.validate()
+}
+
+// flagEnv: the environment twins of k3s server flags this stand-in honours (k3s's own names).
+var flagEnv = []struct{ env, flag string }{
+	{"K3S_DATASTORE_ENDPOINT", "datastore-endpoint"},
+	{"K3S_DATASTORE_CAFILE", "datastore-cafile"},
+	{"K3S_DATASTORE_CERTFILE", "datastore-certfile"},
+	{"K3S_DATASTORE_KEYFILE", "datastore-keyfile"},
+	{"K3S_TOKEN", "token"},
+}
+
+// envFlags turns the set, non-empty twins into --flag=value arguments.
+func envFlags(lookup func(string) (string, bool)) []string {
+	var out []string
+	for _, e := range flagEnv {
+		if v, ok := lookup(e.env); ok && v != "" {
+			out = append(out, "--"+e.flag+"="+v)
+		}
+	}
+	return out
 }
 
 func knownFlags() string {

@@ -171,3 +171,20 @@ func TestFirstServiceIPs(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestEnvironmentTwinsComeBeforeFlags(t *testing.T) {
+	env := map[string]string{"K3S_DATASTORE_ENDPOINT": "postgres://u:p@db:5432/k3s", "K3S_TOKEN": "", "OTHER": "x"}
+	got := envFlags(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if !slices.Equal(got, []string{"--datastore-endpoint=postgres://u:p@db:5432/k3s"}) {
+		t.Fatalf("env flags: %q", got)
+	}
+	t.Setenv("K3S_DATASTORE_ENDPOINT", "postgres://from-env")
+	c, err := ParseServerFlags([]string{"--data-dir=/d"})
+	if err != nil || c.DatastoreEndpoint != "postgres://from-env" {
+		t.Fatalf("from the environment: %v %q", err, c.DatastoreEndpoint)
+	}
+	c, err = ParseServerFlags([]string{"--data-dir=/d", "--datastore-endpoint=postgres://flag"})
+	if err != nil || c.DatastoreEndpoint != "postgres://flag" {
+		t.Fatalf("the flag wins: %v %q", err, c.DatastoreEndpoint)
+	}
+}

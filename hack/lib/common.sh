@@ -34,6 +34,7 @@ free_port() {
 start_proc() {
 	local name=$1; shift
 	local pidfile="$PID_DIR/$name.pid"
+	rm -f "$pidfile" # a restart: wait for the new process's PID, not the old one's
 	printf '%s\n' "$name" >>"$PID_DIR/order"
 	setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pidfile" "$@" \
 		>>"$LOG_DIR/$name.log" 2>&1 </dev/null 3>&- &

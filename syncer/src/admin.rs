@@ -1,5 +1,7 @@
 //! The admin HTTP server: `/livez` (the process is serving), `/readyz` (both clusters reachable
-//! through healthy watches; 503 with the reasons otherwise) and `/metrics` (Prometheus text).
+//! through healthy watches; 503 with the reasons otherwise; the last line is the replica's role,
+//! leader or standby, which does not change readiness: a standby serves DNS and the kubelet
+//! endpoint) and `/metrics` (Prometheus text).
 //! Handlers only read in-memory state: a probe never causes an API request.
 
 use std::net::SocketAddr;
@@ -14,21 +16,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::health::Readiness;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AdminState {
     readiness: Arc<Readiness>,
     metrics: Metrics,
+    leadership: Leadership,
 }
 
-pub fn router(readiness: Arc<Readiness>, metrics: Metrics) -> Router {
+pub fn router(readiness: Arc<Readiness>, metrics: Metrics, leadership: Leadership) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { readiness, metrics })
+        .with_state(AdminState {
+            readiness,
+            metrics,
+            leadership,
+        })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -43,6 +51,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             }
         }
     }
+    body.push_str(&format!("[+] {}\n", state.leadership.role().describe()));
     let code = if ready {
         StatusCode::OK
     } else {
@@ -104,7 +113,8 @@ mod tests {
     async fn readyz_reports_each_cluster_and_metrics_render() {
         let metrics = Metrics::new().expect("metrics");
         let readiness = Readiness::new(metrics.clone());
-        let app = router(readiness.clone(), metrics.clone());
+        let (role, leadership) = Leadership::elected();
+        let app = router(readiness.clone(), metrics.clone(), leadership);
 
         assert_eq!(call(app.clone(), "/livez").await.0, StatusCode::OK);
         let (code, body) = call(app.clone(), "/readyz").await;
@@ -119,6 +129,14 @@ mod tests {
             body.contains("[+] host ok") && body.contains("[+] virtual ok"),
             "{body}"
         );
+        assert!(
+            body.contains("role: standby (no leader yet)"),
+            "a standby is ready: {body}"
+        );
+        role.send_replace(crate::leader::Role::Leader);
+        let (code, body) = call(app.clone(), "/readyz").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert!(body.ends_with("[+] role: leader\n"), "{body}");
 
         let (code, body) = call(app, "/metrics").await;
         assert_eq!(code, StatusCode::OK);

@@ -21,6 +21,7 @@ use crate::engine::events::Events;
 use crate::engine::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::health::{self, Readiness};
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::resources::{self, KindOptions};
 use crate::{admin, clients};
@@ -34,10 +35,17 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signals(cancel.clone()));
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let (role_tx, leadership) = match &config.election {
+        Some(_) => {
+            let (tx, leadership) = Leadership::elected();
+            (Some(tx), leadership)
+        }
+        None => (None, Leadership::alone()),
+    };
 
     let (admin_addr, serve) = admin::bind(
         config.admin_addr,
-        admin::router(readiness.clone(), metrics.clone()),
+        admin::router(readiness.clone(), metrics.clone(), leadership.clone()),
         cancel.clone(),
     )
     .await?;
@@ -53,6 +61,15 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     let (host, host_streams_client) = HostClient::with_streams(&config.host, config.host_rate, &metrics)
         .await
         .context("connecting to the host cluster")?;
+    if let (Some(settings), Some(role_tx)) = (config.election.clone(), role_tx) {
+        let done = spawn_election(&config, settings, role_tx, &metrics, &cancel)?;
+        tasks.spawn(async move {
+            let result = done
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the leader election thread ended")));
+            ("leader election", result)
+        });
+    }
     let Some(virt) = wait_for_virtual_client(&config, &metrics, &readiness, &cancel).await? else {
         return Ok(()); // cancelled while waiting
     };
@@ -132,11 +149,16 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
         cancel: cancel.clone(),
         workers: config.sync.workers,
         initial_sync: initial_sync.clone(),
+        leadership: leadership.clone(),
     });
     {
         let (metrics, ctx, cancel) = (metrics.clone(), shared.translate.clone(), cancel.clone());
         tasks.spawn(async move {
-            initial_sync.report(metrics, ctx, cancel.clone()).await;
+            // A standby never catches up (its workers wait): it reports once it leads.
+            tokio::select! {
+                () = leadership.leading() => initial_sync.report(metrics, ctx, cancel.clone()).await,
+                () = cancel.cancelled() => {}
+            }
             // Every task lives until shutdown (an early exit means a failure to the supervisor).
             cancel.cancelled().await;
             ("initial sync report", Ok(()))
@@ -192,6 +214,42 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     }
     serve_dns(&config, dns_stores, &cancel, &mut tasks).await?;
     supervise(tasks, cancel, config.shutdown_timeout).await
+}
+
+/// Runs the leader election on a thread and runtime of its own with a host client of its own:
+/// renewing the lease must not wait for a worker thread or a connection that a burst of
+/// reconciles keeps busy (a late renewal makes the leader step down).
+fn spawn_election(
+    config: &SyncerConfig,
+    settings: leader::ElectionSettings,
+    role_tx: watch::Sender<leader::Role>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (access, ns) = (config.host.clone(), config.host_namespace.clone());
+    let (metrics, cancel) = (metrics.clone(), cancel.clone());
+    std::thread::Builder::new()
+        .name("leader-election".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let client = HostClient::for_election(&access, &metrics)
+                            .await
+                            .context("connecting to the host cluster for the leader election")?;
+                        leader::run(client, ns, settings, role_tx, metrics, cancel)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the leader election thread")?;
+    Ok(done_rx)
 }
 
 /// Starts the DNS server over the Service and Endpoints caches.

@@ -46,6 +46,16 @@ impl HostClient {
     }
 }
 
+impl HostClient {
+    /// A host client of the leader election's own: its own connections and rate limit, so a
+    /// lease renewal never waits behind a burst of the workers' requests (counted the same way).
+    pub async fn for_election(access: &ClusterAccess, metrics: &Metrics) -> Result<Client> {
+        let config = load_config(Cluster::Host, access).await?;
+        let rate = RateLimit { qps: 5.0, burst: 10 };
+        build(Cluster::Host, config, rate, metrics)
+    }
+}
+
 impl VirtualClient {
     pub async fn new(kubeconfig: &std::path::Path, rate: RateLimit, metrics: &Metrics) -> Result<Self> {
         let config = load_config(

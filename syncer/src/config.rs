@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::dns::{DnsArgs, DnsSettings};
 use crate::kubelet::{KubeletArgs, KubeletSettings};
+use crate::leader::{ElectionArgs, ElectionConfigError, ElectionSettings};
 use crate::naming::parse_dns_label;
 use crate::resources::{KindArgs, KindSettings};
 
@@ -222,6 +223,9 @@ pub struct SyncerArgs {
 
     #[command(flatten)]
     pub kubelet: KubeletArgs,
+
+    #[command(flatten)]
+    pub election: ElectionArgs,
 }
 
 /// Options every synced kind shares.
@@ -308,6 +312,8 @@ pub struct SyncerConfig {
     pub kinds: KindSettings,
     pub dns: DnsSettings,
     pub kubelet: KubeletSettings,
+    /// Leader election between replicas; `None` when off (this replica leads alone).
+    pub election: Option<ElectionSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +328,8 @@ pub enum ConfigError {
     },
     #[error("the namespace in {path} is not a valid DNS label: {reason}")]
     BadNamespaceFile { path: &'static str, reason: String },
+    #[error(transparent)]
+    Election(#[from] ElectionConfigError),
 }
 
 impl SyncerArgs {
@@ -350,6 +358,7 @@ impl SyncerArgs {
             kinds,
             dns,
             kubelet,
+            election,
         } = self;
         let host_namespace = match host_namespace {
             Some(ns) => ns,
@@ -365,6 +374,7 @@ impl SyncerArgs {
             kinds.nodes.kubelet_port,
             kinds.nodes.kubelet_address.clone(),
         );
+        let election = election.into_settings(&name)?;
         let sync = SyncOptions {
             workers: usize::from(workers),
             service_name,
@@ -375,6 +385,7 @@ impl SyncerArgs {
             kinds,
             dns,
             kubelet,
+            election,
             owner: Owner {
                 kind: owner_kind,
                 name: owner_name.unwrap_or_else(|| name.clone()),
@@ -529,6 +540,19 @@ mod tests {
         ("kubelet-serving-ca-key", "VNEST_KUBELET_SERVING_CA_KEY", ""),
         ("kubelet-client-ca", "VNEST_KUBELET_CLIENT_CA", ""),
         ("kubelet-tls-san", "VNEST_KUBELET_TLS_SAN", ""),
+        ("leader-elect", "VNEST_LEADER_ELECT", ""),
+        ("leader-elect-lease-name", "VNEST_LEADER_ELECT_LEASE_NAME", ""),
+        ("leader-elect-identity", "VNEST_LEADER_ELECT_IDENTITY", ""),
+        (
+            "leader-elect-lease-duration",
+            "VNEST_LEADER_ELECT_LEASE_DURATION",
+            "15s",
+        ),
+        (
+            "leader-elect-renew-grace",
+            "VNEST_LEADER_ELECT_RENEW_GRACE",
+            "10s",
+        ),
     ];
 
     #[test]

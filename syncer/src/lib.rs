@@ -24,6 +24,8 @@
 //!   through the host's pod subresources; TLS, client CA and TokenReview/SAR auth, allowlist).
 //! - [`dns`]: the cluster DNS served from the watch caches (pure catalog, hickory server).
 //! - [`cidr`]: `detect-service-cidr`, the host's service CIDR with namespaced permissions.
+//! - [`leader`]: leader election between HA replicas (a host Lease, kube-lease-manager); only
+//!   the leader's workers run and its executor writes.
 //! - [`memory`]: glibc arenas and `malloc_trim` after bursts.
 //! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
 //! - [`error`]: the crate's typed errors.
@@ -43,6 +45,7 @@ pub mod error;
 pub mod health;
 pub mod ipnet;
 pub mod kubelet;
+pub mod leader;
 pub mod markers;
 pub mod memory;
 pub mod metrics;

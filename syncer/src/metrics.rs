@@ -61,6 +61,10 @@ pub struct Metrics {
     pub kubelet_requests: IntCounterVec,
     /// Kubelet streams (logs, exec, attach, port-forward) open now, by path kind.
     pub kubelet_streams_open: IntGaugeVec,
+    /// 1 while this replica leads (always 1 without leader election), else 0.
+    pub leader: prometheus::IntGauge,
+    /// Times this replica became the leader.
+    pub leader_transitions: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -193,6 +197,15 @@ impl Metrics {
             &["path"],
         )?;
         registry.register(Box::new(kubelet_requests.clone()))?;
+        let leader = prometheus::IntGauge::new(
+            "leader",
+            "1 while this replica holds the leader lease (always 1 without --leader-elect), else 0",
+        )?;
+        let leader_transitions =
+            prometheus::IntCounter::new("leader_transitions_total", "Times this replica became the leader")?;
+        leader.set(1);
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(leader_transitions.clone()))?;
         for c in [&store_objects, &queue_depth, &kubelet_streams_open] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -227,6 +240,8 @@ impl Metrics {
             heap_allocated_bytes,
             kubelet_requests,
             kubelet_streams_open,
+            leader,
+            leader_transitions,
         })
     }
 

@@ -170,6 +170,14 @@ pub struct OverlayConfig {
     /// instead of stubs (`manifests/components/real-volumes`): a read-only ClusterRole on
     /// PersistentVolumes, so it needs rights to create ClusterRoles and ClusterRoleBindings.
     pub real_volumes: bool,
+    /// k3s keeps the virtual cluster's state in an external datastore (PostgreSQL, MySQL, etcd)
+    /// instead of SQLite (`manifests/components/external-datastore`): the endpoint and k3s token
+    /// come from the Secret `<name>-datastore` (keys `endpoint`, `token`), which must exist.
+    pub external_datastore: bool,
+    /// High availability (`manifests/overlays/ha`): 3 replicas spread over nodes, a
+    /// PodDisruptionBudget, leader election between the syncers (a Lease in the namespace),
+    /// and the external datastore (implies `externalDatastore`).
+    pub ha: bool,
 }
 
 /// Pod sandbox policy for synced pods (`--host-access`).
@@ -687,7 +695,7 @@ pub struct ConfigInputs {
     pub name: Option<String>,
     pub namespace: Option<String>,
     /// `--overlay` names (`default`, `isolated`, `real-nodes`, `host-storageclasses`,
-    /// `real-volumes`).
+    /// `real-volumes`, `external-datastore`, `ha`).
     pub overlays: Vec<String>,
 }
 
@@ -698,6 +706,8 @@ pub const OVERLAYS: &[&str] = &[
     "real-nodes",
     "host-storageclasses",
     "real-volumes",
+    "external-datastore",
+    "ha",
 ];
 
 impl ConfigInputs {
@@ -736,6 +746,10 @@ impl ConfigInputs {
                 "real-nodes" => set_key(&mut doc, "overlay.realNodes", Value::Bool(true)),
                 "host-storageclasses" => set_key(&mut doc, "overlay.hostStorageClasses", Value::Bool(true)),
                 "real-volumes" => set_key(&mut doc, "overlay.realVolumes", Value::Bool(true)),
+                "external-datastore" => {
+                    set_key(&mut doc, "overlay.externalDatastore", Value::Bool(true));
+                }
+                "ha" => set_key(&mut doc, "overlay.ha", Value::Bool(true)),
                 other => {
                     return Err(ConfigError::BadValue {
                         key: "--overlay".to_owned(),
@@ -936,7 +950,7 @@ mod tests {
             (
                 vec![],
                 Some("overlay: {isolatd: true}"),
-                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": hostStorageClasses, isolated, realNodes, realVolumes",
+                "unknown key \"overlay.isolatd\": allowed keys under \"overlay\": externalDatastore, ha, hostStorageClasses, isolated, realNodes, realVolumes",
             ),
             (vec![], Some("export: {enabled: 3}"), "3 is not a boolean"),
             (vec!["export.server=http://x"], None, "not an https:// URL"),
@@ -953,7 +967,7 @@ mod tests {
         i.overlays = vec!["isolatd".into()];
         let err = i.resolve().expect_err("bad overlay").to_string();
         assert!(
-            err.contains("allowed values: default, isolated, real-nodes, host-storageclasses, real-volumes"),
+            err.contains("allowed values: default, isolated, real-nodes, host-storageclasses, real-volumes, external-datastore, ha"),
             "{err}"
         );
         let mut i = inputs(&[]);

@@ -23,6 +23,18 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../manifests/base/statefulset.yaml"),
     ),
     (
+        "components/external-datastore/kustomization.yaml",
+        include_str!("../../../manifests/components/external-datastore/kustomization.yaml"),
+    ),
+    (
+        "components/ha/kustomization.yaml",
+        include_str!("../../../manifests/components/ha/kustomization.yaml"),
+    ),
+    (
+        "components/ha/pdb.yaml",
+        include_str!("../../../manifests/components/ha/pdb.yaml"),
+    ),
+    (
         "components/host-storageclasses/clusterrole.yaml",
         include_str!("../../../manifests/components/host-storageclasses/clusterrole.yaml"),
     ),
@@ -45,6 +57,10 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "components/isolated/quota.yaml",
         include_str!("../../../manifests/components/isolated/quota.yaml"),
+    ),
+    (
+        "components/leader-election/kustomization.yaml",
+        include_str!("../../../manifests/components/leader-election/kustomization.yaml"),
     ),
     (
         "components/name/kustomization.yaml",
@@ -81,6 +97,22 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "overlays/default/name.yaml",
         include_str!("../../../manifests/overlays/default/name.yaml"),
+    ),
+    (
+        "overlays/external-datastore/kustomization.yaml",
+        include_str!("../../../manifests/overlays/external-datastore/kustomization.yaml"),
+    ),
+    (
+        "overlays/external-datastore/name.yaml",
+        include_str!("../../../manifests/overlays/external-datastore/name.yaml"),
+    ),
+    (
+        "overlays/ha/kustomization.yaml",
+        include_str!("../../../manifests/overlays/ha/kustomization.yaml"),
+    ),
+    (
+        "overlays/ha/name.yaml",
+        include_str!("../../../manifests/overlays/ha/name.yaml"),
     ),
     (
         "overlays/isolated/kustomization.yaml",

@@ -199,6 +199,10 @@ pub enum CliError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "the external datastore needs Secret {secret:?} in namespace {namespace:?} (keys `endpoint` and `token`) before the vcluster starts; create it, e.g.\n  kubectl -n {namespace} create secret generic {secret} --from-literal=endpoint='postgres://USER:PASSWORD@HOST:5432/DB' --from-literal=token=\"$(head -c 32 /dev/urandom | base64)\""
+    )]
+    NoDatastoreSecret { secret: String, namespace: String },
     #[error("host cluster access: {0}")]
     Client(String),
     #[error("{what}: {reason}")]

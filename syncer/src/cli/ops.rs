@@ -504,6 +504,9 @@ pub async fn create(args: &CreateArgs) -> Result<(), CliError> {
             ));
         }
     }
+    if config.overlay.external_datastore || config.overlay.ha {
+        check_datastore_secret(&client, &config).await?;
+    }
     ensure_namespace(&client, &config.namespace).await?;
     apply(&client, &config.namespace, &objs).await?;
     wait_pod_ready(&client, &config.name, &config.namespace, args.timeout).await?;
@@ -515,6 +518,30 @@ pub async fn create(args: &CreateArgs) -> Result<(), CliError> {
         return Ok(());
     }
     connect_with(&client, &config, &args.connect, args.timeout).await
+}
+
+/// The datastore Secret must exist before k3s starts (the pods would wait on it with no word):
+/// refuse early, saying how to make it. Its keys are not read (the values are secret).
+async fn check_datastore_secret(client: &Client, config: &VclusterConfig) -> Result<(), CliError> {
+    let secret = format!("{}-datastore", config.name);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    match api.get_metadata_opt(&secret).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(CliError::NoDatastoreSecret {
+            secret,
+            namespace: config.namespace.clone(),
+        }),
+        // A namespace that does not exist yet has no Secret either.
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(CliError::NoDatastoreSecret {
+            secret,
+            namespace: config.namespace.clone(),
+        }),
+        Err(e) => Err(CliError::kube(
+            "get",
+            format!("Secret {secret:?} in namespace {:?}", config.namespace),
+            e,
+        )),
+    }
 }
 
 // --- connect ------------------------------------------------------------------------------------
@@ -900,6 +927,8 @@ async fn kinds_to_check(
             real_nodes: true,
             host_storage_classes: true,
             real_volumes: true,
+            external_datastore: true,
+            ha: true,
         },
         ..VclusterConfig::default()
     };

@@ -59,6 +59,9 @@ pub enum SyncError {
         name: String,
         message: String,
     },
+    /// This replica does not hold the leader lease (HA): it writes nothing.
+    #[error("not writing {kind} {name}: this syncer replica is not the leader")]
+    NotLeading { kind: &'static str, name: String },
 }
 
 impl SyncError {
@@ -70,6 +73,7 @@ impl SyncError {
             SyncError::Rejected { .. } => "rejected",
             SyncError::Transient { .. } => "transient",
             SyncError::Cache { .. } => "cache",
+            SyncError::NotLeading { .. } => "not_leading",
             SyncError::Translate(TranslateError::Refused(_)) => "refused",
             SyncError::Translate(TranslateError::NotReady(_)) => "waiting",
             SyncError::Translate(TranslateError::Missing(_)) => "missing",
@@ -106,7 +110,9 @@ impl SyncError {
     pub fn fixed_requeue(&self) -> Option<Duration> {
         match self {
             SyncError::Conflict { .. } => Some(super::RECHECK),
-            SyncError::Translate(TranslateError::NotReady(_)) => Some(Duration::from_secs(2)),
+            SyncError::Translate(TranslateError::NotReady(_)) | SyncError::NotLeading { .. } => {
+                Some(Duration::from_secs(2))
+            }
             _ => None,
         }
     }

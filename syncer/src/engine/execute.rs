@@ -303,6 +303,14 @@ impl Executor {
     /// Sends `action`.
     pub async fn run(&self, action: &Action) -> Result<Done, SyncError> {
         let t = &action.target;
+        // The fence of the HA mode: a replica that lost (or never won) the lease writes nothing,
+        // not even a reconcile that started while it led.
+        if !self.shared.leadership.leads() {
+            return Err(SyncError::NotLeading {
+                kind: t.kind,
+                name: t.name.clone(),
+            });
+        }
         let op = action.write.op();
         if let Write::Delete { uid, grace_seconds } = &action.write
             && self.deleted.pending(&delete_key(t.cluster, uid, *grace_seconds))

@@ -54,6 +54,9 @@ pub struct Shared {
     pub workers: usize,
     /// Tracks the first catch-up after start (every watch listed, every queue drained).
     pub initial_sync: std::sync::Arc<progress::InitialSync>,
+    /// Whether this replica leads (workers and kind tasks wait for it; the executor checks it
+    /// before every write).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Shared {
@@ -100,6 +103,7 @@ impl Shared {
             cancel: CancellationToken::new(),
             workers: 4,
             initial_sync: progress::InitialSync::new(),
+            leadership: crate::leader::Leadership::alone(),
         }
     }
 }

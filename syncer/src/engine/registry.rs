@@ -541,8 +541,8 @@ impl Registry {
     }
 
     /// A watch that keeps no cache (objects needed only until handled): `on_event` sees every
-    /// event, the (re)lists' objects included. It opens once `gate` is done and counts for the
-    /// initial sync, but workers do not wait for it.
+    /// event, the (re)lists' objects included. It opens once `gate` is done and this replica
+    /// leads, and counts for the initial sync, but workers do not wait for it.
     pub fn stream<K>(
         &mut self,
         watch: &Watch<K>,
@@ -558,6 +558,11 @@ impl Registry {
             watch.name
         );
         let (watch, shared, options) = (watch.clone(), self.shared.clone(), self.options.clone());
+        let leadership = shared.leadership.clone();
+        let gate = async move {
+            gate.await;
+            leadership.leading().await;
+        };
         let start = move |tasks: &mut Tasks| {
             let config = options.config(watch.cluster, &watch.selection);
             let name = watch.name;
@@ -616,12 +621,21 @@ impl Registry {
         for (_, start) in self.streams {
             start(tasks);
         }
+        // Kinds' tasks write: they start on the leader only (at once without election).
         for (name, task) in self.tasks {
-            tasks.spawn(async move { (name, task.await) });
+            let leadership = self.shared.leadership.clone();
+            tasks.spawn(async move {
+                leadership.leading().await;
+                (name, task.await)
+            });
         }
         let shared = self.shared;
         tasks.spawn(async move {
             futures::future::join_all(readiness).await;
+            if !shared.leadership.leads() {
+                tracing::info!("all caches listed; standing by (another replica leads)");
+                shared.leadership.leading().await;
+            }
             tracing::info!("all caches listed; starting workers");
             let mut workers = JoinSet::new();
             for (name, run, own) in worker_sets {
