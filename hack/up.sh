@@ -117,6 +117,11 @@ RUNNER_NODE=vnest-runner-$HOST_API_PORT    # unique per world: podman's containe
 SYNCER_ADMIN_PORT=$(free_port)
 SYNCER_DNS_PORT=$(free_port)
 SYNCER_KUBELET_PORT=$(free_port)
+# This machine's own address (not loopback). The runner's pods report it (Endpoints refuse
+# loopback addresses), and the virtual nodes advertise the syncer's kubelet endpoint on it: API
+# servers refuse to proxy `nodes/<n>/proxy/...` to a loopback node address.
+MACHINE_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n 1)
+[[ -n $MACHINE_IP ]] || { MACHINE_IP=127.0.0.1; log "WARNING: no non-loopback IPv4 address here: pods of the runner's node report 127.0.0.1, which Endpoints refuse, and the virtual nodes' kubelet is on loopback, where the API servers' node proxy does not go"; }
 # kwok forwards every port-forward to this address; the port-forward e2e test listens there.
 PORT_FORWARD_TARGET_PORT=$(free_port)
 # Names outside the cluster domain are forwarded upstream; locally that is a loopback port with
@@ -372,9 +377,9 @@ if [[ $VNEST_RUNTIME == containers ]]; then
 	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
 	read -r nofile nproc < <(container_ulimits)
 	# Its pods share this machine's network: they report its own address (Endpoints refuse
-	# loopback ones), and listen on loopback only (the local overlay's bind addresses).
-	pod_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n 1)
-	[[ -n $pod_ip ]] || { pod_ip=127.0.0.1; log "WARNING: no non-loopback IPv4 address here: the vcluster pod reports 127.0.0.1, which Endpoints refuse (the vcluster Service gets no endpoints)"; }
+	# loopback ones), and listen on loopback (the local overlay's bind addresses; the syncer's
+	# kubelet endpoint on that address).
+	pod_ip=$MACHINE_IP
 	start_proc runner "$DEBUG_DIR/vnest-runner" --kubeconfig "$HOST_KUBECONFIG" --node-name "$RUNNER_NODE" \
 		--pod-ip "$pod_ip" --api-port "$HOST_API_PORT" --kubelet-port "$KWOK_PORT" \
 		--state-dir "$STATE_DIR/runner" --log-dir "$LOG_DIR/containers" \
@@ -567,8 +572,8 @@ SYNCER_ADMIN_ADDR=127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
 DNS_UPSTREAM=$DNS_UPSTREAM
 WORKLOAD_SA=$VCLUSTER_NAME-workload
-# The virtual nodes' kubelet is the syncer's kubelet endpoint on loopback (local world only).
-EXTRA_SYNCER_FLAGS="--sync-networkpolicies --networkpolicy-deny-cidrs $PRIVATE_CIDRS --sync-storageclasses --storage-class-map fast=immediate --kubelet-address 127.0.0.1 --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr 127.0.0.1:$SYNCER_KUBELET_PORT"
+# The virtual nodes' kubelet is the syncer's kubelet endpoint on this machine's address (local world only).
+EXTRA_SYNCER_FLAGS="--sync-networkpolicies --networkpolicy-deny-cidrs $PRIVATE_CIDRS --sync-storageclasses --storage-class-map fast=immediate --kubelet-address $MACHINE_IP --kubelet-port $SYNCER_KUBELET_PORT --kubelet-listen-addr $MACHINE_IP:$SYNCER_KUBELET_PORT"
 EOF
 if [[ $VNEST_RUNTIME == containers ]]; then
 	wait_for "syncer container /readyz (both clusters reachable)" 60 runner curl -fsS --max-time 2 "http://127.0.0.1:$SYNCER_ADMIN_PORT/readyz"
@@ -589,7 +594,7 @@ VCLUSTER_NAME=$VCLUSTER_NAME
 SYNCER_METRICS_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT/metrics
 SYNCER_ADMIN_URL=http://127.0.0.1:$SYNCER_ADMIN_PORT
 SYNCER_DNS_ADDR=127.0.0.1:$SYNCER_DNS_PORT
-SYNCER_KUBELET_ADDR=127.0.0.1:$SYNCER_KUBELET_PORT
+SYNCER_KUBELET_ADDR=$MACHINE_IP:$SYNCER_KUBELET_PORT
 KWOK_FOLLOW_LOG=$H/kwok-follow.log
 KWOK_HUGE_LOG=$H/kwok-huge.log
 KWOK_EXEC_DIR=$H/kwok-exec

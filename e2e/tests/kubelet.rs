@@ -789,3 +789,64 @@ async fn node_stats_need_the_host_node_proxy() -> Result<()> {
     assert!(refused >= 1.0 && asked >= 1.0, "refused {refused}, asked {asked}");
     f.ns.delete().await
 }
+
+/// What a tenant types against a node: `kubectl get --raw /api/v1/nodes/<node>/proxy/...`
+/// goes through the virtual API server's node proxy to the node's address, the syncer's kubelet
+/// endpoint (in the local world on this machine's address: API servers do not proxy to
+/// loopback). `/pods` lists this vcluster's pods under their virtual names, `/run` runs a
+/// command in the pod, `/healthz` answers, and node stats without the host's `nodes/proxy`
+/// permission are refused with the component that grants it.
+#[tokio::test]
+async fn the_node_proxy_reaches_the_kubelet_endpoint() -> Result<()> {
+    let f = fixture("kl-proxy").await?;
+    let pods: Api<Pod> = Api::namespaced(f.world.virt.clone(), &f.ns.name);
+    let node = pods
+        .get(&f.pod)
+        .await?
+        .spec
+        .and_then(|s| s.node_name)
+        .ok_or_else(|| anyhow::anyhow!("the virtual pod has no node"))?;
+    let proxy = |path: &str| format!("/api/v1/nodes/{node}/proxy{path}");
+
+    let listed: serde_json::Value = serde_json::from_str(&f.k.ok(&["get", "--raw", &proxy("/pods")]).await?)?;
+    let names: Vec<(String, String)> = listed["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|p| {
+                    let m = &p["metadata"];
+                    (
+                        m["namespace"].as_str().unwrap_or_default().to_owned(),
+                        m["name"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        names.contains(&(f.ns.name.clone(), f.pod.clone())),
+        "the node's pods under their virtual names: {names:?}"
+    );
+    assert!(
+        names.iter().all(|(_, n)| !n.contains(&f.world.host_ns)),
+        "no host name leaks: {names:?}"
+    );
+
+    let run = proxy(&format!(
+        "/run/{}/{}/main?cmd=echo%20through%20the%20proxy",
+        f.ns.name, f.pod
+    ));
+    let out = f.k.ok(&["create", "--raw", &run, "-f", "/dev/null"]).await?;
+    assert_eq!(out.trim(), "through the proxy");
+    assert_eq!(f.k.ok(&["get", "--raw", &proxy("/healthz")]).await?.trim(), "ok");
+
+    let stats = f.k.run(&["get", "--raw", &proxy("/stats/summary")]).await?;
+    assert!(!stats.status.success(), "stats without the host's permission");
+    let why = String::from_utf8_lossy(&stats.stderr);
+    assert!(
+        why.contains("Forbidden") && why.contains("manifests/components/node-stats"),
+        "{why}"
+    );
+    f.ns.delete().await
+}

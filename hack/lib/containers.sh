@@ -80,13 +80,13 @@ patches:
       value: {name: VNEST_DNS_UPSTREAM, value: "$DNS_UPSTREAM"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
-      value: {name: VNEST_KUBELET_ADDRESS, value: "127.0.0.1"}
+      value: {name: VNEST_KUBELET_ADDRESS, value: "$MACHINE_IP"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
       value: {name: VNEST_KUBELET_PORT, value: "$SYNCER_KUBELET_PORT"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
-      value: {name: VNEST_KUBELET_LISTEN_ADDR, value: "127.0.0.1:$SYNCER_KUBELET_PORT"}
+      value: {name: VNEST_KUBELET_LISTEN_ADDR, value: "$MACHINE_IP:$SYNCER_KUBELET_PORT"}
     - op: add
       path: /spec/template/spec/containers/1/env/-
       value: {name: VNEST_SYNC_NETWORKPOLICIES, value: "true"}
