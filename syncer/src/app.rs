@@ -153,10 +153,15 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
     });
     {
         let (metrics, ctx, cancel) = (metrics.clone(), shared.translate.clone(), cancel.clone());
+        let elected = config.election.is_some();
         tasks.spawn(async move {
-            // A standby never catches up (its workers wait): it reports once it leads.
+            // A standby never catches up (its workers wait): it reports once it leads, timed from
+            // then (with an election the figure is the takeover's catch-up).
             tokio::select! {
-                () = leadership.leading() => initial_sync.report(metrics, ctx, cancel.clone()).await,
+                () = leadership.leading() => {
+                    let since = if elected { std::time::Instant::now() } else { initial_sync.started() };
+                    initial_sync.report(since, metrics, ctx, cancel.clone()).await;
+                }
                 () = cancel.cancelled() => {}
             }
             // Every task lives until shutdown (an early exit means a failure to the supervisor).

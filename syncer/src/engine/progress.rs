@@ -67,17 +67,24 @@ impl InitialSync {
                 .all(FairQueue::is_idle)
     }
 
+    /// When the clock started (at process start).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Waits for the first catch-up (with the translation context known: before it, keys are
-    /// parked, not synced), then publishes how long it took.
+    /// parked, not synced), then publishes how long it took since `since` (the start, or for a
+    /// replica of an HA vcluster the moment it began to lead: its takeover's catch-up).
     pub async fn report(
         self: Arc<Self>,
+        since: Instant,
         metrics: Metrics,
         ctx: tokio::sync::watch::Receiver<Option<super::TranslateCtx>>,
         cancel: CancellationToken,
     ) {
         loop {
             if ctx.borrow().is_some() && self.caught_up() {
-                let took = self.started.elapsed();
+                let took = since.elapsed();
                 metrics.initial_sync_seconds.set(took.as_secs_f64());
                 tracing::info!(
                     seconds = took.as_secs_f64(),
