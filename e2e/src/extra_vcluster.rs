@@ -26,7 +26,10 @@ impl ExtraVcluster {
     /// Starts `servers` API servers over `datastore` (`sqlite` for one, `postgres`).
     pub async fn up(world: &Env, prefix: &str, servers: u8, datastore: &'static str) -> Result<Self> {
         let state_dir = world.path("STATE_DIR")?;
-        let dir = state_dir.join(format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff));
+        // Under the world's log dir: `make test` keeps that one when a test fails.
+        let dir = world
+            .path("LOG_DIR")?
+            .join(format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff));
         std::fs::create_dir_all(&dir)?;
         let mut me = Self {
             dir,
