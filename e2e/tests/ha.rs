@@ -423,6 +423,18 @@ impl Ha {
         Ok(sum_metric(&text, "vnest_syncer_host_writes_total", labels))
     }
 
+    /// Waits until replica `i` has caught up since it began to lead; returns how long that took
+    /// (`initial_sync_seconds`).
+    async fn caught_up(&self, i: usize) -> Result<f64> {
+        let metrics = self.replicas[i].admin_url("/metrics");
+        wait_until("the new leader caught up", WAIT, || async {
+            let text = http_get_text(&metrics).await?;
+            let s = sum_metric(&text, "vnest_syncer_initial_sync_seconds", &[]);
+            Ok((s > 0.0).then_some(s))
+        })
+        .await
+    }
+
     /// Restarts every replica, one after the other (a rolling upgrade), and returns the host
     /// writes of `op` all processes made meanwhile, counted until the new leader caught up.
     async fn rolling_restart(&mut self, op: &str) -> Result<f64> {
@@ -444,12 +456,7 @@ impl Ha {
             written += base[i];
         }
         let leader = self.leader().await?;
-        let metrics = self.replicas[leader].admin_url("/metrics");
-        wait_until("the new leader caught up (initial sync)", WAIT, || async {
-            let text = http_get_text(&metrics).await?;
-            Ok((sum_metric(&text, "vnest_syncer_initial_sync_seconds", &[]) > 0.0).then_some(()))
-        })
-        .await?;
+        self.caught_up(leader).await?;
         for (j, b) in base.iter().enumerate() {
             written += self.writes_of(j, op).await? - b;
         }
@@ -547,13 +554,7 @@ async fn an_ha_vcluster_fails_over_without_losing_anything() -> Result<()> {
         let gap = killed_at.elapsed().as_secs_f64();
         gaps.push(gap);
         // Its caches were warm: the catch-up after taking over is its own figure.
-        let metrics = ha.replicas[next].admin_url("/metrics");
-        let caught_up = wait_until("the new leader caught up", WAIT, || async {
-            let text = http_get_text(&metrics).await?;
-            let s = sum_metric(&text, "vnest_syncer_initial_sync_seconds", &[]);
-            Ok((s > 0.0).then_some(s))
-        })
-        .await?;
+        let caught_up = ha.caught_up(next).await?;
         eprintln!(
             "[ha] {} took over {gap:.2}s after the SIGKILL and caught up {caught_up:.2}s after that",
             ha.replicas[next].pod
