@@ -151,6 +151,10 @@ rules:
   userGroups: ["system:nodes"]
 - level: Metadata
   userGroups: ["system:serviceaccounts"]
+# When the scheduler bound each pod and kwok wrote its status: the bench's per-pod timeline.
+- level: Metadata
+  verbs: ["create", "patch", "update"]
+  resources: [{group: "", resources: ["pods/binding", "pods/status"]}]
 - level: None
 EOF
 
@@ -614,6 +618,7 @@ SERVICE_CIDR=$SERVICE_CIDR
 POD_CIDR=$POD_CIDR
 KWOK_ADDR=127.0.0.1:$KWOK_PORT
 HOST_AUDIT_LOG=$LOG_DIR/host-audit.log
+VIRTUAL_AUDIT_LOG=$([[ $VNEST_RUNTIME == containers ]] || echo "$LOG_DIR/virtual-audit.log")
 PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT $SYNCER_KUBELET_PORT ${VIRTUAL2_API_PORT:-}"
 EOF
 trap - EXIT

@@ -47,6 +47,32 @@ start_virtual_kine() {
 	wait_for "$name kine socket" 30 "$name-kine" test -S "$V/server/kine.sock"
 }
 
+# virtual_audit_policy DATA_DIR: writes the virtual API server's audit policy and prints its path.
+# Only a pod's own steps are recorded (k3s takes the same flags as --kube-apiserver-arg): the
+# bench's per-pod timeline reads when each pod was created (the response names a generateName'd
+# pod), when the syncer asked for its token (the request names the pod the token is bound to;
+# the token itself is in the response, which is not recorded), bound it and wrote its status.
+virtual_audit_policy() {
+	local file=$1/audit-policy.yaml
+	cat >"$file" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: RequestResponse
+  verbs: ["create"]
+  resources: [{group: "", resources: ["pods"]}]
+- level: Request
+  verbs: ["create"]
+  resources: [{group: "", resources: ["serviceaccounts/token"]}]
+- level: Metadata
+  verbs: ["create", "patch", "update"]
+  resources: [{group: "", resources: ["pods/binding", "pods/status"]}]
+- level: None
+POLICY
+	echo "$file"
+}
+
 # start_virtual_apiserver NAME DATA_DIR PORT: kube-apiserver over that kine socket.
 start_virtual_apiserver() {
 	local name=$1 V=$2 port=$3
@@ -73,6 +99,8 @@ start_virtual_apiserver() {
 		--service-account-issuer https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file "$T/service.key" --service-account-signing-key-file "$T/service.current.key" \
 		--service-cluster-ip-range "$VIRTUAL_SERVICE_CIDR" --service-node-port-range 30000-32767 \
+		--audit-policy-file "$(virtual_audit_policy "$V")" --audit-log-path "$LOG_DIR/$name-audit.log" \
+		--audit-log-format json --audit-log-maxsize 500 --audit-log-maxbackup 2 --audit-log-mode blocking \
 		--profiling=false --v=1
 	wait_for "$name kube-apiserver /readyz" 120 "$name-apiserver" \
 		https_ok "https://127.0.0.1:$port/readyz" "$T/server-ca.crt" "$T/client-admin.crt" "$T/client-admin.key"

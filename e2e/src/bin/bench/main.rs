@@ -27,6 +27,7 @@ mod kubelet;
 mod probe;
 mod report;
 mod scenarios;
+mod timeline;
 mod track;
 
 use std::collections::HashMap;
@@ -157,8 +158,10 @@ async fn main() -> Result<()> {
     result.insert("syncer_binary".into(), json!(binary.display().to_string()));
     result.insert("syncer_rss_idle_kib".into(), json!(first.rss_kib));
     let mut startup_series = (Vec::new(), Vec::new());
+    let mut timeline_series = Vec::new();
     if a.runs("startup") {
-        let (fragment, direct, vnest) = startup_cost_restart(&w, &a, &syncer, first).await?;
+        let (fragment, direct, vnest, steps) = startup_cost_restart(&w, &a, &syncer, first).await?;
+        timeline_series = steps;
         result.extend(fragment);
         startup_series = (direct, vnest);
     }
@@ -286,6 +289,19 @@ async fn main() -> Result<()> {
         )?;
         charts.push(("startup.png", title));
     }
+    let steps = timeline::chart_series(&timeline_series);
+    if steps.iter().any(|(_, v)| !v.is_empty()) {
+        let title = format!("Where a pod's time goes through vnest, {n}-pod burst (each step's share)");
+        let series: Vec<Series<'_>> = steps
+            .iter()
+            .map(|(label, v)| Series {
+                label,
+                values_ms: v,
+            })
+            .collect();
+        chart::write_cdf_png(std::path::Path::new(&format!("{dir}/timeline.png")), &title, &series)?;
+        charts.push(("timeline.png", title));
+    }
     if !rate_series.0.is_empty() {
         let title = format!("Syncer-added latency at {} pods/s", a.rate);
         chart::write_cdf_png(
@@ -305,11 +321,15 @@ async fn main() -> Result<()> {
         charts.push(("sync-lag.png", title));
     }
     let machine = describe_machine(cores);
-    let md = report::markdown_table(
+    let mut md = report::markdown_table(
         &format!("vnest bench, {n} pods"),
         &machine,
         &report::rows(&result),
     );
+    if let Some(t) = timeline::markdown(&result["timeline"]) {
+        md.push('\n');
+        md.push_str(&t);
+    }
     std::fs::write(format!("{dir}/report.md"), &md)?;
     std::fs::write(format!("{base}/latest.md"), &md)?;
     for (f, _) in &charts {
@@ -379,6 +399,10 @@ fn describe_machine(cores: usize) -> String {
     }
 }
 
+/// The startup scenario's JSON fragment, the direct and vnest startup series (ms) and the
+/// per-pod timeline's steps (label, ms per pod).
+type StartupOutcome = (serde_json::Map<String, Value>, Vec<f64>, Vec<f64>, Vec<(&'static str, Vec<f64>)>);
+
 /// Scenarios 1, 3, 4, 5 on one set of N pods: startup direct vs vnest, host cost of create,
 /// idle and delete, memory, restart with N pods synced. Returns the JSON fragment and the two
 /// startup latency series.
@@ -387,7 +411,7 @@ async fn startup_cost_restart(
     a: &Args,
     syncer: &SyncerProc,
     first: probe::ProcSample,
-) -> Result<(serde_json::Map<String, Value>, Vec<f64>, Vec<f64>)> {
+) -> Result<StartupOutcome> {
     let n = a.pods;
     let audit = AuditLog::new(w)?;
     step(&format!("1/8 startup of {n} pods directly on the host"));
@@ -406,6 +430,7 @@ async fn startup_cost_restart(
     step(&format!("1/8 startup of {n} pods through vnest"));
     let vns = TestNs::new(&w.virt, "bench-vnest").await?;
     let audit_create = audit.mark()?;
+    let recorder = timeline::Recorder::start(w, &audit.user)?;
     let syncer_before = syncer_host_requests(w).await?;
     let diag_before = BurstDiagnostics::read(w).await?;
     let virt_t = Tracker::start(Api::namespaced(w.virt.clone(), &vns.name), "app=bench", by_name).await?;
@@ -423,6 +448,17 @@ async fn startup_cost_restart(
     let burst_up = deltas_ms(&h.ready, &v.ready);
     drop((virt_t, host_t));
     let audit_create_reqs = audit.count_since(audit_create)?;
+    let (timeline, timeline_series) = match recorder {
+        Ok(r) => {
+            let pods = r.finish(w, &vns.name, &v.ready).await?;
+            let series = timeline::step_series(&pods);
+            (timeline::summary(&pods), series)
+        }
+        Err(why) => (json!({"skipped": why}), Vec::new()),
+    };
+    if let Some(md) = timeline::markdown(&timeline) {
+        eprintln!("[bench]   {md}");
+    }
     let syncer_create_reqs = diff(&syncer_host_requests(w).await?, &syncer_before);
     let loaded = syncer.sample()?;
     let diagnostics = BurstDiagnostics::read(w).await?.since(&diag_before);
@@ -484,6 +520,7 @@ async fn startup_cost_restart(
         "startup_all_ready_s": {"direct": round1(direct_s), "vnest": round1(vnest_s)},
         "burst_sync_lag_ms": stats(&burst_down), "burst_status_lag_ms": stats(&burst_up),
         "burst_syncer": diagnostics,
+        "timeline": timeline,
         "host_requests_create_audit": audit_create_reqs, "host_requests_delete_audit": audit_delete_reqs,
         "host_requests_create_syncer": syncer_create_reqs, "host_requests_delete_syncer": syncer_delete_reqs,
         "host_writes_per_pod": round2(writes_per_pod),
@@ -506,7 +543,7 @@ async fn startup_cost_restart(
     let Value::Object(map) = fragment else {
         anyhow::bail!("fragment is an object");
     };
-    Ok((map, direct, vnest))
+    Ok((map, direct, vnest, timeline_series))
 }
 
 /// kube-burner's own podLatency on both sides (hack/kube-burner.sh builds it from the module

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::jiff::Timestamp;
 use vnest_e2e::{Result, World, http_get_text};
@@ -143,7 +143,7 @@ pub fn writes(m: &BTreeMap<String, f64>) -> f64 {
 /// blocking`), filtered to one user.
 pub struct AuditLog {
     path: PathBuf,
-    user: String,
+    pub user: String,
 }
 
 /// A position in the audit log: requests received after it are counted.
@@ -164,19 +164,14 @@ impl AuditLog {
 
     pub fn mark(&self) -> Result<AuditMark> {
         Ok(AuditMark {
-            offset: std::fs::metadata(&self.path)?.len(),
+            offset: end_of(&self.path)?,
             at: Timestamp::now(),
         })
     }
 
     /// The syncer's requests received since `mark`, by "verb resource[/subresource]".
     pub fn count_since(&self, mark: AuditMark) -> Result<BTreeMap<String, f64>> {
-        let mut file = std::fs::File::open(&self.path)?;
-        let len = file.metadata()?.len();
-        // A rotated log starts again at 0.
-        file.seek(SeekFrom::Start(if len >= mark.offset { mark.offset } else { 0 }))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
+        let text = read_since(&self.path, mark.offset)?;
         let mut out = BTreeMap::new();
         for line in text.lines() {
             let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -200,6 +195,22 @@ impl AuditLog {
         }
         Ok(out)
     }
+}
+
+/// The end of a log file (its length), to read what is appended after it.
+pub fn end_of(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// What a log file gained after `offset` (all of it when it was rotated meanwhile).
+pub fn read_since(path: &Path, offset: u64) -> Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    // A rotated log starts again at 0.
+    file.seek(SeekFrom::Start(if len >= offset { offset } else { 0 }))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Cumulative bucket counts `(le, count)` of histogram `name{kind=...}` from the syncer.

@@ -109,6 +109,9 @@ pub fn performance_section(result: &Value, run: &Run) -> String {
         one_line(&run.machine),
     );
     out.push_str(&table(&rows(result)));
+    if let Some(md) = crate::timeline::markdown(&result["timeline"]) {
+        let _ = write!(out, "\n{md}");
+    }
     for (what, file) in &run.charts {
         let _ = write!(out, "\n![{}]({file})\n", one_line(what));
     }

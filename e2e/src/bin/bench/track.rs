@@ -105,6 +105,16 @@ pub fn deltas_ms(from: &HashMap<String, Instant>, to: &HashMap<String, Instant>)
         .collect()
 }
 
+/// Milliseconds since the Unix epoch of a moment taken with `Instant` (to line the watch's
+/// times up with the API servers' audit logs, which share this machine's clock).
+pub fn epoch_ms(at: Instant) -> f64 {
+    let since = Instant::now().saturating_duration_since(at);
+    let wall = std::time::SystemTime::now()
+        .checked_sub(since)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    ms(wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
+}
+
 pub fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
