@@ -299,7 +299,7 @@ async fn publish_translate_ctx(
     // The vcluster Service (API + kubelet) and its DNS Service, each watched by name.
     let watch_one = |name: &str| {
         let fields = format!("metadata.name={name}");
-        watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff()
+        watcher::watcher(api.clone(), crate::engine::watch::config().fields(&fields)).default_backoff()
     };
     let main = watch_one(&config.sync.service_name);
     let dns = watch_one(&config.dns.service_name);

@@ -77,9 +77,18 @@ pub fn set_user_agent(config: &mut Config, component: &str) {
     }
 }
 
+/// How long a response may stay silent before its connection counts as dead. Watches are
+/// long ([`crate::engine::watch::config`]: 30–60 min) and may be quiet for that long, but the
+/// API server's watch cache sends each of them a bookmark about once a minute, so a watch
+/// whose connection died without a FIN or RST (a partition, a host that vanished) is caught
+/// within this time and resumes from its last resourceVersion; any other request answers in
+/// far less. The kubelet endpoint's streams use connections of their own without it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(150);
+
 async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config> {
     let mut config = load_config_inner(cluster, access).await?;
     set_user_agent(&mut config, "syncer");
+    config.read_timeout = Some(READ_TIMEOUT);
     Ok(config)
 }
 

@@ -153,7 +153,7 @@ pub async fn watch_host_anchor<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let fields = format!("metadata.name={}", owner.name);
-    let config = watcher::Config::default().fields(&fields);
+    let config = crate::engine::watch::config().fields(&fields);
     follow(api, config, Cluster::Host, readiness, cancel, |objects| {
         let found = objects
             .iter()
@@ -187,7 +187,7 @@ pub async fn watch_virtual<K>(
 {
     follow(
         api,
-        watcher::Config::default(),
+        crate::engine::watch::config(),
         Cluster::Virtual,
         readiness,
         cancel,

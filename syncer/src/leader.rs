@@ -270,7 +270,7 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let fields = format!("metadata.name={}", settings.lease_name);
     let lease_events =
-        watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff();
+        watcher::watcher(api.clone(), crate::engine::watch::config().fields(&fields)).default_backoff();
     futures::pin_mut!(lease_events);
 
     let mut leading = false;

@@ -249,9 +249,9 @@ impl WatchOptions {
     /// How a watch of `selection` on `cluster` lists and watches.
     fn config(&self, cluster: Cluster, selection: &Selection) -> watcher::Config {
         let config = match selection {
-            Selection::Owned => watcher::Config::default().labels(&self.owned_selector),
-            Selection::Named(object) => watcher::Config::default().fields(&format!("metadata.name={object}")),
-            Selection::All | Selection::Namespace => watcher::Config::default(),
+            Selection::Owned => crate::engine::watch::config().labels(&self.owned_selector),
+            Selection::Named(object) => crate::engine::watch::config().fields(&format!("metadata.name={object}")),
+            Selection::All | Selection::Namespace => crate::engine::watch::config(),
         };
         let streams = match cluster {
             Cluster::Host => self.host_streams,

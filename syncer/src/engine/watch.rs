@@ -20,6 +20,21 @@ use super::progress::InitialSync;
 use crate::error::Cluster;
 use crate::metrics::Metrics;
 
+/// Shortest and longest server-side timeout of a watch request, in seconds.
+const WATCH_TIMEOUT_SECONDS: std::ops::Range<u32> = 1800..3600;
+
+/// The watch configuration every watch starts from: a server-side timeout of 30–60 minutes,
+/// drawn per watch (the range the API server picks itself when a client names none: its
+/// `--min-request-timeout` of 1800 s times 1–2), so that an idle syncer's ~14 host watches
+/// re-open about once every 45 minutes each, not every 290 s (kube's default: 2.9 re-opens a
+/// minute) and not all at once. Changes are not noticed later for it: a watch streams them
+/// as they happen. A connection that dies silently is caught by the clients' read timeout
+/// ([`crate::clients::READ_TIMEOUT`]; the API server's watch cache sends a bookmark about
+/// once a minute on every watch) and the watch resumes from its last resourceVersion.
+pub fn config() -> watcher::Config {
+    watcher::Config::default().timeout(rand::random_range(WATCH_TIMEOUT_SECONDS))
+}
+
 /// What a subscriber is told: the watched object `K` as it came (whole), the store of `C`.
 pub enum Change<'a, K, C = K>
 where

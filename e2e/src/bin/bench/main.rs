@@ -152,6 +152,10 @@ async fn main() -> Result<()> {
         binary.display()
     );
     let first = syncer.sample()?;
+    // Host watches the syncer re-opens over the whole run (a watch ends at its server-side
+    // timeout or on an error); the idle minute alone is too short to see a 30-60 min timeout.
+    let run_audit = AuditLog::new(&w)?;
+    let (run_mark, run_start) = (run_audit.mark()?, Instant::now());
     let mut result = serde_json::Map::new();
     result.insert("pods".into(), json!(n));
     result.insert("cores".into(), json!(cores));
@@ -242,6 +246,21 @@ async fn main() -> Result<()> {
         step("kube-burner podLatency on both sides (cross-check)");
         result.insert("kube_burner".into(), kube_burner(&w, n).await?);
     }
+    let watches = run_audit.watches_since(run_mark)?;
+    let distinct = watches.iter().collect::<std::collections::HashSet<_>>().len();
+    // The restart scenario opens every watch once more: those opens are not re-opens.
+    let starts = usize::from(result.contains_key("restart_resync_s"));
+    let reopens = watches.len().saturating_sub(distinct * starts);
+    let minutes = run_start.elapsed().as_secs_f64() / 60.0;
+    eprintln!(
+        "[bench] host watches re-opened during the run: {reopens} in {minutes:.1} min ({} watch requests, {distinct} watches)",
+        watches.len()
+    );
+    result.insert(
+        "host_rewatches_per_min_run".into(),
+        json!({"per_min": round2(reopens as f64 / minutes.max(1.0 / 60.0)), "reopens": reopens,
+               "minutes": round1(minutes), "watches": distinct}),
+    );
     let end = syncer.sample()?;
     let peak = result
         .get("syncer_rss_peak_kib")

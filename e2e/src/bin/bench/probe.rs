@@ -169,6 +169,25 @@ impl AuditLog {
         })
     }
 
+    /// The syncer's watch requests received since `mark`, by [`watch_key`].
+    pub fn watches_since(&self, mark: AuditMark) -> Result<Vec<String>> {
+        let text = read_since(&self.path, mark.offset)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|ev| {
+                ev["user"]["username"] == self.user.as_str()
+                    && ev["stage"] == "ResponseComplete"
+                    && ev["verb"] == "watch"
+                    && ev["requestReceivedTimestamp"]
+                        .as_str()
+                        .and_then(|t| t.parse::<Timestamp>().ok())
+                        .is_some_and(|t| t >= mark.at)
+            })
+            .filter_map(|ev| watch_key(&ev))
+            .collect())
+    }
+
     /// The syncer's requests received since `mark`, by "verb resource[/subresource]".
     pub fn count_since(&self, mark: AuditMark) -> Result<BTreeMap<String, f64>> {
         let text = read_since(&self.path, mark.offset)?;
@@ -211,6 +230,19 @@ pub fn read_since(path: &Path, offset: u64) -> Result<String> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// Which watch a watch request opens: its resource and selectors (its resourceVersion and
+/// timeout left out), so that a re-open of the same watch has the same key.
+pub fn watch_key(ev: &serde_json::Value) -> Option<String> {
+    let uri = ev["requestURI"].as_str()?;
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let mut selectors: Vec<&str> = query
+        .split('&')
+        .filter(|kv| kv.starts_with("labelSelector=") || kv.starts_with("fieldSelector="))
+        .collect();
+    selectors.sort_unstable();
+    Some(format!("{path}?{}", selectors.join("&")))
 }
 
 /// Cumulative bucket counts `(le, count)` of histogram `name{kind=...}` from the syncer.
@@ -284,6 +316,17 @@ mod tests {
                 (vec![("cluster", "virtual"), ("verb", "list")], 1.5),
             ]
         );
+    }
+
+    #[test]
+    fn a_reopened_watch_has_the_same_key() {
+        let ev = |uri: &str| serde_json::json!({"requestURI": uri});
+        let a = watch_key(&ev("/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=2000&labelSelector=a%3Db&allowWatchBookmarks=true&resourceVersion=5"));
+        let b = watch_key(&ev("/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=3000&labelSelector=a%3Db&resourceVersion=9"));
+        let c = watch_key(&ev("/api/v1/namespaces/h/pods?watch=true&fieldSelector=metadata.name%3Dx"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.as_deref(), Some("/api/v1/namespaces/h/pods?labelSelector=a%3Db"));
     }
 
     #[test]

@@ -252,6 +252,18 @@ pub fn rows(r: &Value) -> Vec<Row> {
             le(&r["idle_host_requests_per_min"], 0.0),
         ),
         row(
+            "host watches re-opened per minute over the whole run (re-opens; minutes; watches)",
+            format!(
+                "{} ({}; {}; {})",
+                r["host_rewatches_per_min_run"]["per_min"],
+                r["host_rewatches_per_min_run"]["reopens"],
+                r["host_rewatches_per_min_run"]["minutes"],
+                r["host_rewatches_per_min_run"]["watches"]
+            ),
+            "≤ 0.5",
+            le(&r["host_rewatches_per_min_run"]["per_min"], 0.5),
+        ),
+        row(
             "syncer RSS idle (KiB)",
             r["syncer_rss_idle_kib"].to_string(),
             "≤ 15360",
