@@ -77,13 +77,15 @@ pub fn set_user_agent(config: &mut Config, component: &str) {
     }
 }
 
-/// How long a response may stay silent before its connection counts as dead. Watches are
-/// long ([`crate::engine::watch::config`]: 30–60 min) and may be quiet for that long, but the
-/// API server's watch cache sends each of them a bookmark about once a minute, so a watch
-/// whose connection died without a FIN or RST (a partition, a host that vanished) is caught
-/// within this time and resumes from its last resourceVersion; any other request answers in
-/// far less. The kubelet endpoint's streams use connections of their own without it.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a response may stay silent before its connection counts as dead (kube's own
+/// watch idle timeout was 295 s). Watches are long ([`crate::engine::watch::config`]: 1–2 h)
+/// but never that quiet: the API server's watch cache sends each a bookmark about once a
+/// minute, and watches of kinds without a watch cache end on the server after 290 s
+/// ([`crate::engine::watch::config_for`]). So a watch whose connection died without a FIN or
+/// RST (a partition, a host that vanished) is caught within this time and resumes from its
+/// last resourceVersion; any other request answers in far less. The kubelet endpoint's
+/// streams use connections of their own without it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config> {
     let mut config = load_config_inner(cluster, access).await?;

@@ -247,11 +247,12 @@ pub struct WatchOptions {
 
 impl WatchOptions {
     /// How a watch of `selection` on `cluster` lists and watches.
-    fn config(&self, cluster: Cluster, selection: &Selection) -> watcher::Config {
+    fn config<K: Resource<DynamicType = ()>>(&self, cluster: Cluster, selection: &Selection) -> watcher::Config {
+        let base = watch::config_for::<K>();
         let config = match selection {
-            Selection::Owned => crate::engine::watch::config().labels(&self.owned_selector),
-            Selection::Named(object) => crate::engine::watch::config().fields(&format!("metadata.name={object}")),
-            Selection::All | Selection::Namespace => crate::engine::watch::config(),
+            Selection::Owned => base.labels(&self.owned_selector),
+            Selection::Named(object) => base.fields(&format!("metadata.name={object}")),
+            Selection::All | Selection::Namespace => base,
         };
         let streams = match cluster {
             Cluster::Host => self.host_streams,
@@ -315,7 +316,7 @@ where
             subscribers,
             ..
         } = *self;
-        let config = options.config(watch.cluster, &watch.selection);
+        let config = options.config::<K>(watch.cluster, &watch.selection);
         let name = watch.name;
         let handle = watch::spawn(
             (watch.api)(shared),
@@ -564,7 +565,7 @@ impl Registry {
             leadership.leading().await;
         };
         let start = move |tasks: &mut Tasks| {
-            let config = options.config(watch.cluster, &watch.selection);
+            let config = options.config::<K>(watch.cluster, &watch.selection);
             let name = watch.name;
             let handle = watch::spawn_uncached(
                 (watch.api)(&shared),

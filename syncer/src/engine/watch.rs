@@ -21,18 +21,31 @@ use crate::error::Cluster;
 use crate::metrics::Metrics;
 
 /// Shortest and longest server-side timeout of a watch request, in seconds.
-const WATCH_TIMEOUT_SECONDS: std::ops::Range<u32> = 1800..3600;
+const WATCH_TIMEOUT_SECONDS: std::ops::Range<u32> = 3600..7200;
 
-/// The watch configuration every watch starts from: a server-side timeout of 30–60 minutes,
-/// drawn per watch (the range the API server picks itself when a client names none: its
-/// `--min-request-timeout` of 1800 s times 1–2), so that an idle syncer's ~14 host watches
-/// re-open about once every 45 minutes each, not every 290 s (kube's default: 2.9 re-opens a
-/// minute) and not all at once. Changes are not noticed later for it: a watch streams them
-/// as they happen. A connection that dies silently is caught by the clients' read timeout
-/// ([`crate::clients::READ_TIMEOUT`]; the API server's watch cache sends a bookmark about
-/// once a minute on every watch) and the watch resumes from its last resourceVersion.
+/// The watch configuration every watch starts from: a server-side timeout of one to two
+/// hours, drawn per watch so that they do not all end at once. kube's default of 290 s
+/// re-opened each of an idle syncer's 14 host watches every five minutes (2.9 re-opens a
+/// minute); now the 13 with a watch cache behind them re-open about once in 90 minutes each.
+/// Changes are not noticed later for it: a watch streams them as they happen. A connection
+/// that dies silently (a partition, a load balancer that drops it) is caught by the clients'
+/// read timeout ([`crate::clients::READ_TIMEOUT`]): the API server's watch cache sends every
+/// watch a bookmark about once a minute, and the watch resumes from its last resourceVersion.
 pub fn config() -> watcher::Config {
     watcher::Config::default().timeout(rand::random_range(WATCH_TIMEOUT_SECONDS))
+}
+
+/// [`config`] for kind `K`, except for kinds the API server keeps no watch cache for, whose
+/// watches get no bookmarks and may stay silent: Events (`--watch-cache-sizes` leaves them
+/// out by default). Those keep kube's 290 s, under the read timeout, so a quiet one ends
+/// cleanly instead of failing (measured: with the long timeout the host Events watch failed
+/// its read every 150 s).
+pub fn config_for<K: kube::Resource<DynamicType = ()>>() -> watcher::Config {
+    if K::plural(&()) == "events" {
+        watcher::Config::default()
+    } else {
+        config()
+    }
 }
 
 /// What a subscriber is told: the watched object `K` as it came (whole), the store of `C`.
@@ -198,4 +211,24 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Event, Pod};
+
+    use super::*;
+
+    #[test]
+    fn watches_last_hours_except_those_without_bookmarks() {
+        let timeouts: Vec<u32> = (0..50).filter_map(|_| config_for::<Pod>().timeout).collect();
+        assert_eq!(timeouts.len(), 50);
+        assert!(timeouts.iter().all(|t| WATCH_TIMEOUT_SECONDS.contains(t)), "{timeouts:?}");
+        assert!(timeouts.iter().any(|t| *t != timeouts[0]), "drawn per watch: {timeouts:?}");
+        // Events have no watch cache and so no bookmarks: the server must end a quiet watch
+        // before the client's read timeout takes it for dead.
+        let events = u64::from(config_for::<Event>().timeout.unwrap_or(290));
+        assert!(events < crate::clients::READ_TIMEOUT.as_secs());
+        assert!(u64::from(WATCH_TIMEOUT_SECONDS.start) > crate::clients::READ_TIMEOUT.as_secs());
+    }
 }
