@@ -66,6 +66,10 @@ struct Args {
     /// port advertised as the node's kubelet endpoint (the runner serves none; 0 = none)
     #[arg(long, env = "VNEST_RUNNER_KUBELET_PORT", default_value_t = 0)]
     kubelet_port: u16,
+    /// write a kwok `PortForward` and `Logs` per pod (for a node whose kubelet endpoint is kwok's
+    /// server); false when --kubelet-port is a real kubelet API of this node (hack/node-kubelet)
+    #[arg(long, env = "VNEST_RUNNER_KWOK_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    kwok_rules: bool,
     /// per-pod directories (emptyDir, configMap/secret/projected files)
     #[arg(long, env = "VNEST_RUNNER_STATE_DIR")]
     state_dir: PathBuf,
@@ -125,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         api_host,
         api_port,
         kubelet_port,
+        kwok_rules,
         state_dir,
         log_dir,
         podman,
@@ -186,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         node: node_name.clone(),
         ip: pod_ip.unwrap_or_else(|| node_ip.clone()),
         node_ip,
+        kwok_rules,
         api_host,
         api_port,
         state_dir,
