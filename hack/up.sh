@@ -4,6 +4,8 @@
 #   host cluster:    kine(SQLite) + kube-apiserver + kube-controller-manager + kube-scheduler
 #                    + kwok (3 fake Ready nodes; pods become Running with IPs; logs/exec simulated)
 #                    + hack/runner: one more host node whose pods really run, with podman
+#                    + hack/node-kubelet: that node's kubelet API (exec, attach, port-forward,
+#                      logs, stats of its pods), on this machine's address
 #   vcluster:        manifests/base applied with `kubectl apply -k` into one host namespace. Its
 #                    StatefulSet pod lands on the runner's node, which runs its containers from
 #                    the pod spec: the init container and the syncer from the image `make image`

@@ -18,7 +18,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -92,6 +92,11 @@ struct Fixture {
 /// A namespace with one Running pod `tools` (container `main`: busybox sleeping) on the runner's
 /// node: it tolerates the node's taint and selects it, as a tenant may.
 async fn fixture(prefix: &str) -> Result<Fixture> {
+    fixture_running(prefix, &["sleep", "3600"]).await
+}
+
+/// [`fixture`] with the container running `command`.
+async fn fixture_running(prefix: &str, command: &[&str]) -> Result<Fixture> {
     let world = World::connect().await?;
     let env = &world.env;
     anyhow::ensure!(
@@ -114,7 +119,7 @@ async fn fixture(prefix: &str) -> Result<Fixture> {
             "nodeSelector": {"vnest.dev/runner": "true"},
             "tolerations": [{"key": "vnest.dev/runner", "operator": "Exists", "effect": "NoSchedule"}],
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]
+            "containers": [{"name": "main", "image": image, "command": command}]
         }
     }))?;
     pods.create(&PostParams::default(), &spec).await?;
@@ -461,5 +466,119 @@ async fn node_stats_of_the_runner_node_through_the_virtual_node_proxy() -> Resul
     .await;
     grant.revoke().await?;
     result?;
+    f.ns.delete().await
+}
+
+/// A free TCP port of this machine (the runner's pods share its network).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test]
+async fn logs_attach_tty_and_port_forward_of_a_pod_on_the_runner_node() -> Result<()> {
+    let port = free_port()?;
+    let script = format!(
+        "echo started; mkdir -p /tmp/www; echo hello from the pod > /tmp/www/index.html; \
+         (i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done) & \
+         exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"
+    );
+    let f = fixture_running("nk-streams", &["sh", "-c", &script]).await?;
+
+    // logs: whole, --tail, and -f (a line written after the follow began).
+    let all = f.k.ok(&["logs", &f.pod, "-c", "main"]).await?;
+    assert!(all.starts_with("started\n"), "{all}");
+    wait_until("a second tick in the log", WAIT, || async {
+        let n = f.k.ok(&["logs", &f.pod, "-c", "main", "--tail", "1"]).await?;
+        Ok((n.lines().count() == 1 && n.starts_with("tick ") && n.trim() != "tick 1").then_some(()))
+    })
+    .await?;
+    let last: u64 =
+        f.k.ok(&["logs", &f.pod, "-c", "main", "--tail", "1"])
+            .await?
+            .trim()
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no tick in the last line"))?;
+    let newer = |child: &mut tokio::process::Child| {
+        let stdout = child.stdout.take();
+        async move {
+            let stdout = stdout.ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            let mut lines = BufReader::new(stdout).lines();
+            tokio::time::timeout(WAIT, async {
+                while let Some(line) = lines.next_line().await? {
+                    let n = line.strip_prefix("tick ").and_then(|n| n.parse::<u64>().ok());
+                    if n.is_some_and(|n| n > last + 1) {
+                        return Ok(line);
+                    }
+                }
+                anyhow::bail!("the stream ended without a new tick")
+            })
+            .await?
+        }
+    };
+    for what in [["logs", "-f"], ["attach", ""]] {
+        let mut args = vec![what[0], f.pod.as_str(), "-c", "main"];
+        if !what[1].is_empty() {
+            args.push(what[1]);
+        }
+        let mut child =
+            f.k.command(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+        let line = newer(&mut child).await?;
+        assert!(line.starts_with("tick "), "kubectl {args:?}: {line}");
+        child.kill().await?;
+    }
+
+    // exec with a TTY: kubectl asks for one only when its stdin is a terminal (`script`).
+    let line = format!(
+        "{} --kubeconfig {} -n {} exec -it {} -c main -- sh -c 'tty; echo tty-ok; sleep 1'",
+        f.k.bin.display(),
+        f.k.kubeconfig.display(),
+        f.ns.name,
+        f.pod
+    );
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("/dev/pts/") && text.contains("tty-ok"),
+        "{text}"
+    );
+
+    // port-forward to the pod's HTTP server.
+    let mut child =
+        f.k.command(&["port-forward", &format!("pod/{}", f.pod), &format!(":{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let local: u16 = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                return Ok::<_, anyhow::Error>(rest.split_whitespace().next().unwrap_or_default().parse()?);
+            }
+        }
+        anyhow::bail!("kubectl port-forward ended without forwarding")
+    })
+    .await??;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local)).await?;
+    conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+    let mut body = String::new();
+    tokio::time::timeout(WAIT, conn.read_to_string(&mut body)).await??;
+    assert!(
+        body.starts_with("HTTP/1.") && body.ends_with("hello from the pod\n"),
+        "{body}"
+    );
+    child.kill().await?;
     f.ns.delete().await
 }

@@ -64,7 +64,7 @@ container_runtime_reason() {
 # write_local_overlay DIR: the overlay the local world applies. Everything a user's overlay would
 # be (namespace, manifests/base), plus what only this machine needs, because every pod of the
 # runner's node shares the host network: the vcluster pod goes to the runner's node (tenant pods
-# never do: the node is tainted), and its listening ports are free ports of this machine instead
+# only when they tolerate its taint and select it), and its listening ports are free ports of this machine instead
 # of 6443/8080/10250/1053, so several worlds can run side by side. The JSON patch tests each
 # container's name before touching it by index.
 write_local_overlay() {

@@ -10,14 +10,15 @@
 //! - `env.rs`     pure: env resolution and `$(VAR)` expansion
 //! - `probes.rs`  startup / readiness / liveness probes
 //! - `status.rs`  pure: pod phase, conditions, container statuses; restart backoff
-//! - `kwok.rs`    per pod, kwok `PortForward` and `Logs` objects: the node's kubelet endpoint
-//!   is kwok's server, which answers host port-forward and logs of the pod with them
+//! - `kwok.rs`    per pod, kwok `PortForward` and `Logs` objects (`--kwok-rules`, default on): when
+//!   the node's kubelet endpoint is kwok's server, it answers host port-forward and logs with them
 //!
 //! Deviations from a kubelet (test world only): every pod is effectively hostNetwork
 //! (podIP = hostIP = --node-ip); KUBERNETES_SERVICE_HOST/PORT point at the host API server
 //! given by --api-host/--api-port, because Service IPs are not routable here; no kubelet API
-//! of its own (host `kubectl logs` and `port-forward` go through kwok, see `kwok.rs`; exec and
-//! attach are kwok's simulation); images are never pulled; resource limits are not enforced.
+//! of its own (the local world runs hack/node-kubelet for this node, with `--kwok-rules=false`;
+//! otherwise kwok's server with the rules of `kwok.rs`); images are never pulled; resource limits
+//! are not enforced.
 
 mod env;
 mod kwok;
@@ -54,7 +55,7 @@ struct Args {
     node_ip: String,
     /// the address its pods report (podIP = hostIP: they share the host network) [default: --node-ip].
     /// Endpoints refuse loopback addresses, so the local world gives this machine's own address
-    /// here while the node keeps 127.0.0.1 (where kwok serves its kubelet API)
+    /// (as --node-ip too)
     #[arg(long, env = "VNEST_RUNNER_POD_IP")]
     pod_ip: Option<String>,
     /// KUBERNETES_SERVICE_HOST given to containers (the host API server; Service IPs are not routable here)
@@ -63,7 +64,8 @@ struct Args {
     /// KUBERNETES_SERVICE_PORT given to containers
     #[arg(long, env = "VNEST_RUNNER_API_PORT")]
     api_port: u16,
-    /// port advertised as the node's kubelet endpoint (the runner serves none; 0 = none)
+    /// port advertised as the node's kubelet endpoint at --node-ip (the runner serves none:
+    /// hack/node-kubelet or kwok's server; 0 = none)
     #[arg(long, env = "VNEST_RUNNER_KUBELET_PORT", default_value_t = 0)]
     kubelet_port: u16,
     /// write a kwok `PortForward` and `Logs` per pod (for a node whose kubelet endpoint is kwok's
