@@ -247,6 +247,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.max_backoff, Duration::from_secs(2));
+        assert!(a.kwok_rules, "kwok rules by default");
+        let a = Args::try_parse_from([
+            "r",
+            "--api-port",
+            "6443",
+            "--state-dir",
+            "/s",
+            "--log-dir",
+            "/l",
+            "--kwok-rules=false",
+        ])
+        .unwrap();
+        assert!(!a.kwok_rules);
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("x").is_err());
