@@ -582,3 +582,129 @@ async fn logs_attach_tty_and_port_forward_of_a_pod_on_the_runner_node() -> Resul
     child.kill().await?;
     f.ns.delete().await
 }
+
+/// `curl` against the runner node's kubelet API directly: (HTTP status, body); status 0 when no
+/// HTTP answer came (e.g. the TLS handshake was refused).
+async fn curl_node_kubelet(addr: &str, path: &str, ca: &Path, extra: &[&str]) -> Result<(u16, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+}
+
+/// The runner node's kubelet API runs commands in every pod of the node: only the host API
+/// server's kubelet client certificate (and other `system:masters` of the host CA) gets in.
+#[tokio::test]
+async fn the_runner_nodes_kubelet_api_refuses_strangers() -> Result<()> {
+    let w = World::connect().await?;
+    anyhow::ensure!(
+        w.env.get("VNEST_RUNTIME")? == "containers",
+        "this test needs the container world (`make up` with podman, the default): a \
+         VNEST_RUNTIME=processes world has no runner node"
+    );
+    let addr = w.env.get("NODE_KUBELET_ADDR")?;
+    let pki = w.env.path("STATE_DIR")?.join("host/pki");
+    let ca = pki.join("ca.crt");
+    let cert = |name: &str| {
+        vec![
+            "--cert".to_owned(),
+            pki.join(format!("{name}.crt")).display().to_string(),
+            "--key".to_owned(),
+            pki.join(format!("{name}.key")).display().to_string(),
+        ]
+    };
+
+    // The host API server's kubelet client: in, and the node's pods are listed (the vcluster
+    // pod runs there).
+    let client = cert("apiserver-kubelet-client");
+    let client: Vec<&str> = client.iter().map(String::as_str).collect();
+    let (code, body) = curl_node_kubelet(addr, "/pods", &ca, &client).await?;
+    assert_eq!(code, 200, "{body}");
+    let pod = format!("\"name\":\"{}-0\"", w.vcluster);
+    assert!(body.contains(&pod), "{body}");
+
+    // No certificate: 401.
+    let (code, body) = curl_node_kubelet(addr, "/pods", &ca, &[]).await?;
+    assert_eq!(code, 401, "{body}");
+
+    // A certificate of another CA (the virtual API server's kubelet client): no answer at all.
+    let tls = w.env.path("VIRTUAL_DATA_DIR")?.join("server/tls");
+    let foreign = [
+        "--cert".to_owned(),
+        tls.join("client-kube-apiserver.crt").display().to_string(),
+        "--key".to_owned(),
+        tls.join("client-kube-apiserver.key").display().to_string(),
+    ];
+    let foreign: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    let (code, body) = curl_node_kubelet(addr, "/pods", &ca, &foreign).await?;
+    assert_eq!(code, 0, "a foreign CA's certificate got an answer: {body}");
+
+    // A certificate of the host CA for someone else (not system:masters): 403.
+    let dir = std::env::temp_dir().join(format!("vnest-nk-auth-{}", std::process::id()));
+    tokio::fs::create_dir_all(&dir).await?;
+    let (key, csr, crt) = (dir.join("u.key"), dir.join("u.csr"), dir.join("u.crt"));
+    let openssl = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::Ok(())
+    };
+    let p = |p: &Path| p.display().to_string();
+    openssl(vec![
+        "ecparam".into(),
+        "-name".into(),
+        "prime256v1".into(),
+        "-genkey".into(),
+        "-noout".into(),
+        "-out".into(),
+        p(&key),
+    ])
+    .await?;
+    openssl(vec![
+        "req".into(),
+        "-new".into(),
+        "-key".into(),
+        p(&key),
+        "-subj".into(),
+        "/O=system:authenticated/CN=intruder".into(),
+        "-out".into(),
+        p(&csr),
+    ])
+    .await?;
+    openssl(vec![
+        "x509".into(),
+        "-req".into(),
+        "-in".into(),
+        p(&csr),
+        "-CA".into(),
+        p(&ca),
+        "-CAkey".into(),
+        p(&pki.join("ca.key")),
+        "-CAcreateserial".into(),
+        "-CAserial".into(),
+        p(&dir.join("ca.srl")),
+        "-days".into(),
+        "1".into(),
+        "-out".into(),
+        p(&crt),
+    ])
+    .await?;
+    let (code, body) =
+        curl_node_kubelet(addr, "/pods", &ca, &["--cert", &p(&crt), "--key", &p(&key)]).await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("intruder"), "{body}");
+    tokio::fs::remove_dir_all(&dir).await?;
+    Ok(())
+}
