@@ -8,11 +8,18 @@
 //! Needs the container world (`make up` with podman: the default). A process-only world
 //! (`VNEST_RUNTIME=processes`) has no runner node: these tests fail there, saying so, never
 //! skip (as e2e/tests/runner.rs fails without podman).
+//!
+//! While a pod of this vcluster runs on the runner's node, the vcluster's node stats are
+//! answered (200) from that node: e2e/tests/kubelet.rs's `node_stats_need_the_host_node_proxy`
+//! expects the 400 of kwok's loopback nodes, so the two must not run at the same time (cargo
+//! runs test binaries one after another, and every test here deletes its namespace).
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
@@ -311,6 +318,26 @@ async fn exec_passes_the_end_of_stdin_and_exit_codes() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bye\n");
     let out = f.k.run(&["exec", &f.pod, "-c", "main", "--", "false"]).await?;
     assert_eq!(out.status.code(), Some(1));
+
+    // A client that goes away mid-exec: the command's processes in the pod end with it.
+    let in_pod = || async {
+        let ps =
+            f.k.ok(&["exec", &f.pod, "-c", "main", "--", "ps", "-o", "args"])
+                .await?;
+        anyhow::Ok(ps.lines().any(|l| l.trim() == "sleep 271"))
+    };
+    let mut child =
+        f.k.command(&["exec", &f.pod, "-c", "main", "--", "sleep", "271"])
+            .spawn()?;
+    wait_until("the exec'd command running in the pod", WAIT, || async {
+        Ok(in_pod().await?.then_some(()))
+    })
+    .await?;
+    child.kill().await?;
+    wait_until("the exec'd command gone after its client", WAIT, || async {
+        Ok((!in_pod().await?).then_some(()))
+    })
+    .await?;
     f.ns.delete().await
 }
 
@@ -383,7 +410,9 @@ async fn node_stats_of_the_runner_node_through_the_virtual_node_proxy() -> Resul
     .await?;
     let grant = NodeStatsGrant::grant(w, &f.ns.name).await?;
     let proxy = |path: &str| format!("/api/v1/nodes/{}/proxy{path}", f.node);
-    let result = async {
+    // Revoked also when an assertion panics (a grant left behind would turn the refusals that
+    // e2e/tests/kubelet.rs expects into answers).
+    let result = AssertUnwindSafe(async {
         // The syncer believes a host refusal for 20 s before it asks again.
         let summary: Value = wait_until("/stats/summary through the node proxy", WAIT, || async {
             let out = f.k.run(&["get", "--raw", &proxy("/stats/summary")]).await?;
@@ -462,10 +491,14 @@ async fn node_stats_of_the_runner_node_through_the_virtual_node_proxy() -> Resul
             "a host-only pod leaked into /metrics/resource:\n{metrics}"
         );
         anyhow::Ok(())
-    }
+    })
+    .catch_unwind()
     .await;
     grant.revoke().await?;
-    result?;
+    match result {
+        Ok(result) => result?,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
     f.ns.delete().await
 }
 

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -118,6 +120,7 @@ func (k *kubelet) serveExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Printf("exec %s/%s/%s (stdin %t, tty %t)", ns, pod, ctr, opts.Stdin, opts.TTY)
+	w, r = untilClientGoes(w, r)
 	remotecommand.ServeExec(w, r, execer{k: k, id: c.ID}, podKey(ns, pod), uid, ctr, cmd, opts,
 		streamIdleTimeout, streamCreationTimeout, remotecommand.SupportedStreamingProtocols)
 }
@@ -137,8 +140,63 @@ func (k *kubelet) serveAttach(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	w, r = untilClientGoes(w, r)
 	remotecommand.ServeAttach(w, r, execer{k: k, id: c.ID}, podKey(ns, pod), uid, ctr, opts,
 		streamIdleTimeout, streamCreationTimeout, remotecommand.SupportedStreamingProtocols)
+}
+
+// untilClientGoes: r with a context that ends when the client's connection does. The request
+// context of a hijacked (upgraded) connection does not, so the hijacked connection is watched:
+// its close (SPDY closes it on the client's GOAWAY) and a failed read (through the
+// bufio.Reader that Hijack returns, which the streaming library reads).
+func untilClientGoes(w http.ResponseWriter, r *http.Request) (http.ResponseWriter, *http.Request) {
+	h, ok := w.(http.Hijacker)
+	if !ok {
+		return w, r
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	return watchedWriter{ResponseWriter: w, hijacker: h, gone: cancel}, r.WithContext(ctx)
+}
+
+type watchedWriter struct {
+	http.ResponseWriter
+	hijacker http.Hijacker
+	gone     context.CancelFunc
+}
+
+func (w watchedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := w.hijacker.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	reader := bufio.NewReader(&watchedReader{r: rw.Reader, gone: w.gone})
+	return watchedConn{Conn: conn, gone: w.gone}, bufio.NewReadWriter(reader, rw.Writer), nil
+}
+
+// watchedConn calls gone when it is closed (SPDY closes it on the client's GOAWAY, before any
+// read fails).
+type watchedConn struct {
+	net.Conn
+	gone context.CancelFunc
+}
+
+func (c watchedConn) Close() error {
+	c.gone()
+	return c.Conn.Close()
+}
+
+// watchedReader calls gone at its first read error (the connection closed or broke).
+type watchedReader struct {
+	r    io.Reader
+	gone context.CancelFunc
+}
+
+func (w *watchedReader) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if err != nil {
+		w.gone()
+	}
+	return n, err
 }
 
 // execer runs exec and attach in one container found before the streams were upgraded.

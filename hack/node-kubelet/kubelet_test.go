@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"testing"
@@ -124,4 +127,40 @@ func TestCPURateNeedsASecondReading(t *testing.T) {
 	if u := s.rate("c", usage{at: t0.Add(2500 * time.Millisecond), cpuNs: 2_000_000_000}); u.nanoCores != 500_000_000 {
 		t.Errorf("kept rate: %d", u.nanoCores)
 	}
+}
+
+func TestAHijackedConnectionEndsTheRequestContext(t *testing.T) {
+	for _, how := range []string{"close", "peer goes"} {
+		server, client := net.Pipe()
+		rec := &hijackable{ResponseRecorder: httptest.NewRecorder(), conn: server}
+		w, r := untilClientGoes(rec, httptest.NewRequest("GET", "/exec/a/b/c", nil))
+		conn, rw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Context().Err() != nil {
+			t.Fatal("ended before the client went")
+		}
+		if how == "close" {
+			_ = conn.Close()
+		} else {
+			_ = client.Close()
+			_, _ = rw.Read(make([]byte, 1))
+		}
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the request context did not end", how)
+		}
+		_ = client.Close()
+	}
+}
+
+type hijackable struct {
+	*httptest.ResponseRecorder
+	conn net.Conn
+}
+
+func (h *hijackable) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return h.conn, bufio.NewReadWriter(bufio.NewReader(h.conn), bufio.NewWriter(h.conn)), nil
 }

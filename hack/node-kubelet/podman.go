@@ -3,15 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/creack/pty"
@@ -122,10 +127,44 @@ func exitError(err error) error {
 	return err
 }
 
+// execMarker is the environment variable that tags the processes of one exec: when the client
+// goes away before the command ends, they are killed (killing `podman exec` alone leaves the
+// command running under conmon).
+const execMarker = "VNEST_NODE_KUBELET_EXEC"
+
+func newExecToken() string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		return strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	return hex.EncodeToString(b)
+}
+
+// killMarked SIGKILLs every process whose environment holds execMarker=token.
+func killMarked(token string) {
+	needle := []byte(execMarker + "=" + token + "\x00")
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, d := range procs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", d.Name(), "environ"))
+		if err == nil && bytes.Contains(env, needle) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 // exec runs cmd in container id with `podman exec`. Stdin is copied until its end and then
-// closed, so the command sees EOF; the exec ends when the command does.
+// closed, so the command sees EOF; the exec ends when the command does, or when ctx ends (the
+// client went away): then the command's processes are killed.
 func (p *podmanCLI) exec(ctx context.Context, id string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
-	args := []string{"exec"}
+	token := newExecToken()
+	args := []string{"exec", "-e", execMarker + "=" + token}
 	if in != nil {
 		args = append(args, "-i")
 	}
@@ -135,6 +174,11 @@ func (p *podmanCLI) exec(ctx context.Context, id string, cmd []string, in io.Rea
 	args = append(args, id)
 	args = append(args, cmd...)
 	c := p.command(ctx, args...)
+	c.Cancel = func() error {
+		killMarked(token)
+		return c.Process.Kill()
+	}
+	c.WaitDelay = 5 * time.Second
 	if tty {
 		return runTTY(c, in, out, resize)
 	}
