@@ -97,6 +97,8 @@ check_disk
 run_step "cargo fmt --check" cargo fmt --all -- --check
 run_step "cargo clippy -D warnings" cargo clippy --all-targets -- -D warnings
 run_step "unit tests" cargo test --workspace --lib --bins
+run_step "node-kubelet: go vet, go test" \
+	env -C hack/node-kubelet GOTOOLCHAIN=local GOFLAGS=-mod=mod sh -c 'go vet . && go test -count=1 .'
 
 if ((unit_only == 0)); then
 	# A leftover world from an interrupted run would hold ports and state: stop it first.

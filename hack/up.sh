@@ -4,6 +4,8 @@
 #   host cluster:    kine(SQLite) + kube-apiserver + kube-controller-manager + kube-scheduler
 #                    + kwok (3 fake Ready nodes; pods become Running with IPs; logs/exec simulated)
 #                    + hack/runner: one more host node whose pods really run, with podman
+#                    + hack/node-kubelet: that node's kubelet API (exec, attach, port-forward,
+#                      logs, stats of its pods), on this machine's address
 #   vcluster:        manifests/base applied with `kubectl apply -k` into one host namespace. Its
 #                    StatefulSet pod lands on the runner's node, which runs its containers from
 #                    the pod spec: the init container and the syncer from the image `make image`
@@ -102,6 +104,9 @@ VNEST=$DEBUG_DIR/vnest
 if [[ $VNEST_RUNTIME == containers ]]; then
 	(cd "$repo" && cargo build --quiet --bin vnest --bin vnest-runner)
 	build_images "$VNEST"
+	build_tenant_image
+	# The runner node's kubelet API (exec/attach/port-forward/logs/stats of its pods, with podman).
+	NODE_KUBELET=$("$repo/hack/node-kubelet/build.sh")
 	log "images: $VNEST_IMAGE (syncer, init container), rancher/k3s:$(sed -n 's/^ *newTag: //p' "$repo/manifests/base/kustomization.yaml" | head -n 1) (stand-in)"
 else
 	(cd "$repo" && cargo build --quiet --bin vnest)
@@ -117,6 +122,7 @@ RUNNER_NODE=vnest-runner-$HOST_API_PORT    # unique per world: podman's containe
 SYNCER_ADMIN_PORT=$(free_port)
 SYNCER_DNS_PORT=$(free_port)
 SYNCER_KUBELET_PORT=$(free_port)
+NODE_KUBELET_PORT=$(free_port)           # the runner node's kubelet API (hack/node-kubelet)
 # This machine's own address (not loopback). The runner's pods report it (Endpoints refuse
 # loopback addresses), and the virtual nodes advertise the syncer's kubelet endpoint on it: API
 # servers refuse to proxy `nodes/<n>/proxy/...` to a loopback node address.
@@ -374,10 +380,18 @@ done | "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" apply -f - >/dev/null
 wait_for "3 host nodes Ready" 90 kwok "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready node --all --timeout=5s
 
 if [[ $VNEST_RUNTIME == containers ]]; then
-	# The node whose pods really run. Its kubelet endpoint is kwok's: host `kubectl logs` and
-	# port-forward of its pods go through the per-pod kwok Logs and PortForward the runner
-	# writes, to the containers' log files and ports.
+	# The node whose pods really run. Its kubelet API is hack/node-kubelet on this machine's
+	# address (the host API server's node proxy refuses loopback): host `kubectl exec / attach /
+	# port-forward / logs / cp` of its pods and the node's /stats/summary run against the podman
+	# containers. Only the host API server's kubelet client certificate (and other
+	# system:masters of the host CA) gets in.
 	mkdir -p "$STATE_DIR/runner" "$LOG_DIR/containers"
+	pki_leaf "$H/pki/ca" "$H/pki/node-kubelet" "/CN=$RUNNER_NODE" serverAuth "IP:$MACHINE_IP,DNS:$RUNNER_NODE"
+	start_proc node-kubelet "$NODE_KUBELET" -listen "$MACHINE_IP:$NODE_KUBELET_PORT" -node "$RUNNER_NODE" \
+		-tls-cert "$H/pki/node-kubelet.crt" -tls-key "$H/pki/node-kubelet.key" -client-ca "$H/pki/ca.crt" \
+		-log-dir "$LOG_DIR/containers"
+	wait_for "runner node's kubelet API (node-kubelet) /healthz" 30 node-kubelet \
+		https_ok "https://$MACHINE_IP:$NODE_KUBELET_PORT/healthz" "$H/pki/ca.crt" "$H/pki/admin.crt" "$H/pki/admin.key"
 	echo "$RUNNER_NODE" >"$STATE_DIR/runner-node"   # hack/down.sh removes that node's containers
 	read -r nofile nproc < <(container_ulimits)
 	# Its pods share this machine's network: they report its own address (Endpoints refuse
@@ -385,7 +399,8 @@ if [[ $VNEST_RUNTIME == containers ]]; then
 	# kubelet endpoint on that address).
 	pod_ip=$MACHINE_IP
 	start_proc runner "$DEBUG_DIR/vnest-runner" --kubeconfig "$HOST_KUBECONFIG" --node-name "$RUNNER_NODE" \
-		--pod-ip "$pod_ip" --api-port "$HOST_API_PORT" --kubelet-port "$KWOK_PORT" \
+		--node-ip "$MACHINE_IP" --pod-ip "$pod_ip" --api-port "$HOST_API_PORT" \
+		--kubelet-port "$NODE_KUBELET_PORT" --kwok-rules=false \
 		--state-dir "$STATE_DIR/runner" --log-dir "$LOG_DIR/containers" \
 		--max-backoff 2s --ulimit-nofile "$nofile" --ulimit-nproc "$nproc"
 	wait_for "runner node $RUNNER_NODE Ready" 60 runner "$KUBECTL" --kubeconfig "$HOST_KUBECONFIG" wait --for=condition=Ready "node/$RUNNER_NODE" --timeout=5s
@@ -609,6 +624,8 @@ VNEST_BIN=$VNEST
 VNEST_RUNTIME=$VNEST_RUNTIME
 RUNNER_NODE=$RUNNER_NODE
 VNEST_IMAGE=${VNEST_IMAGE:-}
+TENANT_IMAGE=${TENANT_IMAGE:-}
+NODE_KUBELET_ADDR=$([[ $VNEST_RUNTIME == containers ]] && echo "$MACHINE_IP:$NODE_KUBELET_PORT")
 TOOLS_BIN_DIR=$BIN
 HOST_API_URL=https://127.0.0.1:$HOST_API_PORT
 VIRTUAL_API_URL=https://127.0.0.1:$VIRTUAL_API_PORT
@@ -619,7 +636,7 @@ POD_CIDR=$POD_CIDR
 KWOK_ADDR=127.0.0.1:$KWOK_PORT
 HOST_AUDIT_LOG=$LOG_DIR/host-audit.log
 VIRTUAL_AUDIT_LOG=$([[ $VNEST_RUNTIME == containers ]] || echo "$LOG_DIR/virtual-audit.log")
-PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT $SYNCER_KUBELET_PORT ${VIRTUAL2_API_PORT:-}"
+PORTS="$HOST_API_PORT $HOST_KCM_PORT $HOST_SCHED_PORT $KWOK_PORT $VIRTUAL_API_PORT $SYNCER_ADMIN_PORT $SYNCER_DNS_PORT $SYNCER_KUBELET_PORT $NODE_KUBELET_PORT ${VIRTUAL2_API_PORT:-}"
 EOF
 trap - EXIT
 log "up in $((SECONDS - started_at)) s"

@@ -386,8 +386,8 @@ async fn syncer_reports_why_it_is_not_ready_and_stops_cleanly_on_sigterm() -> Re
 }
 
 /// Container mode: host `kubectl logs` and `kubectl port-forward` of the vcluster pod reach its
-/// containers (the runner's per-pod kwok Logs and PortForward, preferred by kwok to its
-/// cluster-wide simulation rules): the init container's log names the service CIDR, and the
+/// containers (hack/node-kubelet, the kubelet API of the runner's node, serves them from the
+/// containers' log files and ports): the init container's log names the service CIDR, and the
 /// syncer's port `admin` answers /readyz through the forward.
 #[tokio::test]
 async fn host_logs_and_port_forward_reach_the_vcluster_pods_containers() -> Result<()> {

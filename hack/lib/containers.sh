@@ -25,6 +25,33 @@ build_images() {
 	"$repo/hack/k3s-standin/build-image.sh" >/dev/null
 }
 
+# build_tenant_image: the image tenants' pods on the runner's node use in the local world (no
+# registry: nothing can be pulled), FROM scratch with Debian's static busybox as /bin/busybox and
+# a link for each of its applets (sh, tar, cat, sleep, ...; `kubectl cp` needs tar), plus /tmp.
+# Tagged by the hash of its inputs (localhost/vnest-busybox:<hash>), so every world on this
+# machine shares one image and a new busybox makes a new tag. Sets TENANT_IMAGE.
+build_tenant_image() {
+	local ctx inputs applet
+	if ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
+		apt_install busybox-static file || die "could not install busybox-static (apt-get)"
+	fi
+	ctx=$(mktemp -d "${TMPDIR:-/tmp}/vnest-busybox.XXXXXX")
+	mkdir -p "$ctx/bin" "$ctx/tmp"
+	chmod 1777 "$ctx/tmp"
+	cp /bin/busybox "$ctx/bin/busybox"
+	for applet in $("$ctx/bin/busybox" --list); do
+		[[ $applet == busybox || -e $ctx/bin/$applet ]] || ln -s busybox "$ctx/bin/$applet"
+	done
+	printf 'FROM scratch\nCOPY bin/ /bin/\nCOPY tmp/ /tmp/\nENV PATH=/bin\nCMD ["/bin/sh"]\n' >"$ctx/Containerfile"
+	inputs=$(cd "$ctx" && { sha256sum bin/busybox Containerfile; ls bin; } | sha256sum | cut -c1-16)
+	TENANT_IMAGE=localhost/vnest-busybox:$inputs
+	if ! podman image exists "$TENANT_IMAGE"; then
+		podman build --quiet -t "$TENANT_IMAGE" -f "$ctx/Containerfile" "$ctx" >/dev/null ||
+			{ rm -rf "$ctx"; die "podman build of $TENANT_IMAGE failed"; }
+	fi
+	rm -rf "$ctx"
+}
+
 # container_runtime_reason: empty when podman runs containers here, else why not.
 container_runtime_reason() {
 	# In a subshell: ensure_podman dies on failure, and that must become a reason, not an exit.
@@ -37,7 +64,7 @@ container_runtime_reason() {
 # write_local_overlay DIR: the overlay the local world applies. Everything a user's overlay would
 # be (namespace, manifests/base), plus what only this machine needs, because every pod of the
 # runner's node shares the host network: the vcluster pod goes to the runner's node (tenant pods
-# never do: the node is tainted), and its listening ports are free ports of this machine instead
+# only when they tolerate its taint and select it), and its listening ports are free ports of this machine instead
 # of 6443/8080/10250/1053, so several worlds can run side by side. The JSON patch tests each
 # container's name before touching it by index.
 write_local_overlay() {

@@ -1,5 +1,6 @@
-//! The runner serves no kubelet API: its node advertises kwok's server as its kubelet endpoint,
-//! so the host's `pods/portforward` and `pods/log` of its pods are answered by kwok's rules.
+//! With `--kwok-rules` (the default; hack/up.sh turns it off, as hack/node-kubelet serves the
+//! node's kubelet API there) the node advertises kwok's server as its kubelet endpoint, so the
+//! host's `pods/portforward` and `pods/log` of its pods are answered by kwok's rules.
 //! For each pod it runs, the runner keeps two namespaced kwok objects named after the pod
 //! (kwok prefers a namespaced rule of the pod's name over every cluster-wide rule):
 //!

@@ -10,14 +10,15 @@
 //! - `env.rs`     pure: env resolution and `$(VAR)` expansion
 //! - `probes.rs`  startup / readiness / liveness probes
 //! - `status.rs`  pure: pod phase, conditions, container statuses; restart backoff
-//! - `kwok.rs`    per pod, kwok `PortForward` and `Logs` objects: the node's kubelet endpoint
-//!   is kwok's server, which answers host port-forward and logs of the pod with them
+//! - `kwok.rs`    per pod, kwok `PortForward` and `Logs` objects (`--kwok-rules`, default on): when
+//!   the node's kubelet endpoint is kwok's server, it answers host port-forward and logs with them
 //!
 //! Deviations from a kubelet (test world only): every pod is effectively hostNetwork
 //! (podIP = hostIP = --node-ip); KUBERNETES_SERVICE_HOST/PORT point at the host API server
 //! given by --api-host/--api-port, because Service IPs are not routable here; no kubelet API
-//! of its own (host `kubectl logs` and `port-forward` go through kwok, see `kwok.rs`; exec and
-//! attach are kwok's simulation); images are never pulled; resource limits are not enforced.
+//! of its own (the local world runs hack/node-kubelet for this node, with `--kwok-rules=false`;
+//! otherwise kwok's server with the rules of `kwok.rs`); images are never pulled; resource limits
+//! are not enforced.
 
 mod env;
 mod kwok;
@@ -54,7 +55,7 @@ struct Args {
     node_ip: String,
     /// the address its pods report (podIP = hostIP: they share the host network) [default: --node-ip].
     /// Endpoints refuse loopback addresses, so the local world gives this machine's own address
-    /// here while the node keeps 127.0.0.1 (where kwok serves its kubelet API)
+    /// (as --node-ip too)
     #[arg(long, env = "VNEST_RUNNER_POD_IP")]
     pod_ip: Option<String>,
     /// KUBERNETES_SERVICE_HOST given to containers (the host API server; Service IPs are not routable here)
@@ -63,9 +64,14 @@ struct Args {
     /// KUBERNETES_SERVICE_PORT given to containers
     #[arg(long, env = "VNEST_RUNNER_API_PORT")]
     api_port: u16,
-    /// port advertised as the node's kubelet endpoint (the runner serves none; 0 = none)
+    /// port advertised as the node's kubelet endpoint at --node-ip (the runner serves none:
+    /// hack/node-kubelet or kwok's server; 0 = none)
     #[arg(long, env = "VNEST_RUNNER_KUBELET_PORT", default_value_t = 0)]
     kubelet_port: u16,
+    /// write a kwok `PortForward` and `Logs` per pod (for a node whose kubelet endpoint is kwok's
+    /// server); false when --kubelet-port is a real kubelet API of this node (hack/node-kubelet)
+    #[arg(long, env = "VNEST_RUNNER_KWOK_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    kwok_rules: bool,
     /// per-pod directories (emptyDir, configMap/secret/projected files)
     #[arg(long, env = "VNEST_RUNNER_STATE_DIR")]
     state_dir: PathBuf,
@@ -125,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         api_host,
         api_port,
         kubelet_port,
+        kwok_rules,
         state_dir,
         log_dir,
         podman,
@@ -186,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         node: node_name.clone(),
         ip: pod_ip.unwrap_or_else(|| node_ip.clone()),
         node_ip,
+        kwok_rules,
         api_host,
         api_port,
         state_dir,
@@ -239,6 +247,19 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.max_backoff, Duration::from_secs(2));
+        assert!(a.kwok_rules, "kwok rules by default");
+        let a = Args::try_parse_from([
+            "r",
+            "--api-port",
+            "6443",
+            "--state-dir",
+            "/s",
+            "--log-dir",
+            "/l",
+            "--kwok-rules=false",
+        ])
+        .unwrap();
+        assert!(!a.kwok_rules);
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("x").is_err());

@@ -35,8 +35,8 @@ pub struct NodeAgent {
     pub name: String,
     pub ip: String,
     /// The port advertised as this node's kubelet endpoint (0: none). The runner serves no
-    /// kubelet API itself; the local world points it at kwok's server, whose rules answer host
-    /// `kubectl logs` and port-forward of these pods from the containers' log files and ports.
+    /// kubelet API itself; the local world points it at hack/node-kubelet, which serves it for
+    /// these pods with podman (or at kwok's server and its per-pod rules: `kwok.rs`).
     pub kubelet_port: u16,
 }
 

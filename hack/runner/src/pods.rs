@@ -59,6 +59,9 @@ pub struct Ctx {
     /// The node's own address (kwok's forwards of its pods' ports go there: pods listen on the
     /// node's loopback in the local world).
     pub node_ip: String,
+    /// Whether to write the per-pod kwok `PortForward` and `Logs` (`--kwok-rules`): off when
+    /// the node's kubelet endpoint is a real kubelet API (hack/node-kubelet), not kwok's.
+    pub kwok_rules: bool,
     pub api_host: String,
     pub api_port: u16,
     pub state_dir: PathBuf,
@@ -540,7 +543,7 @@ impl Worker {
 
     /// The pod's kwok PortForward and Logs (host port-forward and logs of this pod), once.
     async fn ensure_kwok_rules(&mut self) {
-        if self.kwok_rules {
+        if self.kwok_rules || !self.ctx.kwok_rules {
             return;
         }
         match kwok::ensure(&self.ctx.client, &self.pod, &self.ctx.node_ip, &self.ctx.log_dir).await {
