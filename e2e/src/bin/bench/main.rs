@@ -246,14 +246,14 @@ async fn main() -> Result<()> {
         step("kube-burner podLatency on both sides (cross-check)");
         result.insert("kube_burner".into(), kube_burner(&w, n).await?);
     }
-    let watches = run_audit.watches_since(run_mark)?;
+    let watches = run_audit.watches_ended_since(run_mark)?;
     let distinct = watches.iter().collect::<std::collections::HashSet<_>>().len();
-    // The restart scenario opens every watch once more: those opens are not re-opens.
+    // The restart scenario's SIGKILL ends every watch once: those ends are not re-opens.
     let starts = usize::from(result.contains_key("restart_resync_s"));
     let reopens = watches.len().saturating_sub(distinct * starts);
     let minutes = run_start.elapsed().as_secs_f64() / 60.0;
     eprintln!(
-        "[bench] host watches re-opened during the run: {reopens} in {minutes:.1} min ({} watch requests, {distinct} watches)",
+        "[bench] host watches re-opened during the run: {reopens} in {minutes:.1} min ({} watch ends, {distinct} watches)",
         watches.len()
     );
     result.insert(

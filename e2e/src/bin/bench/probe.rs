@@ -169,8 +169,9 @@ impl AuditLog {
         })
     }
 
-    /// The syncer's watch requests received since `mark`, by [`watch_key`].
-    pub fn watches_since(&self, mark: AuditMark) -> Result<Vec<String>> {
+    /// The syncer's watches that ended since `mark` (the audit log records a watch when it
+    /// ends), by [`watch_key`]: each is re-opened unless its process ended too.
+    pub fn watches_ended_since(&self, mark: AuditMark) -> Result<Vec<String>> {
         let text = read_since(&self.path, mark.offset)?;
         Ok(text
             .lines()
@@ -179,7 +180,7 @@ impl AuditLog {
                 ev["user"]["username"] == self.user.as_str()
                     && ev["stage"] == "ResponseComplete"
                     && ev["verb"] == "watch"
-                    && ev["requestReceivedTimestamp"]
+                    && ev["stageTimestamp"]
                         .as_str()
                         .and_then(|t| t.parse::<Timestamp>().ok())
                         .is_some_and(|t| t >= mark.at)
