@@ -87,7 +87,7 @@ fn args() -> Result<Args> {
         rate: 100.0,
         rate_pods: 1000,
         greedy: 1000,
-        small: 10,
+        small: 50,
         idle: Duration::from_secs(60),
         kube_burner: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
@@ -207,9 +207,12 @@ async fn main() -> Result<()> {
         let run = (stats(&alone.to_running_ms), stats(&loaded.to_running_ms));
         result.insert(
             "fairness".into(),
-            json!({"greedy_pods": a.greedy, "small_pods": a.small,
+            json!({"greedy_pods": a.greedy, "small_pods": a.small, "rounds": loaded.rounds,
+                   "dropped": loaded.dropped,
                    "small_to_host_ms_alone": host.0, "small_to_host_ms_loaded": host.1,
                    "small_to_running_ms_alone": run.0, "small_to_running_ms_loaded": run.1,
+                   "small_to_host_running_ms_alone": stats(&alone.to_host_running_ms),
+                   "small_to_host_running_ms_loaded": stats(&loaded.to_host_running_ms),
                    "to_host_p99_ratio": round2(host.1["p99"] / host.0["p99"]),
                    "to_running_p99_ratio": round2(run.1["p99"] / run.0["p99"])}),
         );
