@@ -198,7 +198,7 @@ async fn main() -> Result<()> {
     }
     if a.runs("fairness") {
         step(&format!(
-            "6/8 fairness: {} small pods one by one, alone, then beside a burst of {}",
+            "6/8 fairness: {} small pods one by one, alone, then beside bursts of {} (as many as it takes)",
             a.small, a.greedy
         ));
         let alone = scenarios::fairness_run(&w, 0, a.small).await?;
