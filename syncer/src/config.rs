@@ -190,10 +190,11 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_VIRTUAL_BURST", default_value = "2000", value_parser = clap::value_parser!(u32).range(1..))]
     pub virtual_burst: u32,
 
-    /// Requests sent to the host API server and not answered yet, at most (0: no limit). The
-    /// requests that wait for a seat or a --host-qps token are served round-robin by virtual
-    /// namespace, so one namespace's burst cannot hold the others' requests behind its own.
-    #[arg(long, env = "VNEST_HOST_MAX_IN_FLIGHT", default_value = "32", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    /// Requests sent to the host API server and not answered yet, at most (0: no limit; the
+    /// host side is paced by --host-qps). The requests that wait for a seat or a --host-qps
+    /// token are served round-robin by virtual namespace, so one namespace's burst cannot hold
+    /// the others' requests behind its own.
+    #[arg(long, env = "VNEST_HOST_MAX_IN_FLIGHT", default_value = "0", value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub host_max_in_flight: u32,
 
     /// Requests sent to the virtual API server and not answered yet, at most (0: no limit);
@@ -515,7 +516,7 @@ mod tests {
         ("host-burst", "VNEST_HOST_BURST", "200"),
         ("virtual-qps", "VNEST_VIRTUAL_QPS", "1000"),
         ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
-        ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "32"),
+        ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "0"),
         ("virtual-max-in-flight", "VNEST_VIRTUAL_MAX_IN_FLIGHT", "32"),
         ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
         ("worker-threads", "VNEST_WORKER_THREADS", "2"),
@@ -635,7 +636,7 @@ mod tests {
             RateLimit {
                 qps: 100.0,
                 burst: 200,
-                max_in_flight: 32
+                max_in_flight: 0
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));
