@@ -1,13 +1,13 @@
 //! Typed clients for the two API servers. [`HostClient`] and [`VirtualClient`] are distinct
 //! types so a host call can never be made with the virtual client by mistake. Both carry two
-//! tower layers: a client-side token-bucket rate limit (QPS/burst) and request metrics by
-//! {cluster, verb, resource, code}, which is how "as few host requests as possible" is measured.
+//! tower layers: a client-side request budget (QPS/burst and requests in flight) shared fairly
+//! between virtual namespaces ([`crate::fair_share`]), and request metrics by {cluster, verb,
+//! resource, code}, which is how "as few host requests as possible" is measured.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
@@ -17,6 +17,7 @@ use tower::{Layer, Service};
 
 use crate::config::{ClusterAccess, RateLimit};
 use crate::error::{Cluster, Error, Result};
+use crate::fair_share::{FairShare, Flow};
 use crate::metrics::Metrics;
 
 /// Client for the host API server (namespaced permissions only).
@@ -51,7 +52,11 @@ impl HostClient {
     /// lease renewal never waits behind a burst of the workers' requests (counted the same way).
     pub async fn for_election(access: &ClusterAccess, metrics: &Metrics) -> Result<Client> {
         let config = load_config(Cluster::Host, access).await?;
-        let rate = RateLimit { qps: 5.0, burst: 10 };
+        let rate = RateLimit {
+            qps: 5.0,
+            burst: 10,
+            max_in_flight: 0,
+        };
         build(Cluster::Host, config, rate, metrics)
     }
 }
@@ -85,7 +90,7 @@ pub fn set_user_agent(config: &mut Config, component: &str) {
 /// RST (a partition, a host that vanished) is caught within this time and resumes from its
 /// last resourceVersion; any other request answers in far less. The kubelet endpoint's
 /// streams use connections of their own without it.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config> {
     let mut config = load_config_inner(cluster, access).await?;
@@ -281,9 +286,11 @@ where
         let (verb, resource) = classify(req.method(), req.uri().path(), req.uri().query());
         let cluster = self.cluster.as_str();
         let metrics = self.metrics.clone();
-        let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
+            // From the first poll: the rate limit layer above polls this once the request's
+            // turn has come, so the latency excludes the client-side wait.
+            let started = Instant::now();
             let result = fut.await;
             let code = match &result {
                 Ok(res) => res.status().as_u16().to_string(),
@@ -303,51 +310,18 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rate limit layer: a token bucket that refills `qps` tokens per second up to `burst`. A request
-// that finds no token reserves the next one and waits in poll_ready, so waiting requests are
-// served in order and the service is never called beyond its budget.
-
-/// The bucket shared by every clone of the layer for one cluster.
-#[derive(Debug)]
-pub struct TokenBucket {
-    qps: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl TokenBucket {
-    pub fn new(rate: RateLimit) -> Self {
-        let burst = f64::from(rate.burst);
-        Self {
-            qps: rate.qps,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    /// Takes one token now, returning how long the caller must wait before using it.
-    pub fn reserve(&self, now: Instant) -> Duration {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tokens, last) = *state;
-        let refilled =
-            (tokens + now.saturating_duration_since(last).as_secs_f64() * self.qps).min(self.burst);
-        let left = refilled - 1.0;
-        *state = (left, now.max(last));
-        if left >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-left / self.qps)
-        }
-    }
-}
+// Rate limit layer: every request waits for its turn in the cluster's [`FairShare`] (a token
+// bucket of `qps` up to `burst`, and at most `max_in_flight` unanswered requests), served
+// round-robin by the virtual namespace whose reconcile sent it. The wait happens in the response
+// future, which kube's `Buffer` hands back to the calling task: there the task-local flow is
+// known, and a waiting request holds up nobody else's (a wait in `poll_ready` held the Buffer's
+// one worker, so every request queued behind it in arrival order). The inner future is lazy
+// (kube's stack sends nothing until polled), so the request leaves only once granted.
 
 #[derive(Clone)]
 struct RateLimitLayer {
     cluster: Cluster,
-    bucket: Arc<TokenBucket>,
+    share: FairShare,
     metrics: Metrics,
 }
 
@@ -355,7 +329,7 @@ impl RateLimitLayer {
     fn new(cluster: Cluster, rate: RateLimit, metrics: Metrics) -> Self {
         Self {
             cluster,
-            bucket: Arc::new(TokenBucket::new(rate)),
+            share: FairShare::new(rate.qps, rate.burst, rate.max_in_flight),
             metrics,
         }
     }
@@ -367,65 +341,47 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimitService {
             inner,
             cluster: self.cluster,
-            bucket: self.bucket.clone(),
+            share: self.share.clone(),
             metrics: self.metrics.clone(),
-            permit: Permit::None,
         }
     }
-}
-
-enum Permit {
-    None,
-    Waiting(Pin<Box<tokio::time::Sleep>>, Instant),
-    Granted,
 }
 
 struct RateLimitService<S> {
     inner: S,
     cluster: Cluster,
-    bucket: Arc<TokenBucket>,
+    share: FairShare,
     metrics: Metrics,
-    permit: Permit,
 }
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
 where
     S: Service<Request<B>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &mut self.permit {
-                Permit::None => {
-                    let now = Instant::now();
-                    let wait = self.bucket.reserve(now);
-                    self.permit = if wait.is_zero() {
-                        Permit::Granted
-                    } else {
-                        Permit::Waiting(Box::pin(tokio::time::sleep(wait)), now)
-                    };
-                }
-                Permit::Waiting(sleep, since) => {
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    self.metrics
-                        .rate_limit_wait
-                        .with_label_values(&[self.cluster.as_str()])
-                        .observe(since.elapsed().as_secs_f64());
-                    self.permit = Permit::Granted;
-                }
-                Permit::Granted => return self.inner.poll_ready(cx),
-            }
-        }
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.permit = Permit::None;
-        self.inner.call(req)
+        let sent = self.inner.call(req);
+        let (share, metrics, cluster) = (self.share.clone(), self.metrics.clone(), self.cluster);
+        Box::pin(async move {
+            let (seat, waited) = share.acquire(Flow::current()).await;
+            if let Some(waited) = waited {
+                metrics
+                    .rate_limit_wait
+                    .with_label_values(&[cluster.as_str()])
+                    .observe(waited.as_secs_f64());
+            }
+            let answer = sent.await;
+            drop(seat);
+            answer
+        })
     }
 }
 
@@ -500,25 +456,5 @@ mod tests {
                 "{method} {path}"
             );
         }
-    }
-
-    #[test]
-    fn bucket_allows_burst_then_paces_at_qps() {
-        let bucket = TokenBucket::new(RateLimit { qps: 10.0, burst: 3 });
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert_eq!(bucket.reserve(t0), Duration::ZERO);
-        }
-        // The 4th and 5th wait one and two token intervals (100 ms each at 10 QPS).
-        let w4 = bucket.reserve(t0);
-        let w5 = bucket.reserve(t0);
-        assert!((w4.as_secs_f64() - 0.1).abs() < 1e-9, "{w4:?}");
-        assert!((w5.as_secs_f64() - 0.2).abs() < 1e-9, "{w5:?}");
-        // After a long idle spell the bucket is full again, never more than burst.
-        let later = t0 + Duration::from_secs(60);
-        for _ in 0..3 {
-            assert_eq!(bucket.reserve(later), Duration::ZERO);
-        }
-        assert!(bucket.reserve(later) > Duration::ZERO);
     }
 }

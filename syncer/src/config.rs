@@ -190,6 +190,18 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_VIRTUAL_BURST", default_value = "2000", value_parser = clap::value_parser!(u32).range(1..))]
     pub virtual_burst: u32,
 
+    /// Requests sent to the host API server and not answered yet, at most (0: no limit; the
+    /// host side is paced by --host-qps). The requests that wait for a seat or a --host-qps
+    /// token are served round-robin by virtual namespace, so one namespace's burst cannot hold
+    /// the others' requests behind its own.
+    #[arg(long, env = "VNEST_HOST_MAX_IN_FLIGHT", default_value = "0", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub host_max_in_flight: u32,
+
+    /// Requests sent to the virtual API server and not answered yet, at most (0: no limit);
+    /// shared between virtual namespaces like --host-max-in-flight.
+    #[arg(long, env = "VNEST_VIRTUAL_MAX_IN_FLIGHT", default_value = "32", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub virtual_max_in_flight: u32,
+
     /// Longest time a SIGTERM waits for in-flight work before the process exits anyway.
     #[arg(long, env = "VNEST_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -271,11 +283,13 @@ pub struct LogConfig {
     pub filter: String,
 }
 
-/// A client-side request budget: `qps` sustained, `burst` at once.
+/// A client-side request budget: `qps` sustained, `burst` at once, at most `max_in_flight`
+/// unanswered (0: no limit); shared fairly between virtual namespaces (crate::fair_share).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
     pub qps: f64,
     pub burst: u32,
+    pub max_in_flight: usize,
 }
 
 /// Where a cluster's credentials come from.
@@ -350,6 +364,8 @@ impl SyncerArgs {
             host_burst,
             virtual_qps,
             virtual_burst,
+            host_max_in_flight,
+            virtual_max_in_flight,
             shutdown_timeout,
             worker_threads,
             workers,
@@ -403,10 +419,12 @@ impl SyncerArgs {
             host_rate: RateLimit {
                 qps: host_qps,
                 burst: host_burst,
+                max_in_flight: host_max_in_flight as usize,
             },
             virtual_rate: RateLimit {
                 qps: virtual_qps,
                 burst: virtual_burst,
+                max_in_flight: virtual_max_in_flight as usize,
             },
             shutdown_timeout,
             worker_threads: usize::from(worker_threads),
@@ -498,6 +516,8 @@ mod tests {
         ("host-burst", "VNEST_HOST_BURST", "200"),
         ("virtual-qps", "VNEST_VIRTUAL_QPS", "1000"),
         ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
+        ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "0"),
+        ("virtual-max-in-flight", "VNEST_VIRTUAL_MAX_IN_FLIGHT", "32"),
         ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
         ("worker-threads", "VNEST_WORKER_THREADS", "2"),
         ("workers", "VNEST_WORKERS", "256"),
@@ -615,7 +635,8 @@ mod tests {
             cfg.host_rate,
             RateLimit {
                 qps: 100.0,
-                burst: 200
+                burst: 200,
+                max_in_flight: 0
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));

@@ -10,7 +10,9 @@
 //! - [`config`]: command-line flags (each with a `VNEST_*` env twin) -> validated [`config::SyncerConfig`].
 //! - [`telemetry`]: tracing subscriber (plain or JSON logs).
 //! - [`clients`]: typed [`clients::HostClient`] / [`clients::VirtualClient`] with request
-//!   metrics and client-side rate limits (QPS/burst) as tower layers.
+//!   metrics and client-side rate limits (QPS/burst, requests in flight) as tower layers.
+//! - [`fair_share`]: that budget shared round-robin between virtual namespaces (pure schedule,
+//!   the request's namespace carried by a task-local set around each reconcile).
 //! - [`metrics`]: one [`metrics::Metrics`] struct owning its Prometheus registry (no globals).
 //! - [`health`]: readiness derived from live watches on both clusters (no polling).
 //! - [`admin`]: the `/livez`, `/readyz`, `/metrics` HTTP server.
@@ -42,6 +44,7 @@ pub mod dns;
 pub mod duration;
 pub mod engine;
 pub mod error;
+pub mod fair_share;
 pub mod health;
 pub mod ipnet;
 pub mod kubelet;

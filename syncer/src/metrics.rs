@@ -27,7 +27,7 @@ pub struct Metrics {
     pub api_request_duration: HistogramVec,
     /// 1 while the watch that proves a cluster reachable is healthy, else 0.
     pub cluster_ready: IntGaugeVec,
-    /// Time the client-side rate limiter made requests wait, by cluster.
+    /// Time the client-side rate limit made requests wait (a token or a seat), by cluster.
     pub rate_limit_wait: HistogramVec,
     /// Objects in each watch cache, by cluster and kind.
     pub store_objects: IntGaugeVec,
@@ -103,7 +103,7 @@ impl Metrics {
         let rate_limit_wait = HistogramVec::new(
             HistogramOpts::new(
                 "rate_limit_wait_seconds",
-                "Time requests waited for the client-side rate limiter",
+                "Time requests waited for the client-side rate limit (a token or a seat, shared round-robin by virtual namespace)",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["cluster"],

@@ -553,7 +553,11 @@ fn bind_key(action: &Action) -> Option<String> {
         return None;
     };
     let t = &action.target;
-    Some(format!("{}/{}/{uid}", t.namespace.as_deref().unwrap_or(""), t.name))
+    Some(format!(
+        "{}/{}/{uid}",
+        t.namespace.as_deref().unwrap_or(""),
+        t.name
+    ))
 }
 
 /// The identity of a patch (target and body) for the memory of refused patches; None for
@@ -676,8 +680,16 @@ mod tests {
         };
         let a = bind_key(&bind("p", Some("u1"), "n1"));
         assert_eq!(a.as_deref(), Some("ns/p/u1"));
-        assert_eq!(a, bind_key(&bind("p", Some("u1"), "n2")), "bound once, whatever the node");
-        assert_ne!(a, bind_key(&bind("p", Some("u2"), "n1")), "a new pod of the same name");
+        assert_eq!(
+            a,
+            bind_key(&bind("p", Some("u1"), "n2")),
+            "bound once, whatever the node"
+        );
+        assert_ne!(
+            a,
+            bind_key(&bind("p", Some("u2"), "n1")),
+            "a new pod of the same name"
+        );
         assert_eq!(bind_key(&bind("p", None, "n1")), None);
         let patch = Action::new(
             Target::virtual_object::<Pod>("ns", "p"),

@@ -247,7 +247,11 @@ pub struct WatchOptions {
 
 impl WatchOptions {
     /// How a watch of `selection` on `cluster` lists and watches.
-    fn config<K: Resource<DynamicType = ()>>(&self, cluster: Cluster, selection: &Selection) -> watcher::Config {
+    fn config<K: Resource<DynamicType = ()>>(
+        &self,
+        cluster: Cluster,
+        selection: &Selection,
+    ) -> watcher::Config {
         let base = watch::config_for::<K>();
         let config = match selection {
             Selection::Owned => base.labels(&self.owned_selector),

@@ -223,8 +223,14 @@ mod tests {
     fn watches_last_hours_except_those_without_bookmarks() {
         let timeouts: Vec<u32> = (0..50).filter_map(|_| config_for::<Pod>().timeout).collect();
         assert_eq!(timeouts.len(), 50);
-        assert!(timeouts.iter().all(|t| WATCH_TIMEOUT_SECONDS.contains(t)), "{timeouts:?}");
-        assert!(timeouts.iter().any(|t| *t != timeouts[0]), "drawn per watch: {timeouts:?}");
+        assert!(
+            timeouts.iter().all(|t| WATCH_TIMEOUT_SECONDS.contains(t)),
+            "{timeouts:?}"
+        );
+        assert!(
+            timeouts.iter().any(|t| *t != timeouts[0]),
+            "drawn per watch: {timeouts:?}"
+        );
         // Events have no watch cache and so no bookmarks: the server must end a quiet watch
         // before the client's read timeout takes it for dead.
         let events = u64::from(config_for::<Event>().timeout.unwrap_or(290));

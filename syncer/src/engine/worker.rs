@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::error::SyncError;
 use super::events::Events;
 use super::queue::{FairQueue, Key};
+use crate::fair_share;
 use crate::metrics::Metrics;
 
 /// What a successful reconcile asks for.
@@ -71,10 +72,12 @@ pub async fn run<R: Reconciler>(
         let Some((key, waited)) = next else { break };
         depth.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
         let (r, q, e, m) = (reconciler.clone(), queue.clone(), events.clone(), metrics.clone());
-        running.spawn(async move {
+        let namespace = key.namespace.clone();
+        // Its API requests wait for their turn among the other namespaces' (crate::fair_share).
+        running.spawn(fair_share::within(&namespace, async move {
             reconcile_one(&*r, &q, &e, &m, key, waited).await;
             drop(slot);
-        });
+        }));
         // Reap what finished, so the set does not grow with the number of reconciles.
         while running.try_join_next().is_some() {}
     }

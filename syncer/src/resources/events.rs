@@ -387,7 +387,9 @@ impl EventSync {
     /// one unpaged read 0.5-1 s).
     async fn copies_streamed(&self, selector: &str) -> Result<HashMap<String, String>, SyncError> {
         let api: Api<kube::core::PartialObjectMeta<Event>> = Api::all(self.shared().virt.clone());
-        let config = crate::engine::watch::config_for::<Event>().labels(selector).streaming_lists();
+        let config = crate::engine::watch::config_for::<Event>()
+            .labels(selector)
+            .streaming_lists();
         let stream = watcher::watcher(api, config);
         futures::pin_mut!(stream);
         let mut found = HashMap::new();

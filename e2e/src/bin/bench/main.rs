@@ -88,7 +88,7 @@ fn args() -> Result<Args> {
         rate: 100.0,
         rate_pods: 1000,
         greedy: 1000,
-        small: 10,
+        small: 50,
         idle: Duration::from_secs(60),
         kube_burner: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
@@ -205,7 +205,7 @@ async fn main() -> Result<()> {
     }
     if a.runs("fairness") {
         step(&format!(
-            "6/8 fairness: {} small pods one by one, alone, then beside a burst of {}",
+            "6/8 fairness: {} small pods one by one, alone, then beside bursts of {} (as many as it takes)",
             a.small, a.greedy
         ));
         let alone = scenarios::fairness_run(&w, 0, a.small).await?;
@@ -214,9 +214,12 @@ async fn main() -> Result<()> {
         let run = (stats(&alone.to_running_ms), stats(&loaded.to_running_ms));
         result.insert(
             "fairness".into(),
-            json!({"greedy_pods": a.greedy, "small_pods": a.small,
+            json!({"greedy_pods": a.greedy, "small_pods": a.small, "rounds": loaded.rounds,
+                   "dropped": loaded.dropped,
                    "small_to_host_ms_alone": host.0, "small_to_host_ms_loaded": host.1,
                    "small_to_running_ms_alone": run.0, "small_to_running_ms_loaded": run.1,
+                   "small_to_host_running_ms_alone": stats(&alone.to_host_running_ms),
+                   "small_to_host_running_ms_loaded": stats(&loaded.to_host_running_ms),
                    "to_host_p99_ratio": round2(host.1["p99"] / host.0["p99"]),
                    "to_running_p99_ratio": round2(run.1["p99"] / run.0["p99"])}),
         );
@@ -313,12 +316,13 @@ async fn main() -> Result<()> {
         let title = format!("Where a pod's time goes through vnest, {n}-pod burst (each step's share)");
         let series: Vec<Series<'_>> = steps
             .iter()
-            .map(|(label, v)| Series {
-                label,
-                values_ms: v,
-            })
+            .map(|(label, v)| Series { label, values_ms: v })
             .collect();
-        chart::write_cdf_png(std::path::Path::new(&format!("{dir}/timeline.png")), &title, &series)?;
+        chart::write_cdf_png(
+            std::path::Path::new(&format!("{dir}/timeline.png")),
+            &title,
+            &series,
+        )?;
         charts.push(("timeline.png", title));
     }
     if !rate_series.0.is_empty() {
@@ -420,7 +424,12 @@ fn describe_machine(cores: usize) -> String {
 
 /// The startup scenario's JSON fragment, the direct and vnest startup series (ms) and the
 /// per-pod timeline's steps (label, ms per pod).
-type StartupOutcome = (serde_json::Map<String, Value>, Vec<f64>, Vec<f64>, Vec<(&'static str, Vec<f64>)>);
+type StartupOutcome = (
+    serde_json::Map<String, Value>,
+    Vec<f64>,
+    Vec<f64>,
+    Vec<(&'static str, Vec<f64>)>,
+);
 
 /// Scenarios 1, 3, 4, 5 on one set of N pods: startup direct vs vnest, host cost of create,
 /// idle and delete, memory, restart with N pods synced. Returns the JSON fragment and the two

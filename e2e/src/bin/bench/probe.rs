@@ -322,12 +322,21 @@ mod tests {
     #[test]
     fn a_reopened_watch_has_the_same_key() {
         let ev = |uri: &str| serde_json::json!({"requestURI": uri});
-        let a = watch_key(&ev("/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=2000&labelSelector=a%3Db&allowWatchBookmarks=true&resourceVersion=5"));
-        let b = watch_key(&ev("/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=3000&labelSelector=a%3Db&resourceVersion=9"));
-        let c = watch_key(&ev("/api/v1/namespaces/h/pods?watch=true&fieldSelector=metadata.name%3Dx"));
+        let a = watch_key(&ev(
+            "/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=2000&labelSelector=a%3Db&allowWatchBookmarks=true&resourceVersion=5",
+        ));
+        let b = watch_key(&ev(
+            "/api/v1/namespaces/h/pods?&watch=true&timeoutSeconds=3000&labelSelector=a%3Db&resourceVersion=9",
+        ));
+        let c = watch_key(&ev(
+            "/api/v1/namespaces/h/pods?watch=true&fieldSelector=metadata.name%3Dx",
+        ));
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_eq!(a.as_deref(), Some("/api/v1/namespaces/h/pods?labelSelector=a%3Db"));
+        assert_eq!(
+            a.as_deref(),
+            Some("/api/v1/namespaces/h/pods?labelSelector=a%3Db")
+        );
     }
 
     #[test]

@@ -311,10 +311,13 @@ pub fn rows(r: &Value) -> Vec<Row> {
         row(
             "fairness: small ns create → host p99 loaded ÷ alone",
             format!(
-                "{} ({} vs {} ms)",
+                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone)",
                 r["fairness"]["to_host_p99_ratio"],
                 r["fairness"]["small_to_host_ms_loaded"]["p99"],
-                r["fairness"]["small_to_host_ms_alone"]["p99"]
+                r["fairness"]["small_to_host_ms_alone"]["p99"],
+                r["fairness"]["small_to_host_ms_loaded"]["n"],
+                r["fairness"]["rounds"],
+                r["fairness"]["small_to_host_ms_alone"]["n"]
             ),
             "≤ 2",
             le(&r["fairness"]["to_host_p99_ratio"], 2.0),
@@ -322,10 +325,13 @@ pub fn rows(r: &Value) -> Vec<Row> {
         row(
             "fairness: small ns create → Running p99 loaded ÷ alone",
             format!(
-                "{} ({} vs {} ms)",
+                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone)",
                 r["fairness"]["to_running_p99_ratio"],
                 r["fairness"]["small_to_running_ms_loaded"]["p99"],
-                r["fairness"]["small_to_running_ms_alone"]["p99"]
+                r["fairness"]["small_to_running_ms_alone"]["p99"],
+                r["fairness"]["small_to_running_ms_loaded"]["n"],
+                r["fairness"]["rounds"],
+                r["fairness"]["small_to_running_ms_alone"]["n"]
             ),
             "≤ 2",
             le(&r["fairness"]["to_running_p99_ratio"], 2.0),
@@ -479,7 +485,8 @@ mod tests {
             "syncer_cpu_s": 22.0, "syncer_cpu_idle_s_per_min": 0.0,
             "restart_resync_s": 0.87, "restart_host_writes": 0, "restart_host_writes_syncer_metrics": 0,
             "fairness": {"to_host_p99_ratio": 50.0, "to_running_p99_ratio": 20.4,
-                "small_to_host_ms_loaded": {"p99": 1751.0}, "small_to_host_ms_alone": {"p99": 35.0},
+                "rounds": 4,
+                "small_to_host_ms_loaded": {"p99": 1751.0, "n": 50.0}, "small_to_host_ms_alone": {"p99": 35.0, "n": 50.0},
                 "small_to_running_ms_loaded": {"p99": 9499.0}, "small_to_running_ms_alone": {"p99": 465.0}},
             "networking": {"services_same_cluster_ip": 200, "services_recreated": 0, "services_all_synced_s": 2.8},
             "dns_answer_p50_ms": 0.1, "dns_answer_p99_ms": 0.9,
@@ -521,7 +528,7 @@ mod tests {
             "| syncer RSS idle (KiB) | 11776 | ≤ 15360 | ✅ met |",
             "| restart: start → fully resynced (s) | 0.87 | ≤ 5 at 10k | ✅ met |",
             "| restart: host writes (audit log; syncer) | 0 (0) | 0 | ✅ met |",
-            "| fairness: small ns create → host p99 loaded ÷ alone | 50.0 (1751.0 vs 35.0 ms) | ≤ 2 | ❌ missed |",
+            "| fairness: small ns create → host p99 loaded ÷ alone | 50.0 (1751.0 vs 35.0 ms; n = 50.0 in 4 bursts vs 50.0 alone) | ≤ 2 | ❌ missed |",
             "| Services: same ClusterIP / recreated / all synced (s) | 200 / 0 / 2.8 | — | — |",
             "| kubectl logs of a 64 MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct | 120.5 / 110.0; 0.91 | ≥ 0.8 | ✅ met |",
             "| port-forward upload of 64 MiB: direct / vnest (MiB/s); ratio vnest ÷ direct | 80.0 / 40.0; 0.5 | ≥ 0.8 | ❌ missed |",

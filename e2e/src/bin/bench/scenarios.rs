@@ -189,13 +189,27 @@ pub struct SmallNs {
     pub to_host_ms: Vec<f64>,
     /// Create call → virtual pod first Running (ms).
     pub to_running_ms: Vec<f64>,
+    /// Create call → host pod first Running (ms): the host's share of `to_running_ms` (its
+    /// scheduler and kwok serve every namespace's pods in one queue).
+    pub to_host_running_ms: Vec<f64>,
+    /// Bursts it took to collect the samples (0: none, the namespace was alone).
+    pub rounds: usize,
+    /// Small pods whose sample was dropped because the burst ended before they ran.
+    pub dropped: usize,
 }
 
-/// One namespace creates `greedy` pods at once (if > 0) while another creates `small` pods one
-/// by one (each after the previous one runs). Returns the small namespace's latencies.
-pub async fn fairness_run(w: &World, greedy: usize, small: usize) -> Result<SmallNs> {
+/// Rounds of bursts at most, however few samples they gave (a burst and its deletion take
+/// ~1 min with 1000 pods here).
+const MAX_ROUNDS: usize = 12;
+
+/// The small namespace creates pods one by one (each after the previous one runs) until it has
+/// `samples` of them; alone when `greedy` is 0. Otherwise another namespace creates `greedy`
+/// pods at once (64 creates in flight), and only the small pods that ran **while the burst was
+/// still going** (some greedy pod not Running yet in the virtual cluster) count; when a burst is
+/// over, its namespace is deleted and the next round starts a new one, until there are
+/// `samples` (or [`MAX_ROUNDS`] rounds).
+pub async fn fairness_run(w: &World, greedy: usize, samples: usize) -> Result<SmallNs> {
     let small_ns = TestNs::new(&w.virt, "bench-small").await?;
-    let greedy_ns = TestNs::new(&w.virt, "bench-greedy").await?;
     let vt = Tracker::start(
         Api::namespaced(w.virt.clone(), &small_ns.name),
         "app=small",
@@ -208,63 +222,143 @@ pub async fn fairness_run(w: &World, greedy: usize, small: usize) -> Result<Smal
         by_virtual_name,
     )
     .await?;
-    // The burst: `greedy` creates, 64 in flight at a time.
-    let greedy_api: Api<Pod> = Api::namespaced(w.virt.clone(), &greedy_ns.name);
-    let burst = tokio::spawn(async move {
-        let sem = Arc::new(tokio::sync::Semaphore::new(64));
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..greedy {
-            let permit = sem.clone().acquire_owned().await?;
-            let (api, pod) = (greedy_api.clone(), bare_pod(&format!("greedy-{i}"), "greedy")?);
-            set.spawn(async move {
-                let r = api.create(&PostParams::default(), &pod).await.map(|_| ());
-                drop(permit);
-                r
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r??;
-        }
-        anyhow::Ok(())
-    });
-    if greedy > 0 {
-        // Let the burst get going before the small namespace starts.
-        let gapi: Api<Pod> = Api::namespaced(w.virt.clone(), &greedy_ns.name);
-        let want = (greedy / 10).max(1);
-        wait_until("the greedy burst under way", LONG, || async {
-            let l = gapi.list(&ListParams::default().limit(want as u32)).await?;
-            Ok((l.items.len() >= want).then_some(()))
-        })
-        .await?;
-    }
     let api: Api<Pod> = Api::namespaced(w.virt.clone(), &small_ns.name);
     let mut out = SmallNs::default();
-    for i in 0..small {
-        let name = format!("small-{i}");
-        let t = Instant::now();
-        api.create(&PostParams::default(), &bare_pod(&name, "small")?)
-            .await?;
-        wait_until(&format!("{name} Running"), LONG, || {
-            let done = vt.snapshot().running.contains_key(&name);
-            async move { Ok(done.then_some(())) }
+    let mut next = 0;
+    if greedy == 0 {
+        while out.to_host_ms.len() < samples {
+            let sample = small_pod(&api, &vt, &ht, next).await?;
+            next += 1;
+            out.add(sample);
+        }
+    }
+    while greedy > 0 && out.to_host_ms.len() < samples && out.rounds < MAX_ROUNDS {
+        out.rounds += 1;
+        let burst = Burst::start(w, greedy).await?;
+        while !burst.over() && out.to_host_ms.len() < samples {
+            let sample = small_pod(&api, &vt, &ht, next).await?;
+            next += 1;
+            if burst.over() {
+                out.dropped += 1;
+                continue;
+            }
+            out.add(sample);
+        }
+        eprintln!(
+            "[bench]   fairness round {}: {} samples so far ({} dropped: the burst ended first)",
+            out.rounds,
+            out.to_host_ms.len(),
+            out.dropped
+        );
+        burst.finish(w).await?;
+    }
+    let s = small_ns.name.clone();
+    small_ns.delete().await?;
+    wait_no_pods(&w.host, &w.host_ns, &host_selector(&s)).await?;
+    Ok(out)
+}
+
+impl SmallNs {
+    fn add(&mut self, s: Sample) {
+        self.to_host_ms.extend(s.to_host);
+        self.to_running_ms.extend(s.to_running);
+        self.to_host_running_ms.extend(s.to_host_running);
+    }
+}
+
+/// One small pod's times from its create call (ms).
+struct Sample {
+    to_host: Option<f64>,
+    to_running: Option<f64>,
+    to_host_running: Option<f64>,
+}
+
+/// Creates small pod `small-<i>` and waits until it runs.
+async fn small_pod(api: &Api<Pod>, vt: &Tracker, ht: &Tracker, i: usize) -> Result<Sample> {
+    let name = format!("small-{i}");
+    let t = Instant::now();
+    api.create(&PostParams::default(), &bare_pod(&name, "small")?)
+        .await?;
+    wait_until(&format!("{name} Running"), LONG, || {
+        let done = vt.snapshot().running.contains_key(&name);
+        async move { Ok(done.then_some(())) }
+    })
+    .await?;
+    let (v, h) = (vt.snapshot(), ht.snapshot());
+    let since = |at: Option<&Instant>| at.map(|at| ms(at.saturating_duration_since(t)));
+    Ok(Sample {
+        to_host: since(h.created.get(&name)),
+        to_running: since(v.running.get(&name)),
+        to_host_running: since(h.running.get(&name)),
+    })
+}
+
+/// One namespace's burst of pods created at once, watched until every one of them runs.
+struct Burst {
+    ns: TestNs,
+    pods: usize,
+    tracker: Tracker,
+    creating: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Burst {
+    /// Starts creating `pods` pods (64 creates in flight) in a new namespace; returns once a
+    /// tenth of them exist.
+    async fn start(w: &World, pods: usize) -> Result<Self> {
+        let ns = TestNs::new(&w.virt, "bench-greedy").await?;
+        let api: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+        let tracker = Tracker::start(api.clone(), "app=greedy", by_name).await?;
+        let creates = api.clone();
+        let creating = tokio::spawn(async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(64));
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..pods {
+                let permit = sem.clone().acquire_owned().await?;
+                let (api, pod) = (creates.clone(), bare_pod(&format!("greedy-{i}"), "greedy")?);
+                set.spawn(async move {
+                    let r = api.create(&PostParams::default(), &pod).await.map(|_| ());
+                    drop(permit);
+                    r
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r??;
+            }
+            anyhow::Ok(())
+        });
+        let want = (pods / 10).max(1);
+        wait_until("the greedy burst under way", LONG, || {
+            let seen = tracker.snapshot().created.len();
+            async move { Ok((seen >= want).then_some(())) }
         })
         .await?;
-        let (v, h) = (vt.snapshot(), ht.snapshot());
-        if let Some(th) = h.created.get(&name) {
-            out.to_host_ms.push(ms(th.saturating_duration_since(t)));
-        }
-        if let Some(tv) = v.running.get(&name) {
-            out.to_running_ms.push(ms(tv.saturating_duration_since(t)));
-        }
+        Ok(Self {
+            ns,
+            pods,
+            tracker,
+            creating,
+        })
     }
-    burst.await??;
-    let (s, g) = (small_ns.name.clone(), greedy_ns.name.clone());
-    small_ns.delete().await?;
-    greedy_ns.delete().await?;
-    for ns in [s, g] {
-        wait_no_pods(&w.host, &w.host_ns, &host_selector(&ns)).await?;
+
+    /// Every pod of the burst runs in the virtual cluster.
+    fn over(&self) -> bool {
+        self.tracker.running_count() >= self.pods
     }
-    Ok(out)
+
+    /// Waits for the creates and every pod Running, then deletes the namespace and waits until
+    /// its host pods are gone.
+    async fn finish(self, w: &World) -> Result<()> {
+        self.creating.await??;
+        let pods = self.pods;
+        wait_until("the greedy burst Running", LONG, || {
+            let n = self.tracker.running_count();
+            async move { Ok((n >= pods).then_some(())) }
+        })
+        .await?;
+        let name = self.ns.name.clone();
+        self.ns.delete().await?;
+        wait_no_pods(&w.host, &w.host_ns, &host_selector(&name)).await
+    }
 }
 
 /// The syncer killed (SIGKILL) and started again with the world unchanged.

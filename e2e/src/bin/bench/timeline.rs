@@ -355,9 +355,14 @@ impl Recorder {
     /// k3s stand-in, where `make bench` does not run.
     pub fn start(w: &World, host_user: &str) -> Result<std::result::Result<Self, String>> {
         let Some(virtual_log) = w.env.get("VIRTUAL_AUDIT_LOG").ok().filter(|p| !p.is_empty()) else {
-            return Ok(Err("the virtual API server keeps no audit log in this world (VIRTUAL_AUDIT_LOG)".into()));
+            return Ok(Err(
+                "the virtual API server keeps no audit log in this world (VIRTUAL_AUDIT_LOG)".into(),
+            ));
         };
-        let (virtual_log, host_log) = (PathBuf::from(virtual_log), PathBuf::from(w.env.get("HOST_AUDIT_LOG")?));
+        let (virtual_log, host_log) = (
+            PathBuf::from(virtual_log),
+            PathBuf::from(w.env.get("HOST_AUDIT_LOG")?),
+        );
         Ok(Ok(Self {
             virtual_from: end_of(&virtual_log)?,
             host_from: end_of(&host_log)?,
@@ -405,7 +410,15 @@ impl Recorder {
 mod tests {
     use super::*;
 
-    fn line(verb: &str, res: &str, sub: Option<&str>, ns: &str, name: &str, user: &str, at: (u32, u32)) -> String {
+    fn line(
+        verb: &str,
+        res: &str,
+        sub: Option<&str>,
+        ns: &str,
+        name: &str,
+        user: &str,
+        at: (u32, u32),
+    ) -> String {
         let t = |ms: u32| format!("2026-12-06T12:00:00.{:06}Z", ms * 1000);
         let mut obj = json!({"resource": res, "namespace": ns, "name": name});
         if let Some(s) = sub {
@@ -420,11 +433,19 @@ mod tests {
     #[test]
     fn milestones_are_joined_across_both_logs() {
         let epoch = 1_796_558_400_000.0; // 2026-12-06T12:00:00Z in ms
-        let mut create = serde_json::from_str::<Value>(&line("create", "pods", None, "v", "", "rs", (1, 10))).unwrap();
+        let mut create =
+            serde_json::from_str::<Value>(&line("create", "pods", None, "v", "", "rs", (1, 10))).unwrap();
         create["responseObject"] = json!({"metadata": {"name": "p"}});
-        let mut token =
-            serde_json::from_str::<Value>(&line("create", "serviceaccounts", Some("token"), "v", "default", "syncer", (20, 23)))
-                .unwrap();
+        let mut token = serde_json::from_str::<Value>(&line(
+            "create",
+            "serviceaccounts",
+            Some("token"),
+            "v",
+            "default",
+            "syncer",
+            (20, 23),
+        ))
+        .unwrap();
         token["requestObject"] = json!({"spec": {"boundObjectRef": {"kind": "Pod", "name": "p"}}});
         let virt = [
             create.to_string(),
@@ -456,12 +477,23 @@ mod tests {
         });
         let m = &pods["p"];
         assert_eq!(m.v_created, Some(epoch + 10.0));
-        assert_eq!((m.token_received, m.token_done), (Some(epoch + 20.0), Some(epoch + 23.0)));
+        assert_eq!(
+            (m.token_received, m.token_done),
+            (Some(epoch + 20.0), Some(epoch + 23.0))
+        );
         assert_eq!(m.host_create_received, Some(epoch + 30.0));
         assert_eq!(m.host_bound, Some(epoch + 45.0));
-        assert_eq!(m.host_running, Some(epoch + 70.0), "the first status write by kwok");
+        assert_eq!(
+            m.host_running,
+            Some(epoch + 70.0),
+            "the first status write by kwok"
+        );
         assert_eq!(m.virtual_bound, Some(epoch + 62.0), "only namespace v's binding");
-        assert_eq!(m.ready_written, Some(epoch + 95.0), "the last status write before Ready was seen");
+        assert_eq!(
+            m.ready_written,
+            Some(epoch + 95.0),
+            "the last status write before Ready was seen"
+        );
         let series = step_series(&pods);
         let total = series.last().unwrap();
         assert_eq!(total.1, vec![89.0]);

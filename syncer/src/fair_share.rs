@@ -1,0 +1,467 @@
+//! Fair sharing of one client's request budget between virtual namespaces.
+//!
+//! Every API request of a client passes its [`FairShare`]: a token bucket (`qps`, `burst`) and
+//! at most `max_in_flight` requests sent and not answered yet. A request that finds both free
+//! while nobody waits goes at once. Otherwise it waits in the queue of its **flow**: the virtual
+//! namespace whose reconcile sent it (set by [`within`]), or the syncer's own flow `""` (watches,
+//! cluster-scoped kinds, background tasks). Flows with waiting requests are served round-robin,
+//! one request each, as tokens and seats come free. A namespace's burst therefore queues
+//! behind itself: another namespace's create waits for at most one request of each other
+//! waiting flow, not for every request the burst has queued. It is work-conserving: a lone flow
+//! gets every token and every seat.
+//!
+//! The decisions are pure ([`Schedule`], no clock of its own, no I/O); [`FairShare`] adds the
+//! clock, the wake-ups, and one dispatch task that runs only while requests wait.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, oneshot};
+
+tokio::task_local! {
+    static FLOW: Flow;
+}
+
+/// Whose request this is: a virtual namespace, or `""` for the syncer's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Flow(Arc<str>);
+
+impl Flow {
+    pub fn new(namespace: &str) -> Self {
+        Self(namespace.into())
+    }
+
+    /// The flow of the task polling now (`""` outside [`within`]).
+    pub fn current() -> Self {
+        FLOW.try_with(Clone::clone).unwrap_or_default()
+    }
+}
+
+/// `fut`, with its API requests counted to the flow of `namespace`.
+pub fn within<F: Future>(namespace: &str, fut: F) -> tokio::task::futures::TaskLocalFuture<Flow, F> {
+    FLOW.scope(Flow::new(namespace), fut)
+}
+
+/// A waiting request as the schedule sees it.
+pub trait Waiter {
+    /// The request was dropped while it waited: skip it, it needs no token.
+    fn gone(&self) -> bool;
+}
+
+impl<T> Waiter for oneshot::Sender<T> {
+    fn gone(&self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// What the dispatcher waits for before it can grant again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nobody waits.
+    Idle,
+    /// A token is due at this time.
+    TokenAt(Instant),
+    /// Every seat is taken: a request must finish first.
+    Seat,
+}
+
+/// The pure core: the bucket, the seats, and the waiting requests by flow.
+pub struct Schedule<W> {
+    qps: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    max_in_flight: usize,
+    in_flight: usize,
+    queues: HashMap<Flow, VecDeque<W>>,
+    /// Flows with waiting requests, in service order.
+    ring: VecDeque<Flow>,
+}
+
+impl<W: Waiter> Schedule<W> {
+    /// A full bucket; `max_in_flight` 0 means no limit on requests in flight.
+    pub fn new(qps: f64, burst: u32, max_in_flight: usize, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            qps,
+            burst,
+            tokens: burst,
+            last: now,
+            max_in_flight: if max_in_flight == 0 {
+                usize::MAX
+            } else {
+                max_in_flight
+            },
+            in_flight: 0,
+            queues: HashMap::new(),
+            ring: VecDeque::new(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.qps).min(self.burst);
+        self.last = self.last.max(now);
+    }
+
+    fn free(&mut self, now: Instant) -> Result<(), Next> {
+        self.refill(now);
+        if self.in_flight >= self.max_in_flight {
+            Err(Next::Seat)
+        } else if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.qps);
+            Err(Next::TokenAt(now + wait))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+        self.in_flight += 1;
+    }
+
+    /// A request arrives: true when it may go now (nobody waits, a token and a seat are free;
+    /// both are taken). Otherwise the caller [`Schedule::wait`]s.
+    pub fn try_now(&mut self, now: Instant) -> bool {
+        if !self.ring.is_empty() || self.free(now).is_err() {
+            return false;
+        }
+        self.take();
+        true
+    }
+
+    /// Queues `waiter` behind its flow's earlier requests.
+    pub fn wait(&mut self, flow: Flow, waiter: W) {
+        let queue = self.queues.entry(flow.clone()).or_default();
+        queue.push_back(waiter);
+        if queue.len() == 1 {
+            self.ring.push_back(flow);
+        }
+    }
+
+    /// Grants what the budget allows now, one request per flow in turn; returns the granted
+    /// waiters (each holds a token and a seat) and what to wait for before granting again.
+    pub fn grant(&mut self, now: Instant) -> (Vec<W>, Next) {
+        let mut granted = Vec::new();
+        loop {
+            if self.ring.is_empty() {
+                return (granted, Next::Idle);
+            }
+            if let Err(next) = self.free(now) {
+                return (granted, next);
+            }
+            let Some(waiter) = self.pop_next() else {
+                continue;
+            };
+            if waiter.gone() {
+                continue;
+            }
+            self.take();
+            granted.push(waiter);
+        }
+    }
+
+    /// The head of the next flow in the ring (which moves to the back if it has more).
+    fn pop_next(&mut self) -> Option<W> {
+        let flow = self.ring.pop_front()?;
+        let queue = self.queues.get_mut(&flow)?;
+        let waiter = queue.pop_front();
+        if queue.is_empty() {
+            self.queues.remove(&flow);
+        } else {
+            self.ring.push_back(flow);
+        }
+        waiter
+    }
+
+    /// A granted request is answered (or dropped): its seat is free again.
+    pub fn finished(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// A granted request that never went (dropped before it was told): its seat and token back.
+    pub fn returned(&mut self) {
+        self.finished();
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
+    pub fn is_waiting(&self) -> bool {
+        !self.ring.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+struct Shared {
+    schedule: Mutex<State>,
+    /// Wakes the dispatcher: a seat came free.
+    seat_freed: Notify,
+}
+
+struct State {
+    schedule: Schedule<oneshot::Sender<Seat>>,
+    dispatching: bool,
+}
+
+/// One client's request budget, shared fairly between flows.
+#[derive(Clone)]
+pub struct FairShare {
+    shared: Arc<Shared>,
+}
+
+/// A granted request's seat; dropping it (the request answered, failed or dropped) frees it.
+pub struct Seat {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let waiting = {
+                let mut s = lock(&shared);
+                s.schedule.finished();
+                s.schedule.is_waiting()
+            };
+            if waiting {
+                shared.seat_freed.notify_one();
+            }
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
+    shared
+        .schedule
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FairShare {
+    /// `qps` sustained, `burst` at once, at most `max_in_flight` unanswered (0: no limit).
+    pub fn new(qps: f64, burst: u32, max_in_flight: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                schedule: Mutex::new(State {
+                    schedule: Schedule::new(qps, burst, max_in_flight, Instant::now()),
+                    dispatching: false,
+                }),
+                seat_freed: Notify::new(),
+            }),
+        }
+    }
+
+    /// Waits for the turn of a request of `flow`; returns its seat and how long it waited
+    /// (None: it went at once).
+    pub async fn acquire(&self, flow: Flow) -> (Seat, Option<Duration>) {
+        let since = Instant::now();
+        let rx = {
+            let mut s = lock(&self.shared);
+            if s.schedule.try_now(since) {
+                return (self.seat(), None);
+            }
+            let (tx, rx) = oneshot::channel();
+            s.schedule.wait(flow, tx);
+            if !std::mem::replace(&mut s.dispatching, true) {
+                tokio::spawn(self.clone().dispatch());
+            }
+            rx
+        };
+        // The sender is only dropped unsent when this receiver is gone: a closed channel here
+        // cannot happen; go without a seat rather than fail the request if it ever does.
+        let seat = rx.await.unwrap_or(Seat { shared: None });
+        (seat, Some(since.elapsed()))
+    }
+
+    fn seat(&self) -> Seat {
+        Seat {
+            shared: Some(self.shared.clone()),
+        }
+    }
+
+    /// Grants as tokens and seats come free, until nobody waits.
+    async fn dispatch(self) {
+        loop {
+            let (granted, next) = {
+                let mut s = lock(&self.shared);
+                let (granted, next) = s.schedule.grant(Instant::now());
+                if next == Next::Idle {
+                    s.dispatching = false;
+                }
+                (granted, next)
+            };
+            for waiter in granted {
+                if let Err(mut seat) = waiter.send(self.seat()) {
+                    // Dropped between the grant and now: the token and the seat go back.
+                    seat.shared = None;
+                    lock(&self.shared).schedule.returned();
+                }
+            }
+            match next {
+                Next::Idle => return,
+                Next::TokenAt(at) => tokio::time::sleep_until(at.into()).await,
+                Next::Seat => self.shared.seat_freed.notified().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct W(&'static str, usize, bool);
+
+    impl Waiter for W {
+        fn gone(&self) -> bool {
+            self.2
+        }
+    }
+
+    fn w(flow: &'static str, i: usize) -> W {
+        W(flow, i, false)
+    }
+
+    fn names(granted: &[W]) -> Vec<(&'static str, usize)> {
+        granted.iter().map(|g| (g.0, g.1)).collect()
+    }
+
+    #[test]
+    fn a_lone_flow_gets_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(10.0, 3, 0, t0);
+        for _ in 0..3 {
+            assert!(s.try_now(t0), "the burst goes at once");
+        }
+        assert!(!s.try_now(t0), "the bucket is empty");
+        for i in 0..5 {
+            s.wait(Flow::new("a"), w("a", i));
+        }
+        let (granted, next) = s.grant(t0);
+        assert!(granted.is_empty());
+        assert_eq!(next, Next::TokenAt(t0 + Duration::from_millis(100)));
+        let (granted, next) = s.grant(t0 + Duration::from_millis(250));
+        assert_eq!(names(&granted), [("a", 0), ("a", 1)], "one token per 100 ms");
+        assert!(matches!(next, Next::TokenAt(_)));
+        let (granted, next) = s.grant(t0 + Duration::from_secs(10));
+        assert_eq!(names(&granted), [("a", 2), ("a", 3), ("a", 4)]);
+        assert_eq!(next, Next::Idle);
+    }
+
+    #[test]
+    fn a_burst_queued_in_one_flow_does_not_delay_another_flow() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(100.0, 1, 0, t0);
+        assert!(s.try_now(t0));
+        for i in 0..200 {
+            s.wait(Flow::new("greedy"), w("greedy", i));
+        }
+        s.wait(Flow::new("small"), w("small", 0));
+        let mut order = Vec::new();
+        let mut now = t0;
+        while s.is_waiting() && order.len() < 4 {
+            now += Duration::from_millis(10);
+            let (granted, _) = s.grant(now);
+            order.extend(names(&granted));
+        }
+        assert_eq!(
+            order[..3],
+            [("greedy", 0), ("small", 0), ("greedy", 1)],
+            "the small namespace's request is the second served, not the 201st"
+        );
+    }
+
+    #[test]
+    fn flows_take_turns_one_request_each() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(1.0, 1, 0, t0);
+        assert!(s.try_now(t0));
+        for i in 0..3 {
+            s.wait(Flow::new("a"), w("a", i));
+        }
+        s.wait(Flow::new("b"), w("b", 0));
+        s.wait(Flow::default(), w("", 0));
+        let mut order = Vec::new();
+        for second in 1..=5 {
+            let (granted, _) = s.grant(t0 + Duration::from_secs(second));
+            order.extend(names(&granted));
+        }
+        assert_eq!(
+            order,
+            [("a", 0), ("b", 0), ("", 0), ("a", 1), ("a", 2)],
+            "one token a second, handed round the waiting flows"
+        );
+    }
+
+    #[test]
+    fn seats_limit_requests_in_flight() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(1000.0, 100, 2, t0);
+        assert!(s.try_now(t0));
+        assert!(s.try_now(t0));
+        assert!(!s.try_now(t0), "both seats taken");
+        s.wait(Flow::new("a"), w("a", 0));
+        s.wait(Flow::new("b"), w("b", 0));
+        let (granted, next) = s.grant(t0);
+        assert!(granted.is_empty());
+        assert_eq!(next, Next::Seat);
+        s.finished();
+        let (granted, next) = s.grant(t0);
+        assert_eq!(names(&granted), [("a", 0)]);
+        assert_eq!(next, Next::Seat);
+        assert_eq!(s.in_flight(), 2);
+        s.finished();
+        s.finished();
+        let (granted, next) = s.grant(t0);
+        assert_eq!(names(&granted), [("b", 0)]);
+        assert_eq!(next, Next::Idle);
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn nobody_overtakes_a_waiting_request_and_dropped_ones_cost_nothing() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(10.0, 1, 0, t0);
+        assert!(s.try_now(t0));
+        s.wait(Flow::new("a"), W("a", 0, true));
+        s.wait(Flow::new("a"), w("a", 1));
+        let later = t0 + Duration::from_millis(100);
+        assert!(!s.try_now(later), "a token is free, but a request waits for it");
+        let (granted, next) = s.grant(later);
+        assert_eq!(names(&granted), [("a", 1)], "the dropped request took no token");
+        assert_eq!(next, Next::Idle);
+        s.returned();
+        assert!(s.try_now(later), "a returned grant gives its token back");
+    }
+
+    #[tokio::test]
+    async fn requests_learn_their_flow_from_the_task() {
+        assert_eq!(Flow::current(), Flow::default());
+        let inside = within("team-a", async { Flow::current() }).await;
+        assert_eq!(inside, Flow::new("team-a"));
+    }
+
+    #[tokio::test]
+    async fn the_share_grants_waiters_in_turn_and_frees_seats_on_drop() {
+        let share = FairShare::new(1000.0, 1000, 1);
+        let (first, waited) = share.acquire(Flow::new("a")).await;
+        assert!(waited.is_none(), "a free seat: no wait");
+        let second = {
+            let share = share.clone();
+            tokio::spawn(async move { share.acquire(Flow::new("b")).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "the only seat is taken");
+        drop(first);
+        let (_seat, waited) = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("granted once the seat is free")
+            .expect("join");
+        assert!(waited.is_some());
+    }
+}
