@@ -8,6 +8,7 @@
 //! - [`kubectl`]: run the kubectl built from the same Kubernetes module.
 
 pub mod extra_vcluster;
+pub mod kubectl;
 pub mod service_proxy;
 
 use std::collections::BTreeMap;

@@ -4,70 +4,17 @@
 //! pod subresources (kwok simulates the host side: hack/up.sh). Also: callers the kubelet
 //! endpoint must refuse, and streams that must not leak when a client goes away.
 
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use vnest_e2e::kubectl::Kubectl;
 use vnest_e2e::{Env, Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// kubectl against the virtual API server with the tenant's kubeconfig.
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    ns: String,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["-n", &self.ns])
-            .args(args)
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Result<Output> {
-        let out = tokio::time::timeout(WAIT, self.command(args).stdin(Stdio::null()).output()).await??;
-        Ok(out)
-    }
-
-    async fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args).await?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn with_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            stdin.write_all(&input).await?;
-            stdin.shutdown().await
-        });
-        let out = tokio::time::timeout(WAIT, child.wait_with_output()).await??;
-        writer.await??;
-        Ok(out)
-    }
-}
 
 struct Fixture {
     world: World,
@@ -95,6 +42,7 @@ async fn fixture(prefix: &str) -> Result<Fixture> {
         bin: world.env.path("KUBECTL")?,
         kubeconfig: world.env.path("VIRTUAL_KUBECONFIG")?,
         ns: ns.name.clone(),
+        wait: WAIT,
     };
     wait_until("the virtual pod Running", WAIT, || async {
         let p = pods.get(&pod).await?;

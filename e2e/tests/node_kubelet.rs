@@ -15,8 +15,8 @@
 //! runs test binaries one after another, and every test here deletes its namespace).
 
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -26,66 +26,10 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use vnest_e2e::kubectl::Kubectl;
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// kubectl against the virtual API server with the tenant's kubeconfig, in one namespace.
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    ns: String,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["-n", &self.ns])
-            .args(args)
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Result<Output> {
-        Ok(tokio::time::timeout(WAIT, self.command(args).stdin(Stdio::null()).output()).await??)
-    }
-
-    async fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args).await?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Runs with `input` on stdin, closed at its end; the whole run under [`WAIT`].
-    async fn with_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            stdin.write_all(&input).await?;
-            stdin.shutdown().await
-        });
-        let out = tokio::time::timeout(WAIT, child.wait_with_output())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("kubectl {args:?} did not end within {WAIT:?} (stdin's end not passed on?)")
-            })??;
-        writer.await??;
-        Ok(out)
-    }
-}
 
 struct Fixture {
     world: World,
@@ -134,6 +78,7 @@ async fn fixture_running(prefix: &str, command: &[&str]) -> Result<Fixture> {
         bin: env.path("KUBECTL")?,
         kubeconfig: env.path("VIRTUAL_KUBECONFIG")?,
         ns: ns.name.clone(),
+        wait: WAIT,
     };
     let node = wait_until("the virtual pod Running and Ready on a node", WAIT, || async {
         let p = pods.get(&pod).await?;
