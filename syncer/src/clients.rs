@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
@@ -90,7 +90,7 @@ pub fn set_user_agent(config: &mut Config, component: &str) {
 /// RST (a partition, a host that vanished) is caught within this time and resumes from its
 /// last resourceVersion; any other request answers in far less. The kubelet endpoint's
 /// streams use connections of their own without it.
-pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 async fn load_config(cluster: Cluster, access: &ClusterAccess) -> Result<Config> {
     let mut config = load_config_inner(cluster, access).await?;
@@ -347,6 +347,10 @@ impl<S> Layer<S> for RateLimitLayer {
     }
 }
 
+/// The longest a request keeps its seat (see [`crate::fair_share`]) while it waits for its
+/// answer: far above any healthy request (milliseconds), well below the read timeout.
+const SEAT_HOLD_MAX: Duration = Duration::from_secs(10);
+
 struct RateLimitService<S> {
     inner: S,
     cluster: Cluster,
@@ -378,9 +382,16 @@ where
                     .with_label_values(&[cluster.as_str()])
                     .observe(waited.as_secs_f64());
             }
-            let answer = sent.await;
+            // A request holds its seat until answered, but not longer than SEAT_HOLD_MAX: one
+            // that hangs (an API server waiting on its datastore, a connection that died) must
+            // not keep the others out until the read timeout.
+            let mut sent = Box::pin(sent);
+            if let Ok(answer) = tokio::time::timeout(SEAT_HOLD_MAX, &mut sent).await {
+                drop(seat);
+                return answer;
+            }
             drop(seat);
-            answer
+            sent.await
         })
     }
 }
