@@ -172,34 +172,24 @@ impl AuditLog {
     /// The syncer's watches that ended since `mark` (the audit log records a watch when it
     /// ends), by [`watch_key`]: each is re-opened unless its process ended too.
     pub fn watches_ended_since(&self, mark: AuditMark) -> Result<Vec<String>> {
-        let text = read_since(&self.path, mark.offset)?;
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        Ok(self
+            .syncer_events_since(mark)?
+            .iter()
             .filter(|ev| {
-                ev["user"]["username"] == self.user.as_str()
-                    && ev["stage"] == "ResponseComplete"
-                    && ev["verb"] == "watch"
+                ev["verb"] == "watch"
                     && ev["stageTimestamp"]
                         .as_str()
                         .and_then(|t| t.parse::<Timestamp>().ok())
                         .is_some_and(|t| t >= mark.at)
             })
-            .filter_map(|ev| watch_key(&ev))
+            .filter_map(watch_key)
             .collect())
     }
 
     /// The syncer's requests received since `mark`, by "verb resource[/subresource]".
     pub fn count_since(&self, mark: AuditMark) -> Result<BTreeMap<String, f64>> {
-        let text = read_since(&self.path, mark.offset)?;
         let mut out = BTreeMap::new();
-        for line in text.lines() {
-            let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue; // a line being written right now
-            };
-            if ev["user"]["username"] != self.user.as_str() || ev["stage"] != "ResponseComplete" {
-                continue;
-            }
+        for ev in self.syncer_events_since(mark)? {
             let received: Option<Timestamp> = ev["requestReceivedTimestamp"]
                 .as_str()
                 .and_then(|t| t.parse().ok());
@@ -214,6 +204,17 @@ impl AuditLog {
             *out.entry(key).or_default() += 1.0;
         }
         Ok(out)
+    }
+
+    /// The syncer's completed requests recorded after `mark`'s offset (a line being written
+    /// right now does not parse and is left out).
+    fn syncer_events_since(&self, mark: AuditMark) -> Result<Vec<serde_json::Value>> {
+        let text = read_since(&self.path, mark.offset)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|ev| ev["user"]["username"] == self.user.as_str() && ev["stage"] == "ResponseComplete")
+            .collect())
     }
 }
 
