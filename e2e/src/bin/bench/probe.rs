@@ -46,6 +46,28 @@ impl SyncerProc {
         Ok(std::fs::read_link(format!("/proc/{pid}/exe"))?)
     }
 
+    /// How long the syncer process has been running (from /proc: its start in clock ticks
+    /// after boot, against the system's uptime).
+    pub fn age(&self) -> Result<std::time::Duration> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // starttime is the 22nd field overall, the 20th after the command name's ")".
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let started_ticks: f64 = rest
+            .split_whitespace()
+            .nth(19)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no start time in /proc/{pid}/stat"))?;
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime")?
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unreadable /proc/uptime"))?;
+        Ok(std::time::Duration::from_secs_f64(
+            (uptime - started_ticks / self.clock_ticks).max(0.0),
+        ))
+    }
+
     pub fn sample(&self) -> Result<ProcSample> {
         let pid = self.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -11,6 +11,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
+use crate::timeline;
 use crate::track::{Tracker, deltas_ms, ms};
 
 /// Generous: 10k pods through two API servers on two cores take minutes.
@@ -99,11 +100,16 @@ pub struct FixedRate {
     pub down_ms: Vec<f64>,
     /// Host pod first Running → virtual pod first Running (ms).
     pub up_ms: Vec<f64>,
+    /// Through vnest only: the per-pod timeline's summary (`timeline::summary`), or why it was
+    /// not recorded.
+    pub timeline: serde_json::Value,
 }
 
 /// Creates `pods` bare pods in a fresh virtual namespace at `rate` pods/s (each create on its
 /// own task, so a slow answer never delays the schedule) and times both directions.
-pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
+/// The per-pod timeline (both API servers' audit logs) is recorded as in the startup burst;
+/// `host_user` is the syncer's user on the host.
+pub async fn fixed_rate(w: &World, pods: usize, rate: f64, host_user: &str) -> Result<FixedRate> {
     let ns = TestNs::new(&w.virt, "bench-rate").await?;
     let vt = Tracker::start(Api::namespaced(w.virt.clone(), &ns.name), "app=rate", by_name).await?;
     let ht = Tracker::start(
@@ -112,14 +118,21 @@ pub async fn fixed_rate(w: &World, pods: usize, rate: f64) -> Result<FixedRate> 
         by_virtual_name,
     )
     .await?;
+    let recorder = timeline::Recorder::start(w, host_user)?;
     paced_creates(Api::namespaced(w.virt.clone(), &ns.name), pods, rate).await?;
     wait_running(&vt, pods).await?;
+    wait_ready(&vt, pods).await?;
     let (v, h) = (vt.snapshot(), ht.snapshot());
+    let timeline = match recorder {
+        Ok(r) => timeline::summary(&r.finish(w, &ns.name, &v.ready).await?),
+        Err(why) => json!({"skipped": why}),
+    };
     let out = FixedRate {
         rate_per_s: rate,
         pods,
         down_ms: deltas_ms(&v.created, &h.created),
         up_ms: deltas_ms(&h.running, &v.running),
+        timeline,
     };
     let name = ns.name.clone();
     ns.delete().await?;
@@ -163,6 +176,16 @@ async fn wait_running(tracker: &Tracker, pods: usize) -> Result<()> {
     .await
 }
 
+/// Waits for the client to see every pod Ready too: the timeline's last milestone (kwok makes
+/// a pod Ready with Running, so this is a moment at most).
+async fn wait_ready(tracker: &Tracker, pods: usize) -> Result<()> {
+    wait_until(&format!("{pods} rate pods Ready"), LONG, || {
+        let n = tracker.ready_count();
+        async move { Ok((n >= pods).then_some(())) }
+    })
+    .await
+}
+
 /// The same schedule directly on the host, as the baseline the fixed-rate figures stand on:
 /// `down_ms` = create call → pod first seen by the watch, `up_ms` = create call → Running.
 pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<FixedRate> {
@@ -179,6 +202,7 @@ pub async fn fixed_rate_direct(w: &World, pods: usize, rate: f64) -> Result<Fixe
         pods,
         down_ms: deltas_ms(&called, &seen.created),
         up_ms: deltas_ms(&called, &seen.running),
+        timeline: serde_json::Value::Null,
     })
 }
 

@@ -315,12 +315,13 @@ pub fn chart_series(series: &[(&'static str, Vec<f64>)]) -> Vec<(&'static str, V
 }
 
 /// The timeline as a Markdown table: each step's p50 / p99 (ms) and how many pods it covers.
-pub fn markdown(summary: &Value) -> Option<String> {
+/// `of_what` names the pods: "the 1000-pod burst", "1000 bare pods at 20 pods/s".
+pub fn markdown(summary: &Value, of_what: &str) -> Option<String> {
     let steps = summary["steps"].as_array()?;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Per-pod timeline of the burst through vnest ({} pods joined, {} with every milestone; \
+        "Per-pod timeline of {of_what} through vnest ({} pods joined, {} with every milestone; \
          {} virtual status writes per pod), from both API servers' audit logs:\n",
         summary["pods"], summary["pods_with_every_milestone"], summary["virtual_status_writes_per_pod"]
     );
