@@ -271,6 +271,30 @@ fn with_host_pod(
     Ok(Step::done(plan.then_maybe(status)))
 }
 
+/// Whether the reconciler should look at the host pod again before action `i` of `actions`:
+/// action `i` copies the host status onto the virtual pod and everything before it in the plan
+/// was a binding. A binding takes a round trip, during which the host pod often moves on
+/// (scheduled → Running); the status decided before it would then be written, and the newer
+/// one a reconcile later: one virtual write and one round trip more on the way to Ready. Only
+/// after bindings is deciding again safe: the executor remembers a binding it sent (sending it
+/// again is skipped), while other writes already sent would be decided again on the cached
+/// objects that do not show them yet.
+pub fn look_again_before(actions: &[Action], i: usize) -> bool {
+    let is_virtual_status = |a: &Action| {
+        a.target.cluster == crate::error::Cluster::Virtual
+            && matches!(
+                a.write,
+                Write::Patch {
+                    subresource: Some("status"),
+                    ..
+                }
+            )
+    };
+    i > 0
+        && actions.get(i).is_some_and(is_virtual_status)
+        && actions[..i].iter().all(|a| matches!(a.write, Write::Bind { .. }))
+}
+
 /// What a running pod's tokens need now.
 enum TokenStep {
     /// Issue tokens first.
@@ -729,6 +753,37 @@ mod tests {
         assert_eq!(*subresource, Some("status"));
         assert_eq!(patch.body["metadata"]["uid"], "web-uid", "pinned to the uid");
         assert_eq!(patch.body["status"]["podIP"], "10.244.0.9");
+        assert!(
+            look_again_before(&plan.actions, 1),
+            "the host pod may have moved on during the binding"
+        );
+        assert!(!look_again_before(&plan.actions, 0));
+    }
+
+    #[test]
+    fn the_host_pod_is_looked_at_again_only_after_bindings() {
+        let tc = TranslateCtx::test();
+        let v = vpod("web", json!({}));
+        let h = hpod(
+            &tc,
+            &v,
+            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}),
+        );
+        let (mut plan, _) = Case::new(Some(&v), Some(&h)).writes();
+        let status = plan.actions[1].clone();
+        // A status without a binding before it: nothing was sent meanwhile.
+        assert!(!look_again_before(std::slice::from_ref(&status), 0));
+        // Another write before the binding: deciding again would send it a second time.
+        let metadata = Action::new(
+            status.target.clone(),
+            Write::patch(PatchKind::Merge, json!({"metadata": {"labels": {"a": "b"}}})),
+            "host-added labels/annotations flow back",
+        );
+        plan.actions.insert(0, metadata);
+        assert!(!look_again_before(&plan.actions, 2));
+        // Past the end, or not a status write.
+        assert!(!look_again_before(&plan.actions, 3));
+        assert!(!look_again_before(&plan.actions, 1));
     }
 
     #[test]

@@ -133,6 +133,23 @@ impl PodSync {
             .collect()
     }
 
+    /// The host pod in the cache when it is newer (another resourceVersion) than `seen`.
+    fn newer_host_pod(
+        &self,
+        host_ns: &str,
+        host_name: &str,
+        seen: Option<&Pod>,
+    ) -> Result<Option<Pod>, SyncError> {
+        let Some(cached) = self.host_pods.get(&ObjectRef::new(host_name).within(host_ns)) else {
+            return Ok(None);
+        };
+        let seen_version = seen.and_then(|p| p.metadata.resource_version.as_deref());
+        if cached.metadata.resource_version.as_deref() == seen_version {
+            return Ok(None);
+        }
+        cached.read().map(Some)
+    }
+
     /// Sends the TokenRequests and collects the tokens.
     async fn issue(
         &self,
@@ -209,7 +226,18 @@ impl Reconciler for PodSync {
                     issued = Some(self.issue(&key.namespace, requests).await?);
                 }
                 Step::Write { plan, then_again } => {
-                    for action in &plan.actions {
+                    let mut moved_on = false;
+                    for (i, action) in plan.actions.iter().enumerate() {
+                        if plan::look_again_before(&plan.actions, i)
+                            && let Some(newer) =
+                                self.newer_host_pod(&tc.host_namespace, &host_name, h.as_ref())?
+                        {
+                            // Decide again on it: the binding is remembered, the status is
+                            // the newer one.
+                            h = Some(newer);
+                            moved_on = true;
+                            break;
+                        }
                         let creates_pod = action.target.kind == "Pod"
                             && action.target.cluster == crate::error::Cluster::Host
                             && matches!(action.write, Write::Create { .. });
@@ -221,6 +249,9 @@ impl Reconciler for PodSync {
                             self.created(key);
                             h = done.object::<Pod>();
                         }
+                    }
+                    if moved_on {
+                        continue;
                     }
                     if !then_again {
                         return Ok(Outcome {
