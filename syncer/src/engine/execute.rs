@@ -20,7 +20,6 @@ use kube::Resource;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
 };
-use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -232,9 +231,11 @@ impl Action {
 /// What a write returned.
 #[derive(Debug)]
 pub enum Done {
-    /// The object as the API server answered (create, patch, apply).
-    Object(Value),
-    /// Sent (delete, bind) or skipped because the same write is still pending.
+    /// The JSON the API server answered a create with (the created object, the issued token),
+    /// parsed only when asked for ([`Done::object`]).
+    Object(String),
+    /// Sent (patch, apply, delete, bind: their answers are not read, so they are not parsed)
+    /// or skipped because the same write is still pending.
     Sent,
     Skipped,
 }
@@ -243,7 +244,7 @@ impl Done {
     /// The answered object as `K` (None for answers without one).
     pub fn object<K: DeserializeOwned>(&self) -> Option<K> {
         match self {
-            Done::Object(v) => K::deserialize(v).ok(),
+            Done::Object(json) => serde_json::from_str(json).ok(),
             Done::Sent | Done::Skipped => None,
         }
     }
@@ -295,15 +296,34 @@ impl Executor {
         self.created.observed(name);
     }
 
-    fn api(&self, target: &Target) -> Api<DynamicObject> {
-        let client = match target.cluster {
+    fn client(&self, cluster: Cluster) -> kube::Client {
+        match cluster {
             Cluster::Host => self.shared.host.clone(),
             Cluster::Virtual => self.shared.virt.clone(),
-        };
+        }
+    }
+
+    fn api(&self, target: &Target) -> Api<DynamicObject> {
+        let client = self.client(target.cluster);
         match &target.namespace {
             Some(ns) => Api::namespaced_with(client, ns, &target.resource),
             None => Api::all_with(client, &target.resource),
         }
+    }
+
+    /// Sends `request` (built for `target`'s collection; `what` names it, as kube's own
+    /// methods do) and returns the answer's JSON unparsed: a write's answer is a whole object,
+    /// and building it (kube's `Api` parses it into a `DynamicObject`, a `serde_json::Value`
+    /// tree) for an answer nobody reads was a good part of the syncer's allocations in a burst.
+    async fn request(
+        &self,
+        target: &Target,
+        what: &'static str,
+        request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<String, kube::Error> {
+        let mut request = request.map_err(kube::Error::BuildRequest)?;
+        request.extensions_mut().insert(what);
+        self.client(target.cluster).request_text(request).await
     }
 
     /// Sends `action`.
@@ -398,9 +418,10 @@ impl Executor {
     async fn send(&self, action: &Action) -> Result<Done, SyncError> {
         let t = &action.target;
         let api = self.api(t);
+        let request = kube::core::Request::new(api.resource_url());
         let fail = |verb: &'static str| move |e| SyncError::from_kube(e, t.cluster, verb, t.kind, &t.name);
         match &action.write {
-            Write::Create { body, ownership } => self.create(&api, t, body, *ownership).await,
+            Write::Create { body, ownership } => self.create(&api, &request, t, body, *ownership).await,
             Write::Patch { subresource, patch } => {
                 let pp = PatchParams {
                     field_manager: Some(FIELD_MANAGER.into()),
@@ -411,8 +432,11 @@ impl Executor {
                     PatchKind::Strategic => Patch::Strategic(&patch.body),
                 };
                 let answer = match subresource {
-                    None => api.patch(&t.name, &pp, &body).await,
-                    Some(sub) => api.patch_subresource(sub, &t.name, &pp, &body).await,
+                    None => self.request(t, "patch", request.patch(&t.name, &pp, &body)).await,
+                    Some(sub) => {
+                        let built = request.patch_subresource(sub, &t.name, &pp, &body);
+                        self.request(t, "patch_subresource", built).await
+                    }
                 };
                 let verb = match subresource {
                     Some("status") => "update status of",
@@ -420,14 +444,14 @@ impl Executor {
                     _ => "patch",
                 };
                 answer
-                    .map(|o| Done::Object(serde_json::to_value(o).unwrap_or(Value::Null)))
+                    .map(|_| Done::Sent)
                     .map_err(|e| uid_conflict(e, t).unwrap_or_else(|e| fail(verb)(e)))
             }
             Write::Apply { body } => {
                 let ssa = PatchParams::apply(FIELD_MANAGER).force();
-                api.patch(&t.name, &ssa, &Patch::Apply(body))
+                self.request(t, "patch", request.patch(&t.name, &ssa, &Patch::Apply(body)))
                     .await
-                    .map(|o| Done::Object(serde_json::to_value(o).unwrap_or(Value::Null)))
+                    .map(|_| Done::Sent)
                     .map_err(fail("apply"))
             }
             Write::Delete { uid, grace_seconds } => {
@@ -439,7 +463,7 @@ impl Executor {
                     grace_period_seconds: grace_seconds.and_then(|g| u32::try_from(g).ok()),
                     ..DeleteParams::background()
                 };
-                match api.delete(&t.name, &dp).await {
+                match self.request(t, "delete", request.delete(&t.name, &dp)).await {
                     Ok(_) => Ok(Done::Sent),
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(Done::Sent),
                     Err(e) => Err(fail("delete")(e)),
@@ -455,7 +479,10 @@ impl Executor {
                 } else {
                     "create"
                 };
-                api.create_subresource::<Value, Value>(subresource, &t.name, &pp, body)
+                let built = serde_json::to_vec(body)
+                    .map_err(kube::core::request::Error::SerializeBody)
+                    .and_then(|body| request.create_subresource(subresource, &t.name, &pp, body));
+                self.request(t, "create_subresource", built)
                     .await
                     .map(Done::Object)
                     .map_err(fail(verb))
@@ -470,8 +497,10 @@ impl Executor {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..PostParams::default()
                 };
-                let bound: Result<Value, _> = api.create_subresource("binding", &t.name, &pp, &binding).await;
-                match bound {
+                let built = serde_json::to_vec(&binding)
+                    .map_err(kube::core::request::Error::SerializeBody)
+                    .and_then(|body| request.create_subresource("binding", &t.name, &pp, body));
+                match self.request(t, "create_subresource", built).await {
                     Ok(_) => Ok(Done::Sent),
                     // Already bound: the cache had not shown our own earlier bind yet (only
                     // the syncer binds virtual pods; a pod created with a nodeName is never
@@ -486,17 +515,18 @@ impl Executor {
         }
     }
 
-    /// POSTs `body`. When the name is taken on the host, one GET tells whether the object there
-    /// is ours (the watch cache is lagging: a quiet conflict and requeue) or foreign (left
-    /// untouched, reported).
+    /// POSTs `body` (serialized as it is: no `DynamicObject` in between). When the name is
+    /// taken on the host, one GET tells whether the object there is ours (the watch cache is
+    /// lagging: a quiet conflict and requeue) or foreign (left untouched, reported).
     async fn create(
         &self,
         api: &Api<DynamicObject>,
+        request: &kube::core::Request,
         t: &Target,
         body: &Value,
         ownership: Ownership,
     ) -> Result<Done, SyncError> {
-        let object = DynamicObject::deserialize(body).map_err(|e| SyncError::Cache {
+        let json = serde_json::to_vec(body).map_err(|e| SyncError::Cache {
             kind: t.kind,
             name: t.name.clone(),
             message: format!("planned object does not serialize: {e}"),
@@ -505,8 +535,8 @@ impl Executor {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match api.create(&pp, &object).await {
-            Ok(created) => Ok(Done::Object(serde_json::to_value(created).unwrap_or(Value::Null))),
+        match self.request(t, "create", request.create(&pp, json)).await {
+            Ok(created) => Ok(Done::Object(created)),
             Err(kube::Error::Api(s))
                 if s.code == 409 && s.reason == "AlreadyExists" && t.cluster == Cluster::Host =>
             {

@@ -10,6 +10,7 @@
 //! handles (microseconds to decompress, tens to parse), [`Packed::full_metadata`] parses only
 //! the metadata.
 
+use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
 
@@ -96,21 +97,12 @@ impl<K: Packable> Packed<K> {
             resource_version: m.resource_version.clone(),
             ..ObjectMeta::default()
         };
-        // Serializing a k8s-openapi struct to a Vec cannot fail (no maps with non-string keys,
-        // no I/O); an empty body would unpack as an error, never as a wrong object.
-        let json = serde_json::to_vec(obj).unwrap_or_default();
-        let body = lz4_flex::block::compress_prepend_size_with_dict(&json, K::dictionary());
+        let body = SCRATCH.with_borrow_mut(|scratch| scratch.pack(obj, K::dictionary()));
         Self {
             metadata,
-            body: body.into(),
+            body,
             kind: PhantomData,
         }
-    }
-
-    /// The JSON back.
-    fn json(&self) -> Result<Vec<u8>, serde_json::Error> {
-        lz4_flex::block::decompress_size_prepended_with_dict(&self.body, K::dictionary())
-            .map_err(<serde_json::Error as serde::de::Error>::custom)
     }
 
     /// The whole object back.
@@ -144,12 +136,89 @@ impl<K: Packable> Packed<K> {
     /// The body parsed as `T`: a partial view whose fields are the JSON's (what `T` does not
     /// name is skipped, not built; a resync reads one field of 10k pods this way).
     pub fn view<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.json()?)
+        SCRATCH.with_borrow_mut(|scratch| {
+            let json = scratch.unpack(&self.body, K::dictionary())?;
+            serde_json::from_slice(json)
+        })
     }
 
     /// Bytes held for the body (compressed; for tests and sizing).
     pub fn body_len(&self) -> usize {
         self.body.len()
+    }
+}
+
+thread_local! {
+    /// The buffers of this thread's packs and unpacks.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Buffers reused by every pack and unpack of a thread: the JSON and the compressed bytes of a
+/// pod are kilobytes, and allocating them (growing the JSON buffer, LZ4's worst-case output,
+/// its shrink, the copy into the `Arc`) for each watch event and each reconcile made glibc
+/// sort its free lists again and again (`malloc_consolidate` runs on every allocation above
+/// 1 KiB; measured: a third of the syncer's CPU in a burst was the allocator).
+#[derive(Default)]
+struct Scratch {
+    json: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl Scratch {
+    /// Buffers grown past this (a huge object) are given back after use.
+    const KEEP_BYTES: usize = 256 * 1024;
+
+    /// `obj` as JSON, LZ4-compressed against `dictionary`, its length prepended (the layout of
+    /// `lz4_flex::block::compress_prepend_size_with_dict`).
+    fn pack<K: Serialize>(&mut self, obj: &K, dictionary: &[u8]) -> Arc<[u8]> {
+        self.json.clear();
+        // Serializing a k8s-openapi struct cannot fail (no maps with non-string keys, no I/O);
+        // an empty body would unpack as an error, never as a wrong object.
+        if serde_json::to_writer(&mut self.json, obj).is_err() {
+            self.json.clear();
+        }
+        let Ok(size) = u32::try_from(self.json.len()) else {
+            return Arc::from(&[][..]);
+        };
+        let bound = 4 + lz4_flex::block::get_maximum_output_size(self.json.len());
+        self.compressed.clear();
+        self.compressed.resize(bound, 0);
+        self.compressed[..4].copy_from_slice(&size.to_le_bytes());
+        let out = &mut self.compressed[4..];
+        // As `compress_prepend_size_with_dict` does: a dictionary of 3 bytes or less is none.
+        let compressed = if dictionary.len() <= 3 {
+            lz4_flex::block::compress_into(&self.json, out)
+        } else {
+            lz4_flex::block::compress_into_with_dict(&self.json, out, dictionary)
+        };
+        let body = match compressed {
+            Ok(n) => Arc::from(&self.compressed[..4 + n]),
+            // Cannot happen with a buffer of the worst-case size; an empty body unpacks as an
+            // error.
+            Err(_) => Arc::from(&[][..]),
+        };
+        self.shrink();
+        body
+    }
+
+    /// The JSON of a body [`Scratch::pack`] made, borrowed from this scratch.
+    fn unpack(&mut self, body: &[u8], dictionary: &[u8]) -> Result<&[u8], serde_json::Error> {
+        let invalid = <serde_json::Error as serde::de::Error>::custom;
+        let (size, compressed) = lz4_flex::block::uncompressed_size(body).map_err(invalid)?;
+        self.shrink();
+        self.json.clear();
+        self.json.resize(size, 0);
+        let n = lz4_flex::block::decompress_into_with_dict(compressed, &mut self.json, dictionary)
+            .map_err(invalid)?;
+        Ok(&self.json[..n])
+    }
+
+    fn shrink(&mut self) {
+        for buffer in [&mut self.json, &mut self.compressed] {
+            if buffer.capacity() > Self::KEEP_BYTES {
+                *buffer = Vec::new();
+            }
+        }
     }
 }
 
@@ -298,6 +367,36 @@ mod tests {
         // The structs alone would be Pod + Container + Volume + statuses, over 8 KB.
         assert!(
             std::mem::size_of::<Pod>() + std::mem::size_of::<k8s_openapi::api::core::v1::Volume>() > 5000
+        );
+    }
+
+    #[test]
+    fn the_reused_buffers_pack_as_lz4_flex_does_and_unpack_any_size() {
+        let pod = other_deployment_pod();
+        let json = serde_json::to_vec(&pod).unwrap();
+        let want = lz4_flex::block::compress_prepend_size_with_dict(&json, Pod::dictionary());
+        let mut scratch = Scratch::default();
+        assert_eq!(&*scratch.pack(&pod, Pod::dictionary()), &want[..]);
+        assert_eq!(
+            &*scratch.pack(&pod, &[]),
+            &lz4_flex::block::compress_prepend_size(&json)[..]
+        );
+        // A huge object after a small one and a small one after it: the buffers are not kept
+        // at the huge size, and nothing of a longer JSON leaks into a shorter one.
+        let mut huge = pod.clone();
+        huge.metadata.annotations = Some([("big".to_owned(), "x".repeat(Scratch::KEEP_BYTES * 2))].into());
+        let huge_body = scratch.pack(&huge, Pod::dictionary());
+        assert!(scratch.json.capacity() <= Scratch::KEEP_BYTES);
+        let small_body = scratch.pack(&running_pod(), Pod::dictionary());
+        let unpacked: Pod =
+            serde_json::from_slice(scratch.unpack(&huge_body, Pod::dictionary()).unwrap()).unwrap();
+        assert_eq!(unpacked, huge);
+        let unpacked: Pod =
+            serde_json::from_slice(scratch.unpack(&small_body, Pod::dictionary()).unwrap()).unwrap();
+        assert_eq!(unpacked, running_pod());
+        assert!(
+            scratch.unpack(&[1, 0], Pod::dictionary()).is_err(),
+            "no size prefix"
         );
     }
 

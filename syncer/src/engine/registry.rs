@@ -124,7 +124,9 @@ pub struct Watch<K, C = K> {
     /// Metric and log label (the kind's plural, unless two selections of a kind need two).
     name: &'static str,
     api: fn(&Shared) -> Api<K>,
-    convert: fn(&K) -> C,
+    /// The cached form of an object; it may take parts out of the object while it works, and
+    /// leaves it as it came (subscribers see it next).
+    convert: fn(&mut K) -> C,
 }
 
 impl<K, C> Clone for Watch<K, C> {
@@ -150,7 +152,7 @@ where
             selection: Selection::All,
             name,
             api: |s| Api::all(s.virt.clone()),
-            convert: K::clone,
+            convert: |k| k.clone(),
         }
     }
 
@@ -162,7 +164,7 @@ where
             selection: Selection::All,
             name,
             api: |s| Api::all(s.host.clone()),
-            convert: K::clone,
+            convert: |k| k.clone(),
         }
     }
 }
@@ -178,7 +180,7 @@ where
             selection: Selection::Owned,
             name,
             api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
-            convert: K::clone,
+            convert: |k| k.clone(),
         }
     }
 
@@ -190,7 +192,7 @@ where
             selection: Selection::Namespace,
             name,
             api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
-            convert: K::clone,
+            convert: |k| k.clone(),
         }
     }
 
@@ -202,14 +204,14 @@ where
             selection: Selection::Named(object.into()),
             name,
             api: |s| Api::namespaced(s.host.clone(), &s.host_namespace),
-            convert: K::clone,
+            convert: |k| k.clone(),
         }
     }
 }
 
 impl<K, C> Watch<K, C> {
     /// The same watch with its cache keeping `convert` of each object instead.
-    pub fn cached_as<C2>(self, convert: fn(&K) -> C2) -> Watch<K, C2> {
+    pub fn cached_as<C2>(self, convert: fn(&mut K) -> C2) -> Watch<K, C2> {
         Watch {
             cluster: self.cluster,
             selection: self.selection,

@@ -65,8 +65,8 @@ where
 
 pub type Subscriber<K, C = K> = Arc<dyn Fn(Change<'_, K, C>) + Send + Sync>;
 
-/// The same watch event carrying the cached form.
-fn cached<K, C>(event: &Event<K>, convert: fn(&K) -> C) -> Event<C> {
+/// The same watch event carrying the cached form (`convert` leaves the object as it came).
+fn cached<K, C>(event: &mut Event<K>, convert: fn(&mut K) -> C) -> Event<C> {
     match event {
         Event::Apply(o) => Event::Apply(convert(o)),
         Event::Delete(o) => Event::Delete(convert(o)),
@@ -87,7 +87,7 @@ pub fn spawn<K, C>(
     cluster: Cluster,
     name: &'static str,
     subscribers: Vec<Subscriber<K, C>>,
-    convert: fn(&K) -> C,
+    convert: fn(&mut K) -> C,
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
     cancel: CancellationToken,
@@ -99,7 +99,7 @@ where
     C::DynamicType: Default + Hash + Eq + Clone + Send + Sync,
 {
     let gauge = metrics.store_objects.with_label_values(&[cluster.as_str(), name]);
-    let on_event = move |event: &Event<K>| {
+    let on_event = move |event: &mut Event<K>| {
         writer.apply_watcher_event(&cached(event, convert));
         match event {
             Event::Apply(obj) => {
@@ -128,7 +128,7 @@ where
         gauge.set(i64::try_from(reader.len()).unwrap_or(i64::MAX));
     };
     let gate = std::future::ready(());
-    spawn_uncached(
+    run_watch(
         api,
         config,
         cluster,
@@ -145,9 +145,6 @@ where
 /// objects included (`Init`, `InitApply`…, `InitDone`). For kinds whose objects are needed only
 /// until they are handled (host Events). The watch opens once `gate` is done (it counts for
 /// the initial sync from now).
-///
-/// The watch loop of every watch: backoff on errors, `managedFields` dropped, every event to
-/// `on_event`, the initial sync told after the first (re)list was handed over.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_uncached<K>(
     api: Api<K>,
@@ -156,6 +153,39 @@ pub fn spawn_uncached<K>(
     name: &'static str,
     gate: impl std::future::Future<Output = ()> + Send + 'static,
     mut on_event: impl FnMut(&Event<K>) + Send + 'static,
+    metrics: Metrics,
+    initial_sync: Arc<InitialSync>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone,
+{
+    let on_event = move |event: &mut Event<K>| on_event(event);
+    run_watch(
+        api,
+        config,
+        cluster,
+        name,
+        gate,
+        on_event,
+        metrics,
+        initial_sync,
+        cancel,
+    )
+}
+
+/// The watch loop of every watch: backoff on errors, `managedFields` dropped, every event to
+/// `on_event` (which owns it for the call: a cached watch packs parts of it in place), the
+/// initial sync told after the first (re)list was handed over.
+#[allow(clippy::too_many_arguments)]
+fn run_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    cluster: Cluster,
+    name: &'static str,
+    gate: impl std::future::Future<Output = ()> + Send + 'static,
+    mut on_event: impl FnMut(&mut Event<K>) + Send + 'static,
     metrics: Metrics,
     initial_sync: Arc<InitialSync>,
     cancel: CancellationToken,
@@ -182,7 +212,7 @@ where
                 () = cancel.cancelled() => return,
                 event = stream.next() => event,
             };
-            let event = match event {
+            let mut event = match event {
                 None => return,
                 Some(Ok(event)) => event,
                 Some(Err(error)) => {
@@ -194,7 +224,7 @@ where
                     continue;
                 }
             };
-            on_event(&event);
+            on_event(&mut event);
             if matches!(event, Event::InitDone) {
                 loads.inc();
                 // After the handler queued the listed keys: the queues are not idle yet.

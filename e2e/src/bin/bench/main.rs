@@ -478,6 +478,7 @@ async fn startup_cost_restart(
 
     step(&format!("1/8 startup of {n} pods through vnest"));
     let vns = TestNs::new(&w.virt, "bench-vnest").await?;
+    let cpu_create = syncer.sample()?;
     let audit_create = audit.mark()?;
     let recorder = timeline::Recorder::start(w, &audit.user)?;
     let syncer_before = syncer_host_requests(w).await?;
@@ -551,6 +552,7 @@ async fn startup_cost_restart(
 
     step(&format!("1/8 deleting the {n} pods through vnest"));
     let audit_delete = audit.mark()?;
+    let cpu_delete = syncer.sample()?;
     let syncer_before_delete = syncer_host_requests(w).await?;
     let vname = vns.name.clone();
     vns.delete().await?;
@@ -558,6 +560,8 @@ async fn startup_cost_restart(
     let audit_delete_reqs = audit.count_since(audit_delete)?;
     let syncer_delete_reqs = diff(&syncer_host_requests(w).await?, &syncer_before_delete);
     let after_delete = syncer.sample()?;
+    let cpu_per_pod = probe::cpu_ms_per_pod(&[(cpu_create, loaded), (cpu_delete, after_delete)], n);
+    eprintln!("[bench]   syncer CPU per pod lifecycle (create + delete): {cpu_per_pod:.2?} ms");
 
     let writes_per_pod = (writes(&audit_create_reqs) + writes(&audit_delete_reqs)) / n as f64;
     let syncer_writes_per_pod = (writes(&syncer_create_reqs) + writes(&syncer_delete_reqs)) / n as f64;
@@ -585,6 +589,7 @@ async fn startup_cost_restart(
         "syncer_rss_after_restart_kib": after_restart.rss_kib,
         "syncer_cpu_s_before_restart": round2(before_kill.cpu_s - first.cpu_s),
         "syncer_cpu_idle_s_per_min": round2(per_min(idle_cpu_s)),
+        "syncer_cpu_ms_per_pod": cpu_per_pod.map(round2),
         "restart_resync_s": round2(restart.resync_s), "restart_wall_s": round2(restart.wall_s),
         "restart_host_writes": restart.audit_writes.abs(),
         "restart_host_writes_syncer_metrics": restart.syncer_writes.abs(),

@@ -325,6 +325,18 @@ pub fn histogram_quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64
     f64::NAN
 }
 
+/// Syncer CPU per pod lifecycle (ms): the CPU used in the burst's windows (each a sample at its
+/// start and one at its end: the create burst until every pod is Ready, the delete until every
+/// host pod is gone), divided by the `pods` of the burst. `None` for no pods, or when a window
+/// went backwards (the syncer restarted inside it: its counters began again).
+pub fn cpu_ms_per_pod(windows: &[(ProcSample, ProcSample)], pods: usize) -> Option<f64> {
+    if pods == 0 || windows.iter().any(|(start, end)| end.cpu_s < start.cpu_s) {
+        return None;
+    }
+    let seconds: f64 = windows.iter().map(|(start, end)| end.cpu_s - start.cpu_s).sum();
+    Some(seconds * 1000.0 / pods as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +383,21 @@ mod tests {
         assert!((p50 - 1.5).abs() < 1e-9, "{p50}");
         assert!(histogram_quantile_ms(&after, &after, 0.5).is_nan());
         assert!(is_write("create pods") && !is_write("list pods"));
+    }
+
+    fn at(cpu_s: f64) -> ProcSample {
+        ProcSample {
+            cpu_s,
+            ..ProcSample::default()
+        }
+    }
+
+    #[test]
+    fn cpu_per_pod_sums_the_burst_windows() {
+        let windows = [(at(10.0), at(14.0)), (at(20.0), at(24.0))];
+        assert_eq!(cpu_ms_per_pod(&windows, 1000), Some(8.0));
+        assert_eq!(cpu_ms_per_pod(&windows, 0), None);
+        // A restart inside a window: the second sample is of another process.
+        assert_eq!(cpu_ms_per_pod(&[(at(30.0), at(1.0))], 10), None);
     }
 }

@@ -308,6 +308,12 @@ pub fn rows(r: &Value) -> Vec<Row> {
             None,
         ),
         row(
+            "syncer CPU per pod lifecycle, create + delete burst (ms)",
+            r["syncer_cpu_ms_per_pod"].to_string(),
+            "≤ 2",
+            le(&r["syncer_cpu_ms_per_pod"], 2.0),
+        ),
+        row(
             "syncer CPU for the run (s); idle (s/min)",
             format!("{}; {}", r["syncer_cpu_s"], r["syncer_cpu_idle_s_per_min"]),
             "",

@@ -74,15 +74,18 @@ impl k8s_openapi::Metadata for WatchedPod {
 
 /// The cached form of a virtual pod: all of it (a pod without a host copy yet is translated
 /// from the cache).
-pub fn cache_virtual_pod(pod: &WatchedPod) -> CachedPod {
+pub fn cache_virtual_pod(pod: &mut WatchedPod) -> CachedPod {
     Packed::pack(&pod.0)
 }
 
-/// The cached form of a host pod: what [`translate::trim_cached_host_pod`] keeps.
-pub fn cache_host_pod(pod: &WatchedPod) -> CachedPod {
-    let mut pod = pod.0.clone();
-    translate::trim_cached_host_pod(&mut pod);
-    Packed::pack(&pod)
+/// The cached form of a host pod: what [`translate::trim_cached_host_pod`] keeps. The rest is
+/// taken out of `pod` while it is packed and put back after: `pod` is left as it came.
+pub fn cache_host_pod(pod: &mut WatchedPod) -> CachedPod {
+    let mut held = translate::Uncached::default();
+    translate::swap_uncached(&mut pod.0, &mut held);
+    let packed = Packed::pack(&pod.0);
+    translate::swap_uncached(&mut pod.0, &mut held);
+    packed
 }
 
 #[cfg(test)]

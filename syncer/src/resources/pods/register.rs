@@ -265,7 +265,7 @@ mod tests {
                 "status": {"phase": "Running"}
             }))
             .unwrap();
-            Arc::new(cache_host_pod(&WatchedPod(pod)))
+            Arc::new(cache_host_pod(&mut WatchedPod(pod)))
         };
         let placed = host_placements(&[host_pod("web-0-x", Some("n1")), host_pod("pending-x", None)]);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! What the cache of host pods keeps of a host pod.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodSpec};
 
 use crate::markers::{ANNOTATION_TOKEN_REFRESH_AT, TOKEN_ANNOTATION_PREFIX};
 
@@ -11,45 +11,95 @@ use crate::markers::{ANNOTATION_TOKEN_REFRESH_AT, TOKEN_ANNOTATION_PREFIX};
 /// host aliases, security contexts, and the VALUES of token annotations (their keys stay, so a
 /// metadata diff never sees them missing; the server keeps the values).
 pub fn trim_cached_host_pod(pod: &mut Pod) {
+    swap_uncached(pod, &mut Uncached::default());
+}
+
+/// The parts of a host pod its cache does not keep ([`trim_cached_host_pod`]), held outside
+/// the pod: [`swap_uncached`] takes them out, and the same call with the same holder puts
+/// them back. A watch event's pod is packed that way without copying it first (a copy of a
+/// whole pod for each host pod event, to drop half of it, was allocator work in a burst).
+#[derive(Default)]
+pub struct Uncached {
+    token_values: Vec<String>,
+    containers: Vec<Container>,
+    ephemeral_containers: Vec<EphemeralContainer>,
+    spec: Option<Box<PodSpec>>,
+}
+
+/// Swaps the fields named after each `$field` between `$a` and `$b`.
+macro_rules! swap_fields {
+    ($a:expr, $b:expr, [$($field:ident),* $(,)?]) => {
+        $(std::mem::swap(&mut $a.$field, &mut $b.$field);)*
+    };
+}
+
+/// Swaps what the cache of host pods does not keep between `pod` and `held`: with an empty
+/// `held`, the pod is left trimmed and `held` holds what was dropped; a second call with that
+/// `held` gives the pod back whole.
+pub fn swap_uncached(pod: &mut Pod, held: &mut Uncached) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        for (key, value) in annotations.iter_mut() {
-            if key.starts_with(TOKEN_ANNOTATION_PREFIX) && key != ANNOTATION_TOKEN_REFRESH_AT {
-                value.clear();
+        let token_values = annotations
+            .iter_mut()
+            .filter(|(key, _)| {
+                key.starts_with(TOKEN_ANNOTATION_PREFIX) && *key != ANNOTATION_TOKEN_REFRESH_AT
+            })
+            .map(|(_, value)| value);
+        for (i, value) in token_values.enumerate() {
+            if held.token_values.len() <= i {
+                held.token_values.push(String::new());
             }
+            std::mem::swap(value, &mut held.token_values[i]);
         }
     }
     let Some(spec) = pod.spec.as_mut() else { return };
-    for c in spec
+    let containers = spec
         .containers
         .iter_mut()
-        .chain(spec.init_containers.iter_mut().flatten())
-    {
-        c.env = None;
-        c.env_from = None;
-        c.command = None;
-        c.args = None;
-        c.volume_mounts = None;
-        c.volume_devices = None;
-        c.liveness_probe = None;
-        c.readiness_probe = None;
-        c.startup_probe = None;
-        c.lifecycle = None;
-        c.resources = None;
-        c.security_context = None;
-        c.ports = None;
+        .chain(spec.init_containers.iter_mut().flatten());
+    for (i, c) in containers.enumerate() {
+        if held.containers.len() <= i {
+            held.containers.push(Container::default());
+        }
+        let h = &mut held.containers[i];
+        swap_fields!(
+            c,
+            h,
+            [
+                env,
+                env_from,
+                command,
+                args,
+                volume_mounts,
+                volume_devices,
+                liveness_probe,
+                readiness_probe,
+                startup_probe,
+                lifecycle,
+                resources,
+                security_context,
+                ports,
+            ]
+        );
     }
-    for c in spec.ephemeral_containers.iter_mut().flatten() {
-        c.env = None;
-        c.env_from = None;
-        c.command = None;
-        c.args = None;
-        c.volume_mounts = None;
+    for (i, c) in spec.ephemeral_containers.iter_mut().flatten().enumerate() {
+        if held.ephemeral_containers.len() <= i {
+            held.ephemeral_containers.push(EphemeralContainer::default());
+        }
+        let h = &mut held.ephemeral_containers[i];
+        swap_fields!(c, h, [env, env_from, command, args, volume_mounts]);
     }
-    spec.affinity = None;
-    spec.topology_spread_constraints = None;
-    spec.dns_config = None;
-    spec.host_aliases = None;
-    spec.security_context = None;
+    let h = held.spec.get_or_insert_with(Box::default);
+    swap_fields!(
+        spec,
+        h,
+        [
+            affinity,
+            topology_spread_constraints,
+            dns_config,
+            host_aliases,
+            security_context,
+        ]
+    );
 }
 
 #[cfg(test)]
@@ -100,5 +150,13 @@ mod tests {
         assert_eq!(spec.volumes, h.spec.as_ref().unwrap().volumes);
         assert_eq!(trimmed.status, h.status);
         assert!(serde_json::to_vec(&trimmed).unwrap().len() < serde_json::to_vec(&h).unwrap().len());
+
+        // Swapped out and back: the same trimmed view, then the pod whole again.
+        let mut swapped = h.clone();
+        let mut held = Uncached::default();
+        swap_uncached(&mut swapped, &mut held);
+        assert_eq!(swapped, trimmed);
+        swap_uncached(&mut swapped, &mut held);
+        assert_eq!(swapped, h);
     }
 }

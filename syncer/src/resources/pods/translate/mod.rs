@@ -55,7 +55,7 @@ use crate::engine::TranslateCtx;
 use crate::engine::error::TranslateError;
 use crate::naming;
 
-pub use cache::trim_cached_host_pod;
+pub use cache::{Uncached, swap_uncached, trim_cached_host_pod};
 pub use metadata::DEFAULT_SERVICE_ACCOUNT;
 pub use references::{PodRefs, references, required_references};
 pub use status::{binding_needed, host_conditions_patch, virtual_status};
