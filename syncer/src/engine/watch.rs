@@ -6,6 +6,7 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Resource;
@@ -203,10 +204,13 @@ where
         let mut listed_once = false;
         let opened = std::time::Instant::now();
         let loads = metrics.store_loads.with_label_values(&[cluster.as_str(), name]);
-        let stream = watcher::watcher(api, config)
-            .default_backoff()
-            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
-        futures::pin_mut!(stream);
+        let open = || {
+            watcher::watcher(api.clone(), config.clone())
+                .default_backoff()
+                .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+        };
+        let mut stream = Box::pin(open());
+        let mut relist = Relist::default();
         loop {
             let event = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -220,10 +224,24 @@ where
                         .watch_errors
                         .with_label_values(&[cluster.as_str(), name])
                         .inc();
-                    tracing::warn!(cluster = cluster.as_str(), kind = name, %error, "watch error; retrying with backoff");
+                    let refused = matches!(&error, watcher::Error::WatchError(status) if status.code != 410);
+                    let Some(pause) = relist.after_error(refused) else {
+                        tracing::warn!(cluster = cluster.as_str(), kind = name, %error, "watch error; retrying with backoff");
+                        continue;
+                    };
+                    // kube resumes a watch from its resourceVersion after any error but 410;
+                    // an API server that fails every watch from there (kine: "PrevKv=nil" for
+                    // the hour-old Events it expired) would never get past it. A new list does.
+                    tracing::warn!(cluster = cluster.as_str(), kind = name, %error, pause_s = pause.as_secs(), "the watch fails again and again from the same point; listing again");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    stream = Box::pin(open());
                     continue;
                 }
             };
+            relist.delivered(matches!(event, Event::Apply(_) | Event::Delete(_)));
             on_event(&mut event);
             if matches!(event, Event::InitDone) {
                 loads.inc();
@@ -243,11 +261,95 @@ where
     })
 }
 
+/// When a watch that the API server keeps refusing (an error event other than 410, answered
+/// again on every resume from the same resourceVersion) is to be opened again from a new list,
+/// and after what pause: after [`Self::REFUSALS`] refusals in a row, with a pause that doubles
+/// while relists do not help (1 s up to [`Self::PAUSE_MAX`]). Connection failures neither count
+/// nor reset the count: kube's backoff handles them, and a new list would not help.
+#[derive(Debug, Default)]
+struct Relist {
+    refusals: u32,
+    relists: u32,
+}
+
+impl Relist {
+    const REFUSALS: u32 = 3;
+    const PAUSE_MAX: Duration = Duration::from_secs(60);
+
+    /// An error of the watch stream; `refused`: the API server answered with an error event
+    /// (not 410). Some(pause): list again after it.
+    fn after_error(&mut self, refused: bool) -> Option<Duration> {
+        if !refused {
+            return None;
+        }
+        self.refusals += 1;
+        if self.refusals < Self::REFUSALS {
+            return None;
+        }
+        self.refusals = 0;
+        let pause = Duration::from_secs(1u64 << self.relists.min(6)).min(Self::PAUSE_MAX);
+        self.relists += 1;
+        Some(pause)
+    }
+
+    /// An event arrived; `changed`: a watched change (not a list's), so the watch works again.
+    fn delivered(&mut self, changed: bool) {
+        self.refusals = 0;
+        if changed {
+            self.relists = 0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{Event, Pod};
 
     use super::*;
+
+    #[test]
+    fn a_watch_refused_again_and_again_is_listed_again_with_a_growing_pause() {
+        let mut r = Relist::default();
+        assert_eq!(r.after_error(true), None);
+        assert_eq!(r.after_error(true), None);
+        assert_eq!(r.after_error(true), Some(Duration::from_secs(1)));
+        // The new list came, the watch was refused again: a longer pause.
+        r.delivered(false);
+        for _ in 0..2 {
+            assert_eq!(r.after_error(true), None);
+        }
+        assert_eq!(r.after_error(true), Some(Duration::from_secs(2)));
+        for _ in 0..20 {
+            r.after_error(true);
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            last = r.after_error(true).or(last);
+        }
+        assert_eq!(last, Some(Relist::PAUSE_MAX));
+        // A change delivered by the watch: it works again, the pause starts over.
+        r.delivered(true);
+        for _ in 0..2 {
+            assert_eq!(r.after_error(true), None);
+        }
+        assert_eq!(r.after_error(true), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn connection_failures_leave_relisting_to_the_backoff() {
+        let mut r = Relist::default();
+        for _ in 0..10 {
+            assert_eq!(r.after_error(false), None);
+        }
+        r.after_error(true);
+        r.after_error(true);
+        assert_eq!(r.after_error(false), None, "does not count");
+        assert_eq!(
+            r.after_error(true),
+            Some(Duration::from_secs(1)),
+            "nor reset: the third refusal"
+        );
+    }
 
     #[test]
     fn watches_last_hours_except_those_without_bookmarks() {
