@@ -102,8 +102,13 @@ start_postgres() {
 			rm -f "$data/postmaster.pid"
 		fi
 		# setpriv execs postgres as that user, so start_proc records the PID postgres keeps.
+		# fsync=off and full_page_writes=off only matter when the machine crashes: a SIGKILLed
+		# PostgreSQL keeps what it wrote to the OS. synchronous_commit stays on: off, a commit is
+		# acknowledged before its WAL leaves PostgreSQL's memory, and the HA test's SIGKILL lost
+		# the last writes every API server had acknowledged and its watch cache had seen (a
+		# ReplicaSet's cached version then conflicts forever: no event ever corrects it).
 		start_proc postgres setpriv --reuid="$PG_USER" --regid="$PG_USER" --init-groups "$bin/postgres" -D "$data" -h 127.0.0.1 -p "$port" \
-			-k "$data" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200
+			-k "$data" -c fsync=off -c full_page_writes=off -c max_connections=200
 		local deadline=$((SECONDS + 60))
 		until bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
 			proc_alive postgres || break

@@ -113,7 +113,16 @@ start_virtual_kcm() {
 	local T=$V/server/tls
 	# k3s's controller-manager args plus the vcluster controller set (no node IPAM, node lifecycle,
 	# PV binder, attach/detach, cloud controllers); no scheduler, no kubelet.
-	start_proc "$name-controller-manager" "$BIN/kube-controller-manager" \
+	#
+	# With leader election it exits when it loses the lease (its API server or the datastore was
+	# down for its 10 s renew deadline), as k3s's does, whose container the kubelet then
+	# restarts: here a loop restarts it (setpriv: it dies with the loop, which `down` kills).
+	# Without it, two such exits in one test (API server 1 killed for 10 s, then PostgreSQL
+	# stopped) left no controller-manager at all.
+	local supervise=()
+	[[ $leader_elect != true ]] ||
+		supervise=(bash -c 'while :; do setpriv --pdeathsig KILL "$@"; echo "[supervisor] exited ($?); restarting in 1 s"; sleep 1; done' _)
+	start_proc "$name-controller-manager" "${supervise[@]}" "$BIN/kube-controller-manager" \
 		--kubeconfig "$V/server/cred/controller.kubeconfig" \
 		--authentication-kubeconfig "$V/server/cred/controller.kubeconfig" \
 		--authorization-kubeconfig "$V/server/cred/controller.kubeconfig" \
