@@ -225,7 +225,7 @@ where
                         .with_label_values(&[cluster.as_str(), name])
                         .inc();
                     let refused = matches!(&error, watcher::Error::WatchError(status) if status.code != 410);
-                    let Some(pause) = relist.after_error(refused) else {
+                    let Some(pause) = relist.after_error(refused, std::time::Instant::now()) else {
                         tracing::warn!(cluster = cluster.as_str(), kind = name, %error, "watch error; retrying with backoff");
                         continue;
                     };
@@ -241,7 +241,7 @@ where
                     continue;
                 }
             };
-            relist.delivered(matches!(event, Event::Apply(_) | Event::Delete(_)));
+            relist.delivered();
             on_event(&mut event);
             if matches!(event, Event::InitDone) {
                 loads.inc();
@@ -264,21 +264,26 @@ where
 /// When a watch that the API server keeps refusing (an error event other than 410, answered
 /// again on every resume from the same resourceVersion) is to be opened again from a new list,
 /// and after what pause: after [`Self::REFUSALS`] refusals in a row, with a pause that doubles
-/// while relists do not help (1 s up to [`Self::PAUSE_MAX`]). Connection failures neither count
-/// nor reset the count: kube's backoff handles them, and a new list would not help.
+/// for each relist within [`Self::CALM`] of the previous one (1 s up to [`Self::PAUSE_MAX`]):
+/// kine refuses a watch over every Event it expires, so an hour after a burst of pods the host
+/// Events watch is refused every few seconds for minutes, and each relist reads every Event of
+/// the namespace. Connection failures neither count nor reset the count: kube's backoff
+/// handles them, and a new list would not help.
 #[derive(Debug, Default)]
 struct Relist {
     refusals: u32,
     relists: u32,
+    last: Option<std::time::Instant>,
 }
 
 impl Relist {
     const REFUSALS: u32 = 3;
     const PAUSE_MAX: Duration = Duration::from_secs(60);
+    const CALM: Duration = Duration::from_secs(300);
 
-    /// An error of the watch stream; `refused`: the API server answered with an error event
-    /// (not 410). Some(pause): list again after it.
-    fn after_error(&mut self, refused: bool) -> Option<Duration> {
+    /// An error of the watch stream at `now`; `refused`: the API server answered with an error
+    /// event (not 410). Some(pause): list again after it.
+    fn after_error(&mut self, refused: bool, now: std::time::Instant) -> Option<Duration> {
         if !refused {
             return None;
         }
@@ -287,17 +292,21 @@ impl Relist {
             return None;
         }
         self.refusals = 0;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) >= Self::CALM)
+        {
+            self.relists = 0;
+        }
         let pause = Duration::from_secs(1u64 << self.relists.min(6)).min(Self::PAUSE_MAX);
         self.relists += 1;
+        self.last = Some(now);
         Some(pause)
     }
 
-    /// An event arrived; `changed`: a watched change (not a list's), so the watch works again.
-    fn delivered(&mut self, changed: bool) {
+    /// An event arrived: the refusals were not in a row.
+    fn delivered(&mut self) {
         self.refusals = 0;
-        if changed {
-            self.relists = 0;
-        }
     }
 }
 
@@ -307,48 +316,53 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_watch_refused_again_and_again_is_listed_again_with_a_growing_pause() {
-        let mut r = Relist::default();
-        assert_eq!(r.after_error(true), None);
-        assert_eq!(r.after_error(true), None);
-        assert_eq!(r.after_error(true), Some(Duration::from_secs(1)));
-        // The new list came, the watch was refused again: a longer pause.
-        r.delivered(false);
-        for _ in 0..2 {
-            assert_eq!(r.after_error(true), None);
-        }
-        assert_eq!(r.after_error(true), Some(Duration::from_secs(2)));
-        for _ in 0..20 {
-            r.after_error(true);
-        }
-        let mut last = None;
-        for _ in 0..3 {
-            last = r.after_error(true).or(last);
-        }
-        assert_eq!(last, Some(Relist::PAUSE_MAX));
-        // A change delivered by the watch: it works again, the pause starts over.
-        r.delivered(true);
-        for _ in 0..2 {
-            assert_eq!(r.after_error(true), None);
-        }
-        assert_eq!(r.after_error(true), Some(Duration::from_secs(1)));
+    /// Three refusals in a row at `at`; the pause they lead to.
+    fn refused_thrice(r: &mut Relist, at: std::time::Instant) -> Option<Duration> {
+        assert_eq!(r.after_error(true, at), None);
+        assert_eq!(r.after_error(true, at), None);
+        r.after_error(true, at)
     }
 
     #[test]
-    fn connection_failures_leave_relisting_to_the_backoff() {
+    fn a_watch_refused_again_and_again_is_listed_again_with_a_growing_pause() {
+        let t0 = std::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut r = Relist::default();
+        assert_eq!(refused_thrice(&mut r, t0), Some(s(1)));
+        // Events came after the new list, then the refusals again: still within the calm
+        // period, so the pause doubles.
+        r.delivered();
+        assert_eq!(refused_thrice(&mut r, t0 + s(10)), Some(s(2)));
+        assert_eq!(refused_thrice(&mut r, t0 + s(20)), Some(s(4)));
+        let mut at = t0 + s(30);
+        let mut last = None;
+        for _ in 0..10 {
+            at += s(30);
+            last = refused_thrice(&mut r, at);
+        }
+        assert_eq!(last, Some(Relist::PAUSE_MAX));
+        // Quiet for the calm period: the pause starts over.
+        assert_eq!(refused_thrice(&mut r, at + Relist::CALM), Some(s(1)));
+    }
+
+    #[test]
+    fn only_refusals_in_a_row_count_and_connection_failures_do_not() {
+        let t0 = std::time::Instant::now();
         let mut r = Relist::default();
         for _ in 0..10 {
-            assert_eq!(r.after_error(false), None);
+            assert_eq!(r.after_error(false, t0), None);
         }
-        r.after_error(true);
-        r.after_error(true);
-        assert_eq!(r.after_error(false), None, "does not count");
+        r.after_error(true, t0);
+        r.after_error(true, t0);
+        assert_eq!(r.after_error(false, t0), None, "does not count");
+        r.delivered();
         assert_eq!(
-            r.after_error(true),
-            Some(Duration::from_secs(1)),
-            "nor reset: the third refusal"
+            r.after_error(true, t0),
+            None,
+            "an event in between starts the count over"
         );
+        assert_eq!(r.after_error(true, t0), None);
+        assert_eq!(r.after_error(true, t0), Some(Duration::from_secs(1)));
     }
 
     #[test]
