@@ -40,8 +40,7 @@ use serde_json::{Value, json};
 use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
 
 use probe::{AuditLog, SyncerProc, diff, syncer_host_requests, writes};
-use scenarios::{by_name, by_virtual_name, host_selector};
-use track::{Tracker, deltas_ms, round1, round2, stats};
+use track::{Tracker, by_name, by_virtual_name, deltas_ms, host_selector, round1, round2, stats};
 
 struct Args {
     pods: usize,

@@ -7,30 +7,17 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use serde_json::json;
 use vnest_e2e::{Result, TestNs, World, wait_until};
 
 use crate::timeline;
-use crate::track::{Tracker, deltas_ms, ms};
+use crate::track::{Tracker, by_name, by_virtual_name, deltas_ms, host_selector, ms};
 
 /// Generous: 10k pods through two API servers on two cores take minutes.
 pub const LONG: Duration = Duration::from_secs(1800);
 /// Replicas per Deployment (kube-burner style: N pods in total across Deployments).
 const PER_DEPLOYMENT: usize = 100;
-
-pub fn by_name(p: &Pod) -> Option<String> {
-    Some(p.name_any())
-}
-
-/// Host pods are keyed by the name of the virtual pod they copy.
-pub fn by_virtual_name(p: &Pod) -> Option<String> {
-    p.annotations().get("vnest.dev/object-name").cloned()
-}
-
-pub fn host_selector(vns: &str) -> String {
-    format!("vnest.dev/namespace={vns}")
-}
 
 fn deployment(name: &str, replicas: usize) -> Result<Deployment> {
     Ok(serde_json::from_value(json!({

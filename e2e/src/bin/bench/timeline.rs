@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use vnest_e2e::{Result, World};
 
 use crate::probe::{end_of, read_since};
-use crate::scenarios::{by_virtual_name, host_selector};
+use crate::track::{by_virtual_name, host_selector};
 use crate::track::{epoch_ms, round1, stats};
 
 /// Milliseconds since the Unix epoch (microsecond resolution).

@@ -7,9 +7,23 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::runtime::watcher::{self, Event};
+use kube::{Api, ResourceExt};
 use vnest_e2e::Result;
+
+/// Pods tracked where they were created (virtual pods, direct host pods) are keyed by name.
+pub fn by_name(p: &Pod) -> Option<String> {
+    Some(p.name_any())
+}
+
+/// Host pods are keyed by the name of the virtual pod they copy.
+pub fn by_virtual_name(p: &Pod) -> Option<String> {
+    p.annotations().get("vnest.dev/object-name").cloned()
+}
+
+pub fn host_selector(vns: &str) -> String {
+    format!("vnest.dev/namespace={vns}")
+}
 
 /// Per pod key: first sight, first `Running` phase, first `Ready=True` condition.
 #[derive(Default, Clone)]
