@@ -47,6 +47,26 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs with a terminal as its stdin (`script`): kubectl asks for a TTY (`exec -t`) only
+    /// when its stdin is one. Arguments go through `script -c`'s shell: quote them for it.
+    pub async fn in_terminal(&self, args: &str) -> Result<Output> {
+        let line = format!(
+            "{} --kubeconfig {} -n {} {args}",
+            self.bin.display(),
+            self.kubeconfig.display(),
+            self.ns
+        );
+        Ok(tokio::time::timeout(
+            self.wait,
+            tokio::process::Command::new("script")
+                .args(["-qec", &line, "/dev/null"])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await??)
+    }
+
     /// Runs with `input` on stdin, closed at its end; the whole run within `wait`.
     pub async fn with_stdin(&self, args: &[&str], input: &[u8]) -> Result<Output> {
         let mut child = self

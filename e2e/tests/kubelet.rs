@@ -228,22 +228,12 @@ async fn exec_with_a_tty() -> Result<()> {
     // The command outlives the session's setup (kubectl sends the terminal size on its own
     // stream): a command that exits at once races kubectl's own TTY handling ("websocket: close
     // sent", its output sometimes lost), with or without vnest in between.
-    let line = format!(
-        "{} --kubeconfig {} -n {} exec -it {} -c main -- sh -c 'echo tty-ok; sleep 1'",
-        f.k.bin.display(),
-        f.k.kubeconfig.display(),
-        f.ns.name,
-        f.pod
-    );
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
+    let out =
+        f.k.in_terminal(&format!(
+            "exec -it {} -c main -- sh -c 'echo tty-ok; sleep 1'",
+            f.pod
+        ))
+        .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -510,22 +510,12 @@ async fn logs_attach_tty_and_port_forward_of_a_pod_on_the_runner_node() -> Resul
     }
 
     // exec with a TTY: kubectl asks for one only when its stdin is a terminal (`script`).
-    let line = format!(
-        "{} --kubeconfig {} -n {} exec -it {} -c main -- sh -c 'tty; echo tty-ok; sleep 1'",
-        f.k.bin.display(),
-        f.k.kubeconfig.display(),
-        f.ns.name,
-        f.pod
-    );
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
+    let out =
+        f.k.in_terminal(&format!(
+            "exec -it {} -c main -- sh -c 'tty; echo tty-ok; sleep 1'",
+            f.pod
+        ))
+        .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("/dev/pts/") && text.contains("tty-ok"),
