@@ -279,6 +279,9 @@ pub fn virtual_metadata_patch(virtual_meta: &ObjectMeta, host_meta: &ObjectMeta)
             None => annotations.remove(key),
         };
     }
+    if &labels == v_labels && &annotations == v_annotations {
+        return None; // nothing mirrored and nothing to mirror: no JSON built
+    }
     let from = serde_json::json!({"labels": v_labels, "annotations": v_annotations});
     let to = serde_json::json!({"labels": labels, "annotations": annotations});
     let mut diff = merge_diff(&from, &to)?;
@@ -293,10 +296,15 @@ pub fn metadata_patch(
     annotations: &BTreeMap<String, String>,
 ) -> Option<Value> {
     let empty = BTreeMap::new();
-    let from = serde_json::json!({
-        "labels": host_meta.labels.as_ref().unwrap_or(&empty),
-        "annotations": host_meta.annotations.as_ref().unwrap_or(&empty),
-    });
+    let (h_labels, h_annotations) = (
+        host_meta.labels.as_ref().unwrap_or(&empty),
+        host_meta.annotations.as_ref().unwrap_or(&empty),
+    );
+    if h_labels == labels && h_annotations == annotations {
+        // The common case (every reconcile of a pod in step): no JSON is built to find it out.
+        return None;
+    }
+    let from = serde_json::json!({"labels": h_labels, "annotations": h_annotations});
     let to = serde_json::json!({"labels": labels, "annotations": annotations});
     merge_diff(&from, &to)
 }

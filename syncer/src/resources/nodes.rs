@@ -68,21 +68,25 @@ impl NodeUsage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records where `pod` runs (None when deleted or not scheduled). Returns affected nodes.
+    /// Records where `pod` runs (None when deleted or not scheduled). Returns the nodes whose
+    /// use changed: the first pod of ours placed there, or the last one gone. A node's plan reads
+    /// nothing else of its pods, so the other placements wake no node reconcile (a 1000-pod
+    /// burst on one node is one, not two per pod).
     pub fn set(&self, is_host: bool, pod: &Pod, node: Option<&str>) -> Vec<String> {
         let id = (is_host, pod.namespace().unwrap_or_default(), pod.name_any());
         let mut s = self.lock();
         let mut touched = Vec::new();
         s.retain(|n, pods| {
-            if Some(n.as_str()) != node && pods.remove(&id) {
+            if Some(n.as_str()) != node && pods.remove(&id) && pods.is_empty() {
                 touched.push(n.clone());
             }
             !pods.is_empty()
         });
-        if let Some(node) = node
-            && s.entry(node.to_owned()).or_default().insert(id)
-        {
-            touched.push(node.to_owned());
+        if let Some(node) = node {
+            let pods = s.entry(node.to_owned()).or_default();
+            if pods.insert(id) && pods.len() == 1 {
+                touched.push(node.to_owned());
+            }
         }
         touched
     }
@@ -453,14 +457,22 @@ mod tests {
     fn usage_tracks_both_sides() {
         let u = NodeUsage::default();
         assert_eq!(u.set(false, &pod("a", "p"), Some("n1")), vec!["n1".to_string()]);
-        u.set(true, &pod("host", "p-a-x"), Some("n1"));
+        assert!(
+            u.set(true, &pod("host", "p-a-x"), Some("n1")).is_empty(),
+            "n1 was in use already: no node reconcile"
+        );
         assert!(u.in_use("n1"));
-        u.set(false, &pod("a", "p"), None);
+        assert!(u.set(false, &pod("a", "p"), None).is_empty());
         assert!(u.in_use("n1"), "the host pod still runs there");
-        let touched = u.set(true, &pod("host", "p-a-x"), Some("n2"));
-        assert!(touched.contains(&"n1".to_string()) && touched.contains(&"n2".to_string()));
+        let mut touched = u.set(true, &pod("host", "p-a-x"), Some("n2"));
+        touched.sort();
+        assert_eq!(touched, ["n1", "n2"], "n1 lost its last pod, n2 got its first");
         assert!(!u.in_use("n1"));
         assert!(u.in_use("n2"));
+        assert!(
+            u.set(true, &pod("host", "p-a-x"), Some("n2")).is_empty(),
+            "no change"
+        );
     }
 
     #[test]

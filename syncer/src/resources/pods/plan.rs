@@ -308,12 +308,13 @@ enum TokenStep {
 /// Keeps the tokens of a running pod present and fresh (where the host pod reads them: its own
 /// annotations, or its token Secret).
 fn token_step(tc: &TranslateCtx, view: &PodView<'_>, v: &Pod, h: &Pod) -> TokenStep {
-    let requests = tokens::requests(v);
-    if requests.is_empty() {
+    if translate::token_requests(v).is_empty() {
         return TokenStep::Wait(None);
     }
+    // The TokenRequests (JSON bodies) are built only when they are sent: a pod in step with
+    // fresh tokens costs a look at its volumes.
     let issue_or_write = |write: &dyn Fn(&IssuedTokens) -> Action| match view.tokens {
-        None => TokenStep::Issue(requests.clone()),
+        None => TokenStep::Issue(tokens::requests(v)),
         Some(t) => TokenStep::Write(Box::new(write(t)), t.due_in(view.now)),
     };
     if translate::uses_annotation_tokens(h) {
