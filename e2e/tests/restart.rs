@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -152,6 +152,34 @@ async fn killed_mid_work_then_restarted_converges_and_resync_writes_nothing() ->
             .iter()
             .all(|p| p.metadata.deletion_timestamp.is_none())
             .then_some(()))
+    })
+    .await?;
+    // Host events about our pods are copied too, by their own watch and queue (an event that
+    // comes before its pod is in the cache is looked at again shortly): an event not copied yet
+    // is work left, not a resync, so the world is unchanged only once each has its copy.
+    wait_until("every host event about our pods copied", WAIT, || async {
+        let pods: BTreeSet<String> = host_pods_of(&w, &ns.name)
+            .await?
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        let host_events: BTreeSet<String> = Api::<Event>::namespaced(w.host.clone(), &w.host_ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|e| e.involved_object.name.as_ref().is_some_and(|n| pods.contains(n)))
+            .filter_map(|e| e.uid())
+            .collect();
+        let copied: BTreeSet<String> = Api::<Event>::namespaced(w.virt.clone(), &ns.name)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|e| e.annotations().get(markers::ANNOTATION_HOST_EVENT).cloned())
+            .filter_map(|stamp| stamp.split_once(' ').map(|(uid, _)| uid.to_owned()))
+            .collect();
+        Ok(host_events.is_subset(&copied).then_some(()))
     })
     .await?;
     // Restart and let it resync everything.

@@ -296,6 +296,12 @@ impl Executor {
         self.created.observed(name);
     }
 
+    /// How long ago this process bound (or found bound) the virtual pod `namespace/name` of
+    /// `uid`; None when it did not, or long ago.
+    pub fn bound_ago(&self, namespace: &str, name: &str, uid: &str) -> Option<std::time::Duration> {
+        self.bound.age(&binding_identity(namespace, name, uid))
+    }
+
     fn client(&self, cluster: Cluster) -> kube::Client {
         match cluster {
             Cluster::Host => self.shared.host.clone(),
@@ -583,11 +589,15 @@ fn bind_key(action: &Action) -> Option<String> {
         return None;
     };
     let t = &action.target;
-    Some(format!(
-        "{}/{}/{uid}",
+    Some(binding_identity(
         t.namespace.as_deref().unwrap_or(""),
-        t.name
+        &t.name,
+        uid,
     ))
+}
+
+fn binding_identity(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}/{name}/{uid}")
 }
 
 /// The identity of a patch (target and body) for the memory of refused patches; None for
