@@ -296,12 +296,6 @@ impl Executor {
         self.created.observed(name);
     }
 
-    /// How long ago this process bound (or found bound) the virtual pod `namespace/name` of
-    /// `uid`; None when it did not, or long ago.
-    pub fn bound_ago(&self, namespace: &str, name: &str, uid: &str) -> Option<std::time::Duration> {
-        self.bound.age(&binding_identity(namespace, name, uid))
-    }
-
     fn client(&self, cluster: Cluster) -> kube::Client {
         match cluster {
             Cluster::Host => self.shared.host.clone(),
@@ -589,15 +583,11 @@ fn bind_key(action: &Action) -> Option<String> {
         return None;
     };
     let t = &action.target;
-    Some(binding_identity(
+    Some(format!(
+        "{}/{}/{uid}",
         t.namespace.as_deref().unwrap_or(""),
-        &t.name,
-        uid,
+        t.name
     ))
-}
-
-fn binding_identity(namespace: &str, name: &str, uid: &str) -> String {
-    format!("{namespace}/{name}/{uid}")
 }
 
 /// The identity of a patch (target and body) for the memory of refused patches; None for

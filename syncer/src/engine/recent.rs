@@ -67,14 +67,6 @@ impl RecentWrites {
         }
         r.names.insert(name.to_owned(), Instant::now());
     }
-    /// How long ago `name` was recorded, while within the time-to-live.
-    pub fn age(&self, name: &str) -> Option<Duration> {
-        self.lock()
-            .names
-            .get(name)
-            .map(Instant::elapsed)
-            .filter(|age| *age < self.ttl)
-    }
     /// The cache shows it now (or it is gone): stop expecting.
     pub fn observed(&self, name: &str) {
         self.lock().names.remove(name);

@@ -47,32 +47,7 @@ pub struct PodView<'a> {
     pub missing: &'a [String],
     /// Tokens issued in this reconcile (None: none yet).
     pub tokens: Option<&'a IssuedTokens>,
-    /// How long ago this syncer bound the virtual pod (None: not recently, or not this process).
-    pub bound_ago: Option<Duration>,
     pub now: Timestamp,
-}
-
-/// How long after binding a virtual pod its status waits while the host pod is still
-/// `Pending`. The binding already shows the tenant the node and `PodScheduled` (the API server
-/// sets both); the host's next status (Running, ~20 ms after its own binding under kwok, and
-/// later with a real kubelet) usually comes within this, and then one status write carries both
-/// instead of two writes (and two watch events, two reconciles) a few milliseconds apart. A pod
-/// still `Pending` then gets its status at once.
-pub const STATUS_SETTLE: Duration = Duration::from_millis(100);
-
-/// How much longer the status of a pod bound now (`binding_now`) or `bound_ago` waits while
-/// host pod `h` is `Pending` ([`STATUS_SETTLE`]); None: write it now.
-pub fn status_settling(h: &Pod, binding_now: bool, bound_ago: Option<Duration>) -> Option<Duration> {
-    let pending = h
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_none_or(|phase| phase == "Pending");
-    if !pending || h.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let since = if binding_now { Duration::ZERO } else { bound_ago? };
-    STATUS_SETTLE.checked_sub(since).filter(|left| !left.is_zero())
 }
 
 /// The next step of a pod reconcile.
@@ -285,9 +260,7 @@ fn with_host_pod(
             "host-added labels/annotations flow back",
         ));
     }
-    let binding = translate::binding_needed(v, h);
-    let binding_now = binding.is_some();
-    if let Some(node) = binding {
+    if let Some(node) = translate::binding_needed(v, h) {
         // The status follows in the same reconcile rather than one watch round-trip later.
         let bind = Write::Bind {
             uid: v.metadata.uid.clone(),
@@ -295,13 +268,7 @@ fn with_host_pod(
         };
         plan = plan.then(Action::new(virtual_target(v), bind, "host pod scheduled"));
     }
-    match (status, status_settling(h, binding_now, view.bound_ago)) {
-        (Some(_), Some(wait)) => {
-            plan.requeue_after = Some(plan.requeue_after.map_or(wait, |after| after.min(wait)));
-        }
-        (status, _) => plan = plan.then_maybe(status),
-    }
-    Ok(Step::done(plan))
+    Ok(Step::done(plan.then_maybe(status)))
 }
 
 /// Whether the reconciler should look at the host pod again before action `i` of `actions`:
@@ -486,7 +453,6 @@ mod tests {
         secret_pending: bool,
         missing: &'a [String],
         tokens: Option<&'a IssuedTokens>,
-        bound_ago: Option<Duration>,
     }
 
     impl<'a> Case<'a> {
@@ -501,7 +467,6 @@ mod tests {
                 secret_pending: false,
                 missing: &[],
                 tokens: None,
-                bound_ago: None,
             }
         }
         fn decide(&self) -> Result<Step, SyncError> {
@@ -520,7 +485,6 @@ mod tests {
                 services: &[],
                 missing: self.missing,
                 tokens: self.tokens,
-                bound_ago: self.bound_ago,
                 now: now(),
             };
             decide(&self.tc, &self.settings, &view)
@@ -804,7 +768,7 @@ mod tests {
         let h = hpod(
             &tc,
             &v,
-            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}),
+            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}),
         );
         let (mut plan, _) = Case::new(Some(&v), Some(&h)).writes();
         let status = plan.actions[1].clone();
@@ -821,53 +785,6 @@ mod tests {
         // Past the end, or not a status write.
         assert!(!look_again_before(&plan.actions, 3));
         assert!(!look_again_before(&plan.actions, 1));
-    }
-
-    #[test]
-    fn a_pending_status_waits_briefly_after_the_binding_for_the_next_one() {
-        let tc = TranslateCtx::test();
-        let v = vpod("web", json!({}));
-        let scheduled = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Pending",
-            "conditions": [{"type": "PodScheduled", "status": "True"}]}});
-        let h = hpod(&tc, &v, scheduled.clone());
-        // Bound now: the binding goes, the Pending status waits (one write later, not two).
-        let (plan, _) = Case::new(Some(&v), Some(&h)).writes();
-        assert_eq!(summary(&plan), [(Cluster::Virtual, "bind", "host pod scheduled")]);
-        assert_eq!(plan.requeue_after, Some(STATUS_SETTLE));
-        // Bound by us 30 ms ago (the cache shows the binding): still waiting, for the rest.
-        let bound = vpod("web", json!({"spec": {"nodeName": "n1"}}));
-        let h = hpod(&tc, &bound, scheduled);
-        let mut case = Case::new(Some(&bound), Some(&h));
-        case.bound_ago = Some(Duration::from_millis(30));
-        let (plan, _) = case.writes();
-        assert_eq!(plan.actions, [], "nothing written yet");
-        assert_eq!(
-            plan.requeue_after,
-            Some(STATUS_SETTLE - Duration::from_millis(30))
-        );
-        // The settle time is over, or the binding was not ours: the Pending status is written.
-        for bound_ago in [Some(STATUS_SETTLE), None] {
-            case.bound_ago = bound_ago;
-            let (plan, _) = case.writes();
-            assert_eq!(
-                summary(&plan),
-                [(Cluster::Virtual, "patch", "host status changed")],
-                "{bound_ago:?}"
-            );
-        }
-        // The host pod moved on: its status is written at once, whenever the binding was.
-        let running = hpod(
-            &tc,
-            &bound,
-            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}),
-        );
-        let mut case = Case::new(Some(&bound), Some(&running));
-        case.bound_ago = Some(Duration::from_millis(5));
-        let (plan, _) = case.writes();
-        assert_eq!(
-            summary(&plan),
-            [(Cluster::Virtual, "patch", "host status changed")]
-        );
     }
 
     #[test]

@@ -205,10 +205,6 @@ impl Reconciler for PodSync {
             (Some(v), true) => self.missing_references(&key.namespace, v),
             _ => Vec::new(),
         };
-        let bound_ago = v
-            .as_ref()
-            .and_then(|v| v.metadata.uid.as_deref())
-            .and_then(|uid| self.executor.bound_ago(&key.namespace, &key.name, uid));
         let mut issued: Option<IssuedTokens> = None;
         for _ in 0..MAX_STEPS {
             let view = PodView {
@@ -223,7 +219,6 @@ impl Reconciler for PodSync {
                 services: &services,
                 missing: &missing,
                 tokens: issued.as_ref(),
-                bound_ago,
                 now: Timestamp::now(),
             };
             match plan::decide(&tc, &self.settings, &view)? {
