@@ -50,11 +50,24 @@ pub async fn run(w: &World, syncer: &SyncerProc, pods: usize, rounds: usize) -> 
     let api = Api::namespaced(w.virt.clone(), &ns.name);
     let tracker = Tracker::start(api.clone(), "app=restart", by_name).await?;
     let t = Instant::now();
-    let creating = tokio::spawn(scenarios::create_bare_pods(
+    let mut creating = tokio::spawn(scenarios::create_bare_pods(
         api, "restart", "restart", pods, IN_FLIGHT,
     ));
-    scenarios::wait_ready_count(&tracker, &ns.name, pods).await?;
-    creating.await??;
+    {
+        let ready = scenarios::wait_ready_count(&tracker, &ns.name, pods);
+        tokio::pin!(ready);
+        // A create that fails ends the wait at once.
+        tokio::select! {
+            created = &mut creating => {
+                created??;
+                ready.await?;
+            }
+            all_ready = &mut ready => {
+                all_ready?;
+                creating.await??;
+            }
+        }
+    }
     let ready_s = t.elapsed().as_secs_f64();
     drop(tracker);
     eprintln!(
