@@ -34,12 +34,12 @@ tools: ## build the upstream control-plane binaries into the version-keyed cache
 # Where cargo puts release binaries (CARGO_TARGET_DIR when set, as cargo itself does).
 RELEASE_DIR = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release
 
-bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` in process mode if needed), rewrite docs/performance.md; PODS=N (1000), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
+bench: ## measure vnest vs direct on the host with a release syncer (starts `make up` in process mode if needed), rewrite docs/performance.md; PODS=N (1000), RESTART_PODS=N (10000; 0 skips the restart at scale), QUICK=1, KUBE_BURNER=1, NO_DOCS=1
 	@[ -f .e2e/env ] || VNEST_RUNTIME=processes hack/up.sh
 	@cargo build --quiet --release -p vnest --bin vnest -p vnest-e2e --bin bench
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest hack/syncer.sh restart
 	@VNEST_OVERRIDE=$(RELEASE_DIR)/vnest $(RELEASE_DIR)/bench \
-		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(KUBE_BURNER),--kube-burner) $(if $(NO_DOCS),--no-docs)
+		$(if $(QUICK),--quick,--pods $${PODS:-1000}) $(if $(RESTART_PODS),--restart-pods $(RESTART_PODS)) $(if $(KUBE_BURNER),--kube-burner) $(if $(NO_DOCS),--no-docs)
 
 image: ## build the image vnest/vnest:<version> FROM scratch with podman (release binary) and its OCI archive under target/image/
 	@hack/image.sh

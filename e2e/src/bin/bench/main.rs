@@ -14,6 +14,8 @@
 //! 8. The kubelet endpoint's streams: `kubectl logs` of a 64 MiB log and a 64 MiB port-forward
 //!    upload through vnest vs directly against the host pod (MiB/s, ratio), and the added time
 //!    to first byte of a small log (8 MiB with `--quick`).
+//! 9. Restart at scale (`restart10k`, last): `--restart-pods` pods (10 000) Running through
+//!    vnest, then three SIGKILLs and starts of the syncer; resync time, host writes, CPU, RSS.
 //!
 //! Writes `.e2e/bench/latest.json`, and `report.md` + PNG charts into
 //! `.e2e/bench/results/<time>-<N>pods/`; prints a summary. A full run (every scenario, not
@@ -26,6 +28,7 @@ mod chart;
 mod kubelet;
 mod probe;
 mod report;
+mod restart;
 mod scenarios;
 mod timeline;
 mod track;
@@ -49,6 +52,7 @@ struct Args {
     rate_pods: usize,
     greedy: usize,
     small: usize,
+    restart_pods: usize,
     idle: Duration,
     kube_burner: bool,
     only: Vec<String>,
@@ -60,7 +64,10 @@ struct Args {
 const IDLE_SETTLE: Duration = Duration::from_secs(25);
 
 /// Scenario groups `--only` can pick.
-const SCENARIOS: [&str; 5] = ["startup", "rate", "fairness", "services", "kubelet"];
+const SCENARIOS: [&str; 6] = ["startup", "rate", "fairness", "services", "kubelet", "restart10k"];
+
+/// SIGKILLs of the restart-at-scale scenario.
+const RESTART_ROUNDS: usize = 3;
 
 impl Args {
     fn runs(&self, scenario: &str) -> bool {
@@ -81,7 +88,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: bench [--pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services,kubelet] [--kube-burner] [--no-docs]";
+const USAGE: &str = "usage: bench [--pods N] [--restart-pods N] [--quick] [--rate PODS_PER_S] [--only startup,rate,fairness,services,kubelet,restart10k] [--kube-burner] [--no-docs]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -91,6 +98,7 @@ fn args() -> Result<Args> {
         rate_pods: 1000,
         greedy: 1000,
         small: 50,
+        restart_pods: restart::GOAL_PODS as usize,
         idle: Duration::from_secs(60),
         kube_burner: false,
         only: SCENARIOS.iter().map(|s| (*s).to_owned()).collect(),
@@ -107,6 +115,7 @@ fn args() -> Result<Args> {
             "--pods" => a.pods = number(it.next(), "--pods")? as usize,
             "--rate" => a.rate = number(it.next(), "--rate")?,
             "--services" => a.services = number(it.next(), "--services")? as usize,
+            "--restart-pods" => a.restart_pods = number(it.next(), "--restart-pods")? as usize,
             "--kube-burner" => a.kube_burner = true,
             "--no-docs" => a.no_docs = true,
             "--only" => {
@@ -126,6 +135,7 @@ fn args() -> Result<Args> {
                 a.rate_pods = 100;
                 a.greedy = 100;
                 a.small = 5;
+                a.restart_pods = a.restart_pods.min(100);
                 a.idle = Duration::from_secs(15);
             }
             other => anyhow::bail!("unknown argument {other:?}; {USAGE}"),
@@ -297,6 +307,19 @@ async fn main() -> Result<()> {
         None => end.cpu_s - first.cpu_s,
     };
     result.insert("syncer_cpu_s".into(), json!(round2(cpu)));
+    // Last: its restarts end every watch and start new processes, so the run's watch, CPU and
+    // peak figures above are taken before it.
+    if a.runs("restart10k") {
+        step(&format!(
+            "9/9 restart at scale: {} pods through vnest, {RESTART_ROUNDS} SIGKILLs of the syncer",
+            a.restart_pods
+        ));
+        let scale = restart::run(&w, &syncer, a.restart_pods, RESTART_ROUNDS).await?;
+        for key in ["resync_s_median", "resync_s_max", "host_writes_max"] {
+            result.insert(format!("restart_scale_{key}"), scale[key].clone());
+        }
+        result.insert("restart_scale".into(), scale);
+    }
 
     // ---- report ----
     let result = Value::Object(result);

@@ -171,7 +171,7 @@ pub fn rows(r: &Value) -> Vec<Row> {
     };
     let le = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) <= t);
     let ge = |v: &Value, t: f64| (!v.is_null()).then(|| num(v) >= t);
-    vec![
+    let mut out = vec![
         row(
             "startup p50 / p90 / p99 direct (ms)",
             format!(
@@ -320,13 +320,19 @@ pub fn rows(r: &Value) -> Vec<Row> {
             None,
         ),
         row(
-            "restart: start → fully resynced (s)",
+            &format!(
+                "restart with the burst's {} pods: start → fully resynced (s)",
+                r["pods"]
+            ),
             r["restart_resync_s"].to_string(),
-            "≤ 5 at 10k",
-            le(&r["restart_resync_s"], 5.0),
+            "",
+            None,
         ),
         row(
-            "restart: host writes (audit log; syncer)",
+            &format!(
+                "restart with the burst's {} pods: host writes (audit log; syncer)",
+                r["pods"]
+            ),
             format!(
                 "{} ({})",
                 r["restart_host_writes"], r["restart_host_writes_syncer_metrics"]
@@ -334,6 +340,10 @@ pub fn rows(r: &Value) -> Vec<Row> {
             "0",
             le(&r["restart_host_writes"], 0.0),
         ),
+    ];
+    // The restart target is judged on its own scenario's pods (10k).
+    out.extend(crate::restart::rows(r));
+    out.extend([
         row(
             "fairness: small ns create → host p99 loaded ÷ alone",
             format!(
@@ -437,7 +447,8 @@ pub fn rows(r: &Value) -> Vec<Row> {
             "",
             None,
         ),
-    ]
+    ]);
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +521,8 @@ mod tests {
             "syncer_rss_after_delete_kib": 80896,
             "syncer_cpu_s": 22.0, "syncer_cpu_idle_s_per_min": 0.0,
             "restart_resync_s": 0.87, "restart_host_writes": 0, "restart_host_writes_syncer_metrics": 0,
+            "restart_scale": {"pods": 10000, "rounds": [{}, {}, {}], "resync_s_median": 4.1,
+                "resync_s_max": 6.7, "host_writes_max": 0.0, "cpu_s_median": 2.4, "rss_kib_max": 70000},
             "fairness": {"to_host_p99_ratio": 50.0, "to_running_p99_ratio": 20.4,
                 "rounds": 4,
                 "small_to_host_ms_loaded": {"p99": 1751.0, "n": 50.0}, "small_to_host_ms_alone": {"p99": 35.0, "n": 50.0},
@@ -553,8 +566,10 @@ mod tests {
             "| syncer-added latency (virtual seen → host seen) p50 at 100.0 pods/s (ms) | 7000.0 | ≤ 10 | ❌ missed |",
             "| host writes per pod lifecycle (audit log; syncer metrics) | 2.0 (2.0) | ≤ 2 | ✅ met |",
             "| syncer RSS idle (KiB) | 11776 | ≤ 15360 | ✅ met |",
-            "| restart: start → fully resynced (s) | 0.87 | ≤ 5 at 10k | ✅ met |",
-            "| restart: host writes (audit log; syncer) | 0 (0) | 0 | ✅ met |",
+            "| restart with the burst's 1000 pods: start → fully resynced (s) | 0.87 | — | — |",
+            "| restart with the burst's 1000 pods: host writes (audit log; syncer) | 0 (0) | 0 | ✅ met |",
+            "| restart with 10000 pods: start → fully resynced, median / max of 3 SIGKILLs (s) | 4.1 / 6.7 | ≤ 5 at 10k | ❌ missed |",
+            "| restart with 10000 pods: host writes per restart, max (audit log or syncer metrics) | 0.0 | 0 | ✅ met |",
             "| fairness: small ns create → host p99 loaded ÷ alone | 50.0 (1751.0 vs 35.0 ms; n = 50.0 in 4 bursts vs 50.0 alone) | ≤ 2 | ❌ missed |",
             "| Services: same ClusterIP / recreated / all synced (s) | 200 / 0 / 2.8 | — | — |",
             "| kubectl logs of a 64 MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct | 120.5 / 110.0; 0.91 | ≥ 0.8 | ✅ met |",

@@ -51,6 +51,43 @@ pub async fn deployments_ready(client: &Client, ns: &str, n: usize, tracker: &Tr
         left -= replicas;
         i += 1;
     }
+    wait_ready_count(tracker, ns, n).await?;
+    let seen = tracker.snapshot();
+    Ok(deltas_ms(&seen.created, &seen.ready))
+}
+
+/// Creates bare pods `<prefix>-0..n` labelled `app=<app>` with `in_flight` creates at most
+/// in flight.
+pub async fn create_bare_pods(
+    api: Api<Pod>,
+    prefix: &'static str,
+    app: &'static str,
+    n: usize,
+    in_flight: usize,
+) -> Result<()> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (api, pod) = (api.clone(), bare_pod(&format!("{prefix}-{i}"), app)?);
+        set.spawn(async move {
+            let r = api.create(&PostParams::default(), &pod).await.map(|_| ());
+            drop(permit);
+            r
+        });
+        // Reap what finished (a failed create stops the run early).
+        while let Some(r) = set.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Waits until `tracker` has seen `n` pods Ready, with progress every 10 s.
+pub async fn wait_ready_count(tracker: &Tracker, ns: &str, n: usize) -> Result<()> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     wait_until(&format!("{n} pods Ready in {ns}"), LONG, || {
@@ -64,9 +101,7 @@ pub async fn deployments_ready(client: &Client, ns: &str, n: usize, tracker: &Tr
         }
         async move { Ok((ready >= n).then_some(())) }
     })
-    .await?;
-    let seen = tracker.snapshot();
-    Ok(deltas_ms(&seen.created, &seen.ready))
+    .await
 }
 
 /// Waits until no pod matching `selector` is left in `ns` of `client`.
@@ -319,24 +354,7 @@ impl Burst {
         let ns = TestNs::new(&w.virt, "bench-greedy").await?;
         let api: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
         let tracker = Tracker::start(api.clone(), "app=greedy", by_name).await?;
-        let creates = api.clone();
-        let creating = tokio::spawn(async move {
-            let sem = Arc::new(tokio::sync::Semaphore::new(64));
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..pods {
-                let permit = sem.clone().acquire_owned().await?;
-                let (api, pod) = (creates.clone(), bare_pod(&format!("greedy-{i}"), "greedy")?);
-                set.spawn(async move {
-                    let r = api.create(&PostParams::default(), &pod).await.map(|_| ());
-                    drop(permit);
-                    r
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                r??;
-            }
-            anyhow::Ok(())
-        });
+        let creating = tokio::spawn(create_bare_pods(api, "greedy", "greedy", pods, 64));
         let want = (pods / 10).max(1);
         wait_until("the greedy burst under way", LONG, || {
             let seen = tracker.snapshot().created.len();
