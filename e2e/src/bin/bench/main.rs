@@ -30,6 +30,7 @@ mod probe;
 mod report;
 mod restart;
 mod scenarios;
+mod table;
 mod timeline;
 mod track;
 

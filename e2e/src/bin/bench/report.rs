@@ -5,15 +5,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-/// One line of the Markdown table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub metric: String,
-    pub value: String,
-    pub target: String,
-    /// `None`: no target to judge against ("—").
-    pub met: Option<bool>,
-}
+use crate::table::one_line;
+pub use crate::table::{Row, table};
 
 /// A Markdown section: `### title`, a `Machine:` line, then [`table`].
 pub fn markdown_table(title: &str, machine: &str, rows: &[Row]) -> String {
@@ -26,45 +19,12 @@ pub fn markdown_table(title: &str, machine: &str, rows: &[Row]) -> String {
     out
 }
 
-/// A table of (Metric, Value, Target, Verdict). Verdict: `None` "—", `Some(true)` "✅ met",
-/// `Some(false)` "❌ missed". `|` and newlines in cells are escaped.
-pub fn table(rows: &[Row]) -> String {
-    let mut out = String::new();
-    out.push_str("| Metric | Value | Target | Verdict |\n");
-    out.push_str("| --- | ---: | ---: | --- |\n");
-    for r in rows {
-        let verdict = match r.met {
-            None => "—",
-            Some(true) => "✅ met",
-            Some(false) => "❌ missed",
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            cell(&r.metric),
-            cell(&r.value),
-            cell(&r.target),
-            verdict
-        );
-    }
-    out
-}
-
 /// " (--quick: smaller than the 64 MiB target size)" when the kubelet figures moved less.
 fn quick_note(r: &Value) -> &'static str {
     match r["kubelet"]["mib"].as_u64() {
         Some(mib) if mib < 64 => " (--quick: smaller than the 64 MiB of the goal)",
         _ => "",
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn cell(s: &str) -> String {
-    let s = one_line(s).replace('|', "\\|");
-    if s.is_empty() { "—".to_string() } else { s }
 }
 
 // ---------------------------------------------------------------------------------------------

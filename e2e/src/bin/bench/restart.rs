@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use vnest_e2e::{Result, TestNs, World};
 
 use crate::probe::{AuditLog, SyncerProc};
-use crate::report::Row;
 use crate::scenarios::{self, LONG};
+use crate::table::Row;
 use crate::track::{Tracker, by_name, host_selector, round1, round2};
 
 /// The figure: a restart with this many pods is what the target speaks of.
@@ -232,7 +232,7 @@ async fn wait_syncer_idle(w: &World) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::table;
+    use crate::table::table;
 
     fn round(resync_s: f64, writes: f64) -> Round {
         Round {
