@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a create is remembered while the watch cache catches up with it.
-const EXPECT_FOR: Duration = Duration::from_secs(30);
+pub const EXPECT_FOR: Duration = Duration::from_secs(30);
 /// How long an accepted DELETE is remembered. Resending the same UID-guarded DELETE never does
 /// anything the first did not, so it is kept until a cache that lags far behind (a watch that
 /// expired and relists 10k pods under load: measured, over 30 s) has caught up.
