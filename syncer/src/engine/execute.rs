@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use super::error::SyncError;
 use super::ownership;
-use super::recent::{DELETE_EXPECT_FOR, RecentWrites};
+use super::recent::{self, DELETE_EXPECT_FOR, RecentWrites};
 use super::{Shared, TranslateCtx};
 use crate::error::Cluster;
 use crate::markers;
@@ -391,7 +391,11 @@ impl Executor {
             self.bound.record(key);
         }
         match &action.write {
-            Write::Create { .. } if t.cluster == Cluster::Host => self.created.record(&t.name),
+            Write::Create { .. } if t.cluster == Cluster::Host => {
+                self.created.record(&t.name);
+                // Its reconcile looks again once the create is no longer expected.
+                recent::note_create();
+            }
             Write::Delete { uid, grace_seconds } => {
                 self.deleted.record(&delete_key(t.cluster, uid, *grace_seconds));
             }

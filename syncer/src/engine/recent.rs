@@ -1,12 +1,51 @@
 //! What this process wrote that the watch caches may not show yet (client-go's
-//! "expectations"): the executor's memory of creates and accepted DELETEs.
+//! "expectations"): the executor's memory of creates and accepted DELETEs, and the look again
+//! after a create that makes sure an expectation that ran out is checked.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a create is remembered while the watch cache catches up with it.
 pub const EXPECT_FOR: Duration = Duration::from_secs(30);
+
+/// When a reconcile that sent a host create looks again: just after the create stops being
+/// expected. A host object the cache shows by then makes it a no-op; one it never showed is
+/// created again. Measured once under a 10k-pod burst: the host answered a create 201 after
+/// 33 s, and no watch, GET or scheduler ever saw that pod; without this look its key was never
+/// queued again (nothing else touched it), and the tenant's object waited forever.
+pub const AFTER_CREATE: Duration = EXPECT_FOR.saturating_add(Duration::from_secs(5));
+
+tokio::task_local! {
+    /// Set when the reconcile running in this task sent a host create ([`noting_creates`]).
+    static CREATED: Cell<bool>;
+}
+
+/// Runs one reconcile, noting whether it sent a host create ([`note_create`]).
+pub async fn noting_creates<F: Future>(fut: F) -> (F::Output, bool) {
+    CREATED
+        .scope(Cell::new(false), async {
+            let out = fut.await;
+            (out, CREATED.with(Cell::get))
+        })
+        .await
+}
+
+/// The executor sent a host create for the reconcile in this task (no-op outside one).
+pub fn note_create() {
+    let _ = CREATED.try_with(|c| c.set(true));
+}
+
+/// When the key looks again: when it asked, or by [`AFTER_CREATE`] if it sent a host create.
+pub fn look_again_after(created: bool, asked: Option<Duration>) -> Option<Duration> {
+    match (created, asked) {
+        (true, Some(after)) => Some(after.min(AFTER_CREATE)),
+        (true, None) => Some(AFTER_CREATE),
+        (false, after) => after,
+    }
+}
 /// How long an accepted DELETE is remembered. Resending the same UID-guarded DELETE never does
 /// anything the first did not, so it is kept until a cache that lags far behind (a watch that
 /// expired and relists 10k pods under load: measured, over 30 s) has caught up.
@@ -81,6 +120,39 @@ impl RecentWrites {
 #[cfg(test)]
 mod recent_tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_that_created_looks_again_once_the_create_is_no_longer_expected() {
+        assert!(AFTER_CREATE > EXPECT_FOR);
+        assert_eq!(look_again_after(true, None), Some(AFTER_CREATE));
+        let token_refresh = Duration::from_secs(2880);
+        assert_eq!(look_again_after(true, Some(token_refresh)), Some(AFTER_CREATE));
+        assert_eq!(
+            look_again_after(true, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1)),
+            "a sooner look stays"
+        );
+        assert_eq!(look_again_after(false, None), None);
+        assert_eq!(look_again_after(false, Some(token_refresh)), Some(token_refresh));
+    }
+
+    #[tokio::test]
+    async fn a_create_is_noted_for_its_own_reconcile_only() {
+        let ((), created) = noting_creates(async { note_create() }).await;
+        assert!(created);
+        let ((), created) = noting_creates(async {}).await;
+        assert!(!created, "a reconcile that sent no create");
+        note_create(); // outside any reconcile: nothing to note, no panic
+        let (inner, outer) = noting_creates(async {
+            // Another reconcile's task does not leak into this one.
+            tokio::spawn(noting_creates(async { note_create() }))
+                .await
+                .map(|((), c)| c)
+        })
+        .await;
+        assert!(matches!(inner, Ok(true)));
+        assert!(!outer);
+    }
 
     #[test]
     fn a_recorded_name_is_pending_until_observed_or_expired() {

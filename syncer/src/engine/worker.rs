@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::error::SyncError;
 use super::events::Events;
 use super::queue::{FairQueue, Key};
+use super::recent;
 use crate::fair_share;
 use crate::metrics::Metrics;
 
@@ -101,7 +102,7 @@ async fn reconcile_one<R: Reconciler>(
         .observe(waited.as_secs_f64());
     let span = tracing::debug_span!("reconcile", kind, key = %key);
     let started = Instant::now();
-    let result = r.reconcile(&key).instrument(span).await;
+    let (result, created) = recent::noting_creates(r.reconcile(&key).instrument(span)).await;
     m.reconcile_duration
         .with_label_values(&[kind])
         .observe(started.elapsed().as_secs_f64());
@@ -109,7 +110,7 @@ async fn reconcile_one<R: Reconciler>(
         Ok(outcome) => {
             m.reconciles.with_label_values(&[kind, "ok"]).inc();
             q.forget(&key);
-            if let Some(after) = outcome.requeue_after {
+            if let Some(after) = recent::look_again_after(created, outcome.requeue_after) {
                 q.add_after(key.clone(), after);
             }
         }
@@ -117,6 +118,7 @@ async fn reconcile_one<R: Reconciler>(
             let category = error.category();
             m.reconciles.with_label_values(&[kind, category]).inc();
             let delay = error.fixed_requeue().unwrap_or_else(|| q.backoff(&key));
+            let delay = recent::look_again_after(created, Some(delay)).unwrap_or(delay);
             if error.tenant_visible() {
                 tracing::warn!(kind, key = %key, %error, retry_in_s = delay.as_secs_f64(), "sync refused");
                 if let Some(obj) = r.tenant_object(&key) {
@@ -213,5 +215,49 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Sends a host create (as the executor notes it) for keys named `create-*`.
+    struct Creator;
+
+    impl Reconciler for Creator {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        async fn reconcile(&self, key: &Key) -> Result<Outcome, SyncError> {
+            if key.name.starts_with("create") {
+                recent::note_create();
+            }
+            Ok(Outcome::done())
+        }
+        fn tenant_object(&self, _key: &Key) -> Option<ObjectReference> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_that_sent_a_host_create_is_queued_again_for_after_its_expectation() {
+        let queue = FairQueue::new();
+        queue.add(Key::new("ns", "create-a"));
+        queue.add(Key::new("ns", "quiet-b"));
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Arc::new(Creator),
+            queue.clone(),
+            2,
+            Events::new(client),
+            Metrics::new().unwrap(),
+            cancel.clone(),
+        ));
+        until("both keys reconciled", || queue.is_empty()).await;
+        until("the creating key queued again", || queue.delayed_len() == 1).await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(queue.delayed_len(), 1, "only the key that created waits for a look again");
     }
 }

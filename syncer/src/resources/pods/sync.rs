@@ -32,24 +32,6 @@ pub use crate::markers::ANNOTATION_TOKEN_REFRESH_AT;
 /// Decisions per reconcile at most (issue tokens, create, write the token Secret, ...).
 const MAX_STEPS: usize = 4;
 
-/// When a reconcile that created the host pod looks again: just after the executor stops
-/// expecting the create ([`crate::engine::recent::EXPECT_FOR`]). A host pod the cache shows by
-/// then makes it a no-op; one it never showed (measured once under a 10k-pod burst: the host
-/// answered 201 after 33 s, and no watch, GET or scheduler ever saw that pod) is created again,
-/// instead of the virtual pod staying Pending until something else touches it.
-const AFTER_CREATE: std::time::Duration =
-    crate::engine::recent::EXPECT_FOR.saturating_add(std::time::Duration::from_secs(5));
-
-/// When the reconcile looks again: the plan's time, or sooner [`AFTER_CREATE`] when it created
-/// the host pod.
-fn look_again_after(created: bool, planned: Option<std::time::Duration>) -> Option<std::time::Duration> {
-    match (created, planned) {
-        (true, Some(after)) => Some(after.min(AFTER_CREATE)),
-        (true, None) => Some(AFTER_CREATE),
-        (false, after) => after,
-    }
-}
-
 pub struct PodSync {
     pub executor: Executor,
     /// The pod kind's settings (from the command line).
@@ -224,7 +206,6 @@ impl Reconciler for PodSync {
             _ => Vec::new(),
         };
         let mut issued: Option<IssuedTokens> = None;
-        let mut created = false;
         for _ in 0..MAX_STEPS {
             let view = PodView {
                 key,
@@ -266,7 +247,6 @@ impl Reconciler for PodSync {
                         let done = self.executor.run(action).await?;
                         if creates_pod {
                             self.created(key);
-                            created = true;
                             h = done.object::<Pod>();
                         }
                     }
@@ -275,7 +255,7 @@ impl Reconciler for PodSync {
                     }
                     if !then_again {
                         return Ok(Outcome {
-                            requeue_after: look_again_after(created, plan.requeue_after),
+                            requeue_after: plan.requeue_after,
                         });
                     }
                 }
@@ -289,27 +269,5 @@ impl Reconciler for PodSync {
         self.virtual_pods
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
             .map(|v| v.object_ref(&()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn a_created_host_pod_is_looked_at_again_once_its_create_is_no_longer_expected() {
-        assert!(AFTER_CREATE > crate::engine::recent::EXPECT_FOR);
-        assert_eq!(look_again_after(true, None), Some(AFTER_CREATE));
-        let token_refresh = Duration::from_secs(2880);
-        assert_eq!(look_again_after(true, Some(token_refresh)), Some(AFTER_CREATE));
-        assert_eq!(
-            look_again_after(true, Some(Duration::from_secs(1))),
-            Some(Duration::from_secs(1)),
-            "a sooner look stays"
-        );
-        assert_eq!(look_again_after(false, None), None);
-        assert_eq!(look_again_after(false, Some(token_refresh)), Some(token_refresh));
     }
 }
