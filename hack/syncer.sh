@@ -72,17 +72,6 @@ container_start() {
 }
 
 start() {
-	local old
-	old=$(cat "$STATE_DIR/syncer/stopped-container" 2>/dev/null || true)
-	# A new container (the runner never restarts one in place), then its readiness.
-	wait_for "the runner restarted the syncer container" 60 - bash -c '
-		id=$(podman ps -q --filter "label=dev.vnest.runner.node=$1" --filter "label=dev.vnest.runner.pod-namespace=$2" \
-			--filter "label=dev.vnest.runner.pod-name=$3" --filter "label=dev.vnest.runner.container=syncer" | head -n 1)
-		[[ -n $id && $id != "$4" ]]' _ "$RUNNER_NODE" "$HOST_NAMESPACE" "$SYNCER_CONTAINER_POD" "$old"
-	wait_for "syncer container /readyz (both clusters reachable)" 60 - curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
-}
-
-start() {
 	refresh_token
 	# The order file lists it once (make down stops it with the rest).
 	if grep -qx syncer "$PID_DIR/order" 2>/dev/null; then sed -i '/^syncer$/d' "$PID_DIR/order"; fi
