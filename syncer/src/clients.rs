@@ -16,6 +16,7 @@ use kube::{Client, Config};
 use tower::{Layer, Service};
 
 use crate::config::{ClusterAccess, RateLimit};
+use crate::seat_limit::SeatLimit;
 use crate::error::{Cluster, Error, Result};
 use crate::fair_share::{FairShare, Flow};
 use crate::metrics::Metrics;
@@ -56,6 +57,7 @@ impl HostClient {
             qps: 5.0,
             burst: 10,
             max_in_flight: 0,
+            adaptive: false,
         };
         build(Cluster::Host, config, rate, metrics)
     }
@@ -311,7 +313,8 @@ where
 
 // ---------------------------------------------------------------------------------------------
 // Rate limit layer: every request waits for its turn in the cluster's [`FairShare`] (a token
-// bucket of `qps` up to `burst`, and at most `max_in_flight` unanswered requests), served
+// bucket of `qps` up to `burst`, and a limit on unanswered requests: at most `max_in_flight`,
+// or following the server's latency up to it, crate::seat_limit), served
 // round-robin by the virtual namespace whose reconcile sent it. The wait happens in the response
 // future, which kube's `Buffer` hands back to the calling task: there the task-local flow is
 // known, and a waiting request holds up nobody else's (a wait in `poll_ready` held the Buffer's
@@ -323,15 +326,39 @@ struct RateLimitLayer {
     cluster: Cluster,
     share: FairShare,
     metrics: Metrics,
+    /// The seats follow the server's latency (and the `client_seats` gauge shows them).
+    adaptive: bool,
 }
 
 impl RateLimitLayer {
     fn new(cluster: Cluster, rate: RateLimit, metrics: Metrics) -> Self {
+        let share = FairShare::new(rate.qps, rate.burst, seats(&rate));
+        if rate.adaptive {
+            show_seats(&metrics, cluster, &share);
+        }
         Self {
             cluster,
-            share: FairShare::new(rate.qps, rate.burst, rate.max_in_flight),
+            share,
             metrics,
+            adaptive: rate.adaptive,
         }
+    }
+}
+
+fn show_seats(metrics: &Metrics, cluster: Cluster, share: &FairShare) {
+    let seats = i64::try_from(share.seats()).unwrap_or(i64::MAX);
+    metrics
+        .client_seats
+        .with_label_values(&[cluster.as_str()])
+        .set(seats);
+}
+
+/// The seats `rate` asks for.
+fn seats(rate: &RateLimit) -> SeatLimit {
+    if rate.adaptive {
+        SeatLimit::adaptive(rate.max_in_flight, Instant::now())
+    } else {
+        SeatLimit::fixed(rate.max_in_flight)
     }
 }
 
@@ -343,6 +370,7 @@ impl<S> Layer<S> for RateLimitLayer {
             cluster: self.cluster,
             share: self.share.clone(),
             metrics: self.metrics.clone(),
+            adaptive: self.adaptive,
         }
     }
 }
@@ -356,6 +384,7 @@ struct RateLimitService<S> {
     cluster: Cluster,
     share: FairShare,
     metrics: Metrics,
+    adaptive: bool,
 }
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
@@ -372,10 +401,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Writes go to the datastore; reads are mostly answered from the API server's watch
+        // cache, and watches answer at once: only a write's latency says how busy it is.
+        let timed = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let sent = self.inner.call(req);
         let (share, metrics, cluster) = (self.share.clone(), self.metrics.clone(), self.cluster);
+        let adaptive = self.adaptive;
         Box::pin(async move {
-            let (seat, waited) = share.acquire(Flow::current()).await;
+            let (mut seat, waited) = share.acquire(Flow::current()).await;
+            if !timed {
+                seat.untimed();
+            }
             if let Some(waited) = waited {
                 metrics
                     .rate_limit_wait
@@ -385,12 +421,18 @@ where
             // A request holds its seat until answered, but not longer than SEAT_HOLD_MAX: one
             // that hangs (an API server waiting on its datastore, a connection that died) must
             // not keep the others out until the read timeout.
+            let free = move |seat| {
+                drop(seat);
+                if adaptive {
+                    show_seats(&metrics, cluster, &share);
+                }
+            };
             let mut sent = Box::pin(sent);
             if let Ok(answer) = tokio::time::timeout(SEAT_HOLD_MAX, &mut sent).await {
-                drop(seat);
+                free(seat);
                 return answer;
             }
-            drop(seat);
+            free(seat);
             sent.await
         })
     }

@@ -197,6 +197,13 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_HOST_MAX_IN_FLIGHT", default_value = "0", value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub host_max_in_flight: u32,
 
+    /// Keep the requests in flight to the host API server to what it answers at near its quiet
+    /// latency: fewer (down to 4) while its answers slow down (a busy datastore), more again
+    /// while they are quick, up to --host-max-in-flight. The requests held back wait in the
+    /// fair queue, where a small namespace's request passes a burst's.
+    #[arg(long, env = "VNEST_HOST_ADAPTIVE_IN_FLIGHT", default_value = "true", action = clap::ArgAction::Set)]
+    pub host_adaptive_in_flight: bool,
+
     /// Requests sent to the virtual API server and not answered yet, at most (0: no limit);
     /// shared between virtual namespaces like --host-max-in-flight.
     #[arg(long, env = "VNEST_VIRTUAL_MAX_IN_FLIGHT", default_value = "32", value_parser = clap::value_parser!(u32).range(0..=4096))]
@@ -290,6 +297,9 @@ pub struct RateLimit {
     pub qps: f64,
     pub burst: u32,
     pub max_in_flight: usize,
+    /// The requests in flight follow the server's latency, up to `max_in_flight`
+    /// (crate::seat_limit).
+    pub adaptive: bool,
 }
 
 /// Where a cluster's credentials come from.
@@ -365,6 +375,7 @@ impl SyncerArgs {
             virtual_qps,
             virtual_burst,
             host_max_in_flight,
+            host_adaptive_in_flight,
             virtual_max_in_flight,
             shutdown_timeout,
             worker_threads,
@@ -420,11 +431,13 @@ impl SyncerArgs {
                 qps: host_qps,
                 burst: host_burst,
                 max_in_flight: host_max_in_flight as usize,
+                adaptive: host_adaptive_in_flight,
             },
             virtual_rate: RateLimit {
                 qps: virtual_qps,
                 burst: virtual_burst,
                 max_in_flight: virtual_max_in_flight as usize,
+                adaptive: false,
             },
             shutdown_timeout,
             worker_threads: usize::from(worker_threads),
@@ -517,6 +530,7 @@ mod tests {
         ("virtual-qps", "VNEST_VIRTUAL_QPS", "1000"),
         ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
         ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "0"),
+        ("host-adaptive-in-flight", "VNEST_HOST_ADAPTIVE_IN_FLIGHT", "true"),
         ("virtual-max-in-flight", "VNEST_VIRTUAL_MAX_IN_FLIGHT", "32"),
         ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
         ("worker-threads", "VNEST_WORKER_THREADS", "2"),
@@ -636,7 +650,8 @@ mod tests {
             RateLimit {
                 qps: 100.0,
                 burst: 200,
-                max_in_flight: 0
+                max_in_flight: 0,
+                adaptive: true,
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));

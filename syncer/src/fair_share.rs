@@ -1,7 +1,8 @@
 //! Fair sharing of one client's request budget between virtual namespaces.
 //!
 //! Every API request of a client passes its [`FairShare`]: a token bucket (`qps`, `burst`) and
-//! at most `max_in_flight` requests sent and not answered yet. A request that finds both free
+//! a limit on the requests sent and not answered yet (its seats: fixed, or following the
+//! server's latency, [`crate::seat_limit`]). A request that finds both free
 //! while nobody waits goes at once. Otherwise it waits in the queue of its **flow**: the virtual
 //! namespace whose reconcile sent it (set by [`within`]), or the syncer's own flow `""` (watches,
 //! cluster-scoped kinds, background tasks). Flows with waiting requests are served round-robin,
@@ -19,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
+
+use crate::seat_limit::SeatLimit;
 
 tokio::task_local! {
     static FLOW: Flow;
@@ -73,7 +76,7 @@ pub struct Schedule<W> {
     burst: f64,
     tokens: f64,
     last: Instant,
-    max_in_flight: usize,
+    seats: SeatLimit,
     in_flight: usize,
     queues: HashMap<Flow, VecDeque<W>>,
     /// Flows with waiting requests, in service order.
@@ -81,19 +84,15 @@ pub struct Schedule<W> {
 }
 
 impl<W: Waiter> Schedule<W> {
-    /// A full bucket; `max_in_flight` 0 means no limit on requests in flight.
-    pub fn new(qps: f64, burst: u32, max_in_flight: usize, now: Instant) -> Self {
+    /// A full bucket, and `seats` for the requests in flight.
+    pub fn new(qps: f64, burst: u32, seats: SeatLimit, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         Self {
             qps,
             burst,
             tokens: burst,
             last: now,
-            max_in_flight: if max_in_flight == 0 {
-                usize::MAX
-            } else {
-                max_in_flight
-            },
+            seats,
             in_flight: 0,
             queues: HashMap::new(),
             ring: VecDeque::new(),
@@ -108,7 +107,7 @@ impl<W: Waiter> Schedule<W> {
 
     fn free(&mut self, now: Instant) -> Result<(), Next> {
         self.refill(now);
-        if self.in_flight >= self.max_in_flight {
+        if self.in_flight >= self.seats.get() {
             Err(Next::Seat)
         } else if self.tokens < 1.0 {
             let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.qps);
@@ -177,15 +176,24 @@ impl<W: Waiter> Schedule<W> {
         waiter
     }
 
-    /// A granted request is answered (or dropped): its seat is free again.
-    pub fn finished(&mut self) {
+    /// A request is answered (or dropped) at `now`: its seat is free again, and, when it was
+    /// timed (granted at `granted`), its latency tells an adaptive limit how busy the server is.
+    pub fn finished(&mut self, granted: Option<Instant>, now: Instant) {
+        if let Some(granted) = granted {
+            self.seats.answered(granted, self.in_flight, now);
+        }
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     /// A granted request that never went (dropped before it was told): its seat and token back.
     pub fn returned(&mut self) {
-        self.finished();
+        self.in_flight = self.in_flight.saturating_sub(1);
         self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
+    /// Seats now.
+    pub fn seats(&self) -> usize {
+        self.seats.get()
     }
 
     pub fn is_waiting(&self) -> bool {
@@ -217,6 +225,16 @@ pub struct FairShare {
 /// A granted request's seat; dropping it (the request answered, failed or dropped) frees it.
 pub struct Seat {
     shared: Option<Arc<Shared>>,
+    /// When it was granted, if its answer's latency counts ([`Seat::untimed`]: not).
+    granted: Option<Instant>,
+}
+
+impl Seat {
+    /// Its latency says nothing about how busy the server is (a read the API server answers
+    /// from its watch cache): it does not move an adaptive limit.
+    pub fn untimed(&mut self) {
+        self.granted = None;
+    }
 }
 
 impl Drop for Seat {
@@ -224,7 +242,7 @@ impl Drop for Seat {
         if let Some(shared) = self.shared.take() {
             let waiting = {
                 let mut s = lock(&shared);
-                s.schedule.finished();
+                s.schedule.finished(self.granted, Instant::now());
                 s.schedule.is_waiting()
             };
             if waiting {
@@ -242,12 +260,12 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl FairShare {
-    /// `qps` sustained, `burst` at once, at most `max_in_flight` unanswered (0: no limit).
-    pub fn new(qps: f64, burst: u32, max_in_flight: usize) -> Self {
+    /// `qps` sustained, `burst` at once, `seats` for the unanswered ones.
+    pub fn new(qps: f64, burst: u32, seats: SeatLimit) -> Self {
         Self {
             shared: Arc::new(Shared {
                 schedule: Mutex::new(State {
-                    schedule: Schedule::new(qps, burst, max_in_flight, Instant::now()),
+                    schedule: Schedule::new(qps, burst, seats, Instant::now()),
                     dispatching: false,
                 }),
                 seat_freed: Notify::new(),
@@ -273,14 +291,23 @@ impl FairShare {
         };
         // The sender is only dropped unsent when this receiver is gone: a closed channel here
         // cannot happen; go without a seat rather than fail the request if it ever does.
-        let seat = rx.await.unwrap_or(Seat { shared: None });
+        let seat = rx.await.unwrap_or(Seat {
+            shared: None,
+            granted: None,
+        });
         (seat, Some(since.elapsed()))
     }
 
     fn seat(&self) -> Seat {
         Seat {
             shared: Some(self.shared.clone()),
+            granted: Some(Instant::now()),
         }
+    }
+
+    /// Seats now (an adaptive limit moves with the server's latency).
+    pub fn seats(&self) -> usize {
+        lock(&self.shared).schedule.seats()
     }
 
     /// Grants as tokens and seats come free, until nobody waits.
@@ -334,7 +361,7 @@ mod tests {
     #[test]
     fn a_lone_flow_gets_the_burst_then_the_rate() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(10.0, 3, 0, t0);
+        let mut s = Schedule::<W>::new(10.0, 3, SeatLimit::fixed(0), t0);
         for _ in 0..3 {
             assert!(s.try_now(t0), "the burst goes at once");
         }
@@ -356,7 +383,7 @@ mod tests {
     #[test]
     fn a_burst_queued_in_one_flow_does_not_delay_another_flow() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(100.0, 1, 0, t0);
+        let mut s = Schedule::<W>::new(100.0, 1, SeatLimit::fixed(0), t0);
         assert!(s.try_now(t0));
         for i in 0..200 {
             s.wait(Flow::new("greedy"), w("greedy", i));
@@ -379,7 +406,7 @@ mod tests {
     #[test]
     fn flows_take_turns_one_request_each() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(1.0, 1, 0, t0);
+        let mut s = Schedule::<W>::new(1.0, 1, SeatLimit::fixed(0), t0);
         assert!(s.try_now(t0));
         for i in 0..3 {
             s.wait(Flow::new("a"), w("a", i));
@@ -401,7 +428,7 @@ mod tests {
     #[test]
     fn seats_limit_requests_in_flight() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(1000.0, 100, 2, t0);
+        let mut s = Schedule::<W>::new(1000.0, 100, SeatLimit::fixed(2), t0);
         assert!(s.try_now(t0));
         assert!(s.try_now(t0));
         assert!(!s.try_now(t0), "both seats taken");
@@ -410,13 +437,13 @@ mod tests {
         let (granted, next) = s.grant(t0);
         assert!(granted.is_empty());
         assert_eq!(next, Next::Seat);
-        s.finished();
+        s.finished(None, t0);
         let (granted, next) = s.grant(t0);
         assert_eq!(names(&granted), [("a", 0)]);
         assert_eq!(next, Next::Seat);
         assert_eq!(s.in_flight(), 2);
-        s.finished();
-        s.finished();
+        s.finished(None, t0);
+        s.finished(None, t0);
         let (granted, next) = s.grant(t0);
         assert_eq!(names(&granted), [("b", 0)]);
         assert_eq!(next, Next::Idle);
@@ -426,7 +453,7 @@ mod tests {
     #[test]
     fn nobody_overtakes_a_waiting_request_and_dropped_ones_cost_nothing() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(10.0, 1, 0, t0);
+        let mut s = Schedule::<W>::new(10.0, 1, SeatLimit::fixed(0), t0);
         assert!(s.try_now(t0));
         s.wait(Flow::new("a"), W("a", 0, true));
         s.wait(Flow::new("a"), w("a", 1));
@@ -439,6 +466,30 @@ mod tests {
         assert!(s.try_now(later), "a returned grant gives its token back");
     }
 
+    #[test]
+    fn an_adaptive_limit_holds_requests_back_once_the_server_slows_down() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(1e6, 1_000_000, SeatLimit::adaptive(0, t0), t0);
+        let mut sent = 0;
+        while s.try_now(t0) {
+            sent += 1;
+        }
+        assert_eq!(sent, 32, "an adaptive limit starts at 32 seats");
+        s.finished(Some(t0), t0 + Duration::from_millis(4));
+        let slow = t0 + Duration::from_secs(1);
+        s.finished(Some(t0), slow);
+        assert_eq!(s.seats(), 24, "an answer 250 times slower than the quiet one cuts");
+        for _ in 0..6 {
+            // Sent before the cut: they do not cut again.
+            s.finished(Some(t0), slow);
+        }
+        assert_eq!((s.in_flight(), s.seats()), (24, 24));
+        assert!(!s.try_now(slow), "every one of the fewer seats is taken");
+        s.finished(None, slow);
+        assert_eq!(s.seats(), 24, "an untimed answer does not move the limit");
+        assert!(s.try_now(slow));
+    }
+
     #[tokio::test]
     async fn requests_learn_their_flow_from_the_task() {
         assert_eq!(Flow::current(), Flow::default());
@@ -448,7 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_share_grants_waiters_in_turn_and_frees_seats_on_drop() {
-        let share = FairShare::new(1000.0, 1000, 1);
+        let share = FairShare::new(1000.0, 1000, SeatLimit::fixed(1));
         let (first, waited) = share.acquire(Flow::new("a")).await;
         assert!(waited.is_none(), "a free seat: no wait");
         let second = {

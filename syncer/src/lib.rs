@@ -13,6 +13,8 @@
 //!   metrics and client-side rate limits (QPS/burst, requests in flight) as tower layers.
 //! - [`fair_share`]: that budget shared round-robin between virtual namespaces (pure schedule,
 //!   the request's namespace carried by a task-local set around each reconcile).
+//! - [`seat_limit`]: how many requests a client keeps in flight: fixed, or following the
+//!   server's latency (the host's, so a burst cannot fill its datastore's queue).
 //! - [`metrics`]: one [`metrics::Metrics`] struct owning its Prometheus registry (no globals).
 //! - [`health`]: readiness derived from live watches on both clusters (no polling).
 //! - [`admin`]: the `/livez`, `/readyz`, `/metrics` HTTP server.
@@ -54,4 +56,5 @@ pub mod memory;
 pub mod metrics;
 pub mod naming;
 pub mod resources;
+pub mod seat_limit;
 pub mod telemetry;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub store_loads: IntCounterVec,
     /// Keys waiting in each kind's queue.
     pub queue_depth: IntGaugeVec,
+    /// Requests a client whose seats follow the latency may have in flight now, by cluster.
+    pub client_seats: IntGaugeVec,
     /// Time keys waited in the queue before a worker took them, by kind.
     pub queue_wait: HistogramVec,
     /// Reconciles by kind and result (`ok` or an error category).
@@ -127,6 +129,13 @@ impl Metrics {
             Opts::new("queue_depth", "Keys waiting to be reconciled"),
             &["kind"],
         )?;
+        let client_seats = IntGaugeVec::new(
+            Opts::new(
+                "client_seats",
+                "Requests the client may have in flight now, where they follow the server's latency",
+            ),
+            &["cluster"],
+        )?;
         let queue_wait = HistogramVec::new(
             HistogramOpts::new("queue_wait_seconds", "Time keys waited in the queue")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -206,7 +215,7 @@ impl Metrics {
         leader.set(1);
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(leader_transitions.clone()))?;
-        for c in [&store_objects, &queue_depth, &kubelet_streams_open] {
+        for c in [&store_objects, &queue_depth, &client_seats, &kubelet_streams_open] {
             registry.register(Box::new(c.clone()))?;
         }
         for c in [&watch_errors, &store_loads, &reconciles, &host_writes] {
@@ -229,6 +238,7 @@ impl Metrics {
             watch_errors,
             store_loads,
             queue_depth,
+            client_seats,
             queue_wait,
             reconciles,
             reconcile_duration,
