@@ -16,10 +16,10 @@ use kube::{Client, Config};
 use tower::{Layer, Service};
 
 use crate::config::{ClusterAccess, RateLimit};
-use crate::seat_limit::SeatLimit;
 use crate::error::{Cluster, Error, Result};
 use crate::fair_share::{FairShare, Flow};
 use crate::metrics::Metrics;
+use crate::seat_limit::SeatLimit;
 
 /// Client for the host API server (namespaced permissions only).
 #[derive(Clone)]

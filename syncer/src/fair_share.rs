@@ -478,7 +478,11 @@ mod tests {
         s.finished(Some(t0), t0 + Duration::from_millis(4));
         let slow = t0 + Duration::from_secs(1);
         s.finished(Some(t0), slow);
-        assert_eq!(s.seats(), 24, "an answer 250 times slower than the quiet one cuts");
+        assert_eq!(
+            s.seats(),
+            24,
+            "an answer 250 times slower than the quiet one cuts"
+        );
         for _ in 0..6 {
             // Sent before the cut: they do not cut again.
             s.finished(Some(t0), slow);

@@ -7,8 +7,10 @@
 //! waits behind the hundreds the burst has in flight there, out of reach of the syncer's fair
 //! queue ([`crate::fair_share`]). The adaptive limit keeps the syncer's own share of that queue
 //! short: while the server answers near its quiet latency the limit grows by one seat per
-//! limit's worth of answers (TCP's congestion avoidance); an answer slower than twice the quiet
-//! latency (plus a little slack) cuts the limit by a quarter, at most once per round trip (only
+//! limit's worth of answers (TCP's congestion avoidance), or by one for each answer within twice
+//! the quiet latency (a server that is quiet again gets the burst back within a few dozen
+//! answers); an answer slower than twice the quiet latency plus 50 ms cuts the limit by a
+//! quarter, at most once per round trip (only
 //! a request granted after the last cut can cut again: the ones in flight then were sent under
 //! the old limit). The requests it holds back wait in the fair queue, where a small
 //! namespace's request passes the burst's.
@@ -26,8 +28,10 @@ pub const ADAPTIVE_MIN: usize = 4;
 /// Seats an adaptive limit starts with (and most it grows to without a configured maximum).
 const ADAPTIVE_START: f64 = 32.0;
 const ADAPTIVE_MAX: f64 = 1024.0;
-/// An answer this much slower than the quiet latency, over twice it, counts as queueing.
-const SLACK: Duration = Duration::from_millis(5);
+/// An answer this much slower than the quiet latency, over twice it, counts as queueing: a
+/// write that waits behind a few others in a healthy datastore (tens of milliseconds) does
+/// not; one that waits behind hundreds (a burst: ~1.5 s here) does.
+const SLACK: Duration = Duration::from_millis(50);
 /// What a cut keeps of the limit.
 const CUT: f64 = 0.75;
 
@@ -109,8 +113,15 @@ impl Adaptive {
                 self.last_cut = Some(now);
             }
         } else if in_flight as f64 >= self.limit - 1.0 {
-            // Growing only when the seats were in use: an idle client learns nothing.
-            self.limit = (self.limit + 1.0 / self.limit).min(self.max);
+            // Growing only when the seats were in use: an idle client learns nothing. An answer
+            // as quick as a quiet server's earns a seat; a slower one that still did not queue
+            // earns one per limit's worth of answers.
+            let step = if latency <= floor.saturating_mul(2) {
+                1.0
+            } else {
+                1.0 / self.limit
+            };
+            self.limit = (self.limit + step).min(self.max);
         }
     }
 }
@@ -133,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_fixed_limit_never_moves() {
-        let mut s = SeatLimit::fixed(0);
+        let s = SeatLimit::fixed(0);
         assert_eq!(s.get(), usize::MAX);
         let mut s = SeatLimit::fixed(8);
         let mut now = Instant::now();
@@ -150,7 +161,10 @@ mod tests {
             answer(&mut s, &mut now, ms(4));
         }
         let quiet = s.get();
-        assert!(quiet >= 32, "quiet answers with every seat used do not cut: {quiet}");
+        assert!(
+            quiet >= 32,
+            "quiet answers with every seat used do not cut: {quiet}"
+        );
         let mut limits = Vec::new();
         for _ in 0..40 {
             answer(&mut s, &mut now, ms(300));
@@ -185,11 +199,24 @@ mod tests {
             answer(&mut s, &mut now, ms(400));
         }
         assert_eq!(s.get(), ADAPTIVE_MIN);
-        for _ in 0..2000 {
+        for _ in 0..30 {
             answer(&mut s, &mut now, ms(5));
         }
-        let back = s.get();
-        assert!(back > 32, "grown back: {back}");
+        assert_eq!(s.get(), 34, "one seat per answer as quick as a quiet server's");
+        let mut slower = SeatLimit::adaptive(64, now);
+        answer(&mut slower, &mut now, ms(4));
+        for _ in 0..20 {
+            answer(&mut slower, &mut now, ms(400));
+        }
+        // 40 s of answers at ten times the quiet latency (the quiet one is still in the window).
+        for _ in 0..1000 {
+            answer(&mut slower, &mut now, ms(40));
+        }
+        let back = slower.get();
+        assert!(
+            (32..64).contains(&back),
+            "one seat per round when not quick: {back}"
+        );
         for _ in 0..100_000 {
             answer(&mut s, &mut now, ms(5));
         }
@@ -205,17 +232,18 @@ mod tests {
             s.answered(at, 1, at + ms(4));
         }
         assert_eq!(s.get(), 32, "one request at a time says nothing about more seats");
-        // The server is 50 ms now, steadily: after two windows that is its quiet latency,
+        // The server is 100 ms now, steadily: after two windows that is its quiet latency,
         // and answers near it stop cutting.
         let mut now = t0 + Duration::from_secs(20);
         for _ in 0..2 {
             now += WINDOW;
-            s.answered(now, 4, now + ms(50));
+            s.answered(now, 4, now + ms(100));
         }
+        assert!(s.get() < 32, "cut while 100 ms was new");
         now += WINDOW;
         let before = s.get();
         for _ in 0..100 {
-            answer(&mut s, &mut now, ms(55));
+            answer(&mut s, &mut now, ms(110));
         }
         assert!(s.get() >= before, "{} < {before}", s.get());
     }

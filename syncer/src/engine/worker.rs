@@ -258,6 +258,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(queue.delayed_len(), 1, "only the key that created waits for a look again");
+        assert_eq!(
+            queue.delayed_len(),
+            1,
+            "only the key that created waits for a look again"
+        );
     }
 }
