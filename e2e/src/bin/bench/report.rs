@@ -120,6 +120,14 @@ pub fn splice(doc: Option<&str>, section: &str) -> String {
     }
 }
 
+/// The alone run's p90 when its p99 is more than five times it: with 50 samples the p99 is the
+/// slowest one, and a single stall of the machine (measured once: one of 50 small pods took
+/// 2.8 s alone, the other 49 at most 24 ms) would make a loaded ÷ alone ratio look fair.
+fn alone_outlier(alone: &Value) -> Option<f64> {
+    let (p90, p99) = (alone["p90"].as_f64()?, alone["p99"].as_f64()?);
+    (p99 > 5.0 * p90).then_some(p90)
+}
+
 /// The Markdown rows: every figure the issue names, next to its target.
 pub fn rows(r: &Value) -> Vec<Row> {
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
@@ -307,30 +315,38 @@ pub fn rows(r: &Value) -> Vec<Row> {
         row(
             "fairness: small ns create → host p99 loaded ÷ alone",
             format!(
-                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone)",
+                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone){}",
                 r["fairness"]["to_host_p99_ratio"],
                 r["fairness"]["small_to_host_ms_loaded"]["p99"],
                 r["fairness"]["small_to_host_ms_alone"]["p99"],
                 r["fairness"]["small_to_host_ms_loaded"]["n"],
                 r["fairness"]["rounds"],
-                r["fairness"]["small_to_host_ms_alone"]["n"]
+                r["fairness"]["small_to_host_ms_alone"]["n"],
+                alone_outlier(&r["fairness"]["small_to_host_ms_alone"])
+                    .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
+                    .unwrap_or_default()
             ),
             "≤ 2",
-            le(&r["fairness"]["to_host_p99_ratio"], 2.0),
+            le(&r["fairness"]["to_host_p99_ratio"], 2.0)
+                .filter(|_| alone_outlier(&r["fairness"]["small_to_host_ms_alone"]).is_none()),
         ),
         row(
             "fairness: small ns create → Running p99 loaded ÷ alone",
             format!(
-                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone)",
+                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone){}",
                 r["fairness"]["to_running_p99_ratio"],
                 r["fairness"]["small_to_running_ms_loaded"]["p99"],
                 r["fairness"]["small_to_running_ms_alone"]["p99"],
                 r["fairness"]["small_to_running_ms_loaded"]["n"],
                 r["fairness"]["rounds"],
-                r["fairness"]["small_to_running_ms_alone"]["n"]
+                r["fairness"]["small_to_running_ms_alone"]["n"],
+                alone_outlier(&r["fairness"]["small_to_running_ms_alone"])
+                    .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
+                    .unwrap_or_default()
             ),
             "≤ 2",
-            le(&r["fairness"]["to_running_p99_ratio"], 2.0),
+            le(&r["fairness"]["to_running_p99_ratio"], 2.0)
+                .filter(|_| alone_outlier(&r["fairness"]["small_to_running_ms_alone"]).is_none()),
         ),
         row(
             "Services: same ClusterIP / recreated / all synced (s)",
@@ -483,10 +499,11 @@ mod tests {
             "restart_resync_s": 0.87, "restart_host_writes": 0, "restart_host_writes_syncer_metrics": 0,
             "restart_scale": {"pods": 10000, "rounds": [{}, {}, {}], "resync_s_median": 4.1,
                 "resync_s_max": 6.7, "host_writes_max": 0.0, "cpu_s_median": 2.4, "rss_kib_max": 70000},
-            "fairness": {"to_host_p99_ratio": 50.0, "to_running_p99_ratio": 20.4,
+            "fairness": {"to_host_p99_ratio": 50.0, "to_running_p99_ratio": 1.5,
                 "rounds": 4,
                 "small_to_host_ms_loaded": {"p99": 1751.0, "n": 50.0}, "small_to_host_ms_alone": {"p99": 35.0, "n": 50.0},
-                "small_to_running_ms_loaded": {"p99": 9499.0}, "small_to_running_ms_alone": {"p99": 465.0}},
+                "small_to_running_ms_loaded": {"p99": 9499.0, "n": 50.0},
+                "small_to_running_ms_alone": {"p90": 59.0, "p99": 6333.0, "n": 50.0}},
             "networking": {"services_same_cluster_ip": 200, "services_recreated": 0, "services_all_synced_s": 2.8},
             "dns_answer_p50_ms": 0.1, "dns_answer_p99_ms": 0.9,
             "kubelet": {"mib": 64,
@@ -531,6 +548,7 @@ mod tests {
             "| restart with 10000 pods: start → fully resynced, median / max of 3 SIGKILLs (s) | 4.1 / 6.7 | ≤ 5 at 10k | ❌ missed |",
             "| restart with 10000 pods: host writes per restart, max (audit log or syncer metrics) | 0.0 | 0 | ✅ met |",
             "| fairness: small ns create → host p99 loaded ÷ alone | 50.0 (1751.0 vs 35.0 ms; n = 50.0 in 4 bursts vs 50.0 alone) | ≤ 2 | ❌ missed |",
+            "| fairness: small ns create → Running p99 loaded ÷ alone | 1.5 (9499.0 vs 6333.0 ms; n = 50.0 in 4 bursts vs 50.0 alone); not judged: the alone p99 is one outlier (alone p90 59 ms) | ≤ 2 | — |",
             "| Services: same ClusterIP / recreated / all synced (s) | 200 / 0 / 2.8 | — | — |",
             "| kubectl logs of a 64 MiB log: direct / vnest (MiB/s); ratio vnest ÷ direct | 120.5 / 110.0; 0.91 | ≥ 0.8 | ✅ met |",
             "| port-forward upload of 64 MiB: direct / vnest (MiB/s); ratio vnest ÷ direct | 80.0 / 40.0; 0.5 | ≥ 0.8 | ❌ missed |",
