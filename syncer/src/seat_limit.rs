@@ -10,10 +10,9 @@
 //! limit's worth of answers (TCP's congestion avoidance), or by one for each answer within twice
 //! the quiet latency (a server that is quiet again gets the burst back within a few dozen
 //! answers); an answer slower than twice the quiet latency plus 50 ms cuts the limit by a
-//! quarter, at most once per round trip (only
-//! a request granted after the last cut can cut again: the ones in flight then were sent under
-//! the old limit). The requests it holds back wait in the fair queue, where a small
-//! namespace's request passes the burst's.
+//! quarter, at most once per round trip (only a request granted after the last cut can cut
+//! again: the ones in flight then were sent under the old limit). The requests it holds back
+//! wait in the fair queue, where a small namespace's request passes the burst's.
 //!
 //! The quiet latency is the lowest latency of the last one to two windows of [`WINDOW`], so it
 //! follows a server that got slower for good (a moved host, a bigger datastore) within a
@@ -60,13 +59,13 @@ impl SeatLimit {
         Self::Fixed(if max == 0 { usize::MAX } else { max })
     }
 
-    /// Following the latency, between [`ADAPTIVE_MIN`] and `max` (0: no maximum of its own).
+    /// Following the latency, between [`ADAPTIVE_MIN`] and `max` (0: no maximum of its own);
+    /// a `max` of [`ADAPTIVE_MIN`] or fewer leaves nothing to follow: fixed at `max`.
     pub fn adaptive(max: usize, now: Instant) -> Self {
-        let max = if max == 0 {
-            ADAPTIVE_MAX
-        } else {
-            (max as f64).max(ADAPTIVE_MIN as f64)
-        };
+        if (1..=ADAPTIVE_MIN).contains(&max) {
+            return Self::Fixed(max);
+        }
+        let max = if max == 0 { ADAPTIVE_MAX } else { max as f64 };
         Self::Adaptive(Adaptive {
             limit: ADAPTIVE_START.min(max),
             max,
@@ -140,6 +139,20 @@ mod tests {
         *now += latency;
         let in_flight = s.get();
         s.answered(granted, in_flight, *now);
+    }
+
+    #[test]
+    fn a_maximum_below_the_adaptive_minimum_is_kept() {
+        let mut now = Instant::now();
+        let mut s = SeatLimit::adaptive(2, now);
+        answer(&mut s, &mut now, ms(4));
+        answer(&mut s, &mut now, ms(4));
+        assert_eq!(s.get(), 2);
+        let mut s = SeatLimit::adaptive(8, now);
+        assert_eq!(s.get(), 8, "starts at the maximum when it is below 32");
+        answer(&mut s, &mut now, ms(4));
+        answer(&mut s, &mut now, ms(900));
+        assert_eq!(s.get(), 6);
     }
 
     #[test]
