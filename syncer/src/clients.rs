@@ -326,31 +326,20 @@ struct RateLimitLayer {
     cluster: Cluster,
     share: FairShare,
     metrics: Metrics,
-    /// The seats follow the server's latency (and the `client_seats` gauge shows them).
-    adaptive: bool,
 }
 
 impl RateLimitLayer {
     fn new(cluster: Cluster, rate: RateLimit, metrics: Metrics) -> Self {
-        let share = FairShare::new(rate.qps, rate.burst, seats(&rate));
-        if rate.adaptive {
-            show_seats(&metrics, cluster, &share);
-        }
+        // Seats that follow the latency are shown as they move (`client_seats`).
+        let gauge = rate
+            .adaptive
+            .then(|| metrics.client_seats.with_label_values(&[cluster.as_str()]));
         Self {
             cluster,
-            share,
+            share: FairShare::new(rate.qps, rate.burst, seats(&rate), gauge),
             metrics,
-            adaptive: rate.adaptive,
         }
     }
-}
-
-fn show_seats(metrics: &Metrics, cluster: Cluster, share: &FairShare) {
-    let seats = i64::try_from(share.seats()).unwrap_or(i64::MAX);
-    metrics
-        .client_seats
-        .with_label_values(&[cluster.as_str()])
-        .set(seats);
 }
 
 /// The seats `rate` asks for.
@@ -370,7 +359,6 @@ impl<S> Layer<S> for RateLimitLayer {
             cluster: self.cluster,
             share: self.share.clone(),
             metrics: self.metrics.clone(),
-            adaptive: self.adaptive,
         }
     }
 }
@@ -384,7 +372,6 @@ struct RateLimitService<S> {
     cluster: Cluster,
     share: FairShare,
     metrics: Metrics,
-    adaptive: bool,
 }
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
@@ -406,7 +393,6 @@ where
         let timed = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let sent = self.inner.call(req);
         let (share, metrics, cluster) = (self.share.clone(), self.metrics.clone(), self.cluster);
-        let adaptive = self.adaptive;
         Box::pin(async move {
             let (mut seat, waited) = share.acquire(Flow::current()).await;
             if !timed {
@@ -421,18 +407,12 @@ where
             // A request holds its seat until answered, but not longer than SEAT_HOLD_MAX: one
             // that hangs (an API server waiting on its datastore, a connection that died) must
             // not keep the others out until the read timeout.
-            let free = move |seat| {
-                drop(seat);
-                if adaptive {
-                    show_seats(&metrics, cluster, &share);
-                }
-            };
             let mut sent = Box::pin(sent);
             if let Ok(answer) = tokio::time::timeout(SEAT_HOLD_MAX, &mut sent).await {
-                free(seat);
+                drop(seat);
                 return answer;
             }
-            free(seat);
+            drop(seat);
             sent.await
         })
     }

@@ -207,6 +207,8 @@ impl<W: Waiter> Schedule<W> {
 
 struct Shared {
     schedule: Mutex<State>,
+    /// Shows the seats after every answer (an adaptive limit moves); None: nobody looks.
+    seats_gauge: Option<prometheus::IntGauge>,
     /// Wakes the dispatcher: a seat came free.
     seat_freed: Notify,
 }
@@ -243,6 +245,9 @@ impl Drop for Seat {
             let waiting = {
                 let mut s = lock(&shared);
                 s.schedule.finished(self.granted, Instant::now());
+                if let Some(gauge) = &shared.seats_gauge {
+                    gauge.set(i64::try_from(s.schedule.seats()).unwrap_or(i64::MAX));
+                }
                 s.schedule.is_waiting()
             };
             if waiting {
@@ -260,14 +265,19 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl FairShare {
-    /// `qps` sustained, `burst` at once, `seats` for the unanswered ones.
-    pub fn new(qps: f64, burst: u32, seats: SeatLimit) -> Self {
+    /// `qps` sustained, `burst` at once, `seats` for the unanswered ones; `seats_gauge` (if
+    /// any) shows the seats as they move.
+    pub fn new(qps: f64, burst: u32, seats: SeatLimit, seats_gauge: Option<prometheus::IntGauge>) -> Self {
+        if let Some(gauge) = &seats_gauge {
+            gauge.set(i64::try_from(seats.get()).unwrap_or(i64::MAX));
+        }
         Self {
             shared: Arc::new(Shared {
                 schedule: Mutex::new(State {
                     schedule: Schedule::new(qps, burst, seats, Instant::now()),
                     dispatching: false,
                 }),
+                seats_gauge,
                 seat_freed: Notify::new(),
             }),
         }
@@ -303,11 +313,6 @@ impl FairShare {
             shared: Some(self.shared.clone()),
             granted: Some(Instant::now()),
         }
-    }
-
-    /// Seats now (an adaptive limit moves with the server's latency).
-    pub fn seats(&self) -> usize {
-        lock(&self.shared).schedule.seats()
     }
 
     /// Grants as tokens and seats come free, until nobody waits.
@@ -503,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_share_grants_waiters_in_turn_and_frees_seats_on_drop() {
-        let share = FairShare::new(1000.0, 1000, SeatLimit::fixed(1));
+        let share = FairShare::new(1000.0, 1000, SeatLimit::fixed(1), None);
         let (first, waited) = share.acquire(Flow::new("a")).await;
         assert!(waited.is_none(), "a free seat: no wait");
         let second = {

@@ -9,14 +9,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a create is remembered while the watch cache catches up with it.
-pub const EXPECT_FOR: Duration = Duration::from_secs(30);
+const EXPECT_FOR: Duration = Duration::from_secs(30);
 
 /// When a reconcile that sent a host create looks again: just after the create stops being
 /// expected. A host object the cache shows by then makes it a no-op; one it never showed is
 /// created again. Measured once under a 10k-pod burst: the host answered a create 201 after
 /// 33 s, and no watch, GET or scheduler ever saw that pod; without this look its key was never
 /// queued again (nothing else touched it), and the tenant's object waited forever.
-pub const AFTER_CREATE: Duration = EXPECT_FOR.saturating_add(Duration::from_secs(5));
+const AFTER_CREATE: Duration = EXPECT_FOR.saturating_add(Duration::from_secs(5));
 
 tokio::task_local! {
     /// Set when the reconcile running in this task sent a host create ([`noting_creates`]).

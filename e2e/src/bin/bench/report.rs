@@ -311,6 +311,8 @@ pub fn rows(r: &Value) -> Vec<Row> {
     ];
     // The restart target is judged on its own scenario's pods (10k).
     out.extend(crate::restart::rows(r));
+    let host_outlier = alone_outlier(&r["fairness"]["small_to_host_ms_alone"]);
+    let running_outlier = alone_outlier(&r["fairness"]["small_to_running_ms_alone"]);
     out.extend([
         row(
             "fairness: small ns create → host p99 loaded ÷ alone",
@@ -322,13 +324,12 @@ pub fn rows(r: &Value) -> Vec<Row> {
                 r["fairness"]["small_to_host_ms_loaded"]["n"],
                 r["fairness"]["rounds"],
                 r["fairness"]["small_to_host_ms_alone"]["n"],
-                alone_outlier(&r["fairness"]["small_to_host_ms_alone"])
+                host_outlier
                     .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
                     .unwrap_or_default()
             ),
             "≤ 2",
-            le(&r["fairness"]["to_host_p99_ratio"], 2.0)
-                .filter(|_| alone_outlier(&r["fairness"]["small_to_host_ms_alone"]).is_none()),
+            le(&r["fairness"]["to_host_p99_ratio"], 2.0).filter(|_| host_outlier.is_none()),
         ),
         row(
             "fairness: small ns create → Running p99 loaded ÷ alone",
@@ -340,13 +341,12 @@ pub fn rows(r: &Value) -> Vec<Row> {
                 r["fairness"]["small_to_running_ms_loaded"]["n"],
                 r["fairness"]["rounds"],
                 r["fairness"]["small_to_running_ms_alone"]["n"],
-                alone_outlier(&r["fairness"]["small_to_running_ms_alone"])
+                running_outlier
                     .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
                     .unwrap_or_default()
             ),
             "≤ 2",
-            le(&r["fairness"]["to_running_p99_ratio"], 2.0)
-                .filter(|_| alone_outlier(&r["fairness"]["small_to_running_ms_alone"]).is_none()),
+            le(&r["fairness"]["to_running_p99_ratio"], 2.0).filter(|_| running_outlier.is_none()),
         ),
         row(
             "Services: same ClusterIP / recreated / all synced (s)",
