@@ -242,47 +242,102 @@ pub struct SmallNs {
     pub rounds: usize,
     /// Small pods whose sample was dropped because the burst ended before they ran.
     pub dropped: usize,
+    /// The counted pods' per-pod timeline (`timeline::summary`), or why it was skipped.
+    pub timeline: serde_json::Value,
+    /// The counted pods' names.
+    names: Vec<String>,
 }
 
 /// Rounds of bursts at most, however few samples they gave (a burst and its deletion take
 /// ~1 min with 1000 pods here).
 const MAX_ROUNDS: usize = 12;
+/// The same for the baseline directly on the host: its bursts run ~35 s and give two samples
+/// each (the host serves the burst's pods first), and a baseline that is 100× off the target
+/// needs no more than a dozen of them.
+const MAX_ROUNDS_DIRECT: usize = 6;
+
+/// Where the fairness scenario creates its pods: through vnest, or directly in host namespaces
+/// (the same scenario on the host API server alone: the baseline of what one namespace's burst
+/// does to another's pods without vnest, on the same machine).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Vnest,
+    Direct,
+}
+
+impl Path {
+    fn client(self, w: &World) -> &Client {
+        match self {
+            Path::Vnest => &w.virt,
+            Path::Direct => &w.host,
+        }
+    }
+
+    /// Waits until namespace `ns`'s pods labelled `app` are gone from the host.
+    async fn wait_gone(self, w: &World, ns: &str, app: &str) -> Result<()> {
+        match self {
+            Path::Vnest => wait_no_pods(&w.host, &w.host_ns, &host_selector(ns)).await,
+            Path::Direct => wait_no_pods(&w.host, ns, &format!("app={app}")).await,
+        }
+    }
+}
 
 /// The small namespace creates pods one by one (each after the previous one runs) until it has
 /// `samples` of them; alone when `greedy` is 0. Otherwise another namespace creates `greedy`
 /// pods at once (64 creates in flight), and only the small pods that ran **while the burst was
-/// still going** (some greedy pod not Running yet in the virtual cluster) count; when a burst is
-/// over, its namespace is deleted and the next round starts a new one, until there are
-/// `samples` (or [`MAX_ROUNDS`] rounds).
-pub async fn fairness_run(w: &World, greedy: usize, samples: usize) -> Result<SmallNs> {
-    let small_ns = TestNs::new(&w.virt, "bench-small").await?;
+/// still going** (some greedy pod not Running yet) count; when a burst is over, its namespace
+/// is deleted and the next round starts a new one, until there are `samples` (or
+/// [`MAX_ROUNDS`] rounds; [`MAX_ROUNDS_DIRECT`] on the host). Through vnest the counted pods also get their per-pod timeline.
+pub async fn fairness_run(
+    w: &World,
+    path: Path,
+    greedy: usize,
+    samples: usize,
+    host_user: &str,
+) -> Result<SmallNs> {
+    let client = path.client(w);
+    let small_ns = TestNs::new(client, "bench-small").await?;
+    let recorder = match path {
+        Path::Vnest => timeline::Recorder::start(w, host_user)?,
+        Path::Direct => Err("directly on the host: no syncer steps".to_string()),
+    };
     let vt = Tracker::start(
-        Api::namespaced(w.virt.clone(), &small_ns.name),
+        Api::namespaced(client.clone(), &small_ns.name),
         "app=small",
         by_name,
     )
     .await?;
-    let ht = Tracker::start(
-        Api::namespaced(w.host.clone(), &w.host_ns),
-        &host_selector(&small_ns.name),
-        by_virtual_name,
-    )
-    .await?;
-    let api: Api<Pod> = Api::namespaced(w.virt.clone(), &small_ns.name);
+    let ht = match path {
+        Path::Vnest => Some(
+            Tracker::start(
+                Api::namespaced(w.host.clone(), &w.host_ns),
+                &host_selector(&small_ns.name),
+                by_virtual_name,
+            )
+            .await?,
+        ),
+        Path::Direct => None,
+    };
+    let ht = ht.as_ref().unwrap_or(&vt);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &small_ns.name);
     let mut out = SmallNs::default();
     let mut next = 0;
     if greedy == 0 {
         while out.to_host_ms.len() < samples {
-            let sample = small_pod(&api, &vt, &ht, next).await?;
+            let sample = small_pod(&api, &vt, ht, next).await?;
             next += 1;
             out.add(sample);
         }
     }
-    while greedy > 0 && out.to_host_ms.len() < samples && out.rounds < MAX_ROUNDS {
+    let max_rounds = match path {
+        Path::Vnest => MAX_ROUNDS,
+        Path::Direct => MAX_ROUNDS_DIRECT,
+    };
+    while greedy > 0 && out.to_host_ms.len() < samples && out.rounds < max_rounds {
         out.rounds += 1;
-        let burst = Burst::start(w, greedy).await?;
+        let burst = Burst::start(w, path, greedy).await?;
         while !burst.over() && out.to_host_ms.len() < samples {
-            let sample = small_pod(&api, &vt, &ht, next).await?;
+            let sample = small_pod(&api, &vt, ht, next).await?;
             next += 1;
             if burst.over() {
                 out.dropped += 1;
@@ -298,14 +353,25 @@ pub async fn fairness_run(w: &World, greedy: usize, samples: usize) -> Result<Sm
         );
         burst.finish(w).await?;
     }
+    let v = vt.snapshot();
+    let ready: HashMap<String, Instant> = out
+        .names
+        .iter()
+        .filter_map(|n| Some((n.clone(), *v.ready.get(n)?)))
+        .collect();
+    out.timeline = match recorder {
+        Ok(r) => timeline::summary(&r.finish(w, &small_ns.name, &ready).await?),
+        Err(why) => json!({"skipped": why}),
+    };
     let s = small_ns.name.clone();
     small_ns.delete().await?;
-    wait_no_pods(&w.host, &w.host_ns, &host_selector(&s)).await?;
+    path.wait_gone(w, &s, "small").await?;
     Ok(out)
 }
 
 impl SmallNs {
     fn add(&mut self, s: Sample) {
+        self.names.push(s.name);
         self.to_host_ms.extend(s.to_host);
         self.to_running_ms.extend(s.to_running);
         self.to_host_running_ms.extend(s.to_host_running);
@@ -314,12 +380,14 @@ impl SmallNs {
 
 /// One small pod's times from its create call (ms).
 struct Sample {
+    name: String,
     to_host: Option<f64>,
     to_running: Option<f64>,
     to_host_running: Option<f64>,
 }
 
-/// Creates small pod `small-<i>` and waits until it runs.
+/// Creates small pod `small-<i>` and waits until `vt` sees it run; `ht` watches the host pods
+/// (`vt` itself when the pods are created on the host).
 async fn small_pod(api: &Api<Pod>, vt: &Tracker, ht: &Tracker, i: usize) -> Result<Sample> {
     let name = format!("small-{i}");
     let t = Instant::now();
@@ -336,12 +404,14 @@ async fn small_pod(api: &Api<Pod>, vt: &Tracker, ht: &Tracker, i: usize) -> Resu
         to_host: since(h.created.get(&name)),
         to_running: since(v.running.get(&name)),
         to_host_running: since(h.running.get(&name)),
+        name,
     })
 }
 
 /// One namespace's burst of pods created at once, watched until every one of them runs.
 struct Burst {
     ns: TestNs,
+    path: Path,
     pods: usize,
     tracker: Tracker,
     creating: tokio::task::JoinHandle<Result<()>>,
@@ -350,9 +420,9 @@ struct Burst {
 impl Burst {
     /// Starts creating `pods` pods (64 creates in flight) in a new namespace; returns once a
     /// tenth of them exist.
-    async fn start(w: &World, pods: usize) -> Result<Self> {
-        let ns = TestNs::new(&w.virt, "bench-greedy").await?;
-        let api: Api<Pod> = Api::namespaced(w.virt.clone(), &ns.name);
+    async fn start(w: &World, path: Path, pods: usize) -> Result<Self> {
+        let ns = TestNs::new(path.client(w), "bench-greedy").await?;
+        let api: Api<Pod> = Api::namespaced(path.client(w).clone(), &ns.name);
         let tracker = Tracker::start(api.clone(), "app=greedy", by_name).await?;
         let creating = tokio::spawn(create_bare_pods(api, "greedy", "greedy", pods, 64));
         let want = (pods / 10).max(1);
@@ -363,13 +433,14 @@ impl Burst {
         .await?;
         Ok(Self {
             ns,
+            path,
             pods,
             tracker,
             creating,
         })
     }
 
-    /// Every pod of the burst runs in the virtual cluster.
+    /// Every pod of the burst runs.
     fn over(&self) -> bool {
         self.tracker.running_count() >= self.pods
     }
@@ -386,7 +457,7 @@ impl Burst {
         .await?;
         let name = self.ns.name.clone();
         self.ns.delete().await?;
-        wait_no_pods(&w.host, &w.host_ns, &host_selector(&name)).await
+        self.path.wait_gone(w, &name, "greedy").await
     }
 }
 

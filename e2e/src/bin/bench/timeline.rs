@@ -40,9 +40,16 @@ struct Step {
     to: fn(&Marks) -> Option<Ms>,
 }
 
-/// The steps reported, in the order a pod goes through them. The first six and the last two
-/// are the critical path; "host bound → virtual bound" runs beside the host's start.
-const STEPS: [Step; 10] = [
+/// The steps reported, in the order a pod goes through them. The first seven and the last two
+/// are the critical path; "host bound → virtual bound" runs beside the host's start. The total
+/// starts when the virtual create was answered (for a Deployment's pods the ReplicaSet
+/// controller's create, the same on the direct side); the first step is that create's own time.
+const STEPS: [Step; 11] = [
+    Step {
+        label: VIRTUAL_CREATE,
+        from: |m| m.v_create_received,
+        to: |m| m.v_created,
+    },
     Step {
         label: "virtual create → syncer's TokenRequest (watch delivery, queue, translation)",
         from: |m| m.v_created,
@@ -95,9 +102,13 @@ const STEPS: [Step; 10] = [
     },
 ];
 
+/// The label of the virtual API server's own time for the pod's create.
+const VIRTUAL_CREATE: &str = "virtual create (virtual API server)";
+
 /// What the audit logs and the watch say about one virtual pod (epoch milliseconds).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Marks {
+    v_create_received: Option<Ms>,
     v_created: Option<Ms>,
     token_received: Option<Ms>,
     token_done: Option<Ms>,
@@ -203,6 +214,7 @@ pub fn join(input: &Inputs<'_>) -> BTreeMap<String, Marks> {
         match (e.resource, e.subresource) {
             ("pods", None) if e.verb == "create" => {
                 if let Some(m) = e.name.and_then(|n| pods.get_mut(&n)) {
+                    first(&mut m.v_create_received, e.received);
                     first(&mut m.v_created, e.done);
                 }
             }
@@ -304,12 +316,14 @@ pub fn summary(pods: &BTreeMap<String, Marks>) -> Value {
     })
 }
 
-/// The steps drawn in the timeline chart: every step but the total and the one beside the
-/// critical path (eight lines, one colour each).
+/// The steps drawn in the timeline chart: every step from the answered virtual create on but
+/// the total and the one beside the critical path (eight lines, one colour each).
 pub fn chart_series(series: &[(&'static str, Vec<f64>)]) -> Vec<(&'static str, Vec<f64>)> {
     series
         .iter()
-        .filter(|(label, _)| !label.starts_with("total") && !label.contains("beside"))
+        .filter(|(label, _)| {
+            !label.starts_with("total") && !label.contains("beside") && *label != VIRTUAL_CREATE
+        })
         .cloned()
         .collect()
 }
@@ -334,6 +348,39 @@ pub fn markdown(summary: &Value, of_what: &str) -> Option<String> {
             s["ms"]["p50"],
             s["ms"]["p99"],
             s["ms"]["n"]
+        );
+    }
+    Some(out)
+}
+
+/// Two timelines of the same pods' kind side by side, each step's p50 / p99 alone and loaded
+/// and the p99 ratio: where a small namespace's pod loses its time under another's burst.
+pub fn compare_markdown(alone: &Value, loaded: &Value, of_what: &str) -> Option<String> {
+    let (a, l) = (alone["steps"].as_array()?, loaded["steps"].as_array()?);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Per-pod timeline of {of_what}, alone ({} pods joined) and beside the bursts ({} pods \
+         joined), from both API servers' audit logs:\n",
+        alone["pods"], loaded["pods"]
+    );
+    out.push_str(
+        "| step | alone p50 / p99 ms | loaded p50 / p99 ms | p99 loaded ÷ alone |\n\
+         | --- | ---: | ---: | ---: |\n",
+    );
+    for (sa, sl) in a.iter().zip(l) {
+        let ratio = match (sl["ms"]["p99"].as_f64(), sa["ms"]["p99"].as_f64()) {
+            (Some(l), Some(a)) if a > 0.0 => format!("{:.1}", l / a),
+            _ => "—".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} | {} / {} | {ratio} |",
+            sa["step"].as_str().unwrap_or("?"),
+            sa["ms"]["p50"],
+            sa["ms"]["p99"],
+            sl["ms"]["p50"],
+            sl["ms"]["p99"],
         );
     }
     Some(out)
@@ -498,10 +545,24 @@ mod tests {
         let series = step_series(&pods);
         let total = series.last().unwrap();
         assert_eq!(total.1, vec![89.0]);
-        assert_eq!(series[1].1, vec![3.0], "the TokenRequest's own time");
+        assert_eq!(series[0].1, vec![9.0], "the virtual create's own time");
+        assert_eq!(series[2].1, vec![3.0], "the TokenRequest's own time");
+        assert_eq!(chart_series(&series).len(), 8, "one colour per line");
         let s = summary(&pods);
         assert_eq!(s["pods_with_every_milestone"], 1);
         assert_eq!(s["virtual_status_writes_per_pod"], 2.0);
+    }
+
+    #[test]
+    fn a_comparison_gives_each_steps_p99_ratio() {
+        let summary = |p99: f64| {
+            json!({"pods": 2, "steps": [{"step": "a", "ms": {"p50": 1.0, "p99": p99}},
+                                        {"step": "b", "ms": {"p50": null, "p99": null}}]})
+        };
+        let md = compare_markdown(&summary(4.0), &summary(10.0), "small pods").unwrap();
+        assert!(md.contains("| a | 1.0 / 4.0 | 1.0 / 10.0 | 2.5 |"), "{md}");
+        assert!(md.contains("| b | null / null | null / null | — |"), "{md}");
+        assert_eq!(compare_markdown(&json!({}), &summary(1.0), "x"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which ConfigMaps and Secrets virtual pods use, kept current from the virtual pod watch.
-//! "Used" decides whether a ConfigMap/Secret has a host copy; every change in use re-queues the
-//! affected ConfigMaps/Secrets (so creating a pod syncs what it mounts, and deleting the last
-//! user removes the host copy).
+//! "Used" decides whether a ConfigMap/Secret has a host copy; every change in use (first user
+//! in, last user out) re-queues the affected ConfigMaps/Secrets (so creating a pod syncs what
+//! it mounts, and deleting the last user removes the host copy).
 
 use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
@@ -69,7 +69,9 @@ impl RefIndex {
     }
 
     /// Records `pod` (added or changed; a terminating pod still uses what it mounts).
-    /// Returns the objects whose use changed.
+    /// Returns the objects whose use changed: the ones it is the first user of or stopped being
+    /// the last user of (a 1000-pod burst of one namespace re-checks its `kube-root-ca.crt`
+    /// once, not once per pod).
     pub fn apply(&self, pod: &Pod) -> Vec<(RefKind, Key)> {
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
         self.replace(key, refs_of(pod))
@@ -110,18 +112,24 @@ impl RefIndex {
         }
         .map(|refs| refs.into_vec().into_iter().collect())
         .unwrap_or_default();
+        let mut flipped = Vec::new();
         for r in old.difference(&new) {
             if let Some(u) = s.users.get_mut(r) {
                 u.remove(&pod);
                 if u.is_empty() {
                     s.users.remove(r);
+                    flipped.push(to_key(r.clone()));
                 }
             }
         }
         for r in new.difference(&old) {
-            s.users.entry(r.clone()).or_default().insert(pod.clone());
+            let users = s.users.entry(r.clone()).or_default();
+            if users.is_empty() {
+                flipped.push(to_key(r.clone()));
+            }
+            users.insert(pod.clone());
         }
-        old.symmetric_difference(&new).cloned().map(to_key).collect()
+        flipped
     }
 }
 
@@ -147,14 +155,17 @@ mod tests {
         let idx = RefIndex::default();
         let changed = idx.apply(&pod("a", "cfg"));
         assert_eq!(changed, vec![(RefKind::ConfigMap, Key::new("ns", "cfg"))]);
-        assert!(idx.apply(&pod("b", "cfg")).is_empty() || idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
+        assert!(
+            idx.apply(&pod("b", "cfg")).is_empty(),
+            "a second user changes no use"
+        );
         assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
         assert_eq!(
             idx.users(RefKind::ConfigMap, "ns", "cfg"),
             vec![Key::new("ns", "a"), Key::new("ns", "b")]
         );
-        idx.delete(&pod("a", "cfg"));
-        assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"), "b still uses it");
+        assert!(idx.delete(&pod("a", "cfg")).is_empty(), "b still uses it");
+        assert!(idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
         let changed = idx.delete(&pod("b", "cfg"));
         assert_eq!(changed, vec![(RefKind::ConfigMap, Key::new("ns", "cfg"))]);
         assert!(!idx.is_used(RefKind::ConfigMap, "ns", "cfg"));
