@@ -2,7 +2,7 @@
 //!
 //! A burst of pods allocates and frees far more than the caches finally keep; glibc keeps the
 //! freed pages (one arena per thread, fragmented), so RSS stays at the burst's peak. Two knobs,
-//! measured in README "Performance": at most two arenas, and `malloc_trim` once a burst is
+//! measured in docs/performance.md: at most two arenas, and `malloc_trim` once a burst is
 //! over. On other C libraries both are no-ops.
 
 use std::time::Duration;
