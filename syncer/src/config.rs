@@ -191,9 +191,9 @@ pub struct SyncerArgs {
     pub virtual_burst: u32,
 
     /// Requests sent to the host API server and not answered yet, at most (0: no limit; the
-    /// host side is paced by --host-qps; the ceiling of --host-adaptive-in-flight). The requests that wait for a seat or a --host-qps
-    /// token are served round-robin by virtual namespace, so one namespace's burst cannot hold
-    /// the others' requests behind its own.
+    /// host side is paced by --host-qps; the ceiling of --host-adaptive-in-flight). The
+    /// requests that wait for a seat or a --host-qps token are served round-robin by virtual
+    /// namespace, so one namespace's burst cannot hold the others' requests behind its own.
     #[arg(long, env = "VNEST_HOST_MAX_IN_FLIGHT", default_value = "0", value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub host_max_in_flight: u32,
 

@@ -245,9 +245,7 @@ impl Drop for Seat {
             let waiting = {
                 let mut s = lock(&shared);
                 s.schedule.finished(self.granted, Instant::now());
-                if let Some(gauge) = &shared.seats_gauge {
-                    gauge.set(i64::try_from(s.schedule.seats()).unwrap_or(i64::MAX));
-                }
+                show_seats(shared.seats_gauge.as_ref(), s.schedule.seats());
                 s.schedule.is_waiting()
             };
             if waiting {
@@ -264,13 +262,18 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Sets the seats gauge, if there is one.
+fn show_seats(gauge: Option<&prometheus::IntGauge>, seats: usize) {
+    if let Some(gauge) = gauge {
+        gauge.set(i64::try_from(seats).unwrap_or(i64::MAX));
+    }
+}
+
 impl FairShare {
     /// `qps` sustained, `burst` at once, `seats` for the unanswered ones; `seats_gauge` (if
     /// any) shows the seats as they move.
     pub fn new(qps: f64, burst: u32, seats: SeatLimit, seats_gauge: Option<prometheus::IntGauge>) -> Self {
-        if let Some(gauge) = &seats_gauge {
-            gauge.set(i64::try_from(seats.get()).unwrap_or(i64::MAX));
-        }
+        show_seats(seats_gauge.as_ref(), seats.get());
         Self {
             shared: Arc::new(Shared {
                 schedule: Mutex::new(State {

@@ -94,7 +94,7 @@ impl Args {
 fn fairness_figures(alone: &SmallNs, loaded: &SmallNs) -> serde_json::Map<String, Value> {
     let host = (stats(&alone.to_host_ms), stats(&loaded.to_host_ms));
     let run = (stats(&alone.to_running_ms), stats(&loaded.to_running_ms));
-    json!({"rounds": loaded.rounds, "dropped": loaded.dropped,
+    match json!({"rounds": loaded.rounds, "dropped": loaded.dropped,
            "small_to_host_ms_alone": host.0, "small_to_host_ms_loaded": host.1,
            "small_to_running_ms_alone": run.0, "small_to_running_ms_loaded": run.1,
            "small_to_host_running_ms_alone": stats(&alone.to_host_running_ms),
@@ -102,9 +102,10 @@ fn fairness_figures(alone: &SmallNs, loaded: &SmallNs) -> serde_json::Map<String
            "to_host_p99_ratio": round2(host.1["p99"] / host.0["p99"]),
            "to_running_p99_ratio": round2(run.1["p99"] / run.0["p99"]),
            "timeline_alone": alone.timeline, "timeline_loaded": loaded.timeline})
-    .as_object()
-    .cloned()
-    .unwrap_or_default()
+    {
+        Value::Object(figures) => figures,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// The fairness baseline (the small namespace alone) takes this many samples per loaded one:
@@ -279,12 +280,9 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        fairness.extend(
-            json!({"greedy_pods": a.greedy, "small_pods": a.small, "alone_pods": alone_n})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
+        fairness.insert("greedy_pods".into(), a.greedy.into());
+        fairness.insert("small_pods".into(), a.small.into());
+        fairness.insert("alone_pods".into(), alone_n.into());
         result.insert("fairness".into(), fairness.into());
     }
     if a.runs("services") {
@@ -425,13 +423,7 @@ async fn main() -> Result<()> {
         &machine,
         &report::rows(&result),
     );
-    for (summary, of_what) in report::timelines(&result) {
-        if let Some(t) = timeline::markdown(summary, &of_what) {
-            md.push('\n');
-            md.push_str(&t);
-        }
-    }
-    if let Some(t) = report::fairness_timeline(&result) {
+    for t in report::timeline_sections(&result) {
         md.push('\n');
         md.push_str(&t);
     }

@@ -69,12 +69,7 @@ pub fn performance_section(result: &Value, run: &Run) -> String {
         one_line(&run.machine),
     );
     out.push_str(&table(&rows(result)));
-    for (summary, of_what) in timelines(result) {
-        if let Some(md) = crate::timeline::markdown(summary, &of_what) {
-            let _ = write!(out, "\n{md}");
-        }
-    }
-    if let Some(md) = fairness_timeline(result) {
+    for md in timeline_sections(result) {
         let _ = write!(out, "\n{md}");
     }
     for (what, file) in &run.charts {
@@ -83,29 +78,27 @@ pub fn performance_section(result: &Value, run: &Run) -> String {
     out
 }
 
-/// The per-pod timelines a result holds, each with what its pods were: the startup burst's
-/// and the fixed rate's.
-pub fn timelines(result: &Value) -> [(&Value, String); 2] {
+/// The per-pod timelines a result holds, as Markdown: the startup burst's, the fixed rate's
+/// and the fairness scenario's small pods alone and loaded side by side.
+pub fn timeline_sections(result: &Value) -> Vec<String> {
+    let fixed_rate = format!(
+        "{} bare pods at {} pods/s",
+        result["fixed_rate"]["pods"], result["fixed_rate"]["pods_per_s"]
+    );
+    let burst = format!("the {}-pod burst", result["pods"]);
+    let f = &result["fairness"];
     [
-        (&result["timeline"], format!("the {}-pod burst", result["pods"])),
-        (
-            &result["fixed_rate"]["timeline"],
-            format!(
-                "{} bare pods at {} pods/s",
-                result["fixed_rate"]["pods"], result["fixed_rate"]["pods_per_s"]
-            ),
+        crate::timeline::markdown(&result["timeline"], &burst),
+        crate::timeline::markdown(&result["fixed_rate"]["timeline"], &fixed_rate),
+        crate::timeline::compare_markdown(
+            &f["timeline_alone"],
+            &f["timeline_loaded"],
+            "the fairness scenario's small pods (created one by one)",
         ),
     ]
-}
-
-/// The fairness scenario's small pods, step by step alone and beside the bursts.
-pub fn fairness_timeline(result: &Value) -> Option<String> {
-    let f = &result["fairness"];
-    crate::timeline::compare_markdown(
-        &f["timeline_alone"],
-        &f["timeline_loaded"],
-        "the fairness scenario's small pods (created one by one)",
-    )
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// `doc` (the current `docs/performance.md`, if any) with its generated section replaced by
@@ -324,42 +317,39 @@ pub fn rows(r: &Value) -> Vec<Row> {
     ];
     // The restart target is judged on its own scenario's pods (10k).
     out.extend(crate::restart::rows(r));
-    let host_outlier = alone_outlier(&r["fairness"]["small_to_host_ms_alone"]);
-    let running_outlier = alone_outlier(&r["fairness"]["small_to_running_ms_alone"]);
+    // The small namespace's create → host and create → Running, each against its alone run.
+    let fairness_row = |metric: &str, ratio: &str, series: &str| {
+        let f = &r["fairness"];
+        let (loaded, alone) = (&f[format!("{series}_loaded")], &f[format!("{series}_alone")]);
+        let outlier = alone_outlier(alone);
+        row(
+            metric,
+            format!(
+                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone){}",
+                f[ratio],
+                loaded["p99"],
+                alone["p99"],
+                loaded["n"],
+                f["rounds"],
+                alone["n"],
+                outlier
+                    .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
+                    .unwrap_or_default()
+            ),
+            "≤ 2",
+            le(&f[ratio], 2.0).filter(|_| outlier.is_none()),
+        )
+    };
     out.extend([
-        row(
+        fairness_row(
             "fairness: small ns create → host p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone){}",
-                r["fairness"]["to_host_p99_ratio"],
-                r["fairness"]["small_to_host_ms_loaded"]["p99"],
-                r["fairness"]["small_to_host_ms_alone"]["p99"],
-                r["fairness"]["small_to_host_ms_loaded"]["n"],
-                r["fairness"]["rounds"],
-                r["fairness"]["small_to_host_ms_alone"]["n"],
-                host_outlier
-                    .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
-                    .unwrap_or_default()
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_host_p99_ratio"], 2.0).filter(|_| host_outlier.is_none()),
+            "to_host_p99_ratio",
+            "small_to_host_ms",
         ),
-        row(
+        fairness_row(
             "fairness: small ns create → Running p99 loaded ÷ alone",
-            format!(
-                "{} ({} vs {} ms; n = {} in {} bursts vs {} alone){}",
-                r["fairness"]["to_running_p99_ratio"],
-                r["fairness"]["small_to_running_ms_loaded"]["p99"],
-                r["fairness"]["small_to_running_ms_alone"]["p99"],
-                r["fairness"]["small_to_running_ms_loaded"]["n"],
-                r["fairness"]["rounds"],
-                r["fairness"]["small_to_running_ms_alone"]["n"],
-                running_outlier
-                    .map(|p90| format!("; not judged: the alone p99 is one outlier (alone p90 {p90} ms)"))
-                    .unwrap_or_default()
-            ),
-            "≤ 2",
-            le(&r["fairness"]["to_running_p99_ratio"], 2.0).filter(|_| running_outlier.is_none()),
+            "to_running_p99_ratio",
+            "small_to_running_ms",
         ),
         row(
             "fairness baseline, the same directly on the host (no vnest): create → seen / → Running p99 loaded ÷ alone",
