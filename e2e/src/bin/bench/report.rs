@@ -553,6 +553,29 @@ mod tests {
     }
 
     #[test]
+    fn timeline_sections_are_the_ones_a_result_holds_in_order() {
+        let steps = json!([{"step": "s", "ms": {"p50": 1.0, "p99": 2.0, "n": 1}}]);
+        let timeline = json!({"pods": 1, "pods_with_every_milestone": 1,
+                              "virtual_status_writes_per_pod": 2.0, "steps": steps});
+        let r = json!({"pods": 1000, "timeline": timeline,
+                       "fairness": {"timeline_alone": {"pods": 200, "steps": steps},
+                                    "timeline_loaded": {"pods": 50, "steps": steps}}});
+        let sections = timeline_sections(&r);
+        assert_eq!(sections.len(), 2, "no fixed-rate timeline in this result");
+        assert!(
+            sections[0].starts_with("Per-pod timeline of the 1000-pod burst"),
+            "{}",
+            sections[0]
+        );
+        assert!(
+            sections[1].contains("alone (200 pods joined) and beside the bursts (50 pods joined)"),
+            "{}",
+            sections[1]
+        );
+        assert!(timeline_sections(&json!({})).is_empty());
+    }
+
+    #[test]
     fn performance_section_from_a_fixed_result() {
         let md = performance_section(&result(), &run());
         let lines: Vec<&str> = md.lines().collect();
