@@ -3,7 +3,8 @@
 //! - [`queue`]: a fair work queue (round-robin across namespaces, dedup, backoff).
 //! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues;
 //!   [`packed`]: the compact form big caches (pods) keep; [`lean`]: parsing without
-//!   `managedFields`.
+//!   `managedFields`; [`unbookmarked`]: the watch of a kind without a watch cache (host Events),
+//!   which lists again rather than resume from a stale point.
 //! - [`registry`]: what kinds declare (watches, triggers, reconcilers); one watch per (cluster,
 //!   kind, selection); workers start once every cache has listed.
 //! - [`plan`]: pure decisions: a [`plan::Plan`] of actions, the lifecycle rules every kind
@@ -27,6 +28,7 @@ pub mod queue;
 pub mod recent;
 pub mod registry;
 pub mod standard;
+pub mod unbookmarked;
 pub mod watch;
 pub mod worker;
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -130,8 +131,7 @@ where
     };
     let gate = std::future::ready(());
     run_watch(
-        api,
-        config,
+        move || watcher::watcher(api.clone(), config.clone()).boxed(),
         cluster,
         name,
         gate,
@@ -144,8 +144,9 @@ where
 
 /// Starts a watch task that keeps no cache: `on_event` sees every event, the (re)list's
 /// objects included (`Init`, `InitApply`…, `InitDone`). For kinds whose objects are needed only
-/// until they are handled (host Events). The watch opens once `gate` is done (it counts for
-/// the initial sync from now).
+/// until they are handled and that the API server keeps no watch cache for (host Events):
+/// the stream lists again after a watch that ended early ([`super::unbookmarked`]). The watch
+/// opens once `gate` is done (it counts for the initial sync from now).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_uncached<K>(
     api: Api<K>,
@@ -164,8 +165,7 @@ where
 {
     let on_event = move |event: &mut Event<K>| on_event(event);
     run_watch(
-        api,
-        config,
+        move || super::unbookmarked::stream(api.clone(), config.clone()).boxed(),
         cluster,
         name,
         gate,
@@ -181,8 +181,7 @@ where
 /// initial sync told after the first (re)list was handed over.
 #[allow(clippy::too_many_arguments)]
 fn run_watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    open: impl Fn() -> BoxStream<'static, watcher::Result<Event<K>>> + Send + Sync + 'static,
     cluster: Cluster,
     name: &'static str,
     gate: impl std::future::Future<Output = ()> + Send + 'static,
@@ -205,7 +204,7 @@ where
         let opened = std::time::Instant::now();
         let loads = metrics.store_loads.with_label_values(&[cluster.as_str(), name]);
         let open = || {
-            watcher::watcher(api.clone(), config.clone())
+            open()
                 .default_backoff()
                 .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
         };
