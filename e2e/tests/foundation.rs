@@ -508,18 +508,27 @@ where
 
 /// The stream of the syncer's host Events watch (`vnest::engine::unbookmarked`: the host API
 /// server keeps no watch cache for Events, so it lists again after a watch that ended early),
-/// against the host API server: it lists what exists, then follows creates and deletes across
-/// many ends of its watch (1 s server-side timeouts, each resumed where it stopped), none lost,
-/// none repeated, and lists only once.
+/// against the host API server, with LIST pages and with a streamed list: it lists what
+/// exists, then follows creates and deletes across many ends of its watch (1 s server-side
+/// timeouts, each resumed where it stopped), none lost, none repeated, and lists only once.
 #[tokio::test]
 async fn the_host_events_stream_lists_once_then_follows_every_change_across_watch_ends() -> Result<()> {
     let env = Env::load()?;
     let host = env.host_admin().await?;
-    let ns = TestNs::new(&host, "e2e-evstream").await?;
-    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(host.clone(), &ns.name);
-    api.create(&PostParams::default(), &host_event(&ns.name, "before")?)
+    let paged = kube::runtime::watcher::Config::default().timeout(1);
+    for config in [paged.clone(), paged.streaming_lists()] {
+        let ns = TestNs::new(&host, "e2e-evstream").await?;
+        follow_events(&host, &ns.name, config).await?;
+        ns.delete().await?;
+    }
+    Ok(())
+}
+
+async fn follow_events(host: &Client, ns: &str, config: kube::runtime::watcher::Config) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(host.clone(), ns);
+    api.create(&PostParams::default(), &host_event(ns, "before")?)
         .await?;
-    let config = kube::runtime::watcher::Config::default().timeout(1);
+    let mode = format!("{:?}", config.initial_list_strategy);
     let mut stream = Box::pin(vnest::engine::unbookmarked::stream(api.clone(), config));
     let mut seen = Seen::default();
     read_until(&mut stream, &mut seen, |s| !s.listed.is_empty()).await?;
@@ -529,7 +538,7 @@ async fn the_host_events_stream_lists_once_then_follows_every_change_across_watc
     let mut created = Vec::new();
     while started.elapsed() < Duration::from_millis(3500) {
         let name = format!("during-{}", created.len());
-        api.create(&PostParams::default(), &host_event(&ns.name, &name)?)
+        api.create(&PostParams::default(), &host_event(ns, &name)?)
             .await?;
         created.push(name.clone());
         read_until(&mut stream, &mut seen, |s| s.applied.contains(&name)).await?;
@@ -537,14 +546,13 @@ async fn the_host_events_stream_lists_once_then_follows_every_change_across_watc
     api.delete("before", &Default::default()).await?;
     read_until(&mut stream, &mut seen, |s| !s.deleted.is_empty()).await?;
 
-    assert_eq!(seen.listed, ["before"]);
-    assert_eq!(seen.applied, created, "every change once, in order");
-    assert_eq!(seen.deleted, ["before"]);
+    assert_eq!(seen.listed, ["before"], "{mode}");
+    assert_eq!(seen.applied, created, "{mode}: every change once, in order");
+    assert_eq!(seen.deleted, ["before"], "{mode}");
     assert_eq!(
         seen.lists, 1,
-        "each watch ran its course: resumed, never listed again"
+        "{mode}: each watch ran its course: resumed, never listed again"
     );
-    assert!(created.len() >= 3, "{created:?}");
-    ns.delete().await?;
+    assert!(created.len() >= 3, "{mode}: {created:?}");
     Ok(())
 }

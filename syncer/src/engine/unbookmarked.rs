@@ -14,9 +14,10 @@
 //! (before half of the watch's server-side timeout: the server or its datastore dropped it).
 //! Then it lists again, which costs one read of the namespace's objects of the kind and gives
 //! a current resourceVersion, instead of resuming from the stale one
-//! ([`Ends`]). A watch that ran its course is resumed as kube does. Lists are always
-//! consistent reads (the resourceVersion they give is the point) and paged; the config's
-//! streaming-list choice does not apply (that needs a watch cache).
+//! ([`Ends`]). A watch that ran its course is resumed as kube does. A list is what the config
+//! asks for: one watch that sends the current objects first (`sendInitialEvents`; the API
+//! server reads them from the datastore, then watches from there), or consistent LIST pages
+//! (the resourceVersion they give is the point).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -33,6 +34,8 @@ use serde::de::DeserializeOwned;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(290);
 /// Objects per list page.
 const PAGE: u32 = 500;
+/// The annotation of the bookmark that ends a streamed list's objects.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 /// What follows a watch that ended cleanly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +102,8 @@ enum State<K> {
         stream: Watch<K>,
         opened: Instant,
         failed: bool,
+        /// Still sending the current objects (a streamed list), before its end bookmark.
+        initial: bool,
     },
 }
 
@@ -138,6 +143,16 @@ impl<K> Machine<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    fn watch_params(&self, initial: bool) -> WatchParams {
+        WatchParams {
+            label_selector: self.config.label_selector.clone(),
+            field_selector: self.config.field_selector.clone(),
+            timeout: Some(u32::try_from(self.timeout.as_secs()).unwrap_or(u32::MAX)),
+            bookmarks: true,
+            send_initial_events: initial,
+        }
+    }
+
     fn list_params(&self, continue_token: Option<String>) -> ListParams {
         ListParams {
             label_selector: self.config.label_selector.clone(),
@@ -154,6 +169,21 @@ where
             State::List(pause) => {
                 tokio::time::sleep(pause).await;
                 // On an error the state stays List: the caller's backoff paces the retries.
+                if self.config.initial_list_strategy == watcher::InitialListStrategy::StreamingList {
+                    return match self.api.watch(&self.watch_params(true), "0").await {
+                        Ok(stream) => {
+                            self.state = State::Watching {
+                                version: String::new(),
+                                stream: stream.boxed(),
+                                opened: Instant::now(),
+                                failed: false,
+                                initial: true,
+                            };
+                            Some(Ok(Event::Init))
+                        }
+                        Err(e) => Some(Err(watcher::Error::WatchStartFailed(e))),
+                    };
+                }
                 match self.api.list(&self.list_params(None)).await {
                     Ok(list) => {
                         self.state = page(list);
@@ -191,36 +221,38 @@ where
                     Err(e) => Some(Err(watcher::Error::InitialListFailed(e))),
                 }
             }
-            State::Open(version) => {
-                let params = WatchParams {
-                    label_selector: self.config.label_selector.clone(),
-                    field_selector: self.config.field_selector.clone(),
-                    timeout: Some(u32::try_from(self.timeout.as_secs()).unwrap_or(u32::MAX)),
-                    bookmarks: true,
-                    send_initial_events: false,
-                };
-                match self.api.watch(&params, &version).await {
-                    Ok(stream) => {
-                        self.state = State::Watching {
-                            version,
-                            stream: stream.boxed(),
-                            opened: Instant::now(),
-                            failed: false,
-                        };
-                        None
-                    }
-                    Err(e) => {
-                        self.state = State::Open(version);
-                        Some(Err(watcher::Error::WatchStartFailed(e)))
-                    }
+            State::Open(version) => match self.api.watch(&self.watch_params(false), &version).await {
+                Ok(stream) => {
+                    self.state = State::Watching {
+                        version,
+                        stream: stream.boxed(),
+                        opened: Instant::now(),
+                        failed: false,
+                        initial: false,
+                    };
+                    None
                 }
-            }
+                Err(e) => {
+                    self.state = State::Open(version);
+                    Some(Err(watcher::Error::WatchStartFailed(e)))
+                }
+            },
             State::Watching {
                 version,
                 mut stream,
                 opened,
                 failed,
-            } => self.watching(version, stream.next().await, stream, opened, failed),
+                initial,
+            } => {
+                let next = stream.next().await;
+                let watch = Current {
+                    stream,
+                    opened,
+                    failed,
+                    initial,
+                };
+                self.watching(version, next, watch)
+            }
         }
     }
 
@@ -229,49 +261,61 @@ where
         &mut self,
         version: String,
         next: Option<kube::Result<WatchEvent<K>>>,
-        stream: Watch<K>,
-        opened: Instant,
-        failed: bool,
+        watch: Current<K>,
     ) -> Option<watcher::Result<Event<K>>> {
-        let keep = move |version: String, failed: bool| State::Watching {
+        let Current {
+            stream,
+            opened,
+            failed,
+            initial,
+        } = watch;
+        let keep = move |version: String, failed: bool, initial: bool| State::Watching {
             version,
             stream,
             opened,
             failed,
+            initial,
         };
         match next {
             Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                 let Some(v) = o.meta().resource_version.clone().filter(|v| !v.is_empty()) else {
                     return Some(Err(watcher::Error::NoResourceVersion));
                 };
-                self.state = keep(v, failed);
-                Some(Ok(Event::Apply(o)))
+                self.state = keep(v, failed, initial);
+                Some(Ok(if initial {
+                    Event::InitApply(o)
+                } else {
+                    Event::Apply(o)
+                }))
             }
             Some(Ok(WatchEvent::Deleted(o))) => {
                 let Some(v) = o.meta().resource_version.clone().filter(|v| !v.is_empty()) else {
                     return Some(Err(watcher::Error::NoResourceVersion));
                 };
-                self.state = keep(v, failed);
+                self.state = keep(v, failed, initial);
                 Some(Ok(Event::Delete(o)))
             }
             Some(Ok(WatchEvent::Bookmark(b))) => {
-                self.state = keep(b.metadata.resource_version, failed);
-                None
+                let ends_initial = initial && b.metadata.annotations.contains_key(INITIAL_EVENTS_END);
+                self.state = keep(b.metadata.resource_version, failed, initial && !ends_initial);
+                ends_initial.then_some(Ok(Event::InitDone))
             }
             Some(Ok(WatchEvent::Error(status))) => {
                 if status.code != 410 {
-                    self.state = keep(version, failed);
+                    self.state = keep(version, failed, initial);
                 }
                 // 410 (Gone): the state is already List.
                 Some(Err(watcher::Error::WatchError(status)))
             }
             Some(Err(e)) => {
-                self.state = keep(version, true);
+                self.state = keep(version, true, initial);
                 Some(Err(watcher::Error::WatchFailed(e)))
             }
             None => {
                 let now = Instant::now();
                 self.state = match self.ends.ended(now - opened, self.timeout, failed, now) {
+                    // A streamed list that ended before its end bookmark starts over.
+                    AfterEnd::Resume if initial => State::List(Duration::ZERO),
                     AfterEnd::Resume => State::Open(version),
                     AfterEnd::Relist(pause) => {
                         tracing::debug!(
@@ -286,6 +330,14 @@ where
             }
         }
     }
+}
+
+/// The watch being read, as [`State::Watching`] holds it (but its resourceVersion).
+struct Current<K> {
+    stream: Watch<K>,
+    opened: Instant,
+    failed: bool,
+    initial: bool,
 }
 
 /// The state after a list page arrived.
