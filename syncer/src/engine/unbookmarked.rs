@@ -233,7 +233,10 @@ where
                     None
                 }
                 Err(e) => {
-                    self.state = State::Open(version);
+                    // Gone (410): its resourceVersion is compacted away; list again.
+                    if !matches!(&e, kube::Error::Api(status) if status.code == 410) {
+                        self.state = State::Open(version);
+                    }
                     Some(Err(watcher::Error::WatchStartFailed(e)))
                 }
             },
