@@ -12,10 +12,12 @@
 //!
 //! Round-robin alone does not help a request that finds every seat taken by one namespace's
 //! burst: it waits for one of the burst's requests to be answered, and under a burst the API
-//! server answers slowly (a small namespace's host create waited 0.37 s at p99 here). So no
-//! flow takes the last free seat ([`Schedule::cap`]): a flow that holds all seats but one
-//! waits, and another flow's request that arrives then goes at once. A lone flow gets every
-//! token and all seats but one.
+//! server answers slowly (a small namespace's host create waited 0.37 s at p99 here). So while
+//! another namespace is active (it was granted a request in the last [`KEEP_FOR`]), no flow
+//! takes the last free seat ([`Schedule::cap_for`]): a flow that holds all seats but one
+//! waits, and the other namespace's next request goes at once. A lone burst keeps every seat
+//! (keeping one from it cost its slowest pods up to twice their time when the host's adaptive
+//! limit was down to a few seats); the syncer's own flow does not count as another namespace.
 //!
 //! The decisions are pure ([`Schedule`], no clock of its own, no I/O); [`FairShare`] adds the
 //! clock, the wake-ups, and one dispatch task that runs only while requests wait.
@@ -28,6 +30,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 use crate::seat_limit::SeatLimit;
+
+/// How long a namespace counts as active after its last request was granted: while one is,
+/// no other flow takes the last free seat.
+pub const KEEP_FOR: Duration = Duration::from_secs(10);
 
 tokio::task_local! {
     static FLOW: Flow;
@@ -86,6 +92,8 @@ pub struct Schedule<W> {
     in_flight: usize,
     /// Requests in flight per flow (flows with none are left out).
     held: HashMap<Flow, usize>,
+    /// When each namespace's flow was last granted a request (the syncer's own flow left out).
+    active: HashMap<Flow, Instant>,
     queues: HashMap<Flow, VecDeque<W>>,
     /// Flows with waiting requests, in service order.
     ring: VecDeque<Flow>,
@@ -103,6 +111,7 @@ impl<W: Waiter> Schedule<W> {
             seats,
             in_flight: 0,
             held: HashMap::new(),
+            active: HashMap::new(),
             queues: HashMap::new(),
             ring: VecDeque::new(),
         }
@@ -114,15 +123,19 @@ impl<W: Waiter> Schedule<W> {
         self.last = self.last.max(now);
     }
 
-    /// Most seats one flow may hold: all but one (when there are two or more), so that a
-    /// request of another flow finds a seat free.
-    pub fn cap(&self) -> usize {
+    /// Most seats `flow` may hold: all but one while another namespace is active (when there
+    /// are two or more), so that its next request finds a seat free; otherwise all.
+    pub fn cap_for(&self, flow: &Flow) -> usize {
         let seats = self.seats.get();
-        if seats >= 2 { seats - 1 } else { seats }
+        let others = self
+            .active
+            .iter()
+            .any(|(f, at)| f != flow && self.last.saturating_duration_since(*at) < KEEP_FOR);
+        if seats >= 2 && others { seats - 1 } else { seats }
     }
 
     fn at_cap(&self, flow: &Flow) -> bool {
-        self.held.get(flow).copied().unwrap_or(0) >= self.cap()
+        self.held.get(flow).copied().unwrap_or(0) >= self.cap_for(flow)
     }
 
     /// Whether a token and a seat are free for a request of `flow` now.
@@ -141,6 +154,13 @@ impl<W: Waiter> Schedule<W> {
     fn take(&mut self, flow: Flow) {
         self.tokens -= 1.0;
         self.in_flight += 1;
+        if !flow.0.is_empty() {
+            let now = self.last;
+            if self.active.insert(flow.clone(), now).is_none() {
+                self.active
+                    .retain(|_, at| now.saturating_duration_since(*at) < KEEP_FOR);
+            }
+        }
         *self.held.entry(flow).or_default() += 1;
     }
 
@@ -182,6 +202,7 @@ impl<W: Waiter> Schedule<W> {
     /// at their cap); returns the granted waiters (each holds a token and a seat, with its
     /// flow) and what to wait for before granting again.
     pub fn grant(&mut self, now: Instant) -> (Vec<(W, Flow)>, Next) {
+        self.refill(now);
         let mut granted = Vec::new();
         loop {
             let Some(flow) = self.next_flow() else {
@@ -530,22 +551,27 @@ mod tests {
     }
 
     #[test]
-    fn no_flow_takes_the_last_seat_so_another_flows_request_goes_at_once() {
+    fn while_another_namespace_is_active_no_flow_takes_the_last_seat() {
         let t0 = Instant::now();
         let mut s = Schedule::<W>::new(1000.0, 100, SeatLimit::fixed(4), t0);
         let (burst, small) = (Flow::new("burst"), Flow::new("small"));
-        assert_eq!(s.cap(), 3);
+        assert!(
+            s.try_now(&small, t0),
+            "the small namespace was active a moment ago"
+        );
+        s.finished(&small, None, t0);
+        assert_eq!(s.cap_for(&burst), 3);
         for _ in 0..3 {
             assert!(s.try_now(&burst, t0));
         }
-        assert!(!s.try_now(&burst, t0), "a lone flow gets all seats but one");
+        assert!(!s.try_now(&burst, t0), "the last seat is kept");
         for i in 0..10 {
             s.wait(burst.clone(), w("burst", i));
         }
         assert_eq!(s.grant(t0).1, Next::Seat, "the burst waits for one of its own");
         assert!(
             s.try_now(&small, t0),
-            "another flow's request passes the burst's queue: the burst is at its cap"
+            "the small namespace's next request passes the burst's queue at once"
         );
         assert_eq!(s.in_flight(), 4);
         assert!(!s.try_now(&Flow::new("third"), t0), "every seat taken");
@@ -555,6 +581,29 @@ mod tests {
         let (granted, next) = s.grant(t0);
         assert_eq!(names(&granted), [("burst", 0)]);
         assert_eq!(next, Next::Seat);
+        // The small namespace has gone quiet: the burst gets every seat again.
+        let quiet = t0 + KEEP_FOR;
+        let (granted, next) = s.grant(quiet);
+        assert_eq!(names(&granted), [("burst", 1)]);
+        assert_eq!((next, s.in_flight()), (Next::Seat, 4));
+    }
+
+    #[test]
+    fn a_lone_burst_and_the_syncers_own_requests_take_every_seat() {
+        let t0 = Instant::now();
+        let mut s = Schedule::<W>::new(1000.0, 100, SeatLimit::fixed(4), t0);
+        let burst = Flow::new("burst");
+        assert!(s.try_now(&Flow::default(), t0), "the syncer's own flow");
+        for _ in 0..3 {
+            assert!(s.try_now(&burst, t0));
+        }
+        assert_eq!(
+            s.in_flight(),
+            4,
+            "the syncer's own requests keep no seat from a namespace"
+        );
+        s.finished(&Flow::default(), None, t0);
+        assert!(s.try_now(&burst, t0), "alone, the burst takes the last seat");
     }
 
     #[test]
@@ -616,11 +665,10 @@ mod tests {
             sent += 1;
         }
         assert_eq!(
-            sent, 31,
-            "an adaptive limit starts at 32 seats; one flow gets all but one"
+            sent, 32,
+            "an adaptive limit starts at 32 seats, all of them a lone flow's"
         );
         let b = Flow::new("b");
-        assert!(s.try_now(&b, t0));
         s.finished(&a(), Some(t0), t0 + Duration::from_millis(4));
         let slow = t0 + Duration::from_secs(1);
         s.finished(&a(), Some(t0), slow);
@@ -662,6 +710,31 @@ mod tests {
         let (_seat, waited) = tokio::time::timeout(Duration::from_secs(5), second)
             .await
             .expect("granted once the seat is free")
+            .expect("join");
+        assert!(waited.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_flow_holding_all_seats_but_one_waits_while_another_is_active() {
+        let share = FairShare::new(1000.0, 1000, SeatLimit::fixed(2), None);
+        drop(share.acquire(Flow::new("b")).await);
+        let (first, waited) = share.acquire(a()).await;
+        assert!(waited.is_none());
+        let second = {
+            let share = share.clone();
+            tokio::spawn(async move { share.acquire(a()).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !second.is_finished(),
+            "a holds its cap: b was active a moment ago"
+        );
+        let (_other, waited) = share.acquire(Flow::new("b")).await;
+        assert!(waited.is_none(), "the kept seat: no wait");
+        drop(first);
+        let (_seat, waited) = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("granted once a's own seat is free")
             .expect("join");
         assert!(waited.is_some());
     }
