@@ -28,6 +28,7 @@ pub mod queue;
 pub mod recent;
 pub mod registry;
 pub mod standard;
+pub mod streak;
 pub mod unbookmarked;
 pub mod watch;
 pub mod worker;

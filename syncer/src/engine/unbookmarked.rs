@@ -30,6 +30,8 @@ use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 
+use super::streak::{Streak, doubling};
+
 /// kube's default server-side timeout of a watch, used when the config sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(290);
 /// Objects per list page.
@@ -48,19 +50,18 @@ pub enum AfterEnd {
 
 /// Decides what follows each clean end: a watch that lasted at least half its timeout is
 /// resumed; one that ended earlier is followed by a list, at once the first time and after a
-/// pause that doubles (1 s up to [`Self::PAUSE_MAX`]) while early ends come within
-/// [`Self::CALM`] of each other, so a server that drops every watch at once is not listed in a
+/// pause that doubles (1 s up to 60 s) while early ends come within
+/// [`super::streak::CALM`] of each other, so a server that drops every watch at once is not listed in a
 /// tight loop. A watch that failed (a connection error) is resumed: kube's backoff handles
 /// those, and a list would not help.
 #[derive(Debug, Default)]
 pub struct Ends {
-    early_in_row: u32,
-    last_early: Option<Instant>,
+    early: Streak,
 }
 
 impl Ends {
-    const PAUSE_MAX: Duration = Duration::from_secs(60);
-    const CALM: Duration = Duration::from_secs(300);
+    #[cfg(test)]
+    const CALM: Duration = super::streak::CALM;
 
     /// A watch with server-side `timeout` ended cleanly at `now` after `lasted`; `failed`: it
     /// yielded a connection error before it ended.
@@ -68,19 +69,10 @@ impl Ends {
         if failed || lasted >= timeout / 2 {
             return AfterEnd::Resume;
         }
-        if self
-            .last_early
-            .is_none_or(|last| now.duration_since(last) >= Self::CALM)
-        {
-            self.early_in_row = 0;
-        }
-        let pause = match self.early_in_row {
+        AfterEnd::Relist(match self.early.next(now) {
             0 => Duration::ZERO,
-            n => Duration::from_secs(1u64 << (n - 1).min(6)).min(Self::PAUSE_MAX),
-        };
-        self.early_in_row += 1;
-        self.last_early = Some(now);
-        AfterEnd::Relist(pause)
+            n => doubling(n - 1),
+        })
     }
 }
 

@@ -263,7 +263,7 @@ where
 /// When a watch that the API server keeps refusing (an error event other than 410, answered
 /// again on every resume from the same resourceVersion) is to be opened again from a new list,
 /// and after what pause: after [`Self::REFUSALS`] refusals in a row, with a pause that doubles
-/// for each relist within [`Self::CALM`] of the previous one (1 s up to [`Self::PAUSE_MAX`]):
+/// for each relist within [`super::streak::CALM`] of the previous one (1 s up to 60 s):
 /// kine refuses a watch over every Event it expires, so an hour after a burst of pods the host
 /// Events watch is refused every few seconds for minutes, and each relist reads every Event of
 /// the namespace. Connection failures neither count nor reset the count: kube's backoff
@@ -271,14 +271,15 @@ where
 #[derive(Debug, Default)]
 struct Relist {
     refusals: u32,
-    relists: u32,
-    last: Option<std::time::Instant>,
+    relists: super::streak::Streak,
 }
 
 impl Relist {
     const REFUSALS: u32 = 3;
-    const PAUSE_MAX: Duration = Duration::from_secs(60);
-    const CALM: Duration = Duration::from_secs(300);
+    #[cfg(test)]
+    const PAUSE_MAX: Duration = super::streak::PAUSE_MAX;
+    #[cfg(test)]
+    const CALM: Duration = super::streak::CALM;
 
     /// An error of the watch stream at `now`; `refused`: the API server answered with an error
     /// event (not 410). Some(pause): list again after it.
@@ -291,16 +292,7 @@ impl Relist {
             return None;
         }
         self.refusals = 0;
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) >= Self::CALM)
-        {
-            self.relists = 0;
-        }
-        let pause = Duration::from_secs(1u64 << self.relists.min(6)).min(Self::PAUSE_MAX);
-        self.relists += 1;
-        self.last = Some(now);
-        Some(pause)
+        Some(super::streak::doubling(self.relists.next(now)))
     }
 
     /// An event arrived: the refusals were not in a row.
