@@ -291,6 +291,12 @@ impl Executor {
         self.created.pending(name)
     }
 
+    /// How long ago this process bound (or found bound) the virtual pod `namespace/name` of
+    /// `uid`; None when it did not, or long ago.
+    pub fn bound_ago(&self, namespace: &str, name: &str, uid: &str) -> Option<std::time::Duration> {
+        self.bound.age(&binding_identity(namespace, name, uid))
+    }
+
     /// The cache shows the host object `name` now: stop expecting its create.
     pub fn observed(&self, name: &str) {
         self.created.observed(name);
@@ -587,11 +593,15 @@ fn bind_key(action: &Action) -> Option<String> {
         return None;
     };
     let t = &action.target;
-    Some(format!(
-        "{}/{}/{uid}",
+    Some(binding_identity(
         t.namespace.as_deref().unwrap_or(""),
-        t.name
+        &t.name,
+        uid,
     ))
+}
+
+fn binding_identity(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}/{name}/{uid}")
 }
 
 /// The identity of a patch (target and body) for the memory of refused patches; None for

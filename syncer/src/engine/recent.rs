@@ -97,6 +97,14 @@ impl RecentWrites {
             .get(name)
             .is_some_and(|t| t.elapsed() < self.ttl)
     }
+    /// How long ago `name` was recorded, if within the time-to-live.
+    pub fn age(&self, name: &str) -> Option<Duration> {
+        self.lock()
+            .names
+            .get(name)
+            .map(Instant::elapsed)
+            .filter(|age| *age < self.ttl)
+    }
     pub fn record(&self, name: &str) {
         let mut r = self.lock();
         if r.names.len() >= r.prune_at {

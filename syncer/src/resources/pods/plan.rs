@@ -47,8 +47,18 @@ pub struct PodView<'a> {
     pub missing: &'a [String],
     /// Tokens issued in this reconcile (None: none yet).
     pub tokens: Option<&'a IssuedTokens>,
+    /// How long ago this process bound the virtual pod (None: it did not, or long ago).
+    pub bound_ago: Option<Duration>,
     pub now: Timestamp,
 }
+
+/// How long after its binding a pod's Pending status is held back. The host pod is Pending
+/// between its scheduling and its kubelet's first status (ContainerCreating, then Running
+/// ~20 ms later under kwok): writing each costs a virtual status write and its watch echo,
+/// while the binding itself has already shown the tenant the node and `PodScheduled`. Within
+/// this window only a status that leaves Pending is written at once; a reconcile at its end
+/// writes whatever Pending status the host shows then.
+pub const PENDING_STATUS_HOLD: Duration = Duration::from_secs(1);
 
 /// The next step of a pod reconcile.
 #[derive(Debug, PartialEq)]
@@ -260,6 +270,7 @@ fn with_host_pod(
             "host-added labels/annotations flow back",
         ));
     }
+    let mut bound_ago = view.bound_ago;
     if let Some(node) = translate::binding_needed(v, h) {
         // The status follows in the same reconcile rather than one watch round-trip later.
         let bind = Write::Bind {
@@ -267,8 +278,24 @@ fn with_host_pod(
             node,
         };
         plan = plan.then(Action::new(virtual_target(v), bind, "host pod scheduled"));
+        // Sent now, or skipped because this process sent it earlier (the cache lags).
+        bound_ago = bound_ago.or(Some(Duration::ZERO));
+    }
+    if status.is_some()
+        && let Some(left) = pending_status_held(h, bound_ago)
+    {
+        plan.requeue_after = Some(plan.requeue_after.map_or(left, |after| after.min(left)));
+        return Ok(Step::done(plan));
     }
     Ok(Step::done(plan.then_maybe(status)))
+}
+
+/// How much longer a status change of `h` waits ([`PENDING_STATUS_HOLD`]): while the host pod
+/// is still Pending shortly after this process bound the virtual pod.
+fn pending_status_held(h: &Pod, bound_ago: Option<Duration>) -> Option<Duration> {
+    let pending = h.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+    let left = PENDING_STATUS_HOLD.checked_sub(bound_ago?)?;
+    (pending && !left.is_zero()).then_some(left)
 }
 
 /// Whether the reconciler should look at the host pod again before action `i` of `actions`:
@@ -453,6 +480,7 @@ mod tests {
         secret_pending: bool,
         missing: &'a [String],
         tokens: Option<&'a IssuedTokens>,
+        bound_ago: Option<Duration>,
     }
 
     impl<'a> Case<'a> {
@@ -467,6 +495,7 @@ mod tests {
                 secret_pending: false,
                 missing: &[],
                 tokens: None,
+                bound_ago: None,
             }
         }
         fn decide(&self) -> Result<Step, SyncError> {
@@ -485,6 +514,7 @@ mod tests {
                 services: &[],
                 missing: self.missing,
                 tokens: self.tokens,
+                bound_ago: self.bound_ago,
                 now: now(),
             };
             decide(&self.tc, &self.settings, &view)
@@ -768,7 +798,7 @@ mod tests {
         let h = hpod(
             &tc,
             &v,
-            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}}),
+            json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}),
         );
         let (mut plan, _) = Case::new(Some(&v), Some(&h)).writes();
         let status = plan.actions[1].clone();
@@ -785,6 +815,71 @@ mod tests {
         // Past the end, or not a status write.
         assert!(!look_again_before(&plan.actions, 3));
         assert!(!look_again_before(&plan.actions, 1));
+    }
+
+    #[test]
+    fn a_pending_status_waits_a_moment_after_the_binding_and_a_running_one_does_not() {
+        let tc = TranslateCtx::test();
+        let v = vpod("web", json!({}));
+        let scheduled = |phase: &str| {
+            hpod(
+                &tc,
+                &v,
+                json!({"spec": {"nodeName": "n1"}, "status": {"phase": phase, "hostIP": "192.168.0.5"}}),
+            )
+        };
+        let pending = scheduled("Pending");
+        // Bound now: only the binding; a look when the hold ends.
+        let (plan, _) = Case::new(Some(&v), Some(&pending)).writes();
+        assert_eq!(summary(&plan), [(Cluster::Virtual, "bind", "host pod scheduled")]);
+        assert_eq!(plan.requeue_after, Some(PENDING_STATUS_HOLD));
+        // The binding's echo 300 ms later: still nothing, the look stays where it was.
+        let bound = vpod("web", json!({"spec": {"nodeName": "n1"}}));
+        let mut case = Case::new(Some(&bound), Some(&pending));
+        case.bound_ago = Some(Duration::from_millis(300));
+        let (plan, _) = case.writes();
+        assert!(plan.actions.is_empty(), "{:?}", summary(&plan));
+        assert_eq!(plan.requeue_after, Some(Duration::from_millis(700)));
+        // A cache that does not show the binding yet: the binding is sent no sooner, the hold
+        // still counts from the first.
+        let mut case = Case::new(Some(&v), Some(&pending));
+        case.bound_ago = Some(Duration::from_millis(300));
+        assert_eq!(case.writes().0.requeue_after, Some(Duration::from_millis(700)));
+        // The hold is over: the Pending status is written.
+        case = Case::new(Some(&bound), Some(&pending));
+        case.bound_ago = Some(PENDING_STATUS_HOLD);
+        let (plan, _) = case.writes();
+        assert_eq!(
+            summary(&plan),
+            [(Cluster::Virtual, "patch", "host status changed")]
+        );
+        // Not bound by this process (a restart, another leader): written at once.
+        let (plan, _) = Case::new(Some(&bound), Some(&pending)).writes();
+        assert_eq!(summary(&plan).len(), 1);
+        // Running within the hold: written at once, with the binding.
+        let running = scheduled("Running");
+        let (plan, _) = Case::new(Some(&v), Some(&running)).writes();
+        assert_eq!(summary(&plan).len(), 2);
+        assert_eq!(plan.requeue_after, None);
+        let mut case = Case::new(Some(&bound), Some(&running));
+        case.bound_ago = Some(Duration::from_millis(300));
+        let (plan, _) = case.writes();
+        assert_eq!(
+            summary(&plan),
+            [(Cluster::Virtual, "patch", "host status changed")]
+        );
+        // An unscheduled host pod's status (Unschedulable) is not held: nothing was bound.
+        let unscheduled = hpod(
+            &tc,
+            &v,
+            json!({"status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}),
+        );
+        let (plan, _) = Case::new(Some(&v), Some(&unscheduled)).writes();
+        assert_eq!(
+            summary(&plan),
+            [(Cluster::Virtual, "patch", "host status changed")]
+        );
     }
 
     #[test]

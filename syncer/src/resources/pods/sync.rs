@@ -219,6 +219,10 @@ impl Reconciler for PodSync {
                 services: &services,
                 missing: &missing,
                 tokens: issued.as_ref(),
+                bound_ago: v
+                    .as_ref()
+                    .and_then(|v| v.metadata.uid.as_deref())
+                    .and_then(|uid| self.executor.bound_ago(&key.namespace, &key.name, uid)),
                 now: Timestamp::now(),
             };
             match plan::decide(&tc, &self.settings, &view)? {
