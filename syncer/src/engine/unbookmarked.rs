@@ -60,9 +60,6 @@ pub struct Ends {
 }
 
 impl Ends {
-    #[cfg(test)]
-    const CALM: Duration = super::streak::CALM;
-
     /// A watch with server-side `timeout` ended cleanly at `now` after `lasted`; `failed`: it
     /// yielded a connection error before it ended.
     pub fn ended(&mut self, lasted: Duration, timeout: Duration, failed: bool, now: Instant) -> AfterEnd {
@@ -381,7 +378,7 @@ mod tests {
                 secs(60)
             ]
         );
-        let calm = t0 + Duration::from_secs(3 * 8) + Ends::CALM;
+        let calm = t0 + Duration::from_secs(3 * 8) + crate::engine::streak::CALM;
         assert_eq!(
             ends.ended(early, TIMEOUT, false, calm),
             secs(0),

@@ -276,10 +276,6 @@ struct Relist {
 
 impl Relist {
     const REFUSALS: u32 = 3;
-    #[cfg(test)]
-    const PAUSE_MAX: Duration = super::streak::PAUSE_MAX;
-    #[cfg(test)]
-    const CALM: Duration = super::streak::CALM;
 
     /// An error of the watch stream at `now`; `refused`: the API server answered with an error
     /// event (not 410). Some(pause): list again after it.
@@ -331,9 +327,12 @@ mod tests {
             at += s(30);
             last = refused_thrice(&mut r, at);
         }
-        assert_eq!(last, Some(Relist::PAUSE_MAX));
+        assert_eq!(last, Some(crate::engine::streak::PAUSE_MAX));
         // Quiet for the calm period: the pause starts over.
-        assert_eq!(refused_thrice(&mut r, at + Relist::CALM), Some(s(1)));
+        assert_eq!(
+            refused_thrice(&mut r, at + crate::engine::streak::CALM),
+            Some(s(1))
+        );
     }
 
     #[test]
