@@ -476,20 +476,18 @@ struct Seen {
     applied: Vec<String>,
     deleted: Vec<String>,
     lists: usize,
+    list_done: usize,
 }
 
 /// Reads `stream` until `done(seen)` holds (30 s at most).
-async fn read_until<S>(stream: &mut S, seen: &mut Seen, done: impl Fn(&Seen) -> bool) -> Result<()>
+async fn read_until<S, K>(stream: &mut S, seen: &mut Seen, done: impl Fn(&Seen) -> bool) -> Result<()>
 where
-    S: futures::Stream<
-            Item = kube::runtime::watcher::Result<
-                kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Event>,
-            >,
-        > + Unpin,
+    S: futures::Stream<Item = kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>> + Unpin,
+    K: kube::Resource,
 {
     use futures::StreamExt;
+    use kube::ResourceExt;
     use kube::runtime::watcher::Event as W;
-    let name = |e: &k8s_openapi::api::core::v1::Event| e.metadata.name.clone().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done(seen) {
         let item = tokio::time::timeout_at(deadline, stream.next())
@@ -497,12 +495,67 @@ where
             .map_err(|_| anyhow::anyhow!("the stream gave no more before the deadline: {seen:?}"))?;
         match item.ok_or_else(|| anyhow::anyhow!("the stream ended"))?? {
             W::Init => seen.lists += 1,
-            W::InitApply(e) => seen.listed.push(name(&e)),
-            W::InitDone => {}
-            W::Apply(e) => seen.applied.push(name(&e)),
-            W::Delete(e) => seen.deleted.push(name(&e)),
+            W::InitApply(e) => seen.listed.push(e.name_any()),
+            W::InitDone => seen.list_done += 1,
+            W::Apply(e) => seen.applied.push(e.name_any()),
+            W::Delete(e) => seen.deleted.push(e.name_any()),
         }
     }
+    Ok(())
+}
+
+/// The stream every cache of a kind with a watch cache loads from (`unbookmarked::cached`:
+/// one whole LIST from the watch cache, split into items as it arrives), against the host API
+/// server: 200 ConfigMaps of 4 KiB (a list of ~1 MB, so items span the body's chunks) are
+/// listed whole and only those the selector picks, then creates and deletes are followed
+/// across many ends of its watch (1 s server-side timeouts), each once, with one list.
+#[tokio::test]
+async fn a_cached_kind_loads_by_one_whole_list_then_follows_every_change_across_watch_ends() -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let env = Env::load()?;
+    let host = env.host_admin().await?;
+    let ns = TestNs::new(&host, "e2e-wholelist").await?;
+    let api: Api<ConfigMap> = Api::namespaced(host.clone(), &ns.name);
+    let configmap = |name: &str, picked: bool| -> Result<ConfigMap> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"picked": picked.to_string()}},
+            // Quotes, brackets and escapes inside strings must not end an item.
+            "data": {"body": format!("{name} \"]}}{{[ \\ {}", "x".repeat(4096))},
+        }))?)
+    };
+    let mut want: Vec<String> = (0..200).map(|i| format!("cm-{i:03}")).collect();
+    for name in &want {
+        api.create(&PostParams::default(), &configmap(name, true)?)
+            .await?;
+    }
+    api.create(&PostParams::default(), &configmap("not-picked", false)?)
+        .await?;
+    let config = kube::runtime::watcher::Config::default()
+        .timeout(1)
+        .labels("picked=true");
+    let mut stream = Box::pin(vnest::engine::unbookmarked::cached(api.clone(), config));
+    let mut seen = Seen::default();
+    read_until(&mut stream, &mut seen, |s| s.list_done == 1).await?;
+    seen.listed.sort();
+    want.sort();
+    assert_eq!(seen.listed, want, "every picked ConfigMap, whole, once");
+
+    let started = std::time::Instant::now();
+    let mut created = Vec::new();
+    while started.elapsed() < Duration::from_millis(3500) {
+        let name = format!("during-{}", created.len());
+        api.create(&PostParams::default(), &configmap(&name, true)?)
+            .await?;
+        created.push(name.clone());
+        read_until(&mut stream, &mut seen, |s| s.applied.contains(&name)).await?;
+    }
+    api.delete("cm-000", &Default::default()).await?;
+    read_until(&mut stream, &mut seen, |s| !s.deleted.is_empty()).await?;
+    assert_eq!(seen.applied, created, "every change once, in order");
+    assert_eq!(seen.deleted, ["cm-000"]);
+    assert_eq!(seen.lists, 1, "each watch end was resumed, never listed again");
+    assert!(created.len() >= 3, "{created:?}");
+    ns.delete().await?;
     Ok(())
 }
 

@@ -133,10 +133,12 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             config.sync.initial_list.streams("")
         }
     };
+    let whole_lists = config.sync.initial_list.whole_lists();
     tracing::info!(
+        whole_lists,
         host_streams,
         virtual_streams,
-        "how caches load (streamed initial lists or LISTs)"
+        "how caches load (whole LISTs from the watch caches; streamed or paged where none)"
     );
     let translate_rx = ctx_rx.clone();
     let shared = Arc::new(Shared {
@@ -185,6 +187,7 @@ pub async fn run(config: SyncerConfig) -> anyhow::Result<()> {
             data_dir: config.data_dir.clone(),
             virtual_version,
             service_name: config.sync.service_name.clone(),
+            whole_lists,
             host_streams,
             virtual_streams,
         },

@@ -232,9 +232,11 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_SERVICE_NAME", value_parser = parse_dns_label)]
     pub service_name: Option<String>,
 
-    /// How watches load their caches (at start and after a watch expires): `stream` (one watch
-    /// with the initial objects streamed from the API server's cache, Kubernetes ≥ 1.34),
-    /// `list` (paginated LISTs, then a watch), or `auto` (`stream` when the server is ≥ 1.34).
+    /// How watches load their caches (at start and after a watch expires): `list` (one whole
+    /// LIST from the API server's watch cache, read item by item, then a watch; for host Events,
+    /// which have no watch cache, LIST pages), `stream` (one watch with the initial objects
+    /// streamed, `sendInitialEvents`, Kubernetes ≥ 1.34), or `auto` (`list`, and the host
+    /// Events streamed when the server is ≥ 1.34).
     #[arg(long, env = "VNEST_INITIAL_LIST", value_enum, default_value = "auto")]
     pub initial_list: InitialList,
 
@@ -272,12 +274,21 @@ pub enum InitialList {
 pub const STREAMING_LISTS_FROM_MINOR: u32 = 34;
 
 impl InitialList {
+    /// Whether kinds with a watch cache load by one whole LIST from it (not streamed): the API
+    /// server encodes one list instead of one watch event per object (measured with 10 000
+    /// host pods: 2.0-2.7 CPU-s of the host API server against 3.2-3.8 streamed).
+    pub fn whole_lists(self) -> bool {
+        self != InitialList::Stream
+    }
+
     /// Whether to stream, given the server's `/version` minor (e.g. "35" or "35+").
     pub fn streams(self, server_minor: &str) -> bool {
         match self {
             InitialList::Stream => true,
             InitialList::List => false,
             InitialList::Auto => {
+                // Kinds with a watch cache take whole lists ([`Self::whole_lists`]): this is
+                // the kinds without one (Events).
                 let digits: String = server_minor.chars().take_while(char::is_ascii_digit).collect();
                 digits
                     .parse::<u32>()
@@ -496,6 +507,8 @@ mod tests {
         );
         assert!(InitialList::Stream.streams("27"));
         assert!(!InitialList::List.streams("35"));
+        assert!(InitialList::Auto.whole_lists() && InitialList::List.whole_lists());
+        assert!(!InitialList::Stream.whole_lists());
         let a = parse(&[
             "--name",
             "demo",

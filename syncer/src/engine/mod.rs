@@ -3,8 +3,9 @@
 //! - [`queue`]: a fair work queue (round-robin across namespaces, dedup, backoff).
 //! - [`watch`]: one watch per (cluster, kind) feeding a reflector store and the queues;
 //!   [`packed`]: the compact form big caches (pods) keep; [`lean`]: parsing without
-//!   `managedFields`; [`unbookmarked`]: the watch of a kind without a watch cache (host Events),
-//!   which lists again rather than resume from a stale point.
+//!   `managedFields`; [`unbookmarked`]: our list-then-watch streams: whole LISTs from the watch
+//!   cache split as they arrive ([`list_split`]), and the watch of a kind without a watch cache
+//!   (host Events), which lists again rather than resume from a stale point.
 //! - [`registry`]: what kinds declare (watches, triggers, reconcilers); one watch per (cluster,
 //!   kind, selection); workers start once every cache has listed.
 //! - [`plan`]: pure decisions: a [`plan::Plan`] of actions, the lifecycle rules every kind
@@ -20,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod execute;
 pub mod lean;
+pub mod list_split;
 pub mod ownership;
 pub mod packed;
 pub mod plan;

@@ -242,6 +242,8 @@ impl<K, C> Watch<K, C> {
 pub struct WatchOptions {
     /// Label selector of our copies on the host (`managed-by=<vcluster>`).
     pub owned_selector: String,
+    /// Whether the cached watches load by whole LISTs from the watch cache (`--initial-list`).
+    pub whole_lists: bool,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -323,11 +325,16 @@ where
             ..
         } = *self;
         let config = options.config::<K>(watch.cluster, &watch.selection);
+        let load = if options.whole_lists {
+            watch::Load::Whole
+        } else {
+            watch::Load::Kube
+        };
         let name = watch.name;
         let handle = watch::spawn(
             (watch.api)(shared),
             (reader, writer),
-            config,
+            (config, load),
             watch.cluster,
             name,
             subscribers,
@@ -687,6 +694,7 @@ mod tests {
             Arc::new(Shared::test()),
             WatchOptions {
                 owned_selector: "vnest.dev/managed-by=vc".into(),
+                whole_lists: false,
                 host_streams: false,
                 virtual_streams: false,
             },

@@ -18,18 +18,27 @@
 //! asks for: one watch that sends the current objects first (`sendInitialEvents`; the API
 //! server reads them from the datastore, then watches from there), or consistent LIST pages
 //! (the resourceVersion they give is the point).
+//!
+//! The same machine loads the caches of kinds the API server does keep a watch cache for
+//! ([`cached`]): there a list is one whole LIST served from that cache (consistent, no
+//! pages), split into items while it streams in ([`super::list_split`]) so that the syncer
+//! never holds the whole body, and every clean end is resumed. Measured with 10 000 host pods
+//! (78 MB): the host API server spent 2.0-2.7 CPU-s on such a LIST against 3.2-3.8 on the same
+//! objects streamed as watch events (`sendInitialEvents`, one event and one flush per object),
+//! and 500-object pages read kine again for each page (5.4 + 5.5 CPU-s).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{AsyncBufRead, AsyncBufReadExt, Stream, StreamExt};
 use kube::Resource;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 
+use super::list_split::ListSplitter;
 use super::streak::{Streak, doubling};
 
 /// kube's default server-side timeout of a watch, used when the config sets none.
@@ -57,13 +66,16 @@ pub enum AfterEnd {
 #[derive(Debug, Default)]
 pub struct Ends {
     early: Streak,
+    /// A kind with a watch cache: its watches get bookmarks, so their resourceVersion stays
+    /// current and every end is resumed (as kube's watcher does).
+    resume_always: bool,
 }
 
 impl Ends {
     /// A watch with server-side `timeout` ended cleanly at `now` after `lasted`; `failed`: it
     /// yielded a connection error before it ended.
     pub fn ended(&mut self, lasted: Duration, timeout: Duration, failed: bool, now: Instant) -> AfterEnd {
-        if failed || lasted >= timeout / 2 {
+        if failed || self.resume_always || lasted >= timeout / 2 {
             return AfterEnd::Resume;
         }
         AfterEnd::Relist(match self.early.next(now) {
@@ -74,6 +86,18 @@ impl Ends {
 }
 
 type Watch<K> = BoxStream<'static, kube::Result<WatchEvent<K>>>;
+type Body = std::pin::Pin<Box<dyn AsyncBufRead + Send>>;
+
+/// How a list is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// LIST pages (`limit`, `continue`).
+    Pages,
+    /// One watch that sends the current objects first (`sendInitialEvents`).
+    Streamed,
+    /// One whole LIST from the watch cache, split into items as it arrives.
+    Whole,
+}
 
 enum State<K> {
     /// List from the start (after a pause).
@@ -83,6 +107,13 @@ enum State<K> {
         objects: VecDeque<K>,
         next: Option<String>,
         version: String,
+    },
+    /// A whole LIST arriving: its body, what was split off it so far, the items parsed and
+    /// not handed out yet.
+    Whole {
+        body: Body,
+        splitter: Box<ListSplitter>,
+        ready: VecDeque<K>,
     },
     /// Watch from `version`.
     Open(String),
@@ -99,13 +130,46 @@ enum State<K> {
 struct Machine<K: Resource + Clone + 'static> {
     api: Api<K>,
     config: watcher::Config,
+    load: Load,
     timeout: Duration,
     ends: Ends,
     state: State<K>,
 }
 
-/// The list-then-watch stream of `api` with `config`'s selectors and timeout.
+/// The list-then-watch stream of `api` with `config`'s selectors and timeout, for a kind
+/// without a watch cache: lists are pages or streamed as `config` says, and a watch that ended
+/// early is followed by a list.
 pub fn stream<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let load = if config.initial_list_strategy == watcher::InitialListStrategy::StreamingList {
+        Load::Streamed
+    } else {
+        Load::Pages
+    };
+    machine(api, config, load, Ends::default())
+}
+
+/// The list-then-watch stream of a kind with a watch cache: each list is one whole LIST from
+/// that cache, read item by item; every clean end is resumed.
+pub fn cached<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let ends = Ends {
+        resume_always: true,
+        ..Ends::default()
+    };
+    machine(api, config, Load::Whole, ends)
+}
+
+fn machine<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    load: Load,
+    ends: Ends,
+) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -115,8 +179,9 @@ where
     let machine = Machine {
         api,
         config,
+        load,
         timeout,
-        ends: Ends::default(),
+        ends,
         state: State::List(Duration::ZERO),
     };
     futures::stream::unfold(machine, |mut m| async move {
@@ -158,7 +223,20 @@ where
             State::List(pause) => {
                 tokio::time::sleep(pause).await;
                 // On an error the state stays List: the caller's backoff paces the retries.
-                if self.config.initial_list_strategy == watcher::InitialListStrategy::StreamingList {
+                if self.load == Load::Whole {
+                    return match self.whole_list().await {
+                        Ok(body) => {
+                            self.state = State::Whole {
+                                body,
+                                splitter: Box::default(),
+                                ready: VecDeque::new(),
+                            };
+                            Some(Ok(Event::Init))
+                        }
+                        Err(e) => Some(Err(watcher::Error::InitialListFailed(e))),
+                    };
+                }
+                if self.load == Load::Streamed {
                     return match self.api.watch(&self.watch_params(true), "0").await {
                         Ok(stream) => {
                             self.state = State::Watching {
@@ -210,6 +288,11 @@ where
                     Err(e) => Some(Err(watcher::Error::InitialListFailed(e))),
                 }
             }
+            State::Whole {
+                body,
+                splitter,
+                ready,
+            } => self.whole_step(body, splitter, ready).await,
             State::Open(version) => match self.api.watch(&self.watch_params(false), &version).await {
                 Ok(stream) => {
                     self.state = State::Watching {
@@ -246,6 +329,75 @@ where
                 self.watching(version, next, watch)
             }
         }
+    }
+
+    /// Sends the whole LIST (no `limit`; consistent: no `resourceVersion`, which API servers
+    /// ≥ 1.31 serve from the watch cache once it is current, older ones from the datastore,
+    /// as the paginated lists were) and returns its body unread.
+    /// (The future holds no borrow of the machine, whose streams are `Send` but not `Sync`.)
+    fn whole_list(&self) -> impl std::future::Future<Output = kube::Result<Body>> + Send + 'static {
+        let params = ListParams {
+            label_selector: self.config.label_selector.clone(),
+            field_selector: self.config.field_selector.clone(),
+            ..ListParams::default()
+        };
+        let request = kube::core::Request::new(self.api.resource_url()).list(&params);
+        let client = kube::Client::from(self.api.clone());
+        async move {
+            let request = request.map_err(kube::Error::BuildRequest)?;
+            let body: Body = Box::pin(client.request_stream(request).await?);
+            Ok(body)
+        }
+    }
+
+    /// The next object of a whole LIST: one parsed already, or the next chunk of the body split
+    /// and parsed; at its end, `InitDone` and the watch from the list's resourceVersion.
+    async fn whole_step(
+        &mut self,
+        mut body: Body,
+        mut splitter: Box<ListSplitter>,
+        mut ready: VecDeque<K>,
+    ) -> Option<watcher::Result<Event<K>>> {
+        if let Some(object) = ready.pop_front() {
+            self.state = State::Whole {
+                body,
+                splitter,
+                ready,
+            };
+            return Some(Ok(Event::InitApply(object)));
+        }
+        let failed = |e: kube::Error| Some(Err(watcher::Error::InitialListFailed(e)));
+        // On an error the state stays List: the list starts over.
+        let chunk = match body.fill_buf().await {
+            Ok(chunk) => chunk,
+            Err(e) => return failed(kube::Error::ReadEvents(e)),
+        };
+        if chunk.is_empty() {
+            let version = match splitter.finish() {
+                Ok(meta) => meta.resource_version.unwrap_or_default(),
+                Err(e) => return failed(kube::Error::ReadEvents(std::io::Error::other(e))),
+            };
+            if version.is_empty() {
+                return Some(Err(watcher::Error::NoResourceVersion));
+            }
+            self.state = State::Open(version);
+            return Some(Ok(Event::InitDone));
+        }
+        let read = chunk.len();
+        let parsed = splitter.feed(chunk, |item| {
+            ready.push_back(serde_json::from_slice::<K>(item)?);
+            Ok::<(), serde_json::Error>(())
+        });
+        body.consume_unpin(read);
+        if let Err(e) = parsed {
+            return failed(kube::Error::SerdeError(e));
+        }
+        self.state = State::Whole {
+            body,
+            splitter,
+            ready,
+        };
+        None
     }
 
     /// What the watch gave (`next`): an event to hand out, or the state after its end.

@@ -78,6 +78,15 @@ fn cached<K, C>(event: &mut Event<K>, convert: fn(&mut K) -> C) -> Event<C> {
     }
 }
 
+/// How a cached watch lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// One whole LIST from the watch cache, read item by item ([`super::unbookmarked::cached`]).
+    Whole,
+    /// kube's watcher as `config` says (streamed, or LIST pages).
+    Kube,
+}
+
 /// Starts a watch task feeding `writer` (whose reader the caller already holds, so that
 /// subscribers can read both sides' stores) with `convert` of each object. `name` labels
 /// metrics and logs (e.g. "pods").
@@ -85,7 +94,7 @@ fn cached<K, C>(event: &mut Event<K>, convert: fn(&mut K) -> C) -> Event<C> {
 pub fn spawn<K, C>(
     api: Api<K>,
     (reader, mut writer): (Store<C>, Writer<C>),
-    config: watcher::Config,
+    (config, load): (watcher::Config, Load),
     cluster: Cluster,
     name: &'static str,
     subscribers: Vec<Subscriber<K, C>>,
@@ -131,7 +140,10 @@ where
     };
     let gate = std::future::ready(());
     run_watch(
-        move || watcher::watcher(api.clone(), config.clone()).boxed(),
+        move || match load {
+            Load::Whole => super::unbookmarked::cached(api.clone(), config.clone()).boxed(),
+            Load::Kube => watcher::watcher(api.clone(), config.clone()).boxed(),
+        },
         cluster,
         name,
         gate,

@@ -103,6 +103,8 @@ pub struct KindOptions {
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
+    /// Whether kinds with a watch cache load by whole LISTs (`--initial-list`).
+    pub whole_lists: bool,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
     pub virtual_streams: bool,
@@ -251,6 +253,7 @@ pub fn start(shared: Arc<Shared>, opts: KindOptions, tasks: &mut Tasks) -> Resul
         shared,
         WatchOptions {
             owned_selector: markers::selector(&opts.vcluster),
+            whole_lists: opts.whole_lists,
             host_streams: opts.host_streams,
             virtual_streams: opts.virtual_streams,
         },
