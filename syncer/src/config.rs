@@ -276,7 +276,7 @@ pub const STREAMING_LISTS_FROM_MINOR: u32 = 34;
 impl InitialList {
     /// Whether kinds with a watch cache load by one whole LIST from it (not streamed): the API
     /// server encodes one list instead of one watch event per object (measured with 10 000
-    /// host pods: 2.0-2.7 CPU-s of the host API server against 3.2-3.8 streamed).
+    /// host pods: 1.8-3.2 CPU-s of the host API server against 3.2-3.8 streamed).
     pub fn whole_lists(self) -> bool {
         self != InitialList::Stream
     }
