@@ -17,9 +17,10 @@ pub enum SplitError {
     Head(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Where {
     /// In the list object itself (or before it).
+    #[default]
     Head,
     /// Inside the `items` array, between items.
     Between,
@@ -28,7 +29,7 @@ enum Where {
 }
 
 /// The state carried from one chunk to the next.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ListSplitter {
     /// Open objects and arrays.
     depth: usize,
@@ -44,32 +45,13 @@ pub struct ListSplitter {
     item: Vec<u8>,
 }
 
-impl Default for ListSplitter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ListSplitter {
-    pub fn new() -> Self {
-        Self {
-            depth: 0,
-            in_string: false,
-            escaped: false,
-            at: Where::Head,
-            head: Vec::new(),
-            last_string: None,
-            item: Vec::new(),
-        }
-    }
-
     /// Takes the next chunk of the body; `item` gets each item completed in it, whole.
     pub fn feed<E>(&mut self, chunk: &[u8], mut item: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         let mut i = 0;
-        // Where the current item starts in this chunk (None: in `self.item`, or no item).
+        // Where the current item starts in this chunk (None: no item, or one that started in an
+        // earlier chunk, whose bytes so far are in `self.item`).
         let mut item_start: Option<usize> = None;
-        // An item that started in an earlier chunk goes on in this one.
-        let mut carried = self.at == Where::Item;
         while i < chunk.len() {
             if self.in_string {
                 // Jump to the next quote or backslash (most bytes of a list are inside strings).
@@ -120,7 +102,6 @@ impl ListSplitter {
                     self.depth += 1;
                     self.at = Where::Item;
                     item_start = Some(i);
-                    carried = false;
                 }
                 (Where::Between, b']') => {
                     self.head.push(b']');
@@ -134,17 +115,13 @@ impl ListSplitter {
                     if self.depth == 2 {
                         self.at = Where::Between;
                         match item_start.take() {
-                            Some(start) if !carried => item(&chunk[start..=i])?,
-                            _ => {
+                            Some(start) => item(&chunk[start..=i])?,
+                            None => {
                                 self.item.extend_from_slice(&chunk[..=i]);
-                                let whole = std::mem::take(&mut self.item);
-                                item(&whole)?;
-                                // Keep the allocation for the next item that spans chunks.
-                                self.item = whole;
-                                self.item.clear();
+                                item(&self.item)?;
+                                self.item.clear(); // the allocation serves the next one
                             }
                         }
-                        carried = false;
                     }
                 }
                 (Where::Item, _) => {}
@@ -162,11 +139,7 @@ impl ListSplitter {
         }
         // An item still open: keep what this chunk holds of it.
         if self.at == Where::Item {
-            match item_start {
-                Some(start) => self.item.extend_from_slice(&chunk[start..]),
-                None if carried => self.item.extend_from_slice(chunk),
-                None => {}
-            }
+            self.item.extend_from_slice(&chunk[item_start.unwrap_or(0)..]);
         }
         Ok(())
     }
@@ -211,7 +184,7 @@ mod tests {
 
     /// The items and metadata of `body` fed in chunks of `size` bytes.
     fn split(body: &[u8], size: usize) -> (Vec<serde_json::Value>, Result<ListMeta, SplitError>) {
-        let mut s = ListSplitter::new();
+        let mut s = ListSplitter::default();
         let mut items = Vec::new();
         for chunk in body.chunks(size.max(1)) {
             s.feed(chunk, |item| {
@@ -291,7 +264,7 @@ mod tests {
 
     #[test]
     fn an_item_handler_error_stops_the_feed() {
-        let mut s = ListSplitter::new();
+        let mut s = ListSplitter::default();
         let r = s.feed(br#"{"items":[{"a":1},{"b":2}]}"#, |_| Err("refused"));
         assert_eq!(r, Err("refused"));
     }
