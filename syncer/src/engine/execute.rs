@@ -90,6 +90,17 @@ impl Target {
         Self::of::<K>(Cluster::Host, Some(&tc.host_namespace), name)
     }
 
+    /// Cluster, kind, namespace and name in one string (a key of the executor's memories).
+    fn identity(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.cluster.as_str(),
+            self.kind,
+            self.namespace.as_deref().unwrap_or(""),
+            self.name
+        )
+    }
+
     /// Virtual object `namespace/name` of type `K` (`namespace` empty: cluster-scoped).
     pub fn virtual_object<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Self {
         let ns = (!namespace.is_empty()).then_some(namespace);
@@ -183,6 +194,9 @@ pub struct Action {
     pub reason: &'static str,
     /// `what` label of `vnest_syncer_host_writes_total` ("pods", "tokens"); host writes only.
     pub counted_as: &'static str,
+    /// A patch not sent again identically until the cache shows its result
+    /// ([`Action::awaiting_echo`]).
+    pub awaits_echo: bool,
 }
 
 impl Action {
@@ -192,7 +206,17 @@ impl Action {
             write,
             reason,
             counted_as: "",
+            awaits_echo: false,
         }
+    }
+
+    /// The same patch, not sent again identically while the watch cache does not show the
+    /// version it produced (see [`recent::Echoes`]); the reconciler tells the executor what it
+    /// sees ([`Executor::seen`]). For patches a reconcile plans from its target's cached state
+    /// (a status copied back), where an older cached version plans the same patch again.
+    pub fn awaiting_echo(mut self) -> Self {
+        self.awaits_echo = true;
+        self
     }
 
     /// The same action counted under `what` in the host-writes metric.
@@ -238,6 +262,9 @@ pub enum Done {
     /// or skipped because the same write is still pending.
     Sent,
     Skipped,
+    /// Not sent: the same patch was sent and the cache does not show its result yet; the
+    /// reconcile looks again after this long if no watch event wakes it first.
+    AwaitingEcho(std::time::Duration),
 }
 
 impl Done {
@@ -245,7 +272,7 @@ impl Done {
     pub fn object<K: DeserializeOwned>(&self) -> Option<K> {
         match self {
             Done::Object(json) => serde_json::from_str(json).ok(),
-            Done::Sent | Done::Skipped => None,
+            Done::Sent | Done::Skipped | Done::AwaitingEcho(_) => None,
         }
     }
 }
@@ -266,6 +293,8 @@ pub struct Executor {
     /// does not send it again (under a burst the virtual watch lags by seconds: measured, 300
     /// of 1000 pods were bound twice, each answered 409 by a loaded API server).
     bound: RecentWrites,
+    /// Patches awaiting their echo ([`Action::awaiting_echo`]), by target.
+    echoes: recent::Echoes,
 }
 
 /// How long a patch refused as invalid is not sent again.
@@ -279,6 +308,7 @@ impl Executor {
             deleted: RecentWrites::remembering_for(DELETE_EXPECT_FOR),
             refused: RecentWrites::remembering_for(REFUSED_FOR),
             bound: RecentWrites::remembering_for(DELETE_EXPECT_FOR),
+            echoes: recent::Echoes::default(),
         }
     }
 
@@ -300,6 +330,12 @@ impl Executor {
     /// The cache shows the host object `name` now: stop expecting its create.
     pub fn observed(&self, name: &str) {
         self.created.observed(name);
+    }
+
+    /// The cache shows `target` at `version` (a reconcile read it): a patch awaiting its echo
+    /// that produced this version is no longer awaited.
+    pub fn seen(&self, target: &Target, version: Option<&str>) {
+        self.echoes.seen(&target.identity(), version);
     }
 
     fn client(&self, cluster: Cluster) -> kube::Client {
@@ -363,6 +399,13 @@ impl Executor {
             tracing::debug!(kind = t.kind, name = %t.name, "not sending again a patch the API server refused as invalid");
             return Ok(Done::Skipped);
         }
+        let echo = echo_key(action);
+        if let Some((target, body)) = &echo
+            && let Some(left) = self.echoes.awaited(target, *body)
+        {
+            tracing::debug!(kind = t.kind, name = %t.name, "the same patch was sent; the cache does not show it yet");
+            return Ok(Done::AwaitingEcho(left));
+        }
         // Info for what changes the host or removes a tenant object; the virtual side's
         // routine writes (status, binds, event copies, tokens) are debug: thousands per burst.
         macro_rules! log_write {
@@ -396,6 +439,13 @@ impl Executor {
             // Sent, or refused because it was bound already: either way it is bound.
             self.bound.record(key);
         }
+        let done = match (echo, done) {
+            (Some((target, body)), Done::Object(answer)) => {
+                self.echoes.sent(&target, body, resource_version_of(&answer));
+                Done::Sent
+            }
+            (_, done) => done,
+        };
         match &action.write {
             Write::Create { .. } if t.cluster == Cluster::Host => {
                 self.created.record(&t.name);
@@ -453,8 +503,15 @@ impl Executor {
                     Some("ephemeralcontainers") => "add ephemeral containers to",
                     _ => "patch",
                 };
+                // The answer's version is what an awaited echo looks like.
                 answer
-                    .map(|_| Done::Sent)
+                    .map(|a| {
+                        if action.awaits_echo {
+                            Done::Object(a)
+                        } else {
+                            Done::Sent
+                        }
+                    })
                     .map_err(|e| uid_conflict(e, t).unwrap_or_else(|e| fail(verb)(e)))
             }
             Write::Apply { body } => {
@@ -621,6 +678,39 @@ fn patch_key(action: &Action) -> Option<String> {
         subresource.unwrap_or(""),
         crate::naming::short_hash(&[&body])
     ))
+}
+
+/// The target and a hash of the body of a patch awaiting its echo; None for other writes.
+fn echo_key(action: &Action) -> Option<(String, u64)> {
+    use std::hash::{Hash, Hasher};
+    let Write::Patch { subresource, patch } = &action.write else {
+        return None;
+    };
+    if !action.awaits_echo {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    subresource.hash(&mut hasher);
+    serde_json::to_string(&patch.body)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    Some((action.target.identity(), hasher.finish()))
+}
+
+/// `metadata.resourceVersion` of an answered object, parsing nothing else into memory.
+fn resource_version_of(answer: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        metadata: Meta,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "resourceVersion")]
+        resource_version: Option<String>,
+    }
+    serde_json::from_str::<Answer>(answer)
+        .ok()
+        .and_then(|a| a.metadata.resource_version)
 }
 
 fn delete_key(cluster: Cluster, uid: &str, grace: Option<i64>) -> String {

@@ -516,11 +516,14 @@ async fn startup_cost_restart(
 ) -> Result<StartupOutcome> {
     let n = a.pods;
     let audit = AuditLog::new(w)?;
+    let world_cpu = probe::WorldCpu::new(w, syncer)?;
     step(&format!("1/8 startup of {n} pods directly on the host"));
     let hns = TestNs::new(&w.host, "bench-direct").await?;
     let direct_t = Tracker::start(Api::namespaced(w.host.clone(), &hns.name), "app=bench", by_name).await?;
     let t = Instant::now();
+    let world_before = world_cpu.sample();
     let direct = scenarios::deployments_ready(&w.host, &hns.name, n, &direct_t).await?;
+    let direct_cpu = probe::world_cpu_per_pod(&world_before, &world_cpu.sample(), n);
     let direct_s = t.elapsed().as_secs_f64();
     drop(direct_t);
     // Namespace deletion (one deletecollection) rather than one GC delete per pod at the
@@ -544,7 +547,12 @@ async fn startup_cost_restart(
     )
     .await?;
     let t = Instant::now();
+    let world_before = world_cpu.sample();
     let vnest = scenarios::deployments_ready(&w.virt, &vns.name, n, &virt_t).await?;
+    let vnest_cpu = probe::world_cpu_per_pod(&world_before, &world_cpu.sample(), n);
+    eprintln!(
+        "[bench]   CPU per pod in the bursts (ms) and machine busy (%): direct {direct_cpu}, vnest {vnest_cpu}"
+    );
     let vnest_s = t.elapsed().as_secs_f64();
     let (v, h) = (virt_t.snapshot(), host_t.snapshot());
     let burst_down = deltas_ms(&v.created, &h.created);
@@ -627,6 +635,7 @@ async fn startup_cost_restart(
         "startup_all_ready_s": {"direct": round1(direct_s), "vnest": round1(vnest_s)},
         "burst_sync_lag_ms": stats(&burst_down), "burst_status_lag_ms": stats(&burst_up),
         "burst_syncer": diagnostics,
+        "burst_cpu_per_pod": {"direct": direct_cpu, "vnest": vnest_cpu},
         "timeline": timeline,
         "host_requests_create_audit": audit_create_reqs, "host_requests_delete_audit": audit_delete_reqs,
         "host_requests_create_syncer": syncer_create_reqs, "host_requests_delete_syncer": syncer_delete_reqs,

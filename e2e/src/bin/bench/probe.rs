@@ -11,7 +11,7 @@ use vnest_e2e::{Result, World, http_get_text};
 /// The running syncer process of the local world.
 pub struct SyncerProc {
     pid_file: PathBuf,
-    clock_ticks: f64,
+    pub clock_ticks: f64,
 }
 
 /// Memory (KiB) and CPU (seconds, user+system) of the syncer right now.
@@ -337,9 +337,175 @@ pub fn cpu_ms_per_pod(windows: &[(ProcSample, ProcSample)], pods: usize) -> Opti
     Some(seconds * 1000.0 / pods as f64)
 }
 
+/// CPU of every process of the local world (process mode: `$STATE_DIR/pids/<name>.pid`), and of
+/// the whole machine, to say who used the CPU of a burst: the host's control plane, the virtual
+/// one, the syncer. Empty in container mode (no pid files).
+pub struct WorldCpu {
+    pids: PathBuf,
+    clock_ticks: f64,
+}
+
+/// CPU seconds used so far by each world process (by pid-file name), and the machine's busy and
+/// total CPU seconds (/proc/stat, all cores).
+#[derive(Debug, Clone, Default)]
+pub struct WorldCpuSample {
+    pub by_process: BTreeMap<String, f64>,
+    pub machine_busy_s: f64,
+    pub machine_total_s: f64,
+}
+
+impl WorldCpu {
+    pub fn new(w: &World, syncer: &SyncerProc) -> Result<Self> {
+        Ok(Self {
+            pids: PathBuf::from(format!("{}/pids", w.env.get("STATE_DIR")?)),
+            clock_ticks: syncer.clock_ticks,
+        })
+    }
+
+    /// Processes whose pid file or /proc entry cannot be read are left out.
+    pub fn sample(&self) -> WorldCpuSample {
+        let mut by_process = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.pids).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let (Some(name), Some("pid")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let Some(ticks) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok())
+                .and_then(|stat| cpu_ticks_of_stat(&stat))
+            else {
+                continue;
+            };
+            by_process.insert(name.to_owned(), ticks / self.clock_ticks);
+        }
+        let (busy, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| machine_ticks(&s))
+            .unwrap_or_default();
+        WorldCpuSample {
+            by_process,
+            machine_busy_s: busy / self.clock_ticks,
+            machine_total_s: total / self.clock_ticks,
+        }
+    }
+}
+
+/// utime + stime of a /proc/<pid>/stat line (the 14th and 15th fields; 12th and 13th after the
+/// command name's ")").
+fn cpu_ticks_of_stat(stat: &str) -> Option<f64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy and total ticks of all cores from the first line of /proc/stat (idle and iowait are not
+/// busy).
+fn machine_ticks(proc_stat: &str) -> Option<(f64, f64)> {
+    let line = proc_stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0.0);
+    Some((total - idle, total))
+}
+
+/// Which part of the world a process belongs to: `host` (its control plane and kwok, the fake
+/// kubelets), `virtual` (the measured vcluster's control plane), `syncer`, or `other` (a
+/// second vcluster, the provisioner).
+fn world_part(process: &str) -> &'static str {
+    if process == "syncer" {
+        "syncer"
+    } else if process == "kwok" || (process.starts_with("host-") && process != "host-provisioner") {
+        "host"
+    } else if process.starts_with("virtual-") {
+        "virtual"
+    } else {
+        "other"
+    }
+}
+
+/// CPU ms per pod of each part of the world between two samples, and how busy the machine was
+/// (% of all its cores); null figures when nothing was sampled (container mode) or no pods.
+pub fn world_cpu_per_pod(before: &WorldCpuSample, after: &WorldCpuSample, pods: usize) -> serde_json::Value {
+    let mut parts: BTreeMap<&str, f64> = BTreeMap::new();
+    for (name, end) in &after.by_process {
+        if let Some(start) = before.by_process.get(name)
+            && end >= start
+        {
+            *parts.entry(world_part(name)).or_default() += end - start;
+        }
+    }
+    let per_pod = |part: &str| {
+        (pods > 0 && !parts.is_empty())
+            .then(|| (parts.get(part).copied().unwrap_or(0.0) * 1000.0 / pods as f64 * 10.0).round() / 10.0)
+    };
+    let total = after.machine_total_s - before.machine_total_s;
+    let busy_percent = (total > 0.0)
+        .then(|| ((after.machine_busy_s - before.machine_busy_s) / total * 1000.0).round() / 10.0);
+    serde_json::json!({
+        "host_ms": per_pod("host"), "virtual_ms": per_pod("virtual"),
+        "syncer_ms": per_pod("syncer"), "other_ms": per_pod("other"),
+        "machine_busy_percent": busy_percent,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn world_cpu_splits_the_processes_into_host_virtual_and_syncer() {
+        let sample = |cpu: &[(&str, f64)], busy: f64, total: f64| WorldCpuSample {
+            by_process: cpu.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+            machine_busy_s: busy,
+            machine_total_s: total,
+        };
+        let before = sample(
+            &[
+                ("host-apiserver", 10.0),
+                ("kwok", 1.0),
+                ("virtual-apiserver", 5.0),
+                ("syncer", 2.0),
+                ("virtual2-apiserver", 3.0),
+                ("host-provisioner", 0.5),
+            ],
+            100.0,
+            400.0,
+        );
+        let after = sample(
+            &[
+                ("host-apiserver", 30.0),
+                ("kwok", 6.0),
+                ("virtual-apiserver", 25.0),
+                ("syncer", 8.0),
+                ("virtual2-apiserver", 4.0),
+                ("host-provisioner", 0.5),
+            ],
+            175.0,
+            500.0,
+        );
+        let split = world_cpu_per_pod(&before, &after, 1000);
+        assert_eq!(split["host_ms"], 25.0);
+        assert_eq!(split["virtual_ms"], 20.0);
+        assert_eq!(split["syncer_ms"], 6.0);
+        assert_eq!(split["other_ms"], 1.0);
+        assert_eq!(split["machine_busy_percent"], 75.0);
+        let empty = world_cpu_per_pod(&WorldCpuSample::default(), &WorldCpuSample::default(), 1000);
+        assert!(empty["host_ms"].is_null() && empty["machine_busy_percent"].is_null());
+    }
+
+    #[test]
+    fn proc_stat_lines_give_cpu_ticks() {
+        let stat = "4242 (kube apiserver) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0";
+        assert_eq!(cpu_ticks_of_stat(stat), Some(300.0));
+        let machine = "cpu  100 5 50 800 20 1 2 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(machine_ticks(machine), Some((158.0, 978.0)));
+    }
 
     #[test]
     fn samples_read_labels_and_values_of_one_counter() {

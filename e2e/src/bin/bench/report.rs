@@ -288,6 +288,27 @@ pub fn rows(r: &Value) -> Vec<Row> {
             le(&r["syncer_cpu_ms_per_pod"], 2.0),
         ),
         row(
+            "CPU per pod in the burst until Ready, direct: host control plane + kwok (ms); machine busy (%)",
+            {
+                let d = &r["burst_cpu_per_pod"]["direct"];
+                format!("{}; {}", d["host_ms"], d["machine_busy_percent"])
+            },
+            "",
+            None,
+        ),
+        row(
+            "CPU per pod in the burst until Ready, vnest: host control plane + kwok / virtual control plane / syncer (ms); machine busy (%)",
+            {
+                let v = &r["burst_cpu_per_pod"]["vnest"];
+                format!(
+                    "{} / {} / {}; {}",
+                    v["host_ms"], v["virtual_ms"], v["syncer_ms"], v["machine_busy_percent"]
+                )
+            },
+            "",
+            None,
+        ),
+        row(
             "syncer CPU for the run (s); idle (s/min)",
             format!("{}; {}", r["syncer_cpu_s"], r["syncer_cpu_idle_s_per_min"]),
             "",

@@ -393,11 +393,7 @@ fn status_patch(v: &Pod, h: &Pod) -> Option<Action> {
     let to = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
     let diff = plan::merge_diff(&from, &to)?;
     let body = serde_json::json!({"metadata": {"uid": v.metadata.uid}, "status": diff});
-    Some(Action::new(
-        virtual_target(v),
-        Write::status(body),
-        "host status changed",
-    ))
+    Some(Action::new(virtual_target(v), Write::status(body), "host status changed").awaiting_echo())
 }
 
 #[cfg(test)]

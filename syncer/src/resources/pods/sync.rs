@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Pod, Secret, Service};
@@ -20,7 +20,7 @@ use super::tokens::{self, IssuedTokens};
 use super::translate;
 use crate::engine::Shared;
 use crate::engine::error::SyncError;
-use crate::engine::execute::{Executor, Write};
+use crate::engine::execute::{Done, Executor, Target, Write};
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::naming;
@@ -178,6 +178,11 @@ impl Reconciler for PodSync {
             .get(&ObjectRef::new(&key.name).within(&key.namespace))
             .map(|c| c.read())
             .transpose()?;
+        if let Some(v) = &v {
+            let target = Target::virtual_object::<Pod>(&key.namespace, &key.name);
+            self.executor
+                .seen(&target, v.metadata.resource_version.as_deref());
+        }
         let mut h = self
             .host_pods
             .get(&ObjectRef::new(&host_name).within(&tc.host_namespace))
@@ -206,6 +211,7 @@ impl Reconciler for PodSync {
             _ => Vec::new(),
         };
         let mut issued: Option<IssuedTokens> = None;
+        let mut echo_wait: Option<Duration> = None;
         for _ in 0..MAX_STEPS {
             let view = PodView {
                 key,
@@ -249,6 +255,10 @@ impl Reconciler for PodSync {
                             self.prepared(key);
                         }
                         let done = self.executor.run(action).await?;
+                        if let Done::AwaitingEcho(left) = done {
+                            // Its echo wakes this key; if it never comes, look again then.
+                            echo_wait = Some(echo_wait.map_or(left, |w: Duration| w.min(left)));
+                        }
                         if creates_pod {
                             self.created(key);
                             h = done.object::<Pod>();
@@ -258,9 +268,11 @@ impl Reconciler for PodSync {
                         continue;
                     }
                     if !then_again {
-                        return Ok(Outcome {
-                            requeue_after: plan.requeue_after,
-                        });
+                        let requeue_after = match (plan.requeue_after, echo_wait) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        return Ok(Outcome { requeue_after });
                     }
                 }
             }
