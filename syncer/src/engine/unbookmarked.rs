@@ -453,6 +453,13 @@ where
                 ends_initial.then_some(Ok(Event::InitDone))
             }
             Some(Ok(WatchEvent::Error(status))) => {
+                if !initial && let Some(past) = expired_delete_revision(&status.message) {
+                    // Watching on after it costs one request; the LIST the error would have
+                    // led to read the namespace's every Event, once per expiring one.
+                    tracing::debug!(revision = %past, "an expired object's delete came without its previous value; watching on after it");
+                    self.state = State::Open(past);
+                    return None;
+                }
                 if status.code != 410 {
                     self.state = keep(version, failed, initial);
                 }
@@ -482,6 +489,27 @@ where
             }
         }
     }
+}
+
+/// The revision of a delete the datastore sent without the deleted object, when `message` (a
+/// watch's ERROR status) says so; None for any other error. kine (k3s's datastore) deletes an
+/// expired Event (its TTL, one hour by default) that way, and the API server ends every watch
+/// of Events that reaches it with this error (`etcd event received with PrevKv=nil
+/// (key=..., modRevision=N, type=DELETE)`): measured, an hour after a 1000-pod burst the host
+/// Events watch failed every 2–6 s and listed the namespace's Events each time, and a restart
+/// took 17 s instead of 1. Watching on from revision N skips only that delete: of an Event
+/// that expired, which nothing here needs to see.
+fn expired_delete_revision(message: &str) -> Option<String> {
+    if !message.contains("PrevKv=nil") || !message.contains("type=DELETE") {
+        return None;
+    }
+    let digits: String = message
+        .split("modRevision=")
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty()).then_some(digits)
 }
 
 /// How `config` says to list (a stream without whole lists, or after one broke off): streamed
@@ -572,6 +600,20 @@ mod tests {
         assert_eq!(
             ends.ended(Duration::from_millis(5), TIMEOUT, false, Instant::now()),
             AfterEnd::Resume
+        );
+    }
+
+    #[test]
+    fn a_delete_without_its_previous_value_is_watched_past() {
+        let kine = "Internal error occurred: etcd event received with PrevKv=nil \
+            (key=\"/registry/events/vnest-demo/web-1.18ef035ba2045229\", modRevision=133345, type=DELETE)";
+        assert_eq!(expired_delete_revision(kine).as_deref(), Some("133345"));
+        let put = "etcd event received with PrevKv=nil (key=\"/registry/pods/a/b\", modRevision=7, type=PUT)";
+        assert_eq!(expired_delete_revision(put), None, "only deletes are skipped");
+        assert_eq!(expired_delete_revision("too old resource version: 5 (9)"), None);
+        assert_eq!(
+            expired_delete_revision("PrevKv=nil type=DELETE modRevision=x"),
+            None
         );
     }
 
