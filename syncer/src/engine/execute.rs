@@ -92,12 +92,11 @@ impl Target {
 
     /// Cluster, kind, namespace and name in one string (a key of the executor's memories).
     fn identity(&self) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            self.cluster.as_str(),
+        identity(
+            self.cluster,
             self.kind,
             self.namespace.as_deref().unwrap_or(""),
-            self.name
+            &self.name,
         )
     }
 
@@ -106,6 +105,11 @@ impl Target {
         let ns = (!namespace.is_empty()).then_some(namespace);
         Self::of::<K>(Cluster::Virtual, ns, name)
     }
+}
+
+/// What [`Target::identity`] gives, without building the target.
+fn identity(cluster: Cluster, kind: &str, namespace: &str, name: &str) -> String {
+    format!("{}/{kind}/{namespace}/{name}", cluster.as_str())
 }
 
 /// `K::KIND` as a `&'static str` (k8s-openapi kinds are constants).
@@ -212,8 +216,9 @@ impl Action {
 
     /// The same patch, not sent again identically while the watch cache does not show the
     /// version it produced (see [`recent::Echoes`]); the reconciler tells the executor what it
-    /// sees ([`Executor::seen`]). For patches a reconcile plans from its target's cached state
-    /// (a status copied back), where an older cached version plans the same patch again.
+    /// sees ([`Executor::seen_virtual`]). For patches a reconcile plans from its target's
+    /// cached state (a status copied back), where an older cached version plans the same patch
+    /// again.
     pub fn awaiting_echo(mut self) -> Self {
         self.awaits_echo = true;
         self
@@ -332,10 +337,16 @@ impl Executor {
         self.created.observed(name);
     }
 
-    /// The cache shows `target` at `version` (a reconcile read it): a patch awaiting its echo
-    /// that produced this version is no longer awaited.
-    pub fn seen(&self, target: &Target, version: Option<&str>) {
-        self.echoes.seen(&target.identity(), version);
+    /// The cache shows the virtual `K` `namespace/name` at `version` (a reconcile read it): a
+    /// patch awaiting its echo that produced this version is no longer awaited.
+    pub fn seen_virtual<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) {
+        let target = identity(Cluster::Virtual, kind_name::<K>(), namespace, name);
+        self.echoes.seen(&target, version);
     }
 
     fn client(&self, cluster: Cluster) -> kube::Client {
@@ -399,9 +410,13 @@ impl Executor {
             tracing::debug!(kind = t.kind, name = %t.name, "not sending again a patch the API server refused as invalid");
             return Ok(Done::Skipped);
         }
-        let echo = echo_key(action);
-        if let Some((target, body)) = &echo
-            && let Some(left) = self.echoes.awaited(target, *body)
+        // The refusal key names the target and the body: the same patch is the same key.
+        let echo = refusal
+            .as_ref()
+            .filter(|_| action.awaits_echo)
+            .map(|patch| (t.identity(), patch.clone()));
+        if let Some((target, patch)) = &echo
+            && let Some(left) = self.echoes.awaited(target, patch)
         {
             tracing::debug!(kind = t.kind, name = %t.name, "the same patch was sent; the cache does not show it yet");
             return Ok(Done::AwaitingEcho(left));
@@ -440,8 +455,8 @@ impl Executor {
             self.bound.record(key);
         }
         let done = match (echo, done) {
-            (Some((target, body)), Done::Object(answer)) => {
-                self.echoes.sent(&target, body, resource_version_of(&answer));
+            (Some((target, patch)), Done::Object(answer)) => {
+                self.echoes.sent(&target, patch, resource_version_of(&answer));
                 Done::Sent
             }
             (_, done) => done,
@@ -661,8 +676,8 @@ fn binding_identity(namespace: &str, name: &str, uid: &str) -> String {
     format!("{namespace}/{name}/{uid}")
 }
 
-/// The identity of a patch (target and body) for the memory of refused patches; None for
-/// other writes.
+/// The identity of a patch (target and body) for the memories of refused patches and of
+/// patches awaiting their echo; None for other writes.
 fn patch_key(action: &Action) -> Option<String> {
     let Write::Patch { subresource, patch } = &action.write else {
         return None;
@@ -678,23 +693,6 @@ fn patch_key(action: &Action) -> Option<String> {
         subresource.unwrap_or(""),
         crate::naming::short_hash(&[&body])
     ))
-}
-
-/// The target and a hash of the body of a patch awaiting its echo; None for other writes.
-fn echo_key(action: &Action) -> Option<(String, u64)> {
-    use std::hash::{Hash, Hasher};
-    let Write::Patch { subresource, patch } = &action.write else {
-        return None;
-    };
-    if !action.awaits_echo {
-        return None;
-    }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    subresource.hash(&mut hasher);
-    serde_json::to_string(&patch.body)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    Some((action.target.identity(), hasher.finish()))
 }
 
 /// `metadata.resourceVersion` of an answered object, parsing nothing else into memory.

@@ -63,8 +63,7 @@ pub struct RecentWrites {
 
 struct Recent {
     names: HashMap<String, Instant>,
-    /// The next prune waits until the map reached this size (twice what the last one kept):
-    /// amortised O(1) per record even when thousands of entries are still live.
+    /// The next prune waits until the map reached this size ([`prune_when_grown`]).
     prune_at: usize,
 }
 
@@ -106,13 +105,11 @@ impl RecentWrites {
             .filter(|age| *age < self.ttl)
     }
     pub fn record(&self, name: &str) {
+        let ttl = self.ttl;
         let mut r = self.lock();
-        if r.names.len() >= r.prune_at {
-            let ttl = self.ttl;
-            r.names.retain(|_, t| t.elapsed() < ttl);
-            r.prune_at = (r.names.len() * 2).max(PRUNE_AT);
-        }
-        r.names.insert(name.to_owned(), Instant::now());
+        let Recent { names, prune_at } = &mut *r;
+        prune_when_grown(names, prune_at, |t| t.elapsed() < ttl);
+        names.insert(name.to_owned(), Instant::now());
     }
     /// The cache shows it now (or it is gone): stop expecting.
     pub fn observed(&self, name: &str) {
@@ -122,6 +119,16 @@ impl RecentWrites {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().names.len()
+    }
+}
+
+/// Drops the entries `alive` rejects once `map` has grown to `prune_at`, and sets the next prune
+/// at twice what was kept (at least [`PRUNE_AT`]): amortised O(1) per insert even when
+/// thousands of entries are still live.
+fn prune_when_grown<V>(map: &mut HashMap<String, V>, prune_at: &mut usize, alive: impl Fn(&V) -> bool) {
+    if map.len() >= *prune_at {
+        map.retain(|_, v| alive(v));
+        *prune_at = (map.len() * 2).max(PRUNE_AT);
     }
 }
 
@@ -142,14 +149,24 @@ pub struct Echoes {
     state: Mutex<EchoState>,
 }
 
-#[derive(Default)]
 struct EchoState {
     sent: HashMap<String, SentPatch>,
+    /// As [`Recent::prune_at`].
     prune_at: usize,
 }
 
+impl Default for EchoState {
+    fn default() -> Self {
+        Self {
+            sent: HashMap::new(),
+            prune_at: PRUNE_AT,
+        }
+    }
+}
+
 struct SentPatch {
-    body: u64,
+    /// The patch's identity (target and body).
+    patch: String,
     produced: Option<String>,
     at: Instant,
 }
@@ -161,27 +178,23 @@ impl Echoes {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How much longer the patch `body` to `target` waits for the echo of the same patch sent
-    /// earlier; None: send it.
-    pub fn awaited(&self, target: &str, body: u64) -> Option<Duration> {
+    /// How much longer `patch` (its identity: target and body) to `target` waits for the echo
+    /// of the same patch sent earlier; None: send it.
+    pub fn awaited(&self, target: &str, patch: &str) -> Option<Duration> {
         let state = self.lock();
-        let sent = state.sent.get(target).filter(|s| s.body == body)?;
+        let sent = state.sent.get(target).filter(|s| s.patch == patch)?;
         ECHO_WAIT
             .checked_sub(sent.at.elapsed())
             .filter(|left| !left.is_zero())
     }
 
-    /// The patch `body` to `target` was answered with version `produced`.
-    pub fn sent(&self, target: &str, body: u64, produced: Option<String>) {
+    /// `patch` to `target` was answered with version `produced`.
+    pub fn sent(&self, target: &str, patch: String, produced: Option<String>) {
         let mut state = self.lock();
-        if state.sent.len() >= state.prune_at.max(PRUNE_AT) {
-            state.sent.retain(|_, s| s.at.elapsed() < ECHO_WAIT);
-            state.prune_at = state.sent.len() * 2;
-        }
+        let EchoState { sent, prune_at } = &mut *state;
+        prune_when_grown(sent, prune_at, |s| s.at.elapsed() < ECHO_WAIT);
         let at = Instant::now();
-        state
-            .sent
-            .insert(target.to_owned(), SentPatch { body, produced, at });
+        sent.insert(target.to_owned(), SentPatch { patch, produced, at });
     }
 
     /// The cache shows `target` at `version`: once that is the version a patch produced, the
@@ -237,16 +250,16 @@ mod recent_tests {
     #[test]
     fn a_patch_waits_for_its_echo_until_the_cache_shows_the_version_it_produced() {
         let e = Echoes::default();
-        assert_eq!(e.awaited("pod/a", 7), None, "never sent");
-        e.sent("pod/a", 7, Some("12".into()));
-        assert!(e.awaited("pod/a", 7).is_some_and(|left| left <= ECHO_WAIT));
-        assert_eq!(e.awaited("pod/a", 8), None, "another patch is sent");
-        assert_eq!(e.awaited("pod/b", 7), None, "another target");
+        assert_eq!(e.awaited("pod/a", "p7"), None, "never sent");
+        e.sent("pod/a", "p7".into(), Some("12".into()));
+        assert!(e.awaited("pod/a", "p7").is_some_and(|left| left <= ECHO_WAIT));
+        assert_eq!(e.awaited("pod/a", "p8"), None, "another patch is sent");
+        assert_eq!(e.awaited("pod/b", "p7"), None, "another target");
         e.seen("pod/a", Some("11"));
-        assert!(e.awaited("pod/a", 7).is_some(), "an older version is no echo");
+        assert!(e.awaited("pod/a", "p7").is_some(), "an older version is no echo");
         e.seen("pod/a", Some("12"));
         assert_eq!(
-            e.awaited("pod/a", 7),
+            e.awaited("pod/a", "p7"),
             None,
             "the echo arrived: the same patch changes something again"
         );
@@ -255,9 +268,9 @@ mod recent_tests {
     #[test]
     fn a_patch_answered_without_a_version_waits_only_out_its_time() {
         let e = Echoes::default();
-        e.sent("pod/a", 7, None);
+        e.sent("pod/a", "p7".into(), None);
         e.seen("pod/a", None);
-        assert!(e.awaited("pod/a", 7).is_some());
+        assert!(e.awaited("pod/a", "p7").is_some());
     }
 
     #[test]

@@ -79,20 +79,11 @@ impl SyncerProc {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        // /proc/<pid>/stat: fields after the ")" of the command name; utime and stime are the
-        // 14th and 15th fields overall (12th and 13th after the name).
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let ticks: Vec<f64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse().ok())
-            .collect();
         Ok(ProcSample {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
-            cpu_s: ticks.iter().sum::<f64>() / self.clock_ticks,
+            cpu_s: cpu_ticks_of_stat(&stat).unwrap_or(0.0) / self.clock_ticks,
         })
     }
 }

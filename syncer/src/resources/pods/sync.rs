@@ -20,7 +20,7 @@ use super::tokens::{self, IssuedTokens};
 use super::translate;
 use crate::engine::Shared;
 use crate::engine::error::SyncError;
-use crate::engine::execute::{Done, Executor, Target, Write};
+use crate::engine::execute::{Done, Executor, Write};
 use crate::engine::queue::Key;
 use crate::engine::worker::{Outcome, Reconciler};
 use crate::naming;
@@ -179,9 +179,11 @@ impl Reconciler for PodSync {
             .map(|c| c.read())
             .transpose()?;
         if let Some(v) = &v {
-            let target = Target::virtual_object::<Pod>(&key.namespace, &key.name);
-            self.executor
-                .seen(&target, v.metadata.resource_version.as_deref());
+            self.executor.seen_virtual::<Pod>(
+                &key.namespace,
+                &key.name,
+                v.metadata.resource_version.as_deref(),
+            );
         }
         let mut h = self
             .host_pods
