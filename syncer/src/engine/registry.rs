@@ -242,7 +242,8 @@ impl<K, C> Watch<K, C> {
 pub struct WatchOptions {
     /// Label selector of our copies on the host (`managed-by=<vcluster>`).
     pub owned_selector: String,
-    /// Whether the cached watches load by whole LISTs from the watch cache (`--initial-list`).
+    /// Whether watches load by whole LISTs (`--initial-list`): from the watch cache where the
+    /// kind has one, else from the datastore (host Events).
     pub whole_lists: bool,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
@@ -250,6 +251,16 @@ pub struct WatchOptions {
 }
 
 impl WatchOptions {
+    /// How every watch lists first: whole LISTs (`--initial-list` auto or list), or as the
+    /// watch config says (streamed).
+    fn load(&self) -> watch::Load {
+        if self.whole_lists {
+            watch::Load::Whole
+        } else {
+            watch::Load::Kube
+        }
+    }
+
     /// How a watch of `selection` on `cluster` lists and watches.
     fn config<K: Resource<DynamicType = ()>>(
         &self,
@@ -325,11 +336,7 @@ where
             ..
         } = *self;
         let config = options.config::<K>(watch.cluster, &watch.selection);
-        let load = if options.whole_lists {
-            watch::Load::Whole
-        } else {
-            watch::Load::Kube
-        };
+        let load = options.load();
         let name = watch.name;
         let handle = watch::spawn(
             (watch.api)(shared),
@@ -582,7 +589,7 @@ impl Registry {
             let name = watch.name;
             let handle = watch::spawn_uncached(
                 (watch.api)(&shared),
-                config,
+                (config, options.load()),
                 watch.cluster,
                 name,
                 gate,

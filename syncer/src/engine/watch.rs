@@ -78,10 +78,11 @@ fn cached<K, C>(event: &mut Event<K>, convert: fn(&mut K) -> C) -> Event<C> {
     }
 }
 
-/// How a cached watch lists.
+/// How a watch lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Load {
-    /// One whole LIST from the watch cache, read item by item ([`super::unbookmarked::cached`]).
+    /// One whole LIST (from the watch cache where the kind has one), read item by item
+    /// ([`super::unbookmarked`]).
     Whole,
     /// kube's watcher as `config` says (streamed, or LIST pages).
     Kube,
@@ -162,7 +163,7 @@ where
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_uncached<K>(
     api: Api<K>,
-    config: watcher::Config,
+    (config, load): (watcher::Config, Load),
     cluster: Cluster,
     name: &'static str,
     gate: impl std::future::Future<Output = ()> + Send + 'static,
@@ -177,7 +178,7 @@ where
 {
     let on_event = move |event: &mut Event<K>| on_event(event);
     run_watch(
-        move || super::unbookmarked::stream(api.clone(), config.clone()).boxed(),
+        move || super::unbookmarked::stream(api.clone(), config.clone(), load == Load::Whole).boxed(),
         cluster,
         name,
         gate,

@@ -103,7 +103,7 @@ pub struct KindOptions {
     pub virtual_version: String,
     /// The vcluster's host Service (its ClusterIP/endpoints back the virtual default/kubernetes).
     pub service_name: String,
-    /// Whether kinds with a watch cache load by whole LISTs (`--initial-list`).
+    /// Whether watches load by whole LISTs (`--initial-list`).
     pub whole_lists: bool,
     /// Whether watches stream their initial objects (`--initial-list`) on each cluster.
     pub host_streams: bool,
@@ -173,7 +173,10 @@ const KINDS: &[Kind] = &[
         name: "events",
         enabled: always,
         optional: false,
-        register: |r, o, w| events::register(r, o.vcluster.clone(), o.virtual_streams, w.div_ceil(4)),
+        register: |r, o, w| {
+            let read_back = events::ReadBack::of(o.whole_lists, o.virtual_streams);
+            events::register(r, o.vcluster.clone(), read_back, w.div_ceil(4))
+        },
     },
     Kind {
         name: "services",
