@@ -233,10 +233,10 @@ pub struct SyncerArgs {
     pub service_name: Option<String>,
 
     /// How watches load their caches (at start and after a watch expires): `list` (one whole
-    /// LIST from the API server's watch cache, read item by item, then a watch; for host Events,
-    /// which have no watch cache, LIST pages), `stream` (one watch with the initial objects
-    /// streamed, `sendInitialEvents`, Kubernetes ≥ 1.34), or `auto` (`list`, and the host
-    /// Events streamed when the server is ≥ 1.34).
+    /// LIST, from the API server's watch cache where the kind has one, read item by item, then a
+    /// watch; after a LIST that broke off, LIST pages), `stream` (one watch with the initial
+    /// objects streamed, `sendInitialEvents`, Kubernetes ≥ 1.34), or `auto` (`list`, streamed
+    /// instead of pages after a LIST that broke off when the server is ≥ 1.34).
     #[arg(long, env = "VNEST_INITIAL_LIST", value_enum, default_value = "auto")]
     pub initial_list: InitialList,
 
@@ -287,8 +287,8 @@ impl InitialList {
             InitialList::Stream => true,
             InitialList::List => false,
             InitialList::Auto => {
-                // Kinds with a watch cache take whole lists ([`Self::whole_lists`]): this is
-                // the kinds without one (Events).
+                // Watches take whole lists ([`Self::whole_lists`]): this is how one lists
+                // after its whole LIST broke off.
                 let digits: String = server_minor.chars().take_while(char::is_ascii_digit).collect();
                 digits
                     .parse::<u32>()
