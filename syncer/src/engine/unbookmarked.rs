@@ -472,7 +472,7 @@ where
                 if !initial && let Some(past) = expired_delete_revision(&status.message) {
                     // Watching on after it costs one request; the LIST the error would have
                     // led to read the namespace's every Event, once per expiring one.
-                    tracing::debug!(revision = %past, "an expired object's delete came without its previous value; watching on after it");
+                    tracing::info!(revision = %past, "an expired object's delete came without its previous value; watching on after it");
                     self.state = State::Open(past);
                     return None;
                 }
@@ -514,7 +514,9 @@ where
 /// (key=..., modRevision=N, type=DELETE)`): measured, an hour after a 1000-pod burst the host
 /// Events watch failed every 2–6 s and listed the namespace's Events each time, and a restart
 /// took 17 s instead of 1. Watching on from revision N skips only that delete: of an Event
-/// that expired, which nothing here needs to see.
+/// that expired, which nothing here needs to see. Resuming from before N cannot work: seen
+/// against kine v0.17.5 while 10 000 Events expired, a watch resumed from there got the same
+/// error 1 195 times in two minutes, while whole LISTs in those minutes answered every time.
 fn expired_delete_revision(message: &str) -> Option<String> {
     if !message.contains("PrevKv=nil") || !message.contains("type=DELETE") {
         return None;
