@@ -55,6 +55,23 @@ impl From<LeanMeta> for ObjectMeta {
     }
 }
 
+/// Implements `k8s_openapi::Resource` for `$view` as the kind `$of`: a type that parses part of
+/// that kind's objects (a watched pod without `managedFields`, an event copy's metadata) and is
+/// listed and watched at its URLs.
+macro_rules! resource_as {
+    ($view:ty, $of:ty) => {
+        impl k8s_openapi::Resource for $view {
+            const API_VERSION: &'static str = <$of as k8s_openapi::Resource>::API_VERSION;
+            const GROUP: &'static str = <$of as k8s_openapi::Resource>::GROUP;
+            const KIND: &'static str = <$of as k8s_openapi::Resource>::KIND;
+            const VERSION: &'static str = <$of as k8s_openapi::Resource>::VERSION;
+            const URL_PATH_SEGMENT: &'static str = <$of as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+            type Scope = <$of as k8s_openapi::Resource>::Scope;
+        }
+    };
+}
+pub(crate) use resource_as;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "a panicking unwrap is a test failure")]
 mod tests {

@@ -132,14 +132,7 @@ fn lean_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Er
     <crate::engine::lean::LeanMeta as serde::Deserialize>::deserialize(d).map(ObjectMeta::from)
 }
 
-impl k8s_openapi::Resource for CopiedEvent {
-    const API_VERSION: &'static str = Event::API_VERSION;
-    const GROUP: &'static str = Event::GROUP;
-    const KIND: &'static str = Event::KIND;
-    const VERSION: &'static str = Event::VERSION;
-    const URL_PATH_SEGMENT: &'static str = Event::URL_PATH_SEGMENT;
-    type Scope = <Event as k8s_openapi::Resource>::Scope;
-}
+crate::engine::lean::resource_as!(CopiedEvent, Event);
 
 impl k8s_openapi::Metadata for CopiedEvent {
     type Ty = ObjectMeta;

@@ -53,14 +53,7 @@ impl<'de> Deserialize<'de> for WatchedPod {
     }
 }
 
-impl k8s_openapi::Resource for WatchedPod {
-    const API_VERSION: &'static str = Pod::API_VERSION;
-    const GROUP: &'static str = Pod::GROUP;
-    const KIND: &'static str = Pod::KIND;
-    const VERSION: &'static str = Pod::VERSION;
-    const URL_PATH_SEGMENT: &'static str = Pod::URL_PATH_SEGMENT;
-    type Scope = <Pod as k8s_openapi::Resource>::Scope;
-}
+crate::engine::lean::resource_as!(WatchedPod, Pod);
 
 impl k8s_openapi::Metadata for WatchedPod {
     type Ty = ObjectMeta;
