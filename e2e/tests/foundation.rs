@@ -561,28 +561,42 @@ async fn a_cached_kind_loads_by_one_whole_list_then_follows_every_change_across_
 
 /// The stream of the syncer's host Events watch (`vnest::engine::unbookmarked`: the host API
 /// server keeps no watch cache for Events, so it lists again after a watch that ended early),
-/// against the host API server, with LIST pages and with a streamed list: it lists what
-/// exists, then follows creates and deletes across many ends of its watch (1 s server-side
-/// timeouts, each resumed where it stopped), none lost, none repeated, and lists only once.
+/// against the host API server, with one whole LIST (the default), LIST pages and a streamed
+/// list: it lists what exists, then follows creates and deletes across many ends of its watch
+/// (1 s server-side timeouts, each resumed where it stopped), none lost, none repeated, and
+/// lists only once.
 #[tokio::test]
 async fn the_host_events_stream_lists_once_then_follows_every_change_across_watch_ends() -> Result<()> {
     let env = Env::load()?;
     let host = env.host_admin().await?;
     let paged = kube::runtime::watcher::Config::default().timeout(1);
-    for config in [paged.clone(), paged.streaming_lists()] {
+    for (config, whole) in [
+        (paged.clone(), true),
+        (paged.clone(), false),
+        (paged.streaming_lists(), false),
+    ] {
         let ns = TestNs::new(&host, "e2e-evstream").await?;
-        follow_events(&host, &ns.name, config).await?;
+        follow_events(&host, &ns.name, config, whole).await?;
         ns.delete().await?;
     }
     Ok(())
 }
 
-async fn follow_events(host: &Client, ns: &str, config: kube::runtime::watcher::Config) -> Result<()> {
+async fn follow_events(
+    host: &Client,
+    ns: &str,
+    config: kube::runtime::watcher::Config,
+    whole: bool,
+) -> Result<()> {
     let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(host.clone(), ns);
     api.create(&PostParams::default(), &host_event(ns, "before")?)
         .await?;
-    let mode = format!("{:?}", config.initial_list_strategy);
-    let mut stream = Box::pin(vnest::engine::unbookmarked::stream(api.clone(), config));
+    let mode = if whole {
+        "whole LIST".to_owned()
+    } else {
+        format!("{:?}", config.initial_list_strategy)
+    };
+    let mut stream = Box::pin(vnest::engine::unbookmarked::stream(api.clone(), config, whole));
     let mut seen = Seen::default();
     read_until(&mut stream, &mut seen, |s| !s.listed.is_empty()).await?;
 
