@@ -682,14 +682,10 @@ fn patch_key(action: &Action) -> Option<String> {
     let Write::Patch { subresource, patch } = &action.write else {
         return None;
     };
-    let t = &action.target;
     let body = serde_json::to_string(&patch.body).unwrap_or_default();
     Some(format!(
-        "{}/{}/{}/{}/{}/{}",
-        t.cluster.as_str(),
-        t.kind,
-        t.namespace.as_deref().unwrap_or(""),
-        t.name,
+        "{}/{}/{}",
+        action.target.identity(),
         subresource.unwrap_or(""),
         crate::naming::short_hash(&[&body])
     ))
