@@ -115,9 +115,9 @@ pub fn heap_allocated() -> u64 {
 /// What to give back at a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trim {
-    /// Free heap pages (work goes on, or the code was given back a short while ago).
+    /// Free heap pages: a burst is over, or work goes on without a pause.
     Heap,
-    /// Free heap pages and the code's pages ([`release_code_pages`]): the work is over.
+    /// Free heap pages and the code's pages ([`release_code_pages`]): quiet for a minute.
     HeapAndCode,
 }
 
