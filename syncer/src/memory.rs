@@ -136,10 +136,15 @@ pub struct TrimPolicy {
     busy_looks: u32,
     /// Looks in a row without work.
     quiet_looks: u32,
-    /// The work count when the code was last given back; None before that.
-    code_at: Option<u64>,
-    /// Looks since the code was last given back; None before that.
-    looks_since_code: Option<u32>,
+    /// The last time the code was given back; None before that.
+    last_code: Option<CodeRelease>,
+}
+
+/// When the code was last given back: the work count then, and the looks since.
+#[derive(Debug, Clone, Copy)]
+struct CodeRelease {
+    work_done: u64,
+    looks_since: u32,
 }
 
 impl TrimPolicy {
@@ -158,15 +163,18 @@ impl TrimPolicy {
         } else {
             0
         };
-        if let Some(n) = &mut self.looks_since_code {
-            *n = n.saturating_add(1);
+        if let Some(last) = &mut self.last_code {
+            last.looks_since = last.looks_since.saturating_add(1);
         }
         let code_due = self.quiet_looks >= Self::QUIET_LOOKS_FOR_CODE
-            && self.code_at != Some(work_done)
-            && self.looks_since_code.is_none_or(|n| n >= Self::CODE_LOOKS_APART);
+            && self
+                .last_code
+                .is_none_or(|last| last.work_done != work_done && last.looks_since >= Self::CODE_LOOKS_APART);
         if code_due {
-            self.code_at = Some(work_done);
-            self.looks_since_code = Some(0);
+            self.last_code = Some(CodeRelease {
+                work_done,
+                looks_since: 0,
+            });
             self.at_last_trim = Some(work_done);
             self.busy_looks = 0;
             return Some(Trim::HeapAndCode);
@@ -188,8 +196,7 @@ impl TrimPolicy {
 /// Trims after each burst of reconciles until `cancel`.
 pub async fn release_after_bursts(metrics: Metrics, cancel: CancellationToken) {
     let mut policy = TrimPolicy::default();
-    // The first look comes one period after start, not at once: the caches load meanwhile,
-    // and the first quiet look after that gives their code back.
+    // The first look comes one period after start, not at once: nothing has loaded yet.
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
