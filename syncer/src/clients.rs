@@ -57,6 +57,7 @@ impl HostClient {
             qps: 5.0,
             burst: 10,
             max_in_flight: 0,
+            min_in_flight: 1,
             adaptive: false,
         };
         build(Cluster::Host, config, rate, metrics)
@@ -345,7 +346,7 @@ impl RateLimitLayer {
 /// The seats `rate` asks for.
 fn seats(rate: &RateLimit) -> SeatLimit {
     if rate.adaptive {
-        SeatLimit::adaptive(rate.max_in_flight, Instant::now())
+        SeatLimit::adaptive(rate.min_in_flight, rate.max_in_flight, Instant::now())
     } else {
         SeatLimit::fixed(rate.max_in_flight)
     }

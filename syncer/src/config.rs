@@ -204,6 +204,13 @@ pub struct SyncerArgs {
     #[arg(long, env = "VNEST_HOST_ADAPTIVE_IN_FLIGHT", default_value = "true", action = clap::ArgAction::Set)]
     pub host_adaptive_in_flight: bool,
 
+    /// Fewest requests --host-adaptive-in-flight keeps in flight to the host API server however
+    /// slow its answers get. Fewer keeps a tenant's burst from filling the host's queue ahead of
+    /// another tenant's request; more lets a burst through faster on a host that is slow for
+    /// reasons of its own (a busy CPU) rather than because of the syncer's requests.
+    #[arg(long, env = "VNEST_HOST_MIN_IN_FLIGHT", default_value = "4", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub host_min_in_flight: u32,
+
     /// Requests sent to the virtual API server and not answered yet, at most (0: no limit);
     /// shared between virtual namespaces like --host-max-in-flight.
     #[arg(long, env = "VNEST_VIRTUAL_MAX_IN_FLIGHT", default_value = "32", value_parser = clap::value_parser!(u32).range(0..=4096))]
@@ -312,8 +319,10 @@ pub struct RateLimit {
     pub qps: f64,
     pub burst: u32,
     pub max_in_flight: usize,
-    /// The requests in flight follow the server's latency, up to `max_in_flight`
-    /// (crate::seat_limit).
+    /// Fewest requests an adaptive limit keeps in flight.
+    pub min_in_flight: usize,
+    /// The requests in flight follow the server's latency, between `min_in_flight` and
+    /// `max_in_flight` (crate::seat_limit).
     pub adaptive: bool,
 }
 
@@ -391,6 +400,7 @@ impl SyncerArgs {
             virtual_burst,
             host_max_in_flight,
             host_adaptive_in_flight,
+            host_min_in_flight,
             virtual_max_in_flight,
             shutdown_timeout,
             worker_threads,
@@ -446,12 +456,14 @@ impl SyncerArgs {
                 qps: host_qps,
                 burst: host_burst,
                 max_in_flight: host_max_in_flight as usize,
+                min_in_flight: host_min_in_flight as usize,
                 adaptive: host_adaptive_in_flight,
             },
             virtual_rate: RateLimit {
                 qps: virtual_qps,
                 burst: virtual_burst,
                 max_in_flight: virtual_max_in_flight as usize,
+                min_in_flight: 1,
                 adaptive: false,
             },
             shutdown_timeout,
@@ -548,6 +560,7 @@ mod tests {
         ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
         ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "0"),
         ("host-adaptive-in-flight", "VNEST_HOST_ADAPTIVE_IN_FLIGHT", "true"),
+        ("host-min-in-flight", "VNEST_HOST_MIN_IN_FLIGHT", "4"),
         ("virtual-max-in-flight", "VNEST_VIRTUAL_MAX_IN_FLIGHT", "32"),
         ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
         ("worker-threads", "VNEST_WORKER_THREADS", "1"),
@@ -668,6 +681,7 @@ mod tests {
                 qps: 100.0,
                 burst: 200,
                 max_in_flight: 0,
+                min_in_flight: 4,
                 adaptive: true,
             }
         );

@@ -659,7 +659,12 @@ mod tests {
     #[test]
     fn an_adaptive_limit_holds_requests_back_once_the_server_slows_down() {
         let t0 = Instant::now();
-        let mut s = Schedule::<W>::new(1e6, 1_000_000, SeatLimit::adaptive(0, t0), t0);
+        let mut s = Schedule::<W>::new(
+            1e6,
+            1_000_000,
+            SeatLimit::adaptive(crate::seat_limit::ADAPTIVE_MIN, 0, t0),
+            t0,
+        );
         let mut sent = 0;
         while s.try_now(&a(), t0) {
             sent += 1;

@@ -214,6 +214,10 @@ pub async fn release_after_bursts(metrics: Metrics, cancel: CancellationToken) {
                 Trim::HeapAndCode => release_code_pages(),
                 Trim::Heap => 0,
             };
+            metrics.memory_releases.with_label_values(&["heap"]).inc();
+            if trim == Trim::HeapAndCode {
+                metrics.memory_releases.with_label_values(&["code"]).inc();
+            }
             tracing::debug!(
                 released,
                 code_bytes,

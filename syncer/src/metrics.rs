@@ -59,6 +59,9 @@ pub struct Metrics {
     /// Bytes the allocator has handed out and not got back (glibc; 0 elsewhere), sampled every
     /// 10 s: the live heap, next to RSS.
     pub heap_allocated_bytes: prometheus::IntGauge,
+    /// Times the syncer gave memory back to the kernel, by what (`heap`: free heap pages after
+    /// a burst; `code`: its own code pages after a quiet minute, syncer/src/memory.rs).
+    pub memory_releases: IntCounterVec,
     /// Kubelet endpoint requests by path kind and result.
     pub kubelet_requests: IntCounterVec,
     /// Kubelet streams (logs, exec, attach, port-forward) open now, by path kind.
@@ -191,6 +194,14 @@ impl Metrics {
             "Bytes allocated and not freed (glibc mallinfo2; sampled every 10 s)",
         )?;
         registry.register(Box::new(heap_allocated_bytes.clone()))?;
+        let memory_releases = IntCounterVec::new(
+            Opts::new(
+                "memory_releases_total",
+                "Times the syncer gave memory back to the kernel: heap (free heap pages, after a burst) or code (its own code pages, after a quiet minute)",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(memory_releases.clone()))?;
         let kubelet_requests = IntCounterVec::new(
             Opts::new(
                 "kubelet_requests_total",
@@ -248,6 +259,7 @@ impl Metrics {
             service_recreates,
             initial_sync_seconds,
             heap_allocated_bytes,
+            memory_releases,
             kubelet_requests,
             kubelet_streams_open,
             leader,

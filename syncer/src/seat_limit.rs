@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Length of one window of the quiet-latency minimum (two are kept).
 pub const WINDOW: Duration = Duration::from_secs(30);
-/// Fewest seats the adaptive limit goes down to.
+/// Fewest seats the adaptive limit goes down to unless told otherwise (`--host-min-in-flight`).
 pub const ADAPTIVE_MIN: usize = 4;
 /// Seats an adaptive limit starts with (and most it grows to without a configured maximum).
 const ADAPTIVE_START: f64 = 32.0;
@@ -44,6 +44,7 @@ pub enum SeatLimit {
 #[derive(Debug, Clone)]
 pub struct Adaptive {
     limit: f64,
+    min: f64,
     max: f64,
     /// Lowest latency seen in the current window, and in the one before.
     floor_now: Option<Duration>,
@@ -59,15 +60,21 @@ impl SeatLimit {
         Self::Fixed(if max == 0 { usize::MAX } else { max })
     }
 
-    /// Following the latency, between [`ADAPTIVE_MIN`] and `max` (0: no maximum of its own);
-    /// a `max` of [`ADAPTIVE_MIN`] or fewer leaves nothing to follow: fixed at `max`.
-    pub fn adaptive(max: usize, now: Instant) -> Self {
-        if (1..=ADAPTIVE_MIN).contains(&max) {
+    /// Following the latency, between `min` (at least 1) and `max` (0: no maximum of its own);
+    /// a `max` of `min` or fewer leaves nothing to follow: fixed at `max`.
+    pub fn adaptive(min: usize, max: usize, now: Instant) -> Self {
+        let min = min.max(1);
+        if (1..=min).contains(&max) {
             return Self::Fixed(max);
         }
-        let max = if max == 0 { ADAPTIVE_MAX } else { max as f64 };
+        let max = if max == 0 {
+            ADAPTIVE_MAX.max(min as f64)
+        } else {
+            max as f64
+        };
         Self::Adaptive(Adaptive {
-            limit: ADAPTIVE_START.min(max),
+            limit: ADAPTIVE_START.max(min as f64).min(max),
+            min: min as f64,
             max,
             floor_now: None,
             floor_before: None,
@@ -108,7 +115,7 @@ impl Adaptive {
         };
         if latency > floor.saturating_mul(2).saturating_add(SLACK) {
             if self.last_cut.is_none_or(|cut| granted > cut) {
-                self.limit = (self.limit * CUT).max(ADAPTIVE_MIN as f64);
+                self.limit = (self.limit * CUT).max(self.min);
                 self.last_cut = Some(now);
             }
         } else if in_flight as f64 >= self.limit - 1.0 {
@@ -144,11 +151,11 @@ mod tests {
     #[test]
     fn a_maximum_below_the_adaptive_minimum_is_kept() {
         let mut now = Instant::now();
-        let mut s = SeatLimit::adaptive(2, now);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 2, now);
         answer(&mut s, &mut now, ms(4));
         answer(&mut s, &mut now, ms(4));
         assert_eq!(s.get(), 2);
-        let mut s = SeatLimit::adaptive(8, now);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 8, now);
         assert_eq!(s.get(), 8, "starts at the maximum when it is below 32");
         answer(&mut s, &mut now, ms(4));
         answer(&mut s, &mut now, ms(900));
@@ -168,7 +175,7 @@ mod tests {
     #[test]
     fn a_server_that_starts_queueing_gets_fewer_requests_down_to_the_minimum() {
         let mut now = Instant::now();
-        let mut s = SeatLimit::adaptive(0, now);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 0, now);
         assert_eq!(s.get(), 32);
         for _ in 0..50 {
             answer(&mut s, &mut now, ms(4));
@@ -188,9 +195,25 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_minimum_is_where_cuts_stop() {
+        let mut now = Instant::now();
+        let mut s = SeatLimit::adaptive(12, 0, now);
+        answer(&mut s, &mut now, ms(4));
+        for _ in 0..40 {
+            answer(&mut s, &mut now, ms(300));
+        }
+        assert_eq!(s.get(), 12);
+        let s = SeatLimit::adaptive(64, 0, now);
+        assert_eq!(s.get(), 64, "starts at the minimum when it is above 32");
+        let s = SeatLimit::adaptive(16, 16, now);
+        assert_eq!(s.get(), 16, "a maximum at the minimum is fixed");
+        assert!(matches!(s, SeatLimit::Fixed(16)));
+    }
+
+    #[test]
     fn answers_to_requests_sent_before_a_cut_do_not_cut_again() {
         let t0 = Instant::now();
-        let mut s = SeatLimit::adaptive(0, t0);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 0, t0);
         s.answered(t0, 32, t0 + ms(4));
         // 32 requests granted together, all slow: one cut, not 32.
         let granted = t0 + ms(10);
@@ -206,7 +229,7 @@ mod tests {
     #[test]
     fn a_quiet_server_earns_the_seats_back_one_per_round() {
         let mut now = Instant::now();
-        let mut s = SeatLimit::adaptive(64, now);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 64, now);
         answer(&mut s, &mut now, ms(4));
         for _ in 0..20 {
             answer(&mut s, &mut now, ms(400));
@@ -216,7 +239,7 @@ mod tests {
             answer(&mut s, &mut now, ms(5));
         }
         assert_eq!(s.get(), 34, "one seat per answer as quick as a quiet server's");
-        let mut slower = SeatLimit::adaptive(64, now);
+        let mut slower = SeatLimit::adaptive(ADAPTIVE_MIN, 64, now);
         answer(&mut slower, &mut now, ms(4));
         for _ in 0..20 {
             answer(&mut slower, &mut now, ms(400));
@@ -239,7 +262,7 @@ mod tests {
     #[test]
     fn an_idle_client_does_not_grow_and_a_slow_server_becomes_the_new_quiet() {
         let t0 = Instant::now();
-        let mut s = SeatLimit::adaptive(0, t0);
+        let mut s = SeatLimit::adaptive(ADAPTIVE_MIN, 0, t0);
         for i in 0..1000 {
             let at = t0 + ms(10 * i);
             s.answered(at, 1, at + ms(4));

@@ -94,9 +94,9 @@ impl Ends {
 type Watch<K> = BoxStream<'static, kube::Result<WatchEvent<K>>>;
 type Body = std::pin::Pin<Box<dyn AsyncBufRead + Send>>;
 
-/// How a list is read.
+/// How a list is read (also how the events kind reads its copies back after a start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Load {
+pub enum Load {
     /// LIST pages (`limit`, `continue`).
     Pages,
     /// One watch that sends the current objects first (`sendInitialEvents`).
@@ -154,11 +154,7 @@ pub fn stream<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let load = if whole {
-        Load::Whole
-    } else {
-        configured_load(&config)
-    };
+    let load = Load::choose(whole, streams(&config));
     machine(api, config, load, Ends::default())
 }
 
@@ -530,14 +526,26 @@ fn expired_delete_revision(message: &str) -> Option<String> {
     (!digits.is_empty()).then_some(digits)
 }
 
+impl Load {
+    /// One whole LIST when `whole`, else a streamed list where the server `streams`, else pages.
+    pub fn choose(whole: bool, streams: bool) -> Self {
+        match (whole, streams) {
+            (true, _) => Load::Whole,
+            (false, true) => Load::Streamed,
+            (false, false) => Load::Pages,
+        }
+    }
+}
+
+/// Whether `config` asks for streamed lists.
+fn streams(config: &watcher::Config) -> bool {
+    config.initial_list_strategy == watcher::InitialListStrategy::StreamingList
+}
+
 /// How `config` says to list (a stream without whole lists, or after one broke off): streamed
 /// where it streams, else pages.
 fn configured_load(config: &watcher::Config) -> Load {
-    if config.initial_list_strategy == watcher::InitialListStrategy::StreamingList {
-        Load::Streamed
-    } else {
-        Load::Pages
-    }
+    Load::choose(false, streams(config))
 }
 
 /// The watch being read, as [`State::Watching`] holds it (but its resourceVersion).
@@ -600,6 +608,14 @@ mod tests {
             secs(0),
             "after a calm spell the first early end lists at once again"
         );
+    }
+
+    #[test]
+    fn whole_lists_come_first_then_streams_then_pages() {
+        assert_eq!(Load::choose(true, true), Load::Whole);
+        assert_eq!(Load::choose(true, false), Load::Whole);
+        assert_eq!(Load::choose(false, true), Load::Streamed);
+        assert_eq!(Load::choose(false, false), Load::Pages);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use kube::runtime::reflector::Store;
 
 use crate::engine::Shared;
 use crate::engine::registry::{Registry, RegistryError, Tasks, WatchOptions};
+use crate::engine::unbookmarked::Load;
 use crate::markers;
 use nodes::KubeletEndpoint;
 
@@ -174,7 +175,7 @@ const KINDS: &[Kind] = &[
         enabled: always,
         optional: false,
         register: |r, o, w| {
-            let read_back = events::ReadBack::of(o.whole_lists, o.virtual_streams);
+            let read_back = Load::choose(o.whole_lists, o.virtual_streams);
             events::register(r, o.vcluster.clone(), read_back, w.div_ceil(4))
         },
     },
