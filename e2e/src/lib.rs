@@ -109,7 +109,21 @@ pub async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result
 }
 
 /// Calls `probe` until it returns `Some`, failing after `timeout` with `what` in the message.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    wait_until_every(what, timeout, Duration::from_millis(100), probe).await
+}
+
+/// [`wait_until`], probing every `every` (a probe that must not load what it watches).
+pub async fn wait_until_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
@@ -128,7 +142,7 @@ where
                 .unwrap_or_default();
             anyhow::bail!("timed out after {timeout:?} waiting for {what}{why}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -57,8 +57,7 @@ impl HostClient {
             qps: 5.0,
             burst: 10,
             max_in_flight: 0,
-            min_in_flight: 1,
-            adaptive: false,
+            adaptive: None,
         };
         build(Cluster::Host, config, rate, metrics)
     }
@@ -334,6 +333,7 @@ impl RateLimitLayer {
         // Seats that follow the latency are shown as they move (`client_seats`).
         let gauge = rate
             .adaptive
+            .is_some()
             .then(|| metrics.client_seats.with_label_values(&[cluster.as_str()]));
         Self {
             cluster,
@@ -345,10 +345,9 @@ impl RateLimitLayer {
 
 /// The seats `rate` asks for.
 fn seats(rate: &RateLimit) -> SeatLimit {
-    if rate.adaptive {
-        SeatLimit::adaptive(rate.min_in_flight, rate.max_in_flight, Instant::now())
-    } else {
-        SeatLimit::fixed(rate.max_in_flight)
+    match rate.adaptive {
+        Some(min) => SeatLimit::adaptive(min, rate.max_in_flight, Instant::now()),
+        None => SeatLimit::fixed(rate.max_in_flight),
     }
 }
 

@@ -319,11 +319,9 @@ pub struct RateLimit {
     pub qps: f64,
     pub burst: u32,
     pub max_in_flight: usize,
-    /// Fewest requests an adaptive limit keeps in flight.
-    pub min_in_flight: usize,
-    /// The requests in flight follow the server's latency, between `min_in_flight` and
-    /// `max_in_flight` (crate::seat_limit).
-    pub adaptive: bool,
+    /// `Some(min)`: the requests in flight follow the server's latency, between `min` and
+    /// `max_in_flight` (crate::seat_limit); None: only `max_in_flight` limits them.
+    pub adaptive: Option<usize>,
 }
 
 /// Where a cluster's credentials come from.
@@ -456,15 +454,13 @@ impl SyncerArgs {
                 qps: host_qps,
                 burst: host_burst,
                 max_in_flight: host_max_in_flight as usize,
-                min_in_flight: host_min_in_flight as usize,
-                adaptive: host_adaptive_in_flight,
+                adaptive: host_adaptive_in_flight.then_some(host_min_in_flight as usize),
             },
             virtual_rate: RateLimit {
                 qps: virtual_qps,
                 burst: virtual_burst,
                 max_in_flight: virtual_max_in_flight as usize,
-                min_in_flight: 1,
-                adaptive: false,
+                adaptive: None,
             },
             shutdown_timeout,
             worker_threads: usize::from(worker_threads),
@@ -681,8 +677,7 @@ mod tests {
                 qps: 100.0,
                 burst: 200,
                 max_in_flight: 0,
-                min_in_flight: 4,
-                adaptive: true,
+                adaptive: Some(4),
             }
         );
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(5));

@@ -210,14 +210,14 @@ pub async fn release_after_bursts(metrics: Metrics, cancel: CancellationToken) {
         if let Some(trim) = policy.look(metrics.reconciles_total()) {
             let started = std::time::Instant::now();
             let released = release_free_memory();
+            metrics.memory_releases.with_label_values(&["heap"]).inc();
             let code_bytes = match trim {
-                Trim::HeapAndCode => release_code_pages(),
+                Trim::HeapAndCode => {
+                    metrics.memory_releases.with_label_values(&["code"]).inc();
+                    release_code_pages()
+                }
                 Trim::Heap => 0,
             };
-            metrics.memory_releases.with_label_values(&["heap"]).inc();
-            if trim == Trim::HeapAndCode {
-                metrics.memory_releases.with_label_values(&["code"]).inc();
-            }
             tracing::debug!(
                 released,
                 code_bytes,

@@ -42,7 +42,7 @@ use chart::Series;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until};
+use vnest_e2e::{Result, TestNs, World, http_get_text, wait_until, wait_until_every};
 
 use probe::{AuditLog, SyncerProc, diff, syncer_host_requests, writes};
 use scenarios::{Path, SmallNs};
@@ -182,23 +182,23 @@ fn args() -> Result<Args> {
 /// The syncer's RSS once idle: it gives its code pages back after a quiet minute
 /// (`vnest_syncer_memory_releases_total{what="code"}`), then runs what an idle syncer runs for
 /// [`QUIET_SAMPLE_AFTER`]. None (and said) when no release came within
-/// [`QUIET_RELEASE_TIMEOUT`].
+/// [`QUIET_RELEASE_TIMEOUT`]. Its `/metrics` is read every 2 s: the scrapes are work of the
+/// syncer's too.
 async fn quiet_sample(w: &World, syncer: &SyncerProc) -> Result<Option<probe::ProcSample>> {
     step("0/8 idle syncer: waiting for its quiet minute (code pages given back)");
-    let deadline = Instant::now() + QUIET_RELEASE_TIMEOUT;
-    loop {
-        let releases = probe::syncer_counter(w, "vnest_syncer_memory_releases_total").await?;
-        if releases.get("code").copied().unwrap_or(0.0) >= 1.0 {
-            break;
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "[bench]   no code release within {} s of waiting: idle RSS not sampled",
-                QUIET_RELEASE_TIMEOUT.as_secs()
-            );
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let released = wait_until_every(
+        "the syncer's code release",
+        QUIET_RELEASE_TIMEOUT,
+        Duration::from_secs(2),
+        || async {
+            let releases = probe::syncer_counter(w, "vnest_syncer_memory_releases_total").await?;
+            Ok((releases.get("code").copied().unwrap_or(0.0) >= 1.0).then_some(()))
+        },
+    )
+    .await;
+    if let Err(e) = released {
+        eprintln!("[bench]   {e:#}: idle RSS not sampled");
+        return Ok(None);
     }
     tokio::time::sleep(QUIET_SAMPLE_AFTER).await;
     let sample = syncer.sample()?;
