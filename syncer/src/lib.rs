@@ -31,6 +31,8 @@
 //! - [`leader`]: leader election between HA replicas (a host Lease, kube-lease-manager); only
 //!   the leader's workers run and its executor writes.
 //! - [`memory`]: glibc arenas and `malloc_trim` after bursts.
+//! - [`splice`]: two connections spliced byte for byte (exec/attach/port-forward), neither
+//!   direction's error cutting what the other still carries.
 //! - [`app`]: wiring and supervision: start everything, stop everything on SIGTERM.
 //! - [`error`]: the crate's typed errors.
 //! - [`cli`]: the `vnest` CLI (create, connect, list, delete, render, schema): one typed
@@ -57,4 +59,5 @@ pub mod metrics;
 pub mod naming;
 pub mod resources;
 pub mod seat_limit;
+pub mod splice;
 pub mod telemetry;

@@ -564,13 +564,17 @@ impl Forwarder {
                     return;
                 }
             };
-            let (mut client, mut host) = (TokioIo::new(client), TokioIo::new(host));
+            let spliced = crate::splice::splice(TokioIo::new(client), TokioIo::new(host), SPLICE_BUFFER);
             tokio::select! {
                 () = cancel.cancelled() => tracing::debug!(parent: &span, "stream closed by shutdown"),
-                done = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut host, SPLICE_BUFFER, SPLICE_BUFFER) => match done {
-                    Ok((up, down)) => tracing::debug!(parent: &span, up, down, "stream closed"),
-                    Err(error) => tracing::debug!(parent: &span, %error, "stream ended with an error"),
-                },
+                s = spliced => tracing::debug!(
+                    parent: &span,
+                    up = s.up,
+                    down = s.down,
+                    up_error = s.up_error.map(|e| e.to_string()),
+                    down_error = s.down_error.map(|e| e.to_string()),
+                    "stream closed"
+                ),
             }
             // Both upgraded connections are dropped (closed) here, whichever side went first.
         });

@@ -30,16 +30,15 @@ pub async fn start_port_forward(
     let pod = pod.to_owned();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
+            let Ok((conn, _)) = listener.accept().await else {
                 break;
             };
             let (pods, pod) = (pods.clone(), pod.clone());
             tokio::spawn(async move {
                 match pods.portforward(&pod, &[port]).await {
                     Ok(mut pf) => {
-                        if let Some(mut upstream) = pf.take_stream(port) {
-                            let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
-                            drop(upstream);
+                        if let Some(upstream) = pf.take_stream(port) {
+                            crate::splice::splice(conn, upstream, 64 << 10).await;
                         }
                         let _ = pf.join().await;
                     }
