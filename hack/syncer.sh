@@ -10,7 +10,9 @@
 # runner restarts it as a kubelet would (restartPolicy Always): `stop SIGNAL` sends the signal
 # to the container's process and waits until it has exited, `start` waits until the restarted
 # container answers /readyz. A stop is therefore always followed by a restart, as in a pod.
-# Inputs (environment): STATE_DIR (default <repo>/.e2e), VNEST_LOG (log filter).
+# Inputs (environment): STATE_DIR (default <repo>/.e2e), VNEST_LOG (log filter),
+# VNEST_SYNCER_FLAGS (process mode: flags added after the world's own; VNEST_* variables reach
+# the syncer too).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=lib/common.sh
@@ -81,7 +83,7 @@ start() {
 		--host-kubeconfig "$SYNCER_HOST_KUBECONFIG" --data-dir "$VIRTUAL_DATA_DIR" \
 		--workload-service-account "$WORKLOAD_SA" \
 		--admin-addr "$SYNCER_ADMIN_ADDR" --dns-addr "$SYNCER_DNS_ADDR" --dns-upstream "$DNS_UPSTREAM" \
-		--log-filter "${VNEST_LOG:-info}" ${EXTRA_SYNCER_FLAGS:-}
+		--log-filter "${VNEST_LOG:-info}" ${EXTRA_SYNCER_FLAGS:-} ${VNEST_SYNCER_FLAGS:-}
 	wait_for "syncer /readyz (both clusters reachable)" 60 syncer curl -fsS --max-time 2 "http://$SYNCER_ADMIN_ADDR/readyz"
 }
 

@@ -207,9 +207,10 @@ pub struct SyncerArgs {
     /// Fewest requests --host-adaptive-in-flight keeps in flight to the host API server however
     /// slow its answers get. Fewer keeps a tenant's burst from filling the host's queue ahead of
     /// another tenant's request; more lets a burst through faster on a host that is slow for
-    /// reasons of its own (a busy CPU) rather than because of the syncer's requests.
-    #[arg(long, env = "VNEST_HOST_MIN_IN_FLIGHT", default_value = "4", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub host_min_in_flight: u32,
+    /// reasons of its own (a busy CPU) rather than because of the syncer's requests. Default 4;
+    /// refused with --host-adaptive-in-flight=false (there is no floor to set).
+    #[arg(long, env = "VNEST_HOST_MIN_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub host_min_in_flight: Option<u32>,
 
     /// Requests sent to the virtual API server and not answered yet, at most (0: no limit);
     /// shared between virtual namespaces like --host-max-in-flight.
@@ -365,6 +366,12 @@ pub struct SyncerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
+        "--host-min-in-flight={min} sets the floor of the adaptive host limit, which \
+         --host-adaptive-in-flight=false turns off: drop one of the two (a fixed limit is \
+         --host-max-in-flight)"
+    )]
+    MinInFlightWithoutAdaptive { min: u32 },
+    #[error(
         "no host namespace: pass --host-namespace (or VNEST_HOST_NAMESPACE), or run in a pod where {path} exists ({source})"
     )]
     NoHostNamespace {
@@ -410,6 +417,9 @@ impl SyncerArgs {
             kubelet,
             election,
         } = self;
+        if let (false, Some(min)) = (host_adaptive_in_flight, host_min_in_flight) {
+            return Err(ConfigError::MinInFlightWithoutAdaptive { min });
+        }
         let host_namespace = match host_namespace {
             Some(ns) => ns,
             None => read_in_cluster_namespace()?,
@@ -454,7 +464,8 @@ impl SyncerArgs {
                 qps: host_qps,
                 burst: host_burst,
                 max_in_flight: host_max_in_flight as usize,
-                adaptive: host_adaptive_in_flight.then_some(host_min_in_flight as usize),
+                adaptive: host_adaptive_in_flight
+                    .then(|| host_min_in_flight.map_or(crate::seat_limit::ADAPTIVE_MIN, |min| min as usize)),
             },
             virtual_rate: RateLimit {
                 qps: virtual_qps,
@@ -530,6 +541,33 @@ mod tests {
     }
 
     #[test]
+    fn a_minimum_in_flight_is_the_adaptive_floor_and_refused_without_it() {
+        let base = ["--name", "demo", "--host-namespace", "ns"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).unwrap().into_config()
+        };
+        assert_eq!(with(&[]).unwrap().host_rate.adaptive, Some(4));
+        let cfg = with(&["--host-min-in-flight", "12"]).unwrap();
+        assert_eq!(cfg.host_rate.adaptive, Some(12));
+        assert_eq!(
+            with(&["--host-adaptive-in-flight", "false"])
+                .unwrap()
+                .host_rate
+                .adaptive,
+            None
+        );
+        let err = with(&["--host-adaptive-in-flight", "false", "--host-min-in-flight", "12"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--host-min-in-flight=12") && err.contains("drop one of the two"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
     }
@@ -556,7 +594,8 @@ mod tests {
         ("virtual-burst", "VNEST_VIRTUAL_BURST", "2000"),
         ("host-max-in-flight", "VNEST_HOST_MAX_IN_FLIGHT", "0"),
         ("host-adaptive-in-flight", "VNEST_HOST_ADAPTIVE_IN_FLIGHT", "true"),
-        ("host-min-in-flight", "VNEST_HOST_MIN_IN_FLIGHT", "4"),
+        // 4 when not given (a clap default would hide whether it was given: see below).
+        ("host-min-in-flight", "VNEST_HOST_MIN_IN_FLIGHT", ""),
         ("virtual-max-in-flight", "VNEST_VIRTUAL_MAX_IN_FLIGHT", "32"),
         ("shutdown-timeout", "VNEST_SHUTDOWN_TIMEOUT", "5s"),
         ("worker-threads", "VNEST_WORKER_THREADS", "1"),

@@ -238,8 +238,10 @@ async fn main() -> Result<()> {
         );
         tokio::time::sleep(settled).await;
     }
-    let first = syncer.sample()?;
+    let started = syncer.sample()?;
     let idle = quiet_sample(&w, &syncer).await?;
+    // The run's CPU is counted from here: the quiet wait's idle minutes are not the run's.
+    let first = syncer.sample()?;
     // Host watches the syncer re-opens over the whole run (a watch ends at its server-side
     // timeout or on an error); the idle minute alone is too short to see a 30-60 min timeout.
     let run_audit = AuditLog::new(&w)?;
@@ -249,7 +251,7 @@ async fn main() -> Result<()> {
     result.insert("cores".into(), json!(cores));
     result.insert("syncer_binary".into(), json!(binary.display().to_string()));
     result.insert("syncer_rss_idle_kib".into(), json!(idle.map(|s| s.rss_kib)));
-    result.insert("syncer_rss_started_kib".into(), json!(first.rss_kib));
+    result.insert("syncer_rss_started_kib".into(), json!(started.rss_kib));
     let mut startup_series = (Vec::new(), Vec::new());
     let mut timeline_series = Vec::new();
     if a.runs("startup") {
