@@ -21,6 +21,8 @@ pub struct Spliced {
     pub down: u64,
     pub up_error: Option<io::Error>,
     pub down_error: Option<io::Error>,
+    /// Whether the client -> server direction ended first.
+    pub up_ended_first: bool,
 }
 
 /// Copies `client` -> `server` and `server` -> `client` at once, with a buffer of `buffer` bytes
@@ -41,7 +43,7 @@ where
     let mut out = Spliced::default();
     tokio::select! {
         (n, error) = &mut up => {
-            (out.up, out.up_error) = (n, error);
+            (out.up, out.up_error, out.up_ended_first) = (n, error, true);
             (out.down, out.down_error) = down.await;
         }
         (n, error) = &mut down => {

@@ -573,6 +573,7 @@ impl Forwarder {
                     down = s.down,
                     up_error = s.up_error.map(|e| e.to_string()),
                     down_error = s.down_error.map(|e| e.to_string()),
+                    up_ended_first = s.up_ended_first,
                     "stream closed"
                 ),
             }
