@@ -204,12 +204,12 @@ async fn exec_with_and_without_stdin_and_its_exit_code() -> Result<()> {
     );
 
     // stdin: kwok does not pass the end of stdin on (not even directly on the host), so the
-    // command reads exactly what is sent. It outlives its output by a moment: over SPDY through
+    // command reads exactly what is sent. It outlives its output by 2 s: over SPDY through
     // the host API server's upgrade proxy (the syncer's path to kwok) the host sometimes closes
     // before the last output of a command that exits at once has left (~1 % of runs, directly
     // on the host too with `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`; README, Not supported yet).
     let input: Vec<u8> = (0..(1u32 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
-    let script = format!("head -c {}; sleep 1", input.len());
+    let script = format!("head -c {}; sleep 2", input.len());
     let out = k
         .with_stdin(
             &["exec", "-i", pod, "-c", "main", "--", "sh", "-c", &script],
