@@ -12,6 +12,10 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The buffer each way of the splices in use: the most a splice holds beyond the two TCP
+/// windows (8 KiB, tokio's default, moved a port-forward at a third of the direct rate).
+pub const BUFFER: usize = 64 << 10;
+
 /// How a splice ended: bytes each way and the first error of each direction, if any.
 #[derive(Debug, Default)]
 pub struct Spliced {

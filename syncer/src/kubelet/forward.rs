@@ -564,7 +564,8 @@ impl Forwarder {
                     return;
                 }
             };
-            let spliced = crate::splice::splice(TokioIo::new(client), TokioIo::new(host), SPLICE_BUFFER);
+            let spliced =
+                crate::splice::splice(TokioIo::new(client), TokioIo::new(host), crate::splice::BUFFER);
             tokio::select! {
                 () = cancel.cancelled() => tracing::debug!(parent: &span, "stream closed by shutdown"),
                 s = spliced => tracing::debug!(
@@ -582,10 +583,6 @@ impl Forwarder {
         Ok(out)
     }
 }
-
-/// The splice's buffer each way: the most it holds beyond the two TCP windows (8 KiB, tokio's
-/// default, moved a port-forward at a third of the direct rate).
-const SPLICE_BUFFER: usize = 64 << 10;
 
 /// The headers an upgrade carries both ways (SPDY and WebSocket).
 fn upgrade_headers() -> Vec<HeaderName> {

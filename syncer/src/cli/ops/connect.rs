@@ -38,7 +38,7 @@ pub async fn start_port_forward(
                 match pods.portforward(&pod, &[port]).await {
                     Ok(mut pf) => {
                         if let Some(upstream) = pf.take_stream(port) {
-                            crate::splice::splice(conn, upstream, 64 << 10).await;
+                            crate::splice::splice(conn, upstream, crate::splice::BUFFER).await;
                         }
                         let _ = pf.join().await;
                     }
